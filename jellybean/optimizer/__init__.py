@@ -1,0 +1,13 @@
+"""The planner: spec in, Plan out. Pure: no Ray, no I/O.
+
+``plan(bundle, strategy=...)`` compiles the documents into a :class:`Problem`, runs the chosen
+strategy (the optimal MILP by default) and every baseline through the same pricing code, and returns
+a :class:`Plan`.
+"""
+
+from jellybean.optimizer.plan import Assignment, BaselineResult, Cost, LinkFlow, Plan, SolverStats
+from jellybean.optimizer.planner import STRATEGIES, plan, run_strategy
+from jellybean.optimizer.problem import Problem, compile_problem
+
+__all__ = ["Assignment", "BaselineResult", "Cost", "LinkFlow", "Plan", "Problem", "STRATEGIES", "SolverStats",
+           "compile_problem", "plan", "run_strategy"]

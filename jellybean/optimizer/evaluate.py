@@ -1,0 +1,336 @@
+"""Price, check and report a Solution: the one code path from any strategy's decisions to a Plan.
+
+``build_plan`` computes costs (compute: instances in use x price; network: traffic on each uplink
+direction x its $/GB), accuracy (with the workflow's accuracy model), the worst-path latency, and
+the tables the CLI prints. ``verify`` re-checks a solution against every constraint independently
+of how it was produced; tests run it on every strategy's output.
+
+Heuristic strategies give no flows; their traffic is routed in proportion to where the consuming
+stage runs (JellyBean's semantics: a stage's output is split across the next stage's workers by
+their shares), along the tree path between the sites.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from jellybean.optimizer.accuracy import AccuracyModel
+from jellybean.optimizer.plan import (
+    Assignment,
+    Cost,
+    InstanceUse,
+    LinkFlow,
+    Plan,
+    SolverStats,
+    TierCost,
+)
+from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem, gb_per_hour, mbps
+from jellybean.optimizer.solution import Solution
+
+TOL = 1e-6
+
+
+def stage_rates(problem: Problem, solution: Solution) -> dict[tuple[str, int], float]:
+    """(stage, node) -> requests/s per member site."""
+    out: dict[tuple[str, int], float] = {}
+    for o_index, rate in solution.rates.items():
+        o = problem.options[o_index]
+        key = (o.stage, problem.groups[o.group].node)
+        out[key] = out.get(key, 0.0) + rate
+    return out
+
+
+def message_kb(problem: Problem, models: dict[str, str], src: str) -> float:
+    if src in problem.source_payload_kb:
+        return problem.source_payload_kb[src]
+    return problem.stages[src].variant(models[src]).output_kb
+
+
+def production(problem: Problem, solution: Solution, rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
+    """Edge key -> node -> messages/s produced per member site."""
+    out: dict[str, dict[int, float]] = {}
+    for s in problem.order:
+        for edge in problem.stages[s].inputs:
+            per_node: dict[int, float] = {}
+            if edge.from_source:
+                for i, rate in problem.source_rates[edge.src].items():
+                    per_node[i] = edge.ratio * rate
+            else:
+                ratio = edge.ratio_for(solution.models[edge.src])
+                for (stage, i), rate in rates.items():
+                    if stage == edge.src:
+                        per_node[i] = per_node.get(i, 0.0) + ratio * rate
+            out[edge.key] = per_node
+    return out
+
+
+def route_proportionally(problem: Problem, solution: Solution) -> None:
+    """Fill ``flows_up``/``flows_down``: each producing site sends to each consuming site in
+    proportion to the consumer's share of the stage's total rate; identical member sites serve
+    their own traffic locally."""
+    rates = stage_rates(problem, solution)
+    produced = production(problem, solution, rates)
+    up: dict[tuple[str, int], float] = {}
+    down: dict[tuple[str, int], float] = {}
+    for s in problem.order:
+        consumers = {i: rate * problem.nodes[i].total for (stage, i), rate in rates.items() if stage == s}
+        total = sum(consumers.values())
+        if total <= 0:
+            continue
+        for edge in problem.stages[s].inputs:
+            for i, per_member in produced[edge.key].items():
+                amount_i = per_member * problem.nodes[i].total
+                for j, consumed in consumers.items():
+                    amount = amount_i * consumed / total
+                    if amount <= 0 or i == j:
+                        continue
+                    route = problem.path(i, j)
+                    if route is None:
+                        continue
+                    for n in route[0]:
+                        key = (edge.key, n)
+                        up[key] = up.get(key, 0.0) + amount / problem.nodes[n].total
+                    for n in route[1]:
+                        key = (edge.key, n)
+                        down[key] = down.get(key, 0.0) + amount / problem.nodes[n].total
+    solution.flows_up = up
+    solution.flows_down = down
+
+
+@dataclass
+class _LinkLoad:
+    node: int
+    direction: str
+    messages: dict[str, float]  # edge key -> msg/s per member
+    gb_per_hour: float
+    mbps: float
+    cost_per_hour: float  # over all members
+
+
+def link_loads(problem: Problem, solution: Solution) -> list[_LinkLoad]:
+    if solution.flows_up is None:
+        route_proportionally(problem, solution)
+    per_link: dict[tuple[int, str], dict[str, float]] = {}
+    for direction, flows in (("up", solution.flows_up or {}), ("down", solution.flows_down or {})):
+        for (edge_key, node), value in flows.items():
+            if value > TOL:
+                per_link.setdefault((node, direction), {})[edge_key] = value
+    out = []
+    for (node_index, direction), messages in sorted(per_link.items()):
+        node = problem.nodes[node_index]
+        link = node.up if direction == "up" else node.down
+        gb = 0.0
+        mb = 0.0
+        for edge_key, value in messages.items():
+            src = edge_key.split("->")[0]
+            kb = message_kb(problem, solution.models, src)
+            gb += gb_per_hour(value, kb)
+            mb += mbps(value, kb)
+        cost = gb * (link.cost_per_gb if link else 0.0) * node.total
+        out.append(_LinkLoad(node_index, direction, messages, gb, mb, cost))
+    return out
+
+
+def _group_loads(problem: Problem, solution: Solution) -> dict[int, float]:
+    """Group -> busy instance-equivalents per member (sum of rate / throughput)."""
+    loads: dict[int, float] = {}
+    for o_index, rate in solution.rates.items():
+        o = problem.options[o_index]
+        loads[o.group] = loads.get(o.group, 0.0) + rate / o.throughput_per_s
+    return loads
+
+
+def _group_count(problem: Problem, solution: Solution, g: int) -> float:
+    return sum(count for (group, _), count in solution.counts.items() if group == g)
+
+
+def worst_latency(problem: Problem, solution: Solution, percentile: str) -> float | None:
+    """Longest source-to-sink path over the sites actually used, in ms."""
+    rates = stage_rates(problem, solution)
+    proc: dict[tuple[str, int], float] = {}
+    for o_index, rate in solution.rates.items():
+        if rate <= TOL:
+            continue
+        o = problem.options[o_index]
+        key = (o.stage, problem.groups[o.group].node)
+        value = o.latency_ms_p90 if percentile == "p90" else o.latency_ms
+        proc[key] = max(proc.get(key, 0.0), value)
+    finish: dict[tuple[str, int], float] = {}
+    for s in problem.order:
+        for (stage, i), rate in rates.items():
+            if stage != s or rate <= TOL:
+                continue
+            arrival = 0.0
+            for edge in problem.stages[s].inputs:
+                kb = message_kb(problem, solution.models, edge.src)
+                if edge.from_source:
+                    producers = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
+                else:
+                    producers = [(j, t) for (u, j), t in finish.items() if u == edge.src]
+                reach = [t + problem.path_latency_ms(j, i, kb) for j, t in producers if problem.reachable(j, i)]
+                if reach:
+                    arrival = max(arrival, max(reach))
+            finish[(s, i)] = arrival + proc.get((s, i), 0.0)
+    ends = [t for (s, _), t in finish.items() if s == problem.sink]
+    return max(ends) if ends else None
+
+
+def build_plan(
+    problem: Problem,
+    solution: Solution | None,
+    *,
+    strategy: str,
+    stats: SolverStats,
+    accuracy: AccuracyModel,
+    explanation: list[str] | None = None,
+) -> Plan:
+    base = dict(
+        workflow=problem.name, strategy=strategy, sharing=problem.sharing, accuracy_target=problem.accuracy_target,
+        accuracy_method=accuracy.description, latency_bound_ms=problem.latency_bound_ms, solver=stats,
+        warnings=list(problem.warnings),
+    )
+    if solution is None:
+        return Plan(feasible=False, explanation=explanation or [], **base)
+    nodes, groups = problem.nodes, problem.groups
+    loads = _group_loads(problem, solution)
+    by_tier: dict[str, TierCost] = {}
+    assignments: list[Assignment] = []
+    for o_index, rate in sorted(solution.rates.items(), key=lambda kv: (problem.order.index(problem.options[kv[0]].stage), kv[0])):
+        o = problem.options[o_index]
+        g = groups[o.group]
+        node = nodes[g.node]
+        if problem.sharing == "exclusive":
+            count = solution.counts.get((g.index, o.stage), 0.0)
+        else:
+            count = solution.counts.get((g.index, None), 0.0)
+        busy = rate / o.throughput_per_s
+        assignments.append(Assignment(
+            stage=o.stage, variant=o.variant, tier=node.tier.value, site=node.name,
+            sites=node.members if node.total > 1 else [], instance=g.name, hardware=g.hardware, batch_size=o.batch,
+            rate_per_s=rate, instances=count, utilization=busy / count if count > 0 else math.inf,
+            latency_ms=o.latency_ms,
+        ))
+    instances: list[InstanceUse] = []
+    compute = 0.0
+    for g in groups:
+        count = _group_count(problem, solution, g.index)
+        if count <= TOL:
+            continue
+        node = nodes[g.node]
+        cost = g.price_per_hour * count * node.total
+        compute += cost
+        tier = node.tier.value
+        by_tier.setdefault(tier, TierCost()).compute_per_hour += cost
+        hosted = sorted({problem.options[o].stage for o in solution.rates if problem.options[o].group == g.index},
+                        key=problem.order.index)
+        instances.append(InstanceUse(
+            tier=tier, site=node.name, sites=node.members if node.total > 1 else [], instance=g.name,
+            hardware=g.hardware, count=int(math.ceil(count - 1e-9)), available=g.limit, price_per_hour=g.price_per_hour,
+            cost_per_hour=cost, utilization=loads.get(g.index, 0.0) / count, stages=hosted,
+        ))
+    network = 0.0
+    links: list[LinkFlow] = []
+    for load in link_loads(problem, solution):
+        node = nodes[load.node]
+        parent = nodes[node.parent].name if node.parent is not None else "?"
+        link = node.up if load.direction == "up" else node.down
+        capacity = link.bandwidth_mbps if link else None
+        network += load.cost_per_hour
+        by_tier.setdefault(node.tier.value, TierCost()).network_per_hour += load.cost_per_hour
+        links.append(LinkFlow(**{
+            "from": node.name if load.direction == "up" else parent,
+            "to": parent if load.direction == "up" else node.name,
+            "direction": load.direction, "sites": node.members if node.total > 1 else [],
+            "gb_per_hour": load.gb_per_hour, "mbps": load.mbps, "capacity_mbps": capacity,
+            "utilization": (load.mbps / capacity) if capacity else None, "cost_per_hour": load.cost_per_hour,
+            "tier": node.tier.value, "carries": sorted(load.messages),
+        }))
+    rates = stage_rates(problem, solution)
+    totals = {s: sum(rate * nodes[i].total for (st, i), rate in rates.items() if st == s) for s in problem.order}
+    tier_order = ["device", "hub", "edge", "cloud"]
+    cost = Cost(compute_per_hour=compute, network_per_hour=network, total_per_hour=compute + network,
+                by_tier={t: by_tier[t] for t in tier_order if t in by_tier})
+    return Plan(
+        feasible=True, models=dict(solution.models), assignments=assignments, instances=instances, links=links,
+        cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
+        latency_ms=worst_latency(problem, solution, "mean"), latency_ms_p90=worst_latency(problem, solution, "p90"),
+        rate_per_s=totals, explanation=explanation or [], **base,
+    )
+
+
+def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol: float = 1e-5) -> list[str]:
+    """Every constraint a plan must satisfy, checked directly; returns the violations in words."""
+    problems: list[str] = []
+    nodes, groups = problem.nodes, problem.groups
+    h = problem.max_utilization
+    for o_index, rate in solution.rates.items():
+        o = problem.options[o_index]
+        if solution.models.get(o.stage) != o.variant and rate > tol:
+            problems.append(f"stage {o.stage} serves {rate:.3f}/s with {o.variant}, not its chosen variant")
+        g = groups[o.group]
+        variant = problem.stages[o.stage].variant(o.variant)
+        if g.memory_mb is not None and variant.memory_mb > g.memory_mb + tol:
+            problems.append(f"{o.variant} needs {variant.memory_mb} MB, {g.name} has {g.memory_mb}")
+    # Capacity and counts.
+    loads_by_key: dict[tuple[int, str | None], float] = {}
+    for o_index, rate in solution.rates.items():
+        o = problem.options[o_index]
+        key = (o.group, o.stage if problem.sharing == "exclusive" else None)
+        loads_by_key[key] = loads_by_key.get(key, 0.0) + rate / o.throughput_per_s
+    for key, load in loads_by_key.items():
+        count = solution.counts.get(key, 0.0)
+        if load > h * count * (1 + tol) + tol:
+            problems.append(f"group {groups[key[0]].name} at {nodes[groups[key[0]].node].name} carries load "
+                            f"{load:.4f} > {h} x {count} instances")
+    for g in groups:
+        used = _group_count(problem, solution, g.index)
+        if used > g.limit + tol:
+            problems.append(f"group {g.name} at {nodes[g.node].name} uses {used} instances, has {g.limit}")
+    if problem.sharing == "shared":
+        for g in groups:
+            if g.memory_mb is None:
+                continue
+            hosted = {(problem.options[o].stage, problem.options[o].variant)
+                      for o, rate in solution.rates.items() if rate > tol and problem.options[o].group == g.index}
+            total = sum(problem.stages[s].variant(v).memory_mb for s, v in hosted)
+            if total > g.memory_mb + tol:
+                problems.append(f"group {g.name} at {nodes[g.node].name} hosts {total} MB of models, has {g.memory_mb}")
+    # Flow conservation: everything produced is consumed, joins pair one to one.
+    rates = stage_rates(problem, solution)
+    produced = production(problem, solution, rates)
+    up = solution.flows_up or {}
+    down = solution.flows_down or {}
+    for s in problem.order:
+        for edge in problem.stages[s].inputs:
+            for node in nodes:
+                i = node.index
+                inflow = produced[edge.key].get(i, 0.0) + down.get((edge.key, i), 0.0)
+                inflow += sum(nodes[j].multiplicity * up.get((edge.key, j), 0.0) for j in node.children)
+                outflow = up.get((edge.key, i), 0.0) + rates.get((s, i), 0.0)
+                outflow += sum(nodes[j].multiplicity * down.get((edge.key, j), 0.0) for j in node.children)
+                if abs(inflow - outflow) > tol * max(1.0, inflow):
+                    problems.append(f"edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
+    if not problem.allow_downward and any(v > tol for v in down.values()):
+        problems.append("traffic flows down the tiers, which the topology does not allow")
+    for load in link_loads(problem, solution):
+        node = nodes[load.node]
+        link = node.up if load.direction == "up" else node.down
+        if link and link.bandwidth_mbps is not None and load.mbps > link.bandwidth_mbps * (1 + tol):
+            problems.append(f"uplink of {node.name} ({load.direction}) carries {load.mbps:.2f} Mbps > {link.bandwidth_mbps}")
+    value = accuracy.evaluate(problem, solution.models)
+    if value is None or value < problem.accuracy_target - 1e-6:
+        problems.append(f"accuracy {value} below target {problem.accuracy_target}")
+    if problem.latency_bound_ms is not None:
+        latency = worst_latency(problem, solution, problem.latency_percentile)
+        if latency is not None and latency > problem.latency_bound_ms * (1 + tol):
+            problems.append(f"latency {latency:.2f} ms above bound {problem.latency_bound_ms}")
+    return problems
+
+
+def plan_cost(plan: Plan) -> float:
+    return plan.cost.total_per_hour if plan.cost else math.inf
+
+
+__all__ = ["build_plan", "verify", "route_proportionally", "link_loads", "stage_rates", "KB_PER_GB",
+           "SECONDS_PER_HOUR"]

@@ -1,0 +1,118 @@
+"""Explain an infeasible problem in words, naming what binds, with numbers.
+
+Two passes. Cheap checks first (a stage no instance can run; an accuracy target above what any
+combination reaches). Then an *elastic* solve of the same MILP in which every limit may be
+exceeded at a steep price (link bandwidth, instance counts, the accuracy target, the latency bound,
+and, as a last resort, serving the sources' traffic at all): the cheapest way to violate the limits
+points at the ones that bind, and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.milp import solve_milp
+from jellybean.optimizer.problem import Problem
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}".rstrip("0").rstrip(".") if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def best_accuracy(problem: Problem, accuracy: AccuracyModel) -> tuple[float | None, dict[str, str] | None]:
+    if accuracy.kind == "table" and accuracy.table is not None:
+        allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
+        rows = [r for r in accuracy.table.rows
+                if all(v in allowed[s] for s, v in zip(accuracy.table_stages, r.variants))]
+        if not rows:
+            return None, None
+        row = max(rows, key=lambda r: r.accuracy)
+        models = {s: problem.stages[s].variants[0].name for s in problem.order}
+        models.update(dict(zip(accuracy.table_stages, row.variants)))
+        return row.accuracy, models
+    combos = enumerate_combinations(problem)
+    if combos is None:
+        if accuracy.kind == "product":
+            models = {s: max(problem.stages[s].variants, key=lambda v: v.accuracy).name for s in problem.order}
+            return accuracy.evaluate(problem, models), models
+        return None, None
+    best: tuple[float, dict[str, str]] | None = None
+    for models in combos:
+        value = accuracy.evaluate(problem, models)
+        if value is not None and (best is None or value > best[0]):
+            best = (value, models)
+    return (best[0], best[1]) if best else (None, None)
+
+
+def _site_label(problem: Problem, node_index: int) -> str:
+    node = problem.nodes[node_index]
+    if node.total == 1:
+        return node.name
+    return f"{node.name} (and {node.total - 1} identical sites)"
+
+
+def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str] | None = None,
+            fixed_models: dict[str, str] | None = None, time_limit_s: float = 30.0) -> list[str]:
+    reasons: list[str] = []
+    hardware = sorted({g.hardware for g in problem.groups})
+    for s in problem.order:
+        info = problem.stages[s]
+        opts = [problem.options[o] for o in problem.options_by_stage[s]]
+        if allowed_tiers is not None:
+            opts = [o for o in opts if problem.node_of(o).tier.value in allowed_tiers]
+        if not opts:
+            profiled = sorted({p.hardware for v in info.variants for p in v.profiles})
+            where = f" in tiers {', '.join(sorted(allowed_tiers))}" if allowed_tiers else ""
+            reasons.append(
+                f"stage {s} (task {info.task}) cannot run on any instance{where}: its variants are profiled on "
+                f"{', '.join(profiled)}; the topology offers {', '.join(hardware) or 'no instances'}"
+                + (" (or the variants do not fit the instances' memory, or the stage's placement excludes them)")
+            )
+    best, models = best_accuracy(problem, accuracy)
+    if best is not None and best < problem.accuracy_target - 1e-9:
+        combo = ", ".join(f"{s}={v}" for s, v in (models or {}).items())
+        reasons.append(f"accuracy target {_fmt(problem.accuracy_target)} unreachable: the best combination "
+                       f"reaches {_fmt(best)} ({combo}; {accuracy.description})")
+    if reasons:
+        return reasons
+    result = solve_milp(problem, accuracy, elastic=True, allowed_tiers=allowed_tiers, fixed_models=fixed_models,
+                        time_limit_s=time_limit_s)
+    slacks = result.slacks
+    if result.solution is None or slacks is None:
+        return [f"no plan exists and the diagnosis solve ended {result.stats.status}"]
+    nodes = problem.nodes
+    for (node_index, direction), extra in sorted(slacks.bandwidth_mbps.items()):
+        node = nodes[node_index]
+        parent = nodes[node.parent].name if node.parent is not None else "?"
+        link = node.up if direction == "up" else node.down
+        capacity = link.bandwidth_mbps if link else None
+        carried = [k for (k, i) in (result.solution.flows_up if direction == "up" else result.solution.flows_down or {})
+                   if i == node_index]
+        what = " for raw source data" if carried and all(k.split("->")[0] in problem.source_rates for k in carried) else ""
+        ends = (node.name, parent) if direction == "up" else (parent, node.name)
+        label = _site_label(problem, node_index)
+        reasons.append(f"uplink {ends[0]} -> {ends[1]} needs {_fmt((capacity or 0) + extra)} Mbps{what}, has "
+                       f"{_fmt(capacity or 0)}" + (f" (each of {label})" if node.total > 1 else ""))
+    for (g_index, stage), extra in sorted(slacks.instances.items(), key=lambda kv: kv[0][0]):
+        g = problem.groups[g_index]
+        reasons.append(f"instances {g.name} at {_site_label(problem, g.node)}: the plan needs "
+                       f"{_fmt(g.limit + extra)}, the site has {g.limit}")
+    if slacks.accuracy > 1e-6:
+        if accuracy.kind == "product":
+            reached = problem.accuracy_target * math.exp(-slacks.accuracy)
+        else:
+            reached = problem.accuracy_target - slacks.accuracy
+        reasons.append(f"accuracy target {_fmt(problem.accuracy_target)} unreachable within the other limits: "
+                       f"the best feasible combination reaches {_fmt(reached)}")
+    if slacks.latency_ms > 1e-6 and problem.latency_bound_ms is not None:
+        reasons.append(f"latency bound {_fmt(problem.latency_bound_ms)} ms unreachable: the fastest plan within the "
+                       f"other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
+    for (source, node_index), rate in sorted(slacks.unserved.items()):
+        reasons.append(f"{_fmt(rate * nodes[node_index].total)} req/s from {source} at "
+                       f"{_site_label(problem, node_index)} cannot be served: no reachable instance above it has "
+                       "capacity for the first stage, and data may not flow down the tiers")
+    if not reasons:
+        reasons.append("no plan satisfies every constraint at once, although each limit can be met alone; "
+                       "try relaxing the accuracy target or adding capacity")
+    return reasons

@@ -1,0 +1,731 @@
+r"""The optimal planner: one mixed-integer linear program that chooses variants and placement jointly.
+
+Notation (all per *member* site of a node; a node groups ``M_i`` identical sibling sites, see
+:mod:`jellybean.optimizer.problem`)
+
+- ``S`` stages in topological order; ``V_s`` the variants of stage ``s``; ``E`` the workflow edges
+  ``e = (u -> s)``, ``u`` a source group or a stage; ``rho_{e,v}`` requests of ``s`` per request of
+  ``u`` when ``u`` runs variant ``v``.
+- ``N`` nodes (site classes) forming a forest; ``M_i`` the number of sites in node ``i``; ``m_j`` the
+  number of members of child ``j`` under one member of its parent.
+- ``G`` instance groups; group ``g`` at node ``i(g)`` has ``L_g`` instances per site at
+  ``p_g`` $/h each, and memory ``Mem_g``.
+- ``O`` options ``o = (s, v, g, b)``: serving ``s`` with ``v`` on ``g`` at batch ``b``, one instance
+  serving ``mu_o = b * 1000 / latency_ms`` requests/s at full load; ``h`` the utilisation cap.
+- ``K`` commodities ``k = (e, c)``: messages on edge ``e`` whose upstream variants share one message
+  size ``kb_k`` (a source edge has one, the payload).
+
+Variables
+
+- ``y_{s,v} in {0,1}``: stage ``s`` runs variant ``v``;  ``sum_v y_{s,v} = 1``.
+- ``r_o >= 0``: requests/s served with option ``o``; ``r_o <= R_s y_{s,v}`` (``R_s`` bounds the
+  stage's rate).
+- exclusive mode: ``n_{g,s} in Z+``, instances of ``g`` dedicated to ``s``;
+  shared mode: ``n_g in Z+``, instances of ``g`` in use, and, where ``g`` has a memory limit,
+  ``z_{g,s,v} in {0,1}``: ``g`` hosts a replica of ``(s, v)``.
+- ``up_{k,i}, down_{k,i} >= 0``: messages/s of ``k`` on node ``i``'s uplink (``down`` only when
+  the topology allows flows down the tiers); ``q_{k,i} >= 0``: messages of ``k`` consumed at ``i``.
+
+Constraints
+
+- Flow conservation on the tree, for every commodity and node:
+  ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``
+  with production ``P_{k,i} = rho_e * rate of the sources at i`` for a source edge and
+  ``sum_{v in c} rho_{e,v} sum_{o=(u,v,g,.), i(g)=i} r_o`` for a stage edge.
+- Joins pair their inputs one to one: ``sum_c q_{(e,c),i} = lambda_{s,i} = sum_{o=(s,.,g,.), i(g)=i} r_o``
+  for every input edge ``e`` of ``s``. Sources are fixed, so every request is served through the DAG.
+- Capacity: exclusive ``sum_{o on g, stage s} r_o / mu_o <= h n_{g,s}``, ``sum_s n_{g,s} <= L_g``;
+  shared ``sum_{o on g} r_o / mu_o <= h n_g <= h L_g``, memory ``sum_{s,v} Mem_v z_{g,s,v} <= Mem_g``
+  with ``r_o <= R_s z_{g,s,v}``: every instance in use hosts a replica of each stage placed on its
+  group and the load spreads evenly over them, so per-instance utilisation and memory both hold.
+- Bandwidth: ``sum_k kb_k * 8192/10^6 * up_{k,i} <= B^up_i`` (and likewise down).
+- Accuracy (:mod:`jellybean.optimizer.accuracy`): a table picks one admissible row
+  ``sum_r t_r = 1, y_{s,v} = sum_{r: r_s = v} t_r``; the product form is
+  ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``; JellyBean's profiles pick one sample per stage,
+  ``sum_k w_{s,k} = 1, w_{s,k} <= y_{s,v(k)}``, with certified accuracies
+  ``alpha_s = sum_k w_{s,k} out_k``, ``alpha_u >= sum_k w_{s,k} req_{k,u}`` and ``alpha_sink >= A``.
+- Latency (only when the SLO bounds it): binaries ``x_{s,i}`` (stage ``s`` runs at ``i``) and
+  ``w_o`` (option used), processing time ``P_{s,i} >= lat_o - BIG (1 - w_o)``, completion time
+  ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
+  whose data can reach ``i`` (``net`` = link latencies plus the transmission time of one message of
+  the chosen variant's size), and ``T_{sink,i} <= bound``.
+
+Objective: minimise $/hour
+``sum_g M_{i(g)} p_g n_g + sum_{k,i} M_i (up_{k,i} c^up_i + down_{k,i} c^down_i) kb_k 3600/1024^2``.
+
+Identical instances are one integer count, not one binary each: the aggregated model is exact
+(any assignment of loads to individual identical instances maps to a count and back) and has none
+of the symmetric optima that stall branch and bound. Identical *sites* are decided alike (the
+symmetric restriction, a deployable plan); when any node has several members a second solve with
+the counts made integral per node instead of per site (the merged relaxation) gives a lower bound,
+and the reported gap is measured against it.
+
+With ``elastic=True`` every limit gets a penalised slack (bandwidth, instance counts, accuracy,
+latency, unserved source traffic): the solution then says which limits bind and by how much, which is
+how infeasible problems are explained (:mod:`jellybean.optimizer.explain`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pulp
+
+from jellybean.optimizer.accuracy import AccuracyModel
+from jellybean.optimizer.plan import SolverStats
+from jellybean.optimizer.problem import (
+    KB_PER_GB,
+    MBIT_PER_KB,
+    SECONDS_PER_HOUR,
+    Problem,
+)
+from jellybean.optimizer.solution import Solution
+
+SLACK_PENALTY = 1e6
+EPS = 1e-7
+
+
+@dataclass
+class Commodity:
+    edge: str
+    src: str
+    dst: str
+    from_source: bool
+    kb: float
+    variants: list[str]  # upstream variants with this message size (empty for sources)
+
+
+@dataclass
+class Slacks:
+    """Violations found by an elastic solve, in user units."""
+
+    bandwidth_mbps: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, up|down)
+    instances: dict[tuple[int, str | None], float] = field(default_factory=dict)
+    accuracy: float = 0.0
+    latency_ms: float = 0.0
+    unserved: dict[tuple[str, int], float] = field(default_factory=dict)  # (source, node) -> req/s
+
+
+@dataclass
+class MilpResult:
+    solution: Solution | None
+    stats: SolverStats
+    slacks: Slacks | None = None
+
+
+def commodities(problem: Problem) -> list[Commodity]:
+    out: list[Commodity] = []
+    for s in problem.order:
+        for edge in problem.stages[s].inputs:
+            if edge.from_source:
+                out.append(Commodity(edge.key, edge.src, s, True, problem.source_payload_kb[edge.src], []))
+                continue
+            by_kb: dict[float, list[str]] = {}
+            for v in problem.stages[edge.src].variants:
+                by_kb.setdefault(v.output_kb, []).append(v.name)
+            for kb, names in by_kb.items():
+                out.append(Commodity(edge.key, edge.src, s, False, kb, names))
+    return out
+
+
+def solve_milp(
+    problem: Problem,
+    accuracy: AccuracyModel,
+    *,
+    solver: str = "highs",
+    time_limit_s: float = 60.0,
+    gap_rel: float = 1e-6,
+    fixed_models: dict[str, str] | None = None,
+    allowed_tiers: set[str] | None = None,
+    relax_symmetry: bool = False,
+    elastic: bool = False,
+    threads: int | None = None,
+) -> MilpResult:
+    started = time.perf_counter()
+    model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic)
+    build_s = time.perf_counter() - started
+    stats, values = _run(model, solver, time_limit_s, gap_rel, threads)
+    stats.seconds = time.perf_counter() - started
+    stats.notes.append(f"model built in {build_s:.2f}s")
+    if values is None:
+        return MilpResult(None, stats)
+    solution = _decode(problem, handles, values)
+    slacks = _decode_slacks(handles, values) if elastic else None
+    return MilpResult(solution, stats, slacks)
+
+
+# --------------------------------------------------------------------------------------------------
+# model building
+
+
+@dataclass
+class _Handles:
+    y: dict[tuple[str, str], pulp.LpVariable | float]
+    r: dict[int, pulp.LpVariable]
+    n: dict[tuple[int, str | None], pulp.LpVariable]
+    up: dict[tuple[int, int], pulp.LpVariable]  # (commodity index, node)
+    down: dict[tuple[int, int], pulp.LpVariable]
+    comms: list[Commodity]
+    relax: bool
+    slack_bw: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
+    slack_n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
+    slack_acc: pulp.LpVariable | None = None
+    slack_lat: pulp.LpVariable | None = None
+    slack_unserved: dict[tuple[str, int], pulp.LpVariable] = field(default_factory=dict)
+    acc_log: bool = False
+
+
+def _build(
+    problem: Problem,
+    accuracy: AccuracyModel,
+    fixed_models: dict[str, str] | None,
+    allowed_tiers: set[str] | None,
+    relax: bool,
+    elastic: bool,
+) -> tuple[pulp.LpProblem, _Handles]:
+    lp = pulp.LpProblem("jellybean", pulp.LpMinimize)
+    nodes, groups = problem.nodes, problem.groups
+    h = problem.max_utilization
+    exclusive = problem.sharing == "exclusive"
+    cost_terms: list = []
+    penalty_terms: list = []
+
+    usable = [
+        o for o in problem.options
+        if allowed_tiers is None or nodes[groups[o.group].node].tier.value in allowed_tiers
+    ]
+    if fixed_models is not None:
+        usable = [o for o in usable if fixed_models.get(o.stage) == o.variant]
+    opts_by_stage: dict[str, list] = {s: [] for s in problem.order}
+    for o in usable:
+        opts_by_stage[o.stage].append(o)
+
+    # --- variant choice -------------------------------------------------------------------------
+    y: dict[tuple[str, str], pulp.LpVariable | float] = {}
+    for s in problem.order:
+        names = [v.name for v in problem.stages[s].variants]
+        if fixed_models is not None:
+            for v in names:
+                y[(s, v)] = 1.0 if fixed_models[s] == v else 0.0
+            continue
+        if len(names) == 1:
+            y[(s, names[0])] = 1.0
+            continue
+        for v in names:
+            y[(s, v)] = lp.add_variable(f"y_{_id(s)}_{_id(v)}", cat="Binary")
+        lp += pulp.lpSum(y[(s, v)] for v in names) == 1, f"one_variant_{_id(s)}"
+
+    # --- rates ------------------------------------------------------------------------------------
+    r: dict[int, pulp.LpVariable] = {}
+    for o in usable:
+        bound = problem.member_rate_bound.get((o.stage, groups[o.group].node), problem.stages[o.stage].rate_bound_per_s)
+        r[o.index] = lp.add_variable(f"r_{o.index}", lowBound=0, upBound=bound)
+        yv = y[(o.stage, o.variant)]
+        if not isinstance(yv, float):
+            lp += r[o.index] <= bound * yv, f"r_variant_{o.index}"
+        elif yv == 0.0:
+            r[o.index].upBound = 0
+
+    rate_at: dict[tuple[str, int], list] = {}
+    for o in usable:
+        rate_at.setdefault((o.stage, groups[o.group].node), []).append(o)
+
+    def stage_rate(s: str, i: int):
+        return pulp.lpSum(r[o.index] for o in rate_at.get((s, i), []))
+
+    # --- instance counts and capacity ----------------------------------------------------------------
+    n: dict[tuple[int, str | None], pulp.LpVariable] = {}
+    slack_n: dict[tuple[int, str | None], pulp.LpVariable] = {}
+    on_group: dict[int, list] = {}
+    phi_of: dict[tuple[int, str], pulp.LpVariable] = {}
+    for o in usable:
+        on_group.setdefault(o.group, []).append(o)
+    for g_index, opts in on_group.items():
+        g = groups[g_index]
+        members = nodes[g.node].total if relax else 1
+        scale = members  # load is per member; counts are per member (or per class when relaxed)
+        limit = g.limit * members
+        extra = None
+        if elastic:
+            extra = lp.add_variable(f"slack_n_{g_index}", lowBound=0)
+            penalty_terms.append(SLACK_PENALTY * extra)
+        if relax and members > 1:
+            # Valid cuts for the merged relaxation: a fraction phi of the class's sites host stage s on
+            # g; each of those needs at least one instance, and none serves more than its own subtree
+            # (or its instances' capacity) allows. This is what keeps the lower bound tight.
+            for s in sorted({o.stage for o in opts}):
+                s_opts = [o for o in opts if o.stage == s]
+                phi = lp.add_variable(f"phi_{g_index}_{_id(s)}", lowBound=0, upBound=1)
+                per_site = min(problem.member_rate_bound.get((s, g.node), math.inf),
+                               h * g.limit * max(o.throughput_per_s for o in s_opts))
+                lp += pulp.lpSum(r[o.index] for o in s_opts) <= per_site * phi, f"phi_rate_{g_index}_{_id(s)}"
+                phi_of[(g_index, s)] = phi
+        if exclusive:
+            stage_names = sorted({o.stage for o in opts})
+            for s in stage_names:
+                var = lp.add_variable(f"n_{g_index}_{_id(s)}", lowBound=0, upBound=None if elastic else limit,
+                                      cat="Integer")
+                n[(g_index, s)] = var
+                load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts if o.stage == s)
+                lp += scale * load <= h * var, f"cap_{g_index}_{_id(s)}"
+                if (g_index, s) in phi_of:
+                    lp += var >= members * phi_of[(g_index, s)], f"phi_count_{g_index}_{_id(s)}"
+                cost_terms.append(g.price_per_hour * (1 if relax else nodes[g.node].total) * var)
+            total = pulp.lpSum(n[(g_index, s)] for s in stage_names)
+            lp += total <= limit + (extra if extra is not None else 0), f"count_{g_index}"
+            if extra is not None:
+                slack_n[(g_index, None)] = extra
+        else:
+            var = lp.add_variable(f"n_{g_index}", lowBound=0, upBound=None if elastic else limit, cat="Integer")
+            n[(g_index, None)] = var
+            load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts)
+            lp += scale * load <= h * var, f"cap_{g_index}"
+            for (gg, s), phi in phi_of.items():
+                if gg == g_index:
+                    lp += var >= members * phi, f"phi_count_{g_index}_{_id(s)}"
+            if extra is not None:
+                lp += var <= limit + extra, f"count_{g_index}"
+                slack_n[(g_index, None)] = extra
+            cost_terms.append(g.price_per_hour * (1 if relax else nodes[g.node].total) * var)
+            hosted = sorted({(o.stage, o.variant) for o in opts})
+            memories = {
+                (s, v): problem.stages[s].variant(v).memory_mb for s, v in hosted
+            }
+            if g.memory_mb is not None and sum(memories.values()) > g.memory_mb + EPS:
+                z = {}
+                for s, v in hosted:
+                    z[(s, v)] = lp.add_variable(f"z_{g_index}_{_id(s)}_{_id(v)}", lowBound=0, upBound=1,
+                                                cat="Continuous" if relax else "Binary")
+                    yv = y[(s, v)]
+                    lp += z[(s, v)] <= yv, f"z_variant_{g_index}_{_id(s)}_{_id(v)}"
+                    for o in opts:
+                        if o.stage == s and o.variant == v:
+                            lp += r[o.index] <= problem.stages[s].rate_bound_per_s * z[(s, v)], f"z_rate_{o.index}"
+                lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{g_index}"
+
+    # --- flows ----------------------------------------------------------------------------------------
+    comms = commodities(problem)
+    subtree_has_producer: dict[int, set[int]] = {}  # commodity -> nodes whose subtree produces it
+    subtree_has_consumer: dict[int, set[int]] = {}
+    producer_nodes: dict[int, set[int]] = {}
+    consumer_nodes: dict[str, set[int]] = {s: {groups[o.group].node for o in opts_by_stage[s]} for s in problem.order}
+    for k, c in enumerate(comms):
+        if c.from_source:
+            producer_nodes[k] = {i for i, rate in problem.source_rates[c.src].items() if rate > 0}
+        else:
+            producer_nodes[k] = {groups[o.group].node for o in opts_by_stage[c.src] if o.variant in c.variants}
+        marks: set[int] = set()
+        for i in producer_nodes[k]:
+            marks.update(problem.ancestors(i))
+        subtree_has_producer[k] = marks
+        marks = set()
+        for i in consumer_nodes[c.dst]:
+            marks.update(problem.ancestors(i))
+        subtree_has_consumer[k] = marks
+
+    up: dict[tuple[int, int], pulp.LpVariable] = {}
+    down: dict[tuple[int, int], pulp.LpVariable] = {}
+    cons: dict[tuple[int, int], pulp.LpVariable] = {}
+    for k, c in enumerate(comms):
+        for node in nodes:
+            if node.parent is None:
+                continue
+            if node.index in subtree_has_producer[k]:
+                up[(k, node.index)] = lp.add_variable(f"up_{k}_{node.index}", lowBound=0)
+            if problem.allow_downward and node.index in subtree_has_consumer[k]:
+                down[(k, node.index)] = lp.add_variable(f"down_{k}_{node.index}", lowBound=0)
+        for i in consumer_nodes[c.dst]:
+            cons[(k, i)] = lp.add_variable(f"q_{k}_{i}", lowBound=0)
+
+    slack_unserved: dict[tuple[str, int], pulp.LpVariable] = {}
+    for k, c in enumerate(comms):
+        for node in nodes:
+            i = node.index
+            if c.from_source:
+                produced = problem.source_rates[c.src].get(i, 0.0)
+                edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
+                production = edge.ratio * produced
+                if elastic and produced > 0:
+                    drop = lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
+                    slack_unserved[(c.src, i)] = drop
+                    penalty_terms.append(SLACK_PENALTY * 10 * drop)
+                    production = production - drop
+            else:
+                edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
+                production = pulp.lpSum(
+                    edge.ratio_for(o.variant) * r[o.index]
+                    for o in rate_at.get((c.src, i), []) if o.variant in c.variants
+                )
+            inflow = [production]
+            outflow = []
+            if (k, i) in down:
+                inflow.append(down[(k, i)])
+            if (k, i) in up:
+                outflow.append(up[(k, i)])
+            if (k, i) in cons:
+                outflow.append(cons[(k, i)])
+            for j in node.children:
+                m = nodes[j].multiplicity
+                if (k, j) in up:
+                    inflow.append(m * up[(k, j)])
+                if (k, j) in down:
+                    outflow.append(m * down[(k, j)])
+            if all(isinstance(t, (int, float)) and t == 0 for t in inflow) and not outflow:
+                continue
+            lp += pulp.lpSum(inflow) == pulp.lpSum(outflow), f"flow_{k}_{i}"
+
+    # Joins: each input edge delivers exactly the stage's rate at each node.
+    for s in problem.order:
+        for edge in problem.stages[s].inputs:
+            ks = [k for k, c in enumerate(comms) if c.edge == edge.key]
+            for i in consumer_nodes[s]:
+                lp += pulp.lpSum(cons[(k, i)] for k in ks) == stage_rate(s, i), f"join_{_id(edge.key)}_{i}"
+
+    # Bandwidth and network cost.
+    slack_bw: dict[tuple[int, str], pulp.LpVariable] = {}
+    for node in nodes:
+        if node.parent is None:
+            continue
+        for direction, table, link in (("up", up, node.up), ("down", down, node.down)):
+            terms = [(comms[k], var) for (k, i), var in table.items() if i == node.index]
+            if not terms or link is None:
+                continue
+            if link.cost_per_gb > 0:
+                cost_terms.append(pulp.lpSum(
+                    node.total * link.cost_per_gb * c.kb * SECONDS_PER_HOUR / KB_PER_GB * var for c, var in terms))
+            if link.bandwidth_mbps is not None:
+                load = pulp.lpSum(c.kb * MBIT_PER_KB * var for c, var in terms)
+                if elastic:
+                    extra = lp.add_variable(f"slack_bw_{direction}_{node.index}", lowBound=0)
+                    slack_bw[(node.index, direction)] = extra
+                    penalty_terms.append(SLACK_PENALTY * extra / 1000.0)
+                    lp += load <= link.bandwidth_mbps + extra, f"bw_{direction}_{node.index}"
+                else:
+                    lp += load <= link.bandwidth_mbps, f"bw_{direction}_{node.index}"
+
+    handles = _Handles(y, r, n, up, down, comms, relax, slack_bw, slack_n)
+
+    # --- accuracy ---------------------------------------------------------------------------------------
+    _accuracy_constraints(lp, problem, accuracy, y, handles, elastic, penalty_terms, fixed_models)
+
+    # --- latency ----------------------------------------------------------------------------------------
+    if problem.latency_bound_ms is not None:
+        _latency_constraints(lp, problem, y, r, usable, rate_at, consumer_nodes, comms, handles, elastic,
+                             penalty_terms, relax)
+
+    lp += pulp.lpSum(cost_terms) + pulp.lpSum(penalty_terms)
+    return lp, handles
+
+
+def _accuracy_constraints(lp, problem: Problem, accuracy: AccuracyModel, y, handles: _Handles, elastic: bool,
+                          penalty_terms: list, fixed_models) -> None:
+    target = problem.accuracy_target
+    slack = None
+    if elastic:
+        slack = lp.add_variable("slack_accuracy", lowBound=0)
+        handles.slack_acc = slack
+        penalty_terms.append(SLACK_PENALTY * 100 * slack)
+    if accuracy.kind == "table":
+        assert accuracy.table is not None
+        allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
+        rows = [row for row in accuracy.table.rows
+                if all(v in allowed[s] for s, v in zip(accuracy.table_stages, row.variants))]
+        if not elastic:
+            rows = [row for row in rows if row.accuracy >= target - 1e-9]
+        if fixed_models is not None:
+            rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(accuracy.table_stages, row.variants))]
+        t = [lp.add_variable(f"t_{k}", cat="Binary") for k in range(len(rows))]
+        lp += pulp.lpSum(t) == 1, "one_table_row"
+        for s in accuracy.table_stages:
+            for v in problem.stages[s].variants:
+                picks = [t[k] for k, row in enumerate(rows) if row.variants[accuracy.table_stages.index(s)] == v.name]
+                lp += pulp.lpSum(picks) == y[(s, v.name)], f"table_{_id(s)}_{_id(v.name)}"
+        if elastic:
+            lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
+        return
+    if accuracy.kind == "product":
+        if target <= 0:
+            return
+        terms = []
+        for s in problem.order:
+            for v in problem.stages[s].variants:
+                a = v.accuracy
+                if a <= 0:
+                    if isinstance(y[(s, v.name)], float):
+                        if y[(s, v.name)] > 0 and not elastic:
+                            lp += pulp.LpAffineExpression() >= 1, f"accuracy_zero_{_id(s)}"
+                    else:
+                        lp += y[(s, v.name)] == 0, f"accuracy_zero_{_id(s)}_{_id(v.name)}"
+                    continue
+                terms.append(math.log(min(a, 100.0) / 100.0) * y[(s, v.name)])
+        handles.acc_log = True
+        rhs = math.log(min(target, 100.0) / 100.0) if target < 100 else 0.0
+        if elastic:
+            lp += pulp.lpSum(terms) + slack >= rhs, "accuracy"
+        else:
+            lp += pulp.lpSum(terms) >= rhs, "accuracy"
+        return
+    # JellyBean's per-stage profiles.
+    alpha: dict[str, object] = {}
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    for s in problem.order:
+        info = problem.stages[s]
+        upstream = [e.src for e in info.inputs if not e.from_source]
+        if not upstream:
+            alpha[s] = pulp.lpSum(v.accuracy * y[(s, v.name)] for v in info.variants)
+            lo[s] = min(v.accuracy for v in info.variants)
+            hi[s] = max(v.accuracy for v in info.variants)
+            continue
+        samples = [(v, smp) for v in info.variants for smp in (v.accuracy_profile or [])]
+        w = [lp.add_variable(f"w_{_id(s)}_{k}", cat="Binary") for k in range(len(samples))]
+        lp += pulp.lpSum(w) == 1, f"one_sample_{_id(s)}"
+        for v in info.variants:
+            lp += pulp.lpSum(w[k] for k, (vv, _) in enumerate(samples) if vv.name == v.name) <= y[(s, v.name)], \
+                f"sample_variant_{_id(s)}_{_id(v.name)}"
+        alpha[s] = pulp.lpSum(smp.output * w[k] for k, (_, smp) in enumerate(samples))
+        lo[s] = min(smp.output for _, smp in samples)
+        hi[s] = max(smp.output for _, smp in samples)
+        for u in upstream:
+            task = problem.stages[u].task
+            need = pulp.lpSum(smp.inputs.get(task, lo[u]) * w[k] for k, (_, smp) in enumerate(samples))
+            lp += alpha[u] >= need, f"sample_input_{_id(s)}_{_id(u)}"
+    if elastic:
+        lp += alpha[problem.sink] + slack >= target, "accuracy"
+    else:
+        lp += alpha[problem.sink] >= target, "accuracy"
+
+
+def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_nodes, comms, handles: _Handles,
+                         elastic: bool, penalty_terms: list, relax: bool) -> None:
+    bound = problem.latency_bound_ms
+    assert bound is not None
+    groups = problem.groups
+    use_p90 = problem.latency_percentile == "p90"
+    cat = "Continuous" if relax else "Binary"
+
+    def lat(o) -> float:
+        return o.latency_ms_p90 if use_p90 else o.latency_ms
+
+    max_p = max((lat(o) for o in usable), default=0.0)
+    max_net = 0.0
+    for i in range(len(problem.nodes)):
+        for j in range(len(problem.nodes)):
+            if problem.reachable(j, i):
+                biggest = max(c.kb for c in comms)
+                max_net = max(max_net, problem.path_latency_ms(j, i, biggest))
+    slack = None
+    if elastic:
+        slack = lp.add_variable("slack_latency", lowBound=0)
+        handles.slack_lat = slack
+        penalty_terms.append(SLACK_PENALTY * slack / 100.0)
+    big = bound + max_net + max_p + 1.0 + (10 * (max_net + max_p) * len(problem.order) if elastic else 0.0)
+    x: dict[tuple[str, int], pulp.LpVariable] = {}
+    P: dict[tuple[str, int], pulp.LpVariable] = {}
+    T: dict[tuple[str, int], pulp.LpVariable] = {}
+    for (s, i), opts in rate_at.items():
+        x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat)
+        P[(s, i)] = lp.add_variable(f"P_{_id(s)}_{i}", lowBound=0)
+        T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else bound)
+        rate_bound = problem.stages[s].rate_bound_per_s
+        for o in opts:
+            w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat)
+            lp += r[o.index] <= rate_bound * w, f"use_rate_{o.index}"
+            lp += x[(s, i)] >= w, f"use_site_{o.index}"
+            lp += P[(s, i)] >= lat(o) - big * (1 - w), f"proc_{o.index}"
+    for s in problem.order:
+        info = problem.stages[s]
+        for i in consumer_nodes[s]:
+            if (s, i) not in x:
+                continue
+            for edge in info.inputs:
+                if edge.from_source:
+                    kb = problem.source_payload_kb[edge.src]
+                    for j, rate in problem.source_rates[edge.src].items():
+                        if rate <= 0 or not problem.reachable(j, i):
+                            continue
+                        net = problem.path_latency_ms(j, i, kb)
+                        lp += T[(s, i)] >= net + P[(s, i)] - big * (1 - x[(s, i)]), f"lat_src_{_id(s)}_{i}_{j}"
+                else:
+                    u = edge.src
+                    for j in consumer_nodes[u]:
+                        if (u, j) not in x or not problem.reachable(j, i):
+                            continue
+                        prop = problem.path_latency_ms(j, i, 0.0)
+                        transmit = pulp.lpSum(
+                            (problem.path_latency_ms(j, i, v.output_kb) - prop) * y[(u, v.name)]
+                            for v in problem.stages[u].variants
+                        )
+                        lp += T[(s, i)] >= T[(u, j)] + prop + transmit + P[(s, i)] - big * (2 - x[(u, j)] - x[(s, i)]), \
+                            f"lat_{_id(u)}_{_id(s)}_{j}_{i}"
+    for (s, i), t in T.items():
+        if s == problem.sink:
+            if slack is not None:
+                lp += t <= bound + slack, f"lat_bound_{i}"
+            else:
+                lp += t <= bound, f"lat_bound_{i}"
+
+
+def _id(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text)
+
+
+# --------------------------------------------------------------------------------------------------
+# solving
+
+
+def _run(model: pulp.LpProblem, solver: str, time_limit_s: float, gap_rel: float,
+         threads: int | None) -> tuple[SolverStats, dict[str, float] | None]:
+    n_vars = len(model.variables())
+    n_cons = model.numConstraints()
+    if solver == "highs":
+        try:
+            import highspy  # noqa: F401
+
+            return _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons)
+        except ImportError:
+            solver = "cbc"
+    return _run_cbc(model, time_limit_s, gap_rel, n_vars, n_cons)
+
+
+_BANNER_SHOWN = False
+
+
+def silence_highs_banner() -> None:
+    """HiGHS prints its banner to the process's stdout (fd 1, from C++) the first time a solver is
+    constructed, regardless of ``output_flag``; that would corrupt ``plan --format json``. Construct
+    the first instance with fd 1 pointed at /dev/null; later ones print nothing."""
+    global _BANNER_SHOWN
+    if _BANNER_SHOWN:
+        return
+    import os
+    import sys
+
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _BANNER_SHOWN = True
+
+
+def _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons):
+    import highspy
+
+    silence_highs_banner()
+    cmd = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=threads)
+    model.solve(cmd)
+    highs = model.solverModel
+    status = highs.getModelStatus()
+    info = highs.getInfo()
+    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    ms = highspy.HighsModelStatus
+    if status == ms.kOptimal:
+        label = "optimal"
+    elif status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
+        label = "infeasible"
+    elif status == ms.kTimeLimit:
+        label = "feasible" if has_solution else "time-limit"
+    else:
+        label = highs.modelStatusToString(status).lower()
+    gap = None
+    bound = None
+    objective = None
+    if has_solution:
+        objective = info.objective_function_value
+        mip = any(v.cat == "Integer" for v in model.variables())
+        if mip:
+            bound = info.mip_dual_bound
+            gap = max(0.0, info.mip_gap) if math.isfinite(info.mip_gap) else None
+        else:
+            bound, gap = objective, 0.0
+        if label == "optimal" and gap is not None and gap <= gap_rel:
+            gap = max(gap, 0.0)
+    stats = SolverStats(name="HiGHS", status=label, gap=gap, seconds=0.0, objective=objective, bound=bound,
+                        variables=n_vars, constraints=n_cons)
+    if not has_solution or label == "infeasible":
+        return stats, None
+    values = list(highs.getSolution().col_value)
+    return stats, {v.name: values[v.index] for v in model.variables()}
+
+
+def _run_cbc(model, time_limit_s, gap_rel, n_vars, n_cons):
+    cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
+    model.solve(cmd)
+    status = pulp.LpStatus[model.status]
+    label = {"Optimal": "optimal", "Infeasible": "infeasible", "Not Solved": "time-limit",
+             "Unbounded": "unbounded", "Undefined": "infeasible"}.get(status, status.lower())
+    has_solution = label == "optimal" or model.sol_status in (pulp.LpSolutionIntegerFeasible, pulp.LpSolutionOptimal)
+    if label != "optimal" and has_solution:
+        label = "feasible"
+    objective = pulp.value(model.objective) if has_solution else None
+    stats = SolverStats(name="CBC", status=label, gap=(0.0 if label == "optimal" else None), seconds=0.0,
+                        objective=objective, bound=objective if label == "optimal" else None,
+                        variables=n_vars, constraints=n_cons)
+    if not has_solution:
+        return stats, None
+    return stats, {v.name: (v.varValue or 0.0) for v in model.variables()}
+
+
+# --------------------------------------------------------------------------------------------------
+# decoding
+
+
+def _val(values: dict[str, float], var) -> float:
+    if isinstance(var, (int, float)):
+        return float(var)
+    return values.get(var.name, 0.0)
+
+
+def _decode(problem: Problem, handles: _Handles, values: dict[str, float]) -> Solution:
+    models: dict[str, str] = {}
+    for s in problem.order:
+        best = max(problem.stages[s].variants, key=lambda v: _val(values, handles.y[(s, v.name)]))
+        models[s] = best.name
+    rates = {o: max(0.0, _val(values, var)) for o, var in handles.r.items() if _val(values, var) > EPS}
+    counts: dict[tuple[int, str | None], float] = {}
+    for key, var in handles.n.items():
+        count = round(_val(values, var))
+        if handles.relax:
+            count = _val(values, var) / problem.nodes[problem.groups[key[0]].node].total
+        if count > EPS:
+            counts[key] = count
+    flows_up: dict[tuple[str, int], float] = {}
+    flows_down: dict[tuple[str, int], float] = {}
+    for (k, i), var in handles.up.items():
+        value = _val(values, var)
+        if value > EPS:
+            key = (handles.comms[k].edge, i)
+            flows_up[key] = flows_up.get(key, 0.0) + value
+    for (k, i), var in handles.down.items():
+        value = _val(values, var)
+        if value > EPS:
+            key = (handles.comms[k].edge, i)
+            flows_down[key] = flows_down.get(key, 0.0) + value
+    return Solution(models, rates, counts, flows_up, flows_down)
+
+
+def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
+    slacks = Slacks()
+    for key, var in handles.slack_bw.items():
+        if _val(values, var) > 1e-6:
+            slacks.bandwidth_mbps[key] = _val(values, var)
+    for key, var in handles.slack_n.items():
+        if _val(values, var) > 1e-6:
+            slacks.instances[key] = _val(values, var)
+    if handles.slack_acc is not None:
+        slacks.accuracy = _val(values, handles.slack_acc)
+    if handles.slack_lat is not None:
+        slacks.latency_ms = _val(values, handles.slack_lat)
+    for key, var in handles.slack_unserved.items():
+        if _val(values, var) > 1e-6:
+            slacks.unserved[key] = _val(values, var)
+    return slacks

@@ -1,0 +1,123 @@
+"""The Plan: the contract between the planner and everything after it.
+
+A pydantic model, serialised as the ``jellybean plan --format json`` output, stored by the
+controller and shown in a custom resource's status. Its JSON shape is public (see README).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class Assignment(_Out):
+    """One stage served by one instance group at one site (or one class of identical sites)."""
+
+    stage: str
+    variant: str
+    tier: str
+    site: str = Field(description="The site (the first of `sites` when identical sites share this row).")
+    sites: list[str] = Field(default_factory=list, description="All identical sites this row applies to, each alike.")
+    instance: str = Field(description="The instance group's name at the site.")
+    hardware: str
+    batch_size: int
+    rate_per_s: float = Field(description="Requests per second served at each site of the row.")
+    instances: float = Field(description="Instances of the group serving the stage at each site "
+                             "(shared mode: instances the stage's replicas spread over).")
+    utilization: float = Field(description="Busy fraction of those instances due to this stage.")
+    latency_ms: float = Field(description="Profiled latency of one batch.")
+
+
+class InstanceUse(_Out):
+    """An instance group's planned use, per site of the row."""
+
+    tier: str
+    site: str
+    sites: list[str] = Field(default_factory=list)
+    instance: str
+    hardware: str
+    count: int = Field(description="Instances in use at each site.")
+    available: int = Field(description="Instances the group has (`count` or `max_count`) at each site.")
+    price_per_hour: float
+    cost_per_hour: float = Field(description="Total over all sites of the row.")
+    utilization: float
+    stages: list[str]
+
+
+class LinkFlow(_Out):
+    """Traffic on one direction of one uplink (per site of the row), and its price (total)."""
+
+    from_: str = Field(alias="from")
+    to: str
+    direction: Literal["up", "down"]
+    sites: list[str] = Field(default_factory=list, description="Identical child sites this row applies to.")
+    gb_per_hour: float = Field(description="GB (1024^3 bytes) per hour on each link of the row.")
+    mbps: float
+    capacity_mbps: float | None
+    utilization: float | None
+    cost_per_hour: float = Field(description="Total over all links of the row.")
+    tier: str = Field(description="Tier of the child site owning the uplink.")
+    carries: list[str] = Field(default_factory=list, description="Workflow edges on the link (`u->v`).")
+
+
+class TierCost(_Out):
+    compute_per_hour: float = 0.0
+    network_per_hour: float = 0.0
+
+
+class Cost(_Out):
+    compute_per_hour: float
+    network_per_hour: float
+    total_per_hour: float
+    by_tier: dict[str, TierCost] = Field(default_factory=dict)
+
+
+class SolverStats(_Out):
+    name: str = Field(description="`HiGHS`, `CBC` or the heuristic's name.")
+    status: str = Field(description="`optimal`, `feasible` (time limit reached, gap > 0), `infeasible`, `heuristic`.")
+    gap: float | None = Field(description="Relative optimality gap (0 = proven optimal); None when unknown.")
+    seconds: float
+    objective: float | None = None
+    bound: float | None = None
+    variables: int = 0
+    constraints: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
+class BaselineResult(_Out):
+    strategy: str
+    feasible: bool
+    cost: Cost | None
+    accuracy: float | None
+    models: dict[str, str] = Field(default_factory=dict)
+    saving_pct: float | None = Field(default=None, description="How much cheaper the main plan is, in % of this cost.")
+    reason: str = ""
+    seconds: float = 0.0
+
+
+class Plan(_Out):
+    workflow: str
+    strategy: str
+    sharing: Literal["shared", "exclusive"]
+    feasible: bool
+    models: dict[str, str] = Field(default_factory=dict, description="Chosen variant per stage.")
+    assignments: list[Assignment] = Field(default_factory=list)
+    instances: list[InstanceUse] = Field(default_factory=list)
+    links: list[LinkFlow] = Field(default_factory=list)
+    cost: Cost | None = None
+    accuracy: float | None = None
+    accuracy_target: float
+    accuracy_method: str = ""
+    latency_ms: float | None = Field(default=None, description="Worst-path end-to-end latency (mean profiles).")
+    latency_ms_p90: float | None = Field(default=None, description="Worst path with p90 profiles where known.")
+    latency_bound_ms: float | None = None
+    rate_per_s: dict[str, float] = Field(default_factory=dict, description="Total request rate per stage.")
+    solver: SolverStats
+    baselines: list[BaselineResult] = Field(default_factory=list)
+    explanation: list[str] = Field(default_factory=list, description="Why the problem is infeasible, in words.")
+    warnings: list[str] = Field(default_factory=list)

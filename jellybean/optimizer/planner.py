@@ -1,0 +1,164 @@
+"""``plan(bundle) -> Plan``: run a strategy, and every baseline beside it, through one code path."""
+
+from __future__ import annotations
+
+import time
+
+from jellybean.optimizer.accuracy import AccuracyModel, choose_model
+from jellybean.optimizer.baselines import NoPlan, edge_first, select_by_cost_proxy
+from jellybean.optimizer.evaluate import build_plan, verify
+from jellybean.optimizer.explain import explain
+from jellybean.optimizer.milp import solve_milp
+from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
+from jellybean.optimizer.problem import Problem, compile_problem
+from jellybean.spec.bundle import Bundle
+
+OPTIMAL = "optimal"
+STRATEGIES = [OPTIMAL, "cloud-only", "edge-first", "two-stage", "jellybean"]
+
+
+def plan(
+    bundle: Bundle,
+    *,
+    strategy: str = OPTIMAL,
+    sharing: str | None = None,
+    baselines: bool = True,
+    time_limit_s: float = 60.0,
+    solver: str = "highs",
+    gap_rel: float = 1e-6,
+) -> Plan:
+    """Plan ``bundle`` with ``strategy``; with ``baselines``, also run every other strategy and
+    report its cost and the saving of the chosen plan against it."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    problem = compile_problem(bundle, sharing=sharing)
+    accuracy = choose_model(problem)
+    main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
+    if baselines:
+        results = []
+        for other in STRATEGIES:
+            if other == strategy:
+                continue
+            started = time.perf_counter()
+            other_plan = run_strategy(problem, accuracy, other, time_limit_s=time_limit_s, solver=solver,
+                                      gap_rel=gap_rel, explain_infeasible=False)
+            results.append(_baseline(main, other_plan, time.perf_counter() - started))
+        main.baselines = results
+    return main
+
+
+def _baseline(main: Plan, other: Plan, seconds: float) -> BaselineResult:
+    saving = None
+    if main.cost and other.cost and other.cost.total_per_hour > 0:
+        saving = 100.0 * (other.cost.total_per_hour - main.cost.total_per_hour) / other.cost.total_per_hour
+    return BaselineResult(
+        strategy=other.strategy, feasible=other.feasible, cost=other.cost, accuracy=other.accuracy,
+        models=other.models, saving_pct=saving, reason="; ".join(other.explanation), seconds=seconds,
+    )
+
+
+def run_strategy(
+    problem: Problem,
+    accuracy: AccuracyModel,
+    strategy: str,
+    *,
+    time_limit_s: float = 60.0,
+    solver: str = "highs",
+    gap_rel: float = 1e-6,
+    explain_infeasible: bool = True,
+) -> Plan:
+    started = time.perf_counter()
+    if strategy == OPTIMAL:
+        return _optimal(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
+                        explain_infeasible=explain_infeasible)
+    if strategy == "cloud-only":
+        result = solve_milp(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=time_limit_s, solver=solver,
+                            gap_rel=gap_rel)
+        reasons = []
+        if result.solution is None:
+            reasons = (explain(problem, accuracy, allowed_tiers={"cloud"}) if explain_infeasible
+                       else [f"no cloud-only plan ({result.stats.status})"])
+        return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
+                          explanation=reasons)
+    if strategy == "two-stage":
+        try:
+            models = select_by_cost_proxy(problem, accuracy)
+        except NoPlan as exc:
+            return _failed(problem, accuracy, strategy, str(exc), started)
+        result = solve_milp(problem, accuracy, fixed_models=models, time_limit_s=time_limit_s, solver=solver,
+                            gap_rel=gap_rel)
+        reasons = []
+        if result.solution is None:
+            reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
+            if explain_infeasible:
+                reasons += explain(problem, accuracy, fixed_models=models)
+        return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
+                          explanation=reasons)
+    if strategy == "edge-first":
+        try:
+            models = select_by_cost_proxy(problem, accuracy)
+            solution = edge_first(problem, models)
+        except NoPlan as exc:
+            return _failed(problem, accuracy, strategy, str(exc), started)
+        stats = SolverStats(name="greedy", status="heuristic", gap=None, seconds=time.perf_counter() - started)
+        violations = verify(problem, solution, accuracy)
+        if violations:
+            return _failed(problem, accuracy, strategy, "greedy placement violates: " + "; ".join(violations[:3]),
+                           started)
+        return build_plan(problem, solution, strategy=strategy, stats=stats, accuracy=accuracy)
+    if strategy == "jellybean":
+        from jellybean.optimizer.jellybean_heuristic import jellybean_heuristic
+
+        try:
+            solution = jellybean_heuristic(problem, accuracy)
+        except NoPlan as exc:
+            return _failed(problem, accuracy, strategy, str(exc), started)
+        stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None,
+                            seconds=time.perf_counter() - started)
+        violations = verify(problem, solution, accuracy)
+        if violations:
+            return _failed(problem, accuracy, strategy, "heuristic plan violates: " + "; ".join(violations[:3]),
+                           started)
+        return build_plan(problem, solution, strategy=strategy, stats=stats, accuracy=accuracy)
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _failed(problem: Problem, accuracy: AccuracyModel, strategy: str, reason: str, started: float) -> Plan:
+    stats = SolverStats(name=strategy, status="infeasible", gap=None, seconds=time.perf_counter() - started)
+    return build_plan(problem, None, strategy=strategy, stats=stats, accuracy=accuracy, explanation=[reason])
+
+
+def _optimal(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float, solver: str, gap_rel: float,
+             explain_infeasible: bool) -> Plan:
+    started = time.perf_counter()
+    result = solve_milp(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
+    stats = result.stats
+    if result.solution is None:
+        reasons = explain(problem, accuracy) if explain_infeasible else [f"solver status {stats.status}"]
+        stats.seconds = time.perf_counter() - started
+        return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
+    aggregated = [n for n in problem.nodes if n.total > 1]
+    if aggregated and stats.objective is not None:
+        sites = sum(n.total for n in problem.nodes)
+        stats.notes.append(f"{sites} sites planned as {len(problem.nodes)} classes of identical sites")
+        remaining = max(1.0, time_limit_s - (time.perf_counter() - started))
+        relaxed = solve_milp(problem, accuracy, time_limit_s=remaining, solver=solver, gap_rel=gap_rel,
+                             relax_symmetry=True)
+        bound = relaxed.stats.bound if relaxed.stats.bound is not None else None
+        if relaxed.stats.status == "infeasible":
+            bound = None
+        if bound is not None:
+            lower = min(bound, stats.bound if stats.bound is not None else bound)
+            gap = max(0.0, (stats.objective - lower) / stats.objective) if stats.objective > 0 else 0.0
+            stats.bound = lower
+            stats.gap = max(gap, stats.gap or 0.0)
+            stats.notes.append(f"lower bound {lower:.4f} $/h from the merged relaxation "
+                               f"({relaxed.stats.status}, {relaxed.stats.seconds:.2f}s)")
+            if stats.status == "optimal" and stats.gap > max(gap_rel, 1e-9):
+                stats.status = "feasible"
+        else:
+            stats.gap = None
+            stats.notes.append("no lower bound from the merged relaxation: gap unknown")
+            stats.status = "feasible"
+    stats.seconds = time.perf_counter() - started
+    return build_plan(problem, result.solution, strategy=OPTIMAL, stats=stats, accuracy=accuracy)

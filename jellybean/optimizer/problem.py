@@ -1,0 +1,443 @@
+"""Compile a Bundle (workflow + zoo + topology) into a Problem: indexed sets, rates, capacities, costs.
+
+The Problem is what every strategy (the MILP and each baseline) consumes, so they all see the same
+world. Two reductions happen here:
+
+*Symmetry.* Sibling sites that are identical (same tier, uplink, instance groups, attached sources,
+placement rules, and recursively identical subtrees) are merged into one :class:`Node` with a
+``multiplicity``. Decisions are then made for one representative member and copied to all of them
+(the *symmetric* restriction, which yields a deployable plan), or, for a lower bound, for the class
+as a whole (the *merged* relaxation). A city of 10,000 cameras has a few hundred nodes.
+
+*Options.* For each stage, the ways to serve it: (variant, instance group, batch size) with the
+throughput one instance reaches, ``mu = b * 1000 / latency_ms[b]`` requests/s. Without a latency
+bound only the highest-throughput batch size of each (variant, group) can matter, so the others are
+pruned; with a bound the (latency, throughput) Pareto set is kept.
+
+Units: rates in requests (messages) per second, sizes in KB (1024 bytes), traffic priced per GB
+(1024^3 bytes): ``GB/h = msg/s * KB * 3600 / 1024^2``; bandwidth in Mbit/s:
+``Mbps = msg/s * KB * 8192 / 10^6``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from jellybean.spec.bundle import Bundle
+from jellybean.spec.common import Tier
+from jellybean.spec.topology import LinkDirection
+from jellybean.spec.workflow import topological_order
+from jellybean.spec.zoo import Variant
+
+KB_PER_GB = 1024.0 * 1024.0
+SECONDS_PER_HOUR = 3600.0
+MBIT_PER_KB = 8192.0 / 1e6
+
+
+def gb_per_hour(rate_per_s: float, kb: float) -> float:
+    return rate_per_s * kb * SECONDS_PER_HOUR / KB_PER_GB
+
+
+def mbps(rate_per_s: float, kb: float) -> float:
+    return rate_per_s * kb * MBIT_PER_KB
+
+
+@dataclass
+class Node:
+    """A class of identical sibling sites; decisions are per member."""
+
+    index: int
+    name: str
+    members: list[str]
+    tier: Tier
+    parent: int | None
+    multiplicity: int  # members per member of the parent node
+    up: LinkDirection | None
+    down: LinkDirection | None
+    children: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    depth: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class Group:
+    """An instance group at a node: ``limit`` identical instances at each member site."""
+
+    index: int
+    node: int
+    name: str
+    hardware: str
+    price_per_hour: float
+    limit: int
+    elastic: bool
+    memory_mb: float | None
+    cpus: float | None
+
+
+@dataclass
+class Option:
+    """Serving ``stage`` with ``variant`` on instances of ``group`` at batch size ``batch``."""
+
+    index: int
+    stage: str
+    variant: str
+    group: int
+    batch: int
+    latency_ms: float
+    latency_ms_p90: float
+    throughput_per_s: float  # one instance, fully busy
+
+
+@dataclass
+class Edge:
+    """A workflow edge ``src -> dst``; ``src`` is a source group or a stage."""
+
+    src: str
+    dst: str
+    from_source: bool
+    ratio: float
+    ratio_by_variant: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return f"{self.src}->{self.dst}"
+
+    def ratio_for(self, variant: str | None) -> float:
+        if variant is None:
+            return self.ratio
+        return self.ratio_by_variant.get(variant, self.ratio)
+
+
+@dataclass
+class StageInfo:
+    name: str
+    task: str
+    variants: list[Variant]
+    inputs: list[Edge]
+    allowed_nodes: set[int]
+    rate_bound_per_s: float = 0.0  # upper bound on the stage's total rate over all sites
+
+    def variant(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+@dataclass
+class Problem:
+    name: str
+    bundle: Bundle
+    nodes: list[Node]
+    groups: list[Group]
+    stages: dict[str, StageInfo]  # in topological order
+    order: list[str]
+    sink: str
+    options: list[Option]
+    options_by_stage: dict[str, list[int]]
+    source_rates: dict[str, dict[int, float]]  # source group -> node -> rate per member site
+    source_payload_kb: dict[str, float]
+    sharing: str
+    max_utilization: float
+    allow_downward: bool
+    accuracy_target: float
+    latency_bound_ms: float | None
+    latency_percentile: str
+    warnings: list[str] = field(default_factory=list)
+    #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
+    #: downward flows a site only ever sees data produced in its own subtree.
+    member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
+
+    # --- tree helpers -------------------------------------------------------------------------
+    def ancestors(self, node: int) -> list[int]:
+        """``node`` and its ancestors, bottom-up."""
+        chain = [node]
+        while self.nodes[chain[-1]].parent is not None:
+            chain.append(self.nodes[chain[-1]].parent)  # type: ignore[arg-type]
+        return chain
+
+    def path(self, a: int, b: int) -> tuple[list[int], list[int]] | None:
+        """Links from node ``a`` to node ``b``: (nodes whose uplink is used upward, nodes whose uplink is used
+        downward, top-down), or None when they are in different trees."""
+        up_a = self.ancestors(a)
+        up_b = self.ancestors(b)
+        common = next((n for n in up_a if n in set(up_b)), None)
+        if common is None:
+            return None
+        ups = up_a[: up_a.index(common)]
+        downs = list(reversed(up_b[: up_b.index(common)]))
+        return ups, downs
+
+    def reachable(self, a: int, b: int) -> bool:
+        route = self.path(a, b)
+        if route is None:
+            return False
+        return self.allow_downward or not route[1]
+
+    def path_latency_ms(self, a: int, b: int, kb: float) -> float:
+        """Propagation plus transmission time of one message of ``kb`` KB from ``a`` to ``b``."""
+        route = self.path(a, b)
+        if route is None:
+            return math.inf
+        total = 0.0
+        for n in route[0]:
+            link = self.nodes[n].up
+            total += _link_ms(link, kb)
+        for n in route[1]:
+            link = self.nodes[n].down
+            total += _link_ms(link, kb)
+        return total
+
+    def group_of(self, option: Option) -> Group:
+        return self.groups[option.group]
+
+    def node_of(self, option: Option) -> Node:
+        return self.nodes[self.groups[option.group].node]
+
+
+def _member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, StageInfo],
+                        source_rates: dict[str, dict[int, float]], allow_downward: bool) -> dict[tuple[str, int], float]:
+    """Per member site of each node, a bound on each stage's rate within its subtree.
+
+    ``sub[q][i] = rate_q(i) + sum_{c in ch(i)} m_c sub[q][c]`` is the source traffic produced under
+    one member of ``i``; stage bounds follow the DAG with the largest ratio of each edge. With
+    downward flows allowed data can arrive from anywhere, so the global bound applies.
+    """
+    bounds: dict[tuple[str, int], float] = {}
+    if allow_downward:
+        return {(s, n.index): stages[s].rate_bound_per_s for s in order for n in nodes}
+    post = sorted(range(len(nodes)), key=lambda i: -nodes[i].depth)
+    sub: dict[str, dict[int, float]] = {}
+    for source, per_node in source_rates.items():
+        acc = {i: per_node.get(i, 0.0) for i in range(len(nodes))}
+        for i in post:
+            parent = nodes[i].parent
+            if parent is not None:
+                acc[parent] += nodes[i].multiplicity * acc[i]
+        sub[source] = acc
+    for s in order:
+        info = stages[s]
+        for node in nodes:
+            candidates = []
+            for edge in info.inputs:
+                if edge.from_source:
+                    candidates.append(edge.ratio * sub[edge.src][node.index])
+                else:
+                    ratio = max(edge.ratio_for(v.name) for v in stages[edge.src].variants)
+                    candidates.append(ratio * bounds[(edge.src, node.index)])
+            bounds[(s, node.index)] = min(candidates) if candidates else 0.0
+    return bounds
+
+
+def _link_ms(link: LinkDirection | None, kb: float) -> float:
+    if link is None:
+        return 0.0
+    transmit = 0.0 if link.bandwidth_mbps is None else kb * MBIT_PER_KB / link.bandwidth_mbps * 1000.0
+    return link.latency_ms + transmit
+
+
+def _pareto(options: list[tuple[int, float, float, float]], keep_all: bool) -> list[tuple[int, float, float, float]]:
+    """Options as (batch, latency, p90, throughput); keep the best throughput, or the Pareto set."""
+    if not options:
+        return []
+    if not keep_all:
+        return [max(options, key=lambda o: (o[3], -o[0]))]
+    kept = []
+    for cand in sorted(options, key=lambda o: (o[1], -o[3])):
+        if not kept or cand[3] > kept[-1][3] + 1e-12:
+            kept.append(cand)
+    return kept
+
+
+def compile_problem(
+    bundle: Bundle,
+    *,
+    sharing: str | None = None,
+    aggregate: bool = True,
+) -> Problem:
+    """Build the Problem for ``bundle``. ``sharing`` overrides the topology's mode."""
+    wf = bundle.workflow.spec
+    topo = bundle.topology.spec
+    zoo = bundle.zoo.spec
+    warnings: list[str] = []
+
+    # --- sources per site ---------------------------------------------------------------------
+    site_sources: dict[str, dict[str, int]] = {}
+    for source in wf.sources:
+        for site in source.sites:
+            site_sources.setdefault(site, {})
+            site_sources[site][source.name] = site_sources[site].get(source.name, 0) + source.count_per_site
+
+    # Sites named by a stage's placement must stay distinguishable.
+    pinned_sites: dict[str, tuple[str, ...]] = {}
+    for stage in wf.stages:
+        if stage.placement and stage.placement.sites:
+            for site in stage.placement.sites:
+                pinned_sites[site] = pinned_sites.get(site, ()) + (stage.name,)
+
+    # --- symmetry classes, bottom-up ------------------------------------------------------------
+    sites = {s.name: s for s in topo.sites}
+    children: dict[str | None, list[str]] = {}
+    for s in topo.sites:
+        children.setdefault(s.parent, []).append(s.name)
+    signature: dict[str, str] = {}
+
+    def own_signature(name: str) -> tuple:
+        s = sites[name]
+        uplink = None if s.uplink is None else (
+            tuple(sorted(s.uplink.up.model_dump().items())), tuple(sorted(s.uplink.down.model_dump().items())))
+        instances = tuple((i.name, i.hardware, i.price_per_hour, i.count, i.max_count, i.memory_mb, i.cpus)
+                          for i in s.instances)
+        srcs = tuple(sorted(site_sources.get(name, {}).items()))
+        return (s.tier.value, uplink, instances, srcs, pinned_sites.get(name, ()))
+
+    # Post-order without recursion (trees can be deep and wide).
+    post: list[str] = []
+    stack = [(name, False) for name in children.get(None, [])]
+    while stack:
+        name, expanded = stack.pop()
+        if expanded:
+            post.append(name)
+            continue
+        stack.append((name, True))
+        for child in children.get(name, []):
+            stack.append((child, False))
+    for name in post:
+        kids = sorted(signature[c] for c in children.get(name, []))
+        counted: list[tuple] = []
+        for sig in kids:
+            if counted and counted[-1][0] == sig:
+                counted[-1] = (sig, counted[-1][1] + 1)
+            else:
+                counted.append((sig, 1))
+        # A string: hashable and totally ordered whatever the field types (None, floats).
+        signature[name] = repr((own_signature(name), tuple(counted)) if aggregate else (name,))
+
+    nodes: list[Node] = []
+    groups: list[Group] = []
+    site_node: dict[str, int] = {}
+
+    def add_class(member_lists: list[list[str]], parent: int | None, depth: int) -> None:
+        """member_lists: for each member of the parent node, the sibling sites of this class."""
+        representative = member_lists[0][0]
+        s = sites[representative]
+        members = [m for lst in member_lists for m in lst]
+        node = Node(
+            index=len(nodes), name=representative, members=members, tier=s.tier, parent=parent,
+            multiplicity=len(member_lists[0]),
+            up=s.uplink.up if s.uplink else None, down=s.uplink.down if s.uplink else None, depth=depth,
+        )
+        nodes.append(node)
+        for m in members:
+            site_node[m] = node.index
+        if parent is not None:
+            nodes[parent].children.append(node.index)
+        for inst in s.instances:
+            group = Group(len(groups), node.index, inst.name, inst.hardware, inst.price_per_hour, inst.limit,
+                          inst.elastic, inst.memory_mb, inst.cpus)
+            groups.append(group)
+            node.groups.append(group.index)
+        # Children classes: group each member's children by signature, in a stable order.
+        per_member: list[dict[str, list[str]]] = []
+        for m in members:
+            by_sig: dict[str, list[str]] = {}
+            for c in children.get(m, []):
+                by_sig.setdefault(signature[c], []).append(c)
+            per_member.append(by_sig)
+        for sig in per_member[0] if per_member else []:
+            add_class([pm[sig] for pm in per_member], node.index, depth + 1)
+
+    roots_by_sig: dict[str, list[str]] = {}
+    for r in children.get(None, []):
+        roots_by_sig.setdefault(signature[r], []).append(r)
+    for sig, members in roots_by_sig.items():
+        add_class([members], None, 0)
+
+    # --- sources per node (per member site) -----------------------------------------------------
+    source_rates: dict[str, dict[int, float]] = {}
+    payload: dict[str, float] = {}
+    for source in wf.sources:
+        payload[source.name] = source.payload_kb
+        per_node: dict[int, float] = {}
+        for site in source.sites:
+            node = site_node[site]
+            per_node[node] = source.rate_per_s * site_sources[site][source.name]
+        source_rates[source.name] = per_node
+
+    # --- stages ---------------------------------------------------------------------------------
+    order = topological_order(wf) or []
+    stage_specs = {s.name: s for s in wf.stages}
+    source_names = {s.name for s in wf.sources}
+    stages: dict[str, StageInfo] = {}
+    tiers_of_node = {n.index: n.tier for n in nodes}
+    for name in order:
+        spec = stage_specs[name]
+        task = zoo.task(spec.task)
+        assert task is not None  # cross-checked by the spec layer
+        variants = [v for v in task.variants if spec.variants is None or v.name in spec.variants]
+        inputs = [
+            Edge(i.from_, name, i.from_ in source_names, i.ratio, dict(i.ratio_by_variant))
+            for i in spec.input_specs()
+        ]
+        allowed = set(tiers_of_node)
+        if spec.placement and spec.placement.tiers:
+            allowed = {n for n in allowed if tiers_of_node[n] in set(spec.placement.tiers)}
+        if spec.placement and spec.placement.sites:
+            wanted = {site_node[s] for s in spec.placement.sites}
+            allowed &= wanted
+        stages[name] = StageInfo(name, task.name, variants, inputs, allowed)
+
+    # Upper bounds on each stage's total rate (for big-M constants).
+    for name in order:
+        info = stages[name]
+        bounds = []
+        for edge in info.inputs:
+            if edge.from_source:
+                total = sum(rate * len(nodes[n].members) for n, rate in source_rates[edge.src].items())
+                bounds.append(edge.ratio * total)
+            else:
+                upstream = stages[edge.src]
+                ratio = max(edge.ratio_for(v.name) for v in upstream.variants)
+                bounds.append(ratio * upstream.rate_bound_per_s)
+        info.rate_bound_per_s = min(bounds) if bounds else 0.0
+
+    # --- options --------------------------------------------------------------------------------
+    options: list[Option] = []
+    by_stage: dict[str, list[int]] = {name: [] for name in order}
+    for name in order:
+        info = stages[name]
+        spec = stage_specs[name]
+        for variant in info.variants:
+            for group in groups:
+                if group.node not in info.allowed_nodes:
+                    continue
+                profile = variant.profile_for(group.hardware)
+                if profile is None:
+                    continue
+                if group.memory_mb is not None and variant.memory_mb > group.memory_mb:
+                    continue
+                candidates = []
+                for batch, latency in profile.latency_ms.items():
+                    if spec.batch_sizes is not None and batch not in spec.batch_sizes:
+                        continue
+                    p90 = (profile.latency_ms_p90 or {}).get(batch, latency)
+                    candidates.append((batch, latency, p90, batch * 1000.0 / latency))
+                for batch, latency, p90, mu in _pareto(candidates, wf.slo.latency_ms is not None):
+                    option = Option(len(options), name, variant.name, group.index, batch, latency, p90, mu)
+                    options.append(option)
+                    by_stage[name].append(option.index)
+
+    member_bound = _member_rate_bounds(nodes, order, stages, source_rates, topo.allow_downward_flows)
+
+    sharing_mode = sharing or topo.sharing
+    return Problem(
+        member_rate_bound=member_bound,
+        name=bundle.name, bundle=bundle, nodes=nodes, groups=groups, stages=stages, order=order,
+        sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
+        source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
+        allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
+        latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
+        warnings=warnings,
+    )

@@ -1,0 +1,112 @@
+"""A Bundle: one workflow with the zoo and topology it names, cross-checked against each other."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from jellybean.spec.errors import Issue, SpecError
+from jellybean.spec.loader import LoadedDocument, SourceMap, load_documents
+from jellybean.spec.topology import Topology
+from jellybean.spec.workflow import Workflow
+from jellybean.spec.zoo import ModelZoo
+
+
+@dataclass
+class Bundle:
+    workflow: Workflow
+    zoo: ModelZoo
+    topology: Topology
+    sources: dict[str, SourceMap]  # kind -> where that document was written
+
+    @property
+    def name(self) -> str:
+        return self.workflow.metadata.name
+
+
+def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_what: str) -> LoadedDocument:
+    candidates = [d for d in documents if d.model.kind == kind]
+    if wanted is not None:
+        chosen = [d for d in candidates if d.model.metadata.name == wanted]
+        if not chosen:
+            names = ", ".join(d.model.metadata.name for d in candidates) or "none"
+            raise SpecError([Issue("<documents>", None, "", f"{for_what} names {kind} {wanted!r}, which was not given",
+                                   f"{kind} documents given: {names}")])
+        return chosen[0]
+    if len(candidates) != 1:
+        names = ", ".join(d.model.metadata.name for d in candidates) or "none"
+        raise SpecError([Issue("<documents>", None, "", f"expected exactly one {kind} document, found {len(candidates)} ({names})",
+                               f"pass the {kind} with -f, or name it in the Workflow's spec.{kind[0].lower() + kind[1:]}")])
+    return candidates[0]
+
+
+def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bundle:
+    """Pick the workflow (by name, or the only one) and the zoo and topology it uses; cross-check."""
+    wf_doc = _pick(documents, "Workflow", workflow, "the command")
+    wf: Workflow = wf_doc.model
+    zoo_doc = _pick(documents, "ModelZoo", wf.spec.zoo, f"workflow {wf.metadata.name!r}")
+    topo_doc = _pick(documents, "Topology", wf.spec.topology, f"workflow {wf.metadata.name!r}")
+    seen: set[tuple[str, str]] = set()
+    for doc in documents:
+        key = (doc.model.kind, doc.model.metadata.name)
+        if key in seen:
+            raise SpecError([Issue(doc.source.file, doc.source.lines.get(("metadata", "name"), doc.source.start_line),
+                                   "metadata.name", f"a second {key[0]} named {key[1]!r}", "rename one of them")])
+        seen.add(key)
+    bundle = Bundle(wf, zoo_doc.model, topo_doc.model,
+                    {"Workflow": wf_doc.source, "ModelZoo": zoo_doc.source, "Topology": topo_doc.source})
+    issues = cross_check(bundle)
+    if issues:
+        raise SpecError(issues)
+    return bundle
+
+
+def cross_check(bundle: Bundle) -> list[Issue]:
+    """References between documents: tasks, variants, sites, tables. Every problem is reported."""
+    wf, zoo, topo = bundle.workflow.spec, bundle.zoo.spec, bundle.topology.spec
+    src = bundle.sources["Workflow"]
+    issues: list[Issue] = []
+    site_names = {s.name for s in topo.sites}
+    tasks = {t.name: t for t in zoo.tasks}
+
+    def add(loc: tuple, message: str, hint: str) -> None:
+        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        issues.append(Issue(src.file, src.line_for(loc), path, message, hint))
+
+    for i, source in enumerate(wf.sources):
+        for j, site in enumerate(source.sites):
+            if site not in site_names:
+                add(("spec", "sources", i, "sites", j), f"unknown site {site!r}",
+                    f"sites of topology {bundle.topology.metadata.name!r}: {', '.join(sorted(site_names)[:8])}")
+    stage_task = {s.name: s.task for s in wf.stages}
+    for i, stage in enumerate(wf.stages):
+        task = tasks.get(stage.task)
+        if task is None:
+            add(("spec", "stages", i, "task"), f"unknown task {stage.task!r}",
+                f"tasks of zoo {bundle.zoo.metadata.name!r}: {', '.join(tasks)}")
+            continue
+        for j, variant in enumerate(stage.variants or []):
+            if task.variant(variant) is None:
+                add(("spec", "stages", i, "variants", j), f"task {task.name!r} has no variant {variant!r}",
+                    f"variants: {', '.join(v.name for v in task.variants)}")
+        for j, inp in enumerate(stage.input_specs()):
+            upstream_task = tasks.get(stage_task.get(inp.from_, ""))
+            for variant in inp.ratio_by_variant:
+                if upstream_task is not None and upstream_task.variant(variant) is None:
+                    add(("spec", "stages", i, "inputs", j, "ratio_by_variant", variant),
+                        f"input {inp.from_!r} (task {upstream_task.name!r}) has no variant {variant!r}",
+                        f"variants: {', '.join(v.name for v in upstream_task.variants)}")
+        if stage.placement and stage.placement.sites:
+            for j, site in enumerate(stage.placement.sites):
+                if site not in site_names:
+                    add(("spec", "stages", i, "placement", "sites", j), f"unknown site {site!r}",
+                        "name a site of the topology")
+    table = wf.slo.accuracy_table
+    if table is not None and table not in {t.name for t in zoo.accuracy_tables}:
+        add(("spec", "slo", "accuracy_table"), f"zoo has no accuracy table {table!r}",
+            f"tables: {', '.join(t.name for t in zoo.accuracy_tables) or 'none'}")
+    return issues
+
+
+def load_bundle(paths: list[str | os.PathLike], workflow: str | None = None) -> Bundle:
+    return resolve(load_documents(paths), workflow)

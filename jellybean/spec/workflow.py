@@ -1,0 +1,139 @@
+"""The ``Workflow`` document: sources, a DAG of stages, and the service-level objective.
+
+Rates propagate along edges: a stage fed by input ``u`` with ``ratio`` r receives r requests per
+request of ``u`` (r may depend on ``u``'s chosen variant through ``ratio_by_variant``, e.g. vehicle
+crops per frame depend on the detector). Each request of a stage receives one message from each
+of its inputs, so a stage with several inputs (a join) pairs them one to one: the rates arriving
+on all of its inputs must agree, and the stage's rate is that common rate.
+
+The SLO names an end-to-end accuracy target at the workflow's sink (the stage nothing consumes),
+in the zoo's unit, and optionally a bound on the end-to-end latency in milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
+
+
+class Source(StrictModel):
+    """A group of identical data sources (cameras, microphones), ``count_per_site`` at each listed site."""
+
+    name: Name
+    kind: Literal["camera", "microphone", "sensor"] = "camera"
+    rate_per_s: float = Field(gt=0, description="Requests (frames, utterances) per second from one source.")
+    payload_kb: float = Field(gt=0, description="Size of one request in KB (1024 bytes).")
+    sites: list[Name] = Field(min_length=1, description="Sites the sources are attached to.")
+    count_per_site: int = Field(default=1, ge=1, description="Sources of this group at each listed site.")
+
+
+class StageInput(StrictModel):
+    from_: Name = Field(alias="from", description="A source group or a stage.")
+    ratio: float = Field(default=1.0, gt=0, description="Requests of this stage per request of the input.")
+    ratio_by_variant: dict[Name, float] = Field(
+        default_factory=dict, description="Ratio per variant of the input stage, overriding `ratio`."
+    )
+
+
+class Placement(StrictModel):
+    tiers: list[Tier] | None = Field(default=None, description="Tiers the stage may run in.")
+    sites: list[Name] | None = Field(default=None, description="Sites the stage may run at.")
+
+
+class Stage(StrictModel):
+    name: Name
+    task: Name = Field(description="A task of the ModelZoo.")
+    inputs: list[StageInput | Name] = Field(min_length=1)
+    variants: list[Name] | None = Field(default=None, description="Restrict the variants considered.")
+    batch_sizes: list[int] | None = Field(default=None, description="Restrict the batch sizes considered.")
+    placement: Placement | None = None
+
+    def input_specs(self) -> list[StageInput]:
+        return [i if isinstance(i, StageInput) else StageInput(**{"from": i}) for i in self.inputs]
+
+
+class SLO(StrictModel):
+    accuracy: float = Field(description="End-to-end accuracy target at the sink, in the zoo's unit.")
+    latency_ms: float | None = Field(default=None, gt=0, description="Bound on the end-to-end latency (worst path).")
+    latency_percentile: Literal["mean", "p90"] = Field(
+        default="p90", description="Profile the latency bound is checked on (p90 falls back to the mean where not profiled)."
+    )
+    accuracy_table: Name | None = Field(
+        default=None, description="Name of the zoo's end-to-end accuracy table to use (default: any that covers the stages)."
+    )
+
+
+class WorkflowSpec(StrictModel):
+    zoo: Name | None = Field(default=None, description="ModelZoo to use (default: the only one given).")
+    topology: Name | None = Field(default=None, description="Topology to use (default: the only one given).")
+    sources: list[Source] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+    slo: SLO
+
+    @model_validator(mode="after")
+    def _dag(self) -> "WorkflowSpec":
+        names: dict[str, str] = {}
+        for source in self.sources:
+            if source.name in names:
+                raise ValueError(f"name {source.name!r} is used twice")
+            names[source.name] = "source"
+        for stage in self.stages:
+            if stage.name in names:
+                raise ValueError(f"name {stage.name!r} is used twice (sources and stages share one namespace)")
+            names[stage.name] = "stage"
+        stage_names = {s.name for s in self.stages}
+        for stage in self.stages:
+            for inp in stage.input_specs():
+                if inp.from_ not in names:
+                    raise ValueError(f"stage {stage.name!r} reads from unknown input {inp.from_!r}")
+                if inp.from_ == stage.name:
+                    raise ValueError(f"stage {stage.name!r} reads from itself")
+                if inp.ratio_by_variant and inp.from_ not in stage_names:
+                    raise ValueError(
+                        f"stage {stage.name!r}: `ratio_by_variant` applies to stage inputs, "
+                        f"but {inp.from_!r} is a source"
+                    )
+        order = topological_order(self)
+        if order is None:
+            raise ValueError("stages form a cycle; a workflow must be a DAG")
+        consumed = {i.from_ for s in self.stages for i in s.input_specs()}
+        sinks = [s.name for s in self.stages if s.name not in consumed]
+        if len(sinks) != 1:
+            raise ValueError(
+                f"a workflow needs exactly one sink stage (one that no stage reads from); found {len(sinks)}: "
+                f"{', '.join(sinks)}"
+            )
+        unused = [s.name for s in self.sources if s.name not in consumed]
+        if unused:
+            raise ValueError(f"sources not read by any stage: {', '.join(unused)}")
+        return self
+
+    @property
+    def sink(self) -> str:
+        consumed = {i.from_ for s in self.stages for i in s.input_specs()}
+        return next(s.name for s in self.stages if s.name not in consumed)
+
+
+def topological_order(spec: WorkflowSpec) -> list[str] | None:
+    """Stages in topological order (Kahn's algorithm, stable by declaration), or None on a cycle."""
+    stage_names = [s.name for s in spec.stages]
+    deps = {s.name: {i.from_ for i in s.input_specs() if i.from_ in set(stage_names)} for s in spec.stages}
+    order: list[str] = []
+    done: set[str] = set()
+    while len(order) < len(stage_names):
+        ready = [n for n in stage_names if n not in done and deps[n] <= done]
+        if not ready:
+            return None
+        order.append(ready[0])
+        done.add(ready[0])
+    return order
+
+
+class Workflow(StrictModel):
+    apiVersion: Literal["jellybean.io/v1alpha1"] = API_VERSION
+    kind: Literal["Workflow"] = "Workflow"
+    metadata: Metadata
+    spec: WorkflowSpec

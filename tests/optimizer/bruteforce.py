@@ -1,0 +1,161 @@
+"""An independent, exhaustive planner for tiny instances, to check the MILP against.
+
+It shares only the compiled data (options, sites, paths) with the optimizer, not its model:
+variants are enumerated; in exclusive mode every individual instance (not an aggregated count) is
+assigned a stage or nothing; in shared mode every instance group picks the set of stages it hosts and
+how many instances it uses. For each such choice the remaining problem is a linear program over
+per-instance rates and *site-to-site* flows (routes are whole tree paths, not the MILP's per-link
+flows), solved with SciPy's ``linprog``. The cheapest over all choices is the optimum.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+from scipy.optimize import linprog
+
+from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.problem import KB_PER_GB, MBIT_PER_KB, SECONDS_PER_HOUR, Problem
+
+
+def brute_force(problem: Problem, accuracy: AccuracyModel) -> float:
+    """Minimum $/h over every plan, or ``math.inf`` when none exists. Needs ``aggregate=False``."""
+    assert all(n.total == 1 for n in problem.nodes), "compile with aggregate=False"
+    best = math.inf
+    for models in enumerate_combinations(problem) or []:
+        value = accuracy.evaluate(problem, models)
+        if value is None or value < problem.accuracy_target - 1e-9:
+            continue
+        opts = {s: [o for o in (problem.options[i] for i in problem.options_by_stage[s]) if o.variant == models[s]]
+                for s in problem.order}
+        if problem.sharing == "exclusive":
+            best = min(best, _exclusive(problem, models, opts))
+        else:
+            best = min(best, _shared(problem, models, opts))
+    return best
+
+
+def _exclusive(problem: Problem, models, opts) -> float:
+    instances = [(g.index, k) for g in problem.groups for k in range(g.limit)]
+    choices = [None] + problem.order
+    best = math.inf
+    for assignment in itertools.product(choices, repeat=len(instances)):
+        compute = sum(problem.groups[g].price_per_hour for (g, _), s in zip(instances, assignment) if s is not None)
+        if compute >= best:
+            continue
+        # Serving units: one per used instance, with the options of its stage on its group.
+        units = [(s, [o for o in opts[s] if o.group == g], 1.0)
+                 for (g, _), s in zip(instances, assignment) if s is not None]
+        network = _lp(problem, models, units)
+        best = min(best, compute + network)
+    return best
+
+
+def _shared(problem: Problem, models, opts) -> float:
+    per_group = []
+    for g in problem.groups:
+        menu = []
+        for hosted in itertools.chain.from_iterable(
+                itertools.combinations(problem.order, k) for k in range(len(problem.order) + 1)):
+            memory = sum(problem.stages[s].variant(models[s]).memory_mb for s in hosted)
+            if g.memory_mb is not None and memory > g.memory_mb + 1e-9:
+                continue
+            counts = [0] if not hosted else range(1, g.limit + 1)
+            for n in counts:
+                menu.append((hosted, n))
+        per_group.append(menu)
+    best = math.inf
+    for pick in itertools.product(*per_group):
+        compute = sum(problem.groups[g].price_per_hour * n for g, (_, n) in enumerate(pick))
+        if compute >= best:
+            continue
+        units = []
+        for g, (hosted, n) in enumerate(pick):
+            if n:
+                units.append((tuple(hosted), [o for s in hosted for o in opts[s] if o.group == g], float(n)))
+        network = _lp(problem, models, units)
+        best = min(best, compute + network)
+    return best
+
+
+def _lp(problem: Problem, models, units) -> float:
+    """Cheapest network cost for fixed serving units, or inf. Units: (stage(s), options, instances)."""
+    nodes = problem.nodes
+    h = problem.max_utilization
+    columns: list[tuple] = []  # ("r", unit, option) | ("f", edge_key, i, j)
+    for u, (_, options, _) in enumerate(units):
+        for o in options:
+            columns.append(("r", u, o.index))
+    edges = [(s, e) for s in problem.order for e in problem.stages[s].inputs]
+    pairs = [(i, j) for i in range(len(nodes)) for j in range(len(nodes)) if problem.reachable(i, j)]
+    for s, e in edges:
+        for i, j in pairs:
+            columns.append(("f", e.key, i, j))
+    index = {c: k for k, c in enumerate(columns)}
+    cost = np.zeros(len(columns))
+    a_eq, b_eq, a_ub, b_ub = [], [], [], []
+
+    def kb_of(edge) -> float:
+        return problem.source_payload_kb[edge.src] if edge.from_source else \
+            problem.stages[edge.src].variant(models[edge.src]).output_kb
+
+    for s, e in edges:
+        kb = kb_of(e)
+        for i, j in pairs:
+            ups, downs = problem.path(i, j)
+            price = sum(nodes[n].up.cost_per_gb for n in ups) + sum(nodes[n].down.cost_per_gb for n in downs)
+            cost[index[("f", e.key, i, j)]] = price * kb * SECONDS_PER_HOUR / KB_PER_GB
+    # Capacity of each unit.
+    for u, (_, options, n) in enumerate(units):
+        row = np.zeros(len(columns))
+        for o in options:
+            row[index[("r", u, o.index)]] = 1.0 / o.throughput_per_s
+        a_ub.append(row)
+        b_ub.append(h * n)
+    # Conservation: producers send all, consumers receive their rate on every input edge.
+    for s, e in edges:
+        for i in range(len(nodes)):
+            row = np.zeros(len(columns))
+            for (a, b) in pairs:
+                if a == i:
+                    row[index[("f", e.key, a, b)]] += 1.0
+            constant = 0.0
+            if e.from_source:
+                constant = e.ratio * problem.source_rates[e.src].get(i, 0.0)
+            else:
+                for u, (_, options, _) in enumerate(units):
+                    for o in options:
+                        if o.stage == e.src and problem.groups[o.group].node == i:
+                            row[index[("r", u, o.index)]] -= e.ratio_for(models[e.src])
+            a_eq.append(row)
+            b_eq.append(constant)
+            row = np.zeros(len(columns))
+            for (a, b) in pairs:
+                if b == i:
+                    row[index[("f", e.key, a, b)]] += 1.0
+            for u, (_, options, _) in enumerate(units):
+                for o in options:
+                    if o.stage == s and problem.groups[o.group].node == i:
+                        row[index[("r", u, o.index)]] -= 1.0
+            a_eq.append(row)
+            b_eq.append(0.0)
+    # Bandwidth on every link direction.
+    for node in nodes:
+        if node.parent is None:
+            continue
+        for direction, link in (("up", node.up), ("down", node.down)):
+            if link is None or link.bandwidth_mbps is None:
+                continue
+            row = np.zeros(len(columns))
+            for s, e in edges:
+                for i, j in pairs:
+                    ups, downs = problem.path(i, j)
+                    if node.index in (ups if direction == "up" else downs):
+                        row[index[("f", e.key, i, j)]] += kb_of(e) * MBIT_PER_KB
+            a_ub.append(row)
+            b_ub.append(link.bandwidth_mbps)
+    result = linprog(cost, A_ub=np.array(a_ub) if a_ub else None, b_ub=b_ub or None,
+                     A_eq=np.array(a_eq), b_eq=b_eq, bounds=(0, None), method="highs")
+    return result.fun if result.status == 0 else math.inf

@@ -1,0 +1,94 @@
+"""Small random planning instances (documents built in memory) for property and brute-force tests."""
+
+from __future__ import annotations
+
+import random
+
+from jellybean.spec.bundle import Bundle, cross_check
+from jellybean.spec.loader import SourceMap
+from jellybean.spec.topology import Topology
+from jellybean.spec.workflow import Workflow
+from jellybean.spec.zoo import ModelZoo
+
+META = {"apiVersion": "jellybean.io/v1alpha1"}
+
+
+def make_bundle(zoo: dict, topology: dict, workflow: dict) -> Bundle:
+    bundle = Bundle(
+        Workflow.model_validate({**META, "kind": "Workflow", "metadata": {"name": "w"}, "spec": workflow}),
+        ModelZoo.model_validate({**META, "kind": "ModelZoo", "metadata": {"name": "z"}, "spec": zoo}),
+        Topology.model_validate({**META, "kind": "Topology", "metadata": {"name": "t"}, "spec": topology}),
+        {k: SourceMap("<memory>") for k in ("Workflow", "ModelZoo", "Topology")},
+    )
+    assert not cross_check(bundle)
+    return bundle
+
+
+def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None) -> Bundle:
+    rng = random.Random(seed)
+    hardware = ["cpu", "gpu"]
+    join = rng.random() < 0.3 if join is None else join
+
+    def variant(name: str, acc_lo: float, acc_hi: float) -> dict:
+        base = rng.uniform(5, 60)
+        profiles = []
+        for hw in hardware:
+            speed = 1.0 if hw == "cpu" else rng.uniform(0.1, 0.5)
+            lat1 = base * speed
+            lat = {1: round(lat1, 3)}
+            if rng.random() < 0.5:
+                lat[4] = round(lat1 * rng.uniform(2.0, 4.5), 3)
+            profiles.append({"hardware": hw, "latency_ms": lat})
+        return {"name": name, "accuracy": round(rng.uniform(acc_lo, acc_hi), 2),
+                "output_kb": round(rng.uniform(0.5, 30), 2), "memory_mb": rng.choice([100, 300, 600]),
+                "profiles": profiles}
+
+    tasks = [
+        {"name": "t1", "variants": [variant("t1a", 60, 80), variant("t1b", 80, 95)]},
+        {"name": "t2", "variants": [variant("t2a", 70, 99)] + ([variant("t2b", 85, 99)] if rng.random() < 0.5 else [])},
+    ]
+    if join:
+        tasks.append({"name": "t3", "variants": [variant("t3a", 90, 99)]})
+    zoo = {"tasks": tasks}
+
+    hubs = rng.choice([1, 2])
+    budget = max_instances
+    sites = []
+    cloud_limit = 1 if budget <= 3 else 2
+    budget -= cloud_limit
+    sites.append({"name": "cloud", "tier": "cloud", "instances": [
+        {"name": "vm", "hardware": rng.choice(hardware), "price_per_hour": round(rng.uniform(0.5, 3), 3),
+         "max_count": cloud_limit}]})
+    for k in range(hubs):
+        count = 1 if budget >= 1 else 0
+        budget -= count
+        bandwidth = rng.choice([None, None, 5.0, 20.0, 100.0])
+        up = {"cost_per_gb": round(rng.uniform(0.0, 0.2), 3)}
+        if bandwidth is not None:
+            up["bandwidth_mbps"] = bandwidth
+        sites.append({
+            "name": f"hub{k}", "tier": "hub", "parent": "cloud",
+            "uplink": {"up": up, "down": {"cost_per_gb": 1.0}},
+            "instances": ([{"name": "box", "hardware": "cpu", "price_per_hour": round(rng.uniform(0.01, 0.3), 3),
+                            "count": count, "memory_mb": rng.choice([400, 800, 2000])}] if count else []),
+        })
+    topology = {"sites": sites, "sharing": sharing, "max_utilization": rng.choice([0.7, 0.9, 1.0])}
+    cam_sites = [f"hub{k}" for k in range(hubs)]
+    sources = [{"name": "cams", "rate_per_s": round(rng.uniform(2, 40), 2),
+                "payload_kb": round(rng.uniform(5, 120), 1), "sites": cam_sites}]
+    stages = [
+        {"name": "s1", "task": "t1", "inputs": ["cams"]},
+        {"name": "s2", "task": "t2", "inputs": [
+            {"from": "s1", "ratio": round(rng.uniform(0.5, 3), 2),
+             "ratio_by_variant": {"t1b": round(rng.uniform(0.5, 3), 2)}}]},
+    ]
+    if join:
+        sources.append({"name": "mics", "rate_per_s": 1.0, "payload_kb": round(rng.uniform(1, 20), 1),
+                        "sites": cam_sites})
+        stages.append({"name": "s3", "task": "t3", "inputs": ["s2", "mics"]})
+        # The join pairs one s2 result with one microphone request: rates must agree.
+        stages[1]["inputs"][0] = {"from": "s1", "ratio": 1.0}
+        stages[0]["inputs"] = [{"from": "cams", "ratio": 1.0}]
+        sources[0]["rate_per_s"] = 1.0
+    workflow = {"sources": sources, "stages": stages, "slo": {"accuracy": round(rng.uniform(40, 75), 1)}}
+    return make_bundle(zoo, topology, workflow)

@@ -1,0 +1,61 @@
+"""The MILP against exhaustive enumeration on small random instances, in both sharing modes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from jellybean.optimizer.accuracy import choose_model
+from jellybean.optimizer.evaluate import build_plan, verify
+from jellybean.optimizer.milp import solve_milp
+from jellybean.optimizer.planner import run_strategy
+from jellybean.optimizer.problem import compile_problem
+
+from .bruteforce import brute_force
+from .random_instances import random_bundle
+
+SEEDS = range(14)
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_milp_matches_brute_force(seed: int, sharing: str) -> None:
+    bundle = random_bundle(seed, sharing=sharing)
+    flat = compile_problem(bundle, aggregate=False)
+    accuracy = choose_model(flat)
+    expected = brute_force(flat, accuracy)
+    result = solve_milp(flat, accuracy)
+    if math.isinf(expected):
+        assert result.solution is None, f"brute force finds no plan, the MILP found {result.stats.objective}"
+        return
+    assert result.solution is not None, f"brute force finds {expected:.4f} $/h, the MILP none ({result.stats.status})"
+    assert result.stats.status == "optimal"
+    plan = build_plan(flat, result.solution, strategy="optimal", stats=result.stats, accuracy=accuracy)
+    assert plan.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert verify(flat, result.solution, accuracy) == []
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_aggregated_plan_brackets_the_optimum(seed: int, sharing: str) -> None:
+    """Identical sites decided alike give a feasible plan at or above the optimum; the reported
+    lower bound is at or below it, and a zero gap means the plan is optimal."""
+    bundle = random_bundle(seed, sharing=sharing)
+    flat = compile_problem(bundle, aggregate=False)
+    accuracy = choose_model(flat)
+    expected = brute_force(flat, accuracy)
+    problem = compile_problem(bundle)
+    plan = run_strategy(problem, accuracy, "optimal")
+    if math.isinf(expected):
+        assert not plan.feasible
+        return
+    if not plan.feasible:
+        # Deciding identical sites alike can only lose feasibility where a site would have to differ.
+        assert any(n.total > 1 for n in problem.nodes)
+        return
+    cost = plan.cost.total_per_hour
+    assert cost >= expected - 1e-6
+    assert plan.solver.bound is not None and plan.solver.bound <= expected + 1e-6
+    if plan.solver.gap is not None and plan.solver.gap <= 1e-9:
+        assert cost == pytest.approx(expected, rel=1e-6, abs=1e-6)
