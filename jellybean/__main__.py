@@ -1,0 +1,5 @@
+import sys
+
+from jellybean.cli import main
+
+sys.exit(main())

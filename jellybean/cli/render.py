@@ -1,0 +1,129 @@
+"""Plain-text tables for the terminal, in the spirit of ``sky launch --dryrun``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jellybean.optimizer.plan import Plan
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: set[int] | None = None) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = right if right is not None else {
+        i for i in range(len(headers)) if rows and all(_is_number(row[i]) for row in rows)}
+    lines = []
+    for k, row in enumerate(cells):
+        parts = [c.rjust(widths[i]) if i in numeric else c.ljust(widths[i]) for i, c in enumerate(row)]
+        lines.append("  ".join(parts).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 100:
+            return f"{value:,.1f}"
+        if abs(value) >= 1:
+            return f"{value:.3f}"
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _site(site: str, sites: list[str]) -> str:
+    return f"{site} (x{len(sites)})" if len(sites) > 1 else site
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def render_plan(plan: Plan) -> str:
+    out: list[str] = []
+    s = plan.solver
+    gap = "unknown" if s.gap is None else f"{100 * s.gap:.3f}%"
+    out.append(f"Workflow {plan.workflow}: strategy {plan.strategy}, {plan.sharing} instances")
+    out.append(f"Solver: {s.name}, status {s.status}, gap {gap}, {s.seconds:.2f} s"
+               + (f", {s.variables} variables, {s.constraints} constraints" if s.variables else ""))
+    for note in s.notes:
+        out.append(f"  note: {note}")
+    if not plan.feasible:
+        out.append("")
+        out.append("No feasible plan:")
+        for reason in plan.explanation:
+            out.append(f"  - {reason}")
+        if plan.baselines:
+            out.append("")
+            out.append(render_baselines(plan))
+        return "\n".join(out)
+    assert plan.cost is not None
+    out.append("")
+    out.append("Models")
+    out.append(table(["STAGE", "VARIANT", "REQ/S"],
+                     [[st, v, plan.rate_per_s.get(st, 0.0)] for st, v in plan.models.items()]))
+    out.append("")
+    out.append("Placement")
+    rows = [[a.tier, _site(a.site, a.sites), a.instance, a.hardware, a.stage, a.variant, a.batch_size,
+             a.rate_per_s, a.instances, _pct(a.utilization)] for a in plan.assignments]
+    out.append(table(["TIER", "SITE", "INSTANCE", "HARDWARE", "STAGE", "VARIANT", "BATCH", "REQ/S", "INSTANCES",
+                      "UTIL"], rows, right={6, 7, 8, 9}))
+    out.append("")
+    out.append("Instances in use")
+    rows = [[i.tier, _site(i.site, i.sites), i.instance, f"{i.count}/{i.available}", i.price_per_hour,
+             i.cost_per_hour, _pct(i.utilization), ", ".join(i.stages)] for i in plan.instances]
+    out.append(table(["TIER", "SITE", "INSTANCE", "USED/HAS", "$/H EACH", "$/H", "UTIL", "STAGES"], rows,
+                     right={3, 4, 5, 6}))
+    out.append("")
+    out.append("Egress plan")
+    if plan.links:
+        rows = [[f"{l.from_} -> {l.to}" + (f" (x{len(l.sites)})" if len(l.sites) > 1 else ""), l.gb_per_hour,
+                 l.mbps, l.capacity_mbps if l.capacity_mbps is not None else "unlimited", _pct(l.utilization),
+                 l.cost_per_hour, ", ".join(l.carries)] for l in plan.links]
+        out.append(table(["LINK", "GB/H", "MBPS", "CAPACITY", "UTIL", "$/H", "CARRIES"], rows,
+                         right={1, 2, 3, 4, 5}))
+    else:
+        out.append("  (no traffic leaves any site)")
+    out.append("")
+    out.append("Cost ($/hour)")
+    rows = [[tier, c.compute_per_hour, c.network_per_hour, c.compute_per_hour + c.network_per_hour]
+            for tier, c in plan.cost.by_tier.items()]
+    rows.append(["total", plan.cost.compute_per_hour, plan.cost.network_per_hour, plan.cost.total_per_hour])
+    out.append(table(["TIER", "COMPUTE", "NETWORK", "TOTAL"], rows))
+    out.append("")
+    acc = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
+    out.append(f"Accuracy: {acc} (target {plan.accuracy_target:g}; {plan.accuracy_method})")
+    lat = "-" if plan.latency_ms is None else f"{plan.latency_ms:.1f} ms"
+    p90 = "-" if plan.latency_ms_p90 is None else f"{plan.latency_ms_p90:.1f} ms"
+    bound = "" if plan.latency_bound_ms is None else f"; bound {plan.latency_bound_ms:g} ms"
+    out.append(f"Latency (worst path): {lat} mean, {p90} p90{bound}")
+    if plan.baselines:
+        out.append("")
+        out.append(render_baselines(plan))
+    for warning in plan.warnings:
+        out.append(f"warning: {warning}")
+    return "\n".join(out)
+
+
+def render_baselines(plan: Plan) -> str:
+    rows = []
+    for b in plan.baselines:
+        if b.feasible and b.cost:
+            saving = "-" if b.saving_pct is None else f"{b.saving_pct:.1f}%"
+            rows.append([b.strategy, "yes", b.cost.compute_per_hour, b.cost.network_per_hour, b.cost.total_per_hour,
+                         b.accuracy, saving, ""])
+        else:
+            rows.append([b.strategy, "no", None, None, None, None, "-", b.reason[:100]])
+    header = f"Baselines (saving of {plan.strategy} against each)"
+    return header + "\n" + table(["STRATEGY", "FEASIBLE", "COMPUTE $/H", "NETWORK $/H", "TOTAL $/H", "ACCURACY",
+                                  "SAVING", "WHY NOT"], rows, right={2, 3, 4, 5, 6})

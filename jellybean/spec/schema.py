@@ -1,0 +1,21 @@
+"""JSON Schema of the documents, generated from the same pydantic models the loader validates with
+(one source of truth for the CLI, the controller's API and the Kubernetes CRDs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jellybean.spec.loader import KINDS
+
+
+def document_schema(kind: str) -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of one kind of document."""
+    model = KINDS[kind]
+    schema = model.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema.setdefault("title", kind)
+    return schema
+
+
+def all_schemas() -> dict[str, dict[str, Any]]:
+    return {kind: document_schema(kind) for kind in KINDS}
