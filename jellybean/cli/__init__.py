@@ -108,7 +108,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     bundle = load_bundle(args.files, args.workflow)
     sharing = "exclusive" if args.exclusive_instances else "shared" if args.shared_instances else None
-    if args.time_limit <= 0:
+    if not args.time_limit > 0:  # also refuses nan
         raise UsageError("--time-limit must be positive")
     try:
         result = make_plan(bundle, strategy=args.strategy, sharing=sharing, baselines=not args.no_baselines,

@@ -264,6 +264,8 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
     problems: list[str] = []
     nodes, groups = problem.nodes, problem.groups
     h = problem.max_utilization
+    if solution.flows_up is None:
+        route_proportionally(problem, solution)
     for o_index, rate in solution.rates.items():
         o = problem.options[o_index]
         if solution.models.get(o.stage) != o.variant and rate > tol:

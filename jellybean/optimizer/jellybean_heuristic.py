@@ -37,7 +37,9 @@ The algorithm
 
    Stages are placed one at a time along up to ``orders`` topological orders (enumerated
    deterministically, preferring the workflow's own order), keeping a beam of the ``beam_width``
-   cheapest partial placements (compute + communication so far) at each step. A stage's rate is
+   cheapest partial placements (compute + communication so far) at each step (JellyBean's
+   ``BEST_K_ASSIGNMENTS``, 10 like ``BEST_K``; then the best ``beam_width`` over all orders are
+   priced). A stage's rate is
    its primary input's rate times the edge ratio (sources: their total rate). Its tier may not be
    below the highest tier of its inputs (a source sits at its site's tier; a placed stage at the
    highest tier of its workers). For each upper tier bound from there to the top, the candidates
@@ -58,20 +60,30 @@ The algorithm
    placement is the one :func:`jellybean.optimizer.evaluate.build_plan` reports: used instances x
    price plus the traffic routed in proportion to where each stage runs.
 
+   On ``workflows/vqa-medium`` (exclusive) this reproduces JellyBean's published output:
+   ResNet-18 + wav2vec2-large, accuracy 56.59, $6.242/h compute + $1.267/h communication =
+   $7.509/h (the optimal plan costs $7.485/h).
+
 Deviations, and why
 -------------------
 - *Tiers in a tree.* JellyBean has a flat list of tiers and a price per worker pair; here sites
   form a tree. Tier rank is the site's tier; besides the tier rule, a worker is a candidate only
   if every producer of the stage's inputs can reach it without crossing a link downward (unless the
   topology allows downward flows), since in a tree two sites of the same tier need not be
-  connected upwards. With JellyBean's own inputs (one site per tier) this adds nothing.
+  connected upwards. With JellyBean's own inputs (one site per tier) this adds nothing. Because a
+  stage's input is split across all of its workers in proportion to their shares, a stage whose
+  input is produced at several different sites can then only run where all of them send upward
+  (typically at their common ancestor or above).
 - *Infeasible beam states are dropped.* JellyBean aborts the whole model search (returns None,
   which its driver then fails on) when any one state has a stage no variant can satisfy; here only
   that state is dropped.
 - *The pull cost of the last worker.* When the greedy switches to "one worker carries the rest",
   JellyBean prices the pull of source inputs for the remaining rate but of stage inputs for the
   stage's full rate (it computes the remaining share and then does not use it); here both use the
-  remaining rate, as its documentation describes.
+  remaining rate, as the reference description reads ("the lowest price + cost of pulling the
+  stage's inputs to it"). It only reorders equally-tiered candidates for that last share.
+- *Joins.* JellyBean takes a stage's rate as the minimum over its inputs; here it is the primary
+  input's rate, as everywhere in the planner (a valid workflow's joined inputs agree anyway).
 - *Sharing.* JellyBean has no instance sharing: a worker serves one stage. In ``shared`` mode this
   still holds (counts are reported as ``(group, None)``); the plan is a valid shared plan, just not
   one that exploits sharing.
@@ -128,7 +140,6 @@ def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str
     if problem.sink in order:
         order.remove(problem.sink)
         order.insert(0, problem.sink)
-    position = {s: k for k, s in enumerate(problem.order)}
     # A state: (models, requirements)
     states: list[tuple[dict[str, str], dict[str, float]]] = [({}, {problem.sink: problem.accuracy_target})]
     for stage in order:
@@ -160,8 +171,7 @@ def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str
 
         def key(state: tuple[dict[str, str], dict[str, float]]) -> tuple:
             models, reqs = state
-            return (_proxy(problem, models),
-                    tuple(reqs.get(s, -math.inf) for s in sorted(position, key=position.get)))
+            return (_proxy(problem, models), tuple(reqs.get(s, -math.inf) for s in problem.order))
 
         extended.sort(key=key)
         states = extended[:beam_width]

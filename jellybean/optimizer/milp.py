@@ -142,15 +142,21 @@ def solve_milp(
     relax_symmetry: bool = False,
     elastic: bool = False,
     threads: int | None = None,
+    latency: bool = True,
+    lp_only: bool = False,
 ) -> MilpResult:
+    """Solve the MILP (see the module docstring). ``latency=False`` drops the latency bound and
+    ``lp_only`` drops integrality: both leave relaxations whose optimum is a valid lower bound."""
     started = time.perf_counter()
-    model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic)
+    model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic, latency)
     build_s = time.perf_counter() - started
-    stats, values = _run(model, solver, time_limit_s, gap_rel, threads)
+    stats, values = _run(model, solver, time_limit_s, gap_rel, threads, lp_only)
     stats.seconds = time.perf_counter() - started
     stats.notes.append(f"model built in {build_s:.2f}s")
     if values is None:
         return MilpResult(None, stats)
+    if handles.latency_redundant:
+        stats.notes.append("latency bound cannot bind: no placement's worst path exceeds it")
     solution = _decode(problem, handles, values)
     slacks = _decode_slacks(handles, values) if elastic else None
     return MilpResult(solution, stats, slacks)
@@ -175,6 +181,7 @@ class _Handles:
     slack_lat: pulp.LpVariable | None = None
     slack_unserved: dict[tuple[str, int], pulp.LpVariable] = field(default_factory=dict)
     acc_log: bool = False
+    latency_redundant: bool = False
 
 
 def _build(
@@ -184,6 +191,7 @@ def _build(
     allowed_tiers: set[str] | None,
     relax: bool,
     elastic: bool,
+    latency: bool = True,
 ) -> tuple[pulp.LpProblem, _Handles]:
     lp = pulp.LpProblem("jellybean", pulp.LpMinimize)
     nodes, groups = problem.nodes, problem.groups
@@ -198,6 +206,8 @@ def _build(
     ]
     if fixed_models is not None:
         usable = [o for o in usable if fixed_models.get(o.stage) == o.variant]
+    if problem.latency_bound_ms is not None and not elastic and latency:
+        usable = prune_by_latency(problem, usable)
     opts_by_stage: dict[str, list] = {s: [] for s in problem.order}
     for o in usable:
         opts_by_stage[o.stage].append(o)
@@ -224,7 +234,8 @@ def _build(
         r[o.index] = lp.add_variable(f"r_{o.index}", lowBound=0, upBound=bound)
         yv = y[(o.stage, o.variant)]
         if not isinstance(yv, float):
-            lp += r[o.index] <= bound * yv, f"r_variant_{o.index}"
+            tight = min(bound, h * groups[o.group].limit * o.throughput_per_s)
+            lp += r[o.index] <= tight * yv, f"r_variant_{o.index}"
         elif yv == 0.0:
             r[o.index].upBound = 0
 
@@ -270,6 +281,8 @@ def _build(
                 n[(g_index, s)] = var
                 load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts if o.stage == s)
                 lp += scale * load <= h * var, f"cap_{g_index}_{_id(s)}"
+                if not relax:
+                    _site_cut(lp, problem, g, s, [o for o in opts if o.stage == s], r, var, h)
                 if (g_index, s) in phi_of:
                     lp += var >= members * phi_of[(g_index, s)], f"phi_count_{g_index}_{_id(s)}"
                 cost_terms.append(g.price_per_hour * (1 if relax else nodes[g.node].total) * var)
@@ -282,6 +295,9 @@ def _build(
             n[(g_index, None)] = var
             load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts)
             lp += scale * load <= h * var, f"cap_{g_index}"
+            if not relax:
+                for s in sorted({o.stage for o in opts}):
+                    _site_cut(lp, problem, g, s, [o for o in opts if o.stage == s], r, var, h)
             for (gg, s), phi in phi_of.items():
                 if gg == g_index:
                     lp += var >= members * phi, f"phi_count_{g_index}_{_id(s)}"
@@ -411,12 +427,26 @@ def _build(
     _accuracy_constraints(lp, problem, accuracy, y, handles, elastic, penalty_terms, fixed_models)
 
     # --- latency ----------------------------------------------------------------------------------------
-    if problem.latency_bound_ms is not None:
+    if problem.latency_bound_ms is not None and latency:
         _latency_constraints(lp, problem, y, r, usable, rate_at, consumer_nodes, comms, handles, elastic,
                              penalty_terms, relax)
 
     lp += pulp.lpSum(cost_terms) + pulp.lpSum(penalty_terms)
     return lp, handles
+
+
+def _site_cut(lp, problem: Problem, g, stage: str, opts: list, r, count, h: float) -> None:
+    """``sum r <= min(B, h L mu_max) * n``: valid because a stage served at all needs n >= 1 and never
+    exceeds what reaches the site (B) or what the whole group could serve. Where a site's own traffic
+    is below one instance's capacity (most hubs) it is much tighter than ``sum r / mu <= h n``, which
+    lets the LP relaxation charge a fraction of an instance: it closes most of the root gap."""
+    if not opts:
+        return
+    reach = problem.member_rate_bound.get((stage, g.node), math.inf)
+    most = min(reach, h * g.limit * max(o.throughput_per_s for o in opts))
+    if not math.isfinite(most) or most <= 0:
+        return
+    lp += pulp.lpSum(r[o.index] for o in opts) <= most * count, f"site_cut_{g.index}_{_id(stage)}"
 
 
 def _accuracy_constraints(lp, problem: Problem, accuracy: AccuracyModel, y, handles: _Handles, elastic: bool,
@@ -509,6 +539,10 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
     def lat(o) -> float:
         return o.latency_ms_p90 if use_p90 else o.latency_ms
 
+    if worst_case_latency_ms(problem, usable, lat) <= bound:
+        # No placement at all can break the bound: the constraints would only slow the solver.
+        handles.latency_redundant = True
+        return
     max_p = max((lat(o) for o in usable), default=0.0)
     max_net = 0.0
     for i in range(len(problem.nodes)):
@@ -568,6 +602,95 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
                 lp += t <= bound, f"lat_bound_{i}"
 
 
+def _latency_of(problem: Problem):
+    use_p90 = problem.latency_percentile == "p90"
+    return lambda o: o.latency_ms_p90 if use_p90 else o.latency_ms
+
+
+def prune_by_latency(problem: Problem, usable: list) -> list:
+    """Drop options that break the latency bound on every path through them: the earliest the
+    stage's input can arrive at the site, plus the option's own latency, plus the fastest way from
+    there to the sink, already exceeds the bound. Exact (no feasible plan uses them); it shrinks the
+    MILP and often lets :func:`worst_case_latency_ms` prove the remaining constraints redundant."""
+    bound = problem.latency_bound_ms
+    assert bound is not None
+    lat = _latency_of(problem)
+    groups = problem.groups
+    fastest: dict[tuple[str, int], float] = {}
+    for o in usable:
+        key = (o.stage, groups[o.group].node)
+        fastest[key] = min(fastest.get(key, math.inf), lat(o))
+    arrive: dict[tuple[str, int], float] = {}
+    done: dict[tuple[str, int], float] = {}
+    for s in problem.order:
+        for (stage, i), p in fastest.items():
+            if stage != s:
+                continue
+            arrival = 0.0
+            for edge in problem.stages[s].inputs:
+                if edge.from_source:
+                    kb = problem.source_payload_kb[edge.src]
+                    starts = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
+                    # Every source's data must reach some placement; the earliest over placements is
+                    # bounded below by the earliest from the source itself.
+                else:
+                    kb = min(v.output_kb for v in problem.stages[edge.src].variants)
+                    starts = [(j, t) for (u, j), t in done.items() if u == edge.src]
+                options = [t + problem.path_latency_ms(j, i, kb) for j, t in starts if problem.reachable(j, i)]
+                arrival = max(arrival, min(options) if options else math.inf)
+            arrive[(s, i)] = arrival
+            done[(s, i)] = arrival + p
+    consumers: dict[str, list[str]] = {s: [] for s in problem.order}
+    for s in problem.order:
+        for edge in problem.stages[s].inputs:
+            if not edge.from_source:
+                consumers[edge.src].append(s)
+    tail: dict[tuple[str, int], float] = {}
+    for s in reversed(problem.order):
+        for (stage, i) in fastest:
+            if stage != s:
+                continue
+            worst = 0.0
+            for d in consumers[s]:
+                kb = min(v.output_kb for v in problem.stages[s].variants)
+                best = min((problem.path_latency_ms(i, k, kb) + p + tail[(d, k)]
+                            for (dd, k), p in fastest.items() if dd == d and problem.reachable(i, k)),
+                           default=math.inf)
+                worst = max(worst, best)
+            tail[(s, i)] = worst
+    return [o for o in usable
+            if arrive[(o.stage, groups[o.group].node)] + lat(o) + tail[(o.stage, groups[o.group].node)] <= bound + 1e-9]
+
+
+def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
+    """The longest source-to-sink path over *every* possible placement and variant: the largest
+    processing latency at each (stage, node) and the largest message on each hop."""
+    groups = problem.groups
+    proc: dict[tuple[str, int], float] = {}
+    for o in usable:
+        key = (o.stage, groups[o.group].node)
+        proc[key] = max(proc.get(key, 0.0), lat(o))
+    finish: dict[tuple[str, int], float] = {}
+    for s in problem.order:
+        info = problem.stages[s]
+        for (stage, i), p in proc.items():
+            if stage != s:
+                continue
+            arrival = 0.0
+            for edge in info.inputs:
+                if edge.from_source:
+                    kb = problem.source_payload_kb[edge.src]
+                    starts = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
+                else:
+                    kb = max(v.output_kb for v in problem.stages[edge.src].variants)
+                    starts = [(j, t) for (u, j), t in finish.items() if u == edge.src]
+                for j, t in starts:
+                    if problem.reachable(j, i):
+                        arrival = max(arrival, t + problem.path_latency_ms(j, i, kb))
+            finish[(s, i)] = arrival + p
+    return max((t for (s, _), t in finish.items() if s == problem.sink), default=0.0)
+
+
 def _id(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)
 
@@ -577,16 +700,20 @@ def _id(text: str) -> str:
 
 
 def _run(model: pulp.LpProblem, solver: str, time_limit_s: float, gap_rel: float,
-         threads: int | None) -> tuple[SolverStats, dict[str, float] | None]:
+         threads: int | None, lp_only: bool = False) -> tuple[SolverStats, dict[str, float] | None]:
     n_vars = len(model.variables())
     n_cons = model.numConstraints()
     if solver == "highs":
         try:
             import highspy  # noqa: F401
 
-            return _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons)
+            return _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons, lp_only)
         except ImportError:
             solver = "cbc"
+    if lp_only:
+        for var in model.variables():
+            if var.cat != "Continuous":
+                var.cat = "Continuous"
     return _run_cbc(model, time_limit_s, gap_rel, n_vars, n_cons)
 
 
@@ -617,11 +744,11 @@ def silence_highs_banner() -> None:
     _BANNER_SHOWN = True
 
 
-def _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons):
+def _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons, lp_only=False):
     import highspy
 
     silence_highs_banner()
-    cmd = pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=threads)
+    cmd = pulp.HiGHS(mip=not lp_only, msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=threads)
     model.solve(cmd)
     highs = model.solverModel
     status = highs.getModelStatus()
@@ -641,7 +768,7 @@ def _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons):
     objective = None
     if has_solution:
         objective = info.objective_function_value
-        mip = any(v.cat == "Integer" for v in model.variables())
+        mip = not lp_only and any(v.cat == "Integer" for v in model.variables())
         if mip:
             bound = info.mip_dual_bound
             gap = max(0.0, info.mip_gap) if math.isfinite(info.mip_gap) else None

@@ -24,28 +24,38 @@ class Bundle:
         return self.workflow.metadata.name
 
 
-def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_what: str) -> LoadedDocument:
+#: The Workflow's field that names a document of each kind.
+_FIELD = {"ModelZoo": "zoo", "Topology": "topology"}
+
+
+def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_what: str,
+          workflow: LoadedDocument | None = None) -> LoadedDocument:
+    """The document of ``kind`` named ``wanted`` (or the only one); problems are located in the
+    ``workflow`` that asks for it (at its `spec.zoo` / `spec.topology`) where there is one."""
     candidates = [d for d in documents if d.model.kind == kind]
+    names = ", ".join(d.model.metadata.name for d in candidates) or "none"
+
+    def issue(message: str, hint: str) -> Issue:
+        if workflow is None:
+            return Issue("<documents>", None, "", message, hint)
+        loc = ("spec", _FIELD[kind]) if wanted is not None else ("spec",)
+        return Issue(workflow.source.file, workflow.source.line_for(loc), ".".join(loc), message, hint)
+
     if wanted is not None:
         chosen = [d for d in candidates if d.model.metadata.name == wanted]
         if not chosen:
-            names = ", ".join(d.model.metadata.name for d in candidates) or "none"
-            raise SpecError([Issue("<documents>", None, "", f"{for_what} names {kind} {wanted!r}, which was not given",
+            raise SpecError([issue(f"{for_what} names {kind} {wanted!r}, which was not given",
                                    f"{kind} documents given: {names}")])
         return chosen[0]
     if len(candidates) != 1:
-        names = ", ".join(d.model.metadata.name for d in candidates) or "none"
-        raise SpecError([Issue("<documents>", None, "", f"expected exactly one {kind} document, found {len(candidates)} ({names})",
-                               f"pass the {kind} with -f, or name it in the Workflow's spec.{kind[0].lower() + kind[1:]}")])
+        hint = ("choose one with --workflow NAME" if kind == "Workflow"
+                else f"pass the {kind} with -f, or name it in the Workflow's spec.{_FIELD[kind]}")
+        raise SpecError([issue(f"expected exactly one {kind} document, found {len(candidates)} ({names})", hint)])
     return candidates[0]
 
 
 def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bundle:
     """Pick the workflow (by name, or the only one) and the zoo and topology it uses; cross-check."""
-    wf_doc = _pick(documents, "Workflow", workflow, "the command")
-    wf: Workflow = wf_doc.model
-    zoo_doc = _pick(documents, "ModelZoo", wf.spec.zoo, f"workflow {wf.metadata.name!r}")
-    topo_doc = _pick(documents, "Topology", wf.spec.topology, f"workflow {wf.metadata.name!r}")
     seen: set[tuple[str, str]] = set()
     for doc in documents:
         key = (doc.model.kind, doc.model.metadata.name)
@@ -53,6 +63,10 @@ def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bun
             raise SpecError([Issue(doc.source.file, doc.source.lines.get(("metadata", "name"), doc.source.start_line),
                                    "metadata.name", f"a second {key[0]} named {key[1]!r}", "rename one of them")])
         seen.add(key)
+    wf_doc = _pick(documents, "Workflow", workflow, "the command")
+    wf: Workflow = wf_doc.model
+    zoo_doc = _pick(documents, "ModelZoo", wf.spec.zoo, f"workflow {wf.metadata.name!r}", wf_doc)
+    topo_doc = _pick(documents, "Topology", wf.spec.topology, f"workflow {wf.metadata.name!r}", wf_doc)
     bundle = Bundle(wf, zoo_doc.model, topo_doc.model,
                     {"Workflow": wf_doc.source, "ModelZoo": zoo_doc.source, "Topology": topo_doc.source})
     issues = cross_check(bundle)

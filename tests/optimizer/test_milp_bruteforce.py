@@ -59,3 +59,30 @@ def test_aggregated_plan_brackets_the_optimum(seed: int, sharing: str) -> None:
     assert plan.solver.bound is not None and plan.solver.bound <= expected + 1e-6
     if plan.solver.gap is not None and plan.solver.gap <= 1e-9:
         assert cost == pytest.approx(expected, rel=1e-6, abs=1e-6)
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_both_optimal_paths_agree_with_brute_force(seed: int, sharing: str) -> None:
+    """Branch and bound over variant combinations (the default) and the joint MILP (used when the
+    combinations are too many) find the same optimum as enumeration."""
+    from jellybean.optimizer.planner import _optimal_by_combinations, _optimal_joint, admissible_combinations
+
+    bundle = random_bundle(seed, sharing=sharing)
+    flat = compile_problem(bundle, aggregate=False)
+    accuracy = choose_model(flat)
+    expected = brute_force(flat, accuracy)
+    joint = _optimal_joint(flat, accuracy, time_limit_s=60, solver="highs", gap_rel=1e-7, explain_infeasible=False)
+    combos = admissible_combinations(flat, accuracy)
+    assert combos is not None
+    if not combos:
+        assert math.isinf(expected)
+        return
+    decomposed = _optimal_by_combinations(flat, accuracy, combos, time_limit_s=60, solver="highs", gap_rel=1e-7,
+                                          explain_infeasible=False)
+    for plan in (joint, decomposed):
+        if math.isinf(expected):
+            assert not plan.feasible
+        else:
+            assert plan.feasible and plan.solver.status == "optimal"
+            assert plan.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
