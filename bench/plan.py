@@ -103,7 +103,8 @@ def markdown(result: dict) -> str:
     for wf in result["workflows"]:
         s = wf["solver"]
         lines += [f"## {wf['workflow']} ({' '.join(wf['args']) or 'default settings'})", "",
-                  f"Optimal plan: solver {s['name']} {s['status']}, gap {s['gap']}, solve {s['seconds']:.3f} s; "
+                  f"Optimal plan: solver {s['name']} {s['status']}, gap "
+                  f"{'unknown' if s['gap'] is None else format(100 * s['gap'], '.3f') + '%'}, solve {s['seconds']:.3f} s; "
                   f"whole run {wf['wall_s']:.2f} s.", "",
                   "| strategy | feasible | compute $/h | network $/h | total $/h | accuracy | saving of optimal |",
                   "|---|---|---:|---:|---:|---:|---:|"]

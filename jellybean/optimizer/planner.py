@@ -40,8 +40,9 @@ def plan(
             if other == strategy:
                 continue
             started = time.perf_counter()
+            # Explaining costs an extra (elastic) solve: worth it for site-sized problems only.
             other_plan = run_strategy(problem, accuracy, other, time_limit_s=time_limit_s, solver=solver,
-                                      gap_rel=gap_rel, explain_infeasible=False)
+                                      gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50)
             results.append(_baseline(main, other_plan, time.perf_counter() - started))
         main.baselines = results
     return main
@@ -76,8 +77,8 @@ def run_strategy(
                             gap_rel=gap_rel)
         reasons = []
         if result.solution is None:
-            reasons = (explain(problem, accuracy, allowed_tiers={"cloud"}) if explain_infeasible
-                       else [f"no cloud-only plan ({result.stats.status})"])
+            reasons = _why_none(problem, accuracy, result.stats, explain_infeasible, time_limit_s,
+                                allowed_tiers={"cloud"})
         return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
                           explanation=reasons)
     if strategy == "two-stage":
@@ -90,8 +91,8 @@ def run_strategy(
         reasons = []
         if result.solution is None:
             reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
-            if explain_infeasible:
-                reasons += explain(problem, accuracy, fixed_models=models)
+            reasons += _why_none(problem, accuracy, result.stats, explain_infeasible, time_limit_s,
+                                 fixed_models=models)
         return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
                           explanation=reasons)
     if strategy == "edge-first":
@@ -121,6 +122,17 @@ def run_strategy(
                            started)
         return build_plan(problem, solution, strategy=strategy, stats=stats, accuracy=accuracy)
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, explain_infeasible: bool,
+              time_limit_s: float, **restrictions) -> list[str]:
+    """Why no plan came back: a proof of infeasibility is explained; a time limit is said as such."""
+    if stats.status != "infeasible":
+        return [f"no plan found within the time limit of {time_limit_s:g} s (solver status {stats.status}); "
+                "raise --time-limit"]
+    if not explain_infeasible:
+        return ["infeasible"]
+    return explain(problem, accuracy, **restrictions)
 
 
 def _failed(problem: Problem, accuracy: AccuracyModel, strategy: str, reason: str, started: float) -> Plan:
@@ -225,8 +237,8 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
         status = "time-limit" if unknown else "infeasible"
         stats = SolverStats(name="HiGHS" if solver == "highs" else "CBC", status=status, gap=None,
                             seconds=time.perf_counter() - started)
-        reasons = explain(problem, accuracy) if explain_infeasible and not unknown else [
-            f"no plan found ({status})"]
+        stats.status = status
+        reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)
         stats.seconds = time.perf_counter() - started
         return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
     stats = best.stats
@@ -257,7 +269,7 @@ def _optimal_joint(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: f
     result = solve_milp(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
     stats = result.stats
     if result.solution is None:
-        reasons = explain(problem, accuracy) if explain_infeasible else [f"solver status {stats.status}"]
+        reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)
         stats.seconds = time.perf_counter() - started
         return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
     aggregated = [n for n in problem.nodes if n.total > 1]

@@ -43,3 +43,13 @@ def format_path(loc: tuple) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+class LocatedValueError(ValueError):
+    """Raised by a validator that checks a whole section (a DAG, a site tree) to say *which* entry is
+    wrong: ``loc`` is relative to the model being validated, e.g. ``("stages", 2, "inputs", 0)``.
+    The loader appends it to pydantic's location so the error points at the user's line."""
+
+    def __init__(self, loc: tuple, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc

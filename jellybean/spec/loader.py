@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jellybean.spec.common import API_VERSION
-from jellybean.spec.errors import Issue, SpecError, format_path
+from jellybean.spec.errors import Issue, LocatedValueError, SpecError, format_path
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
 from jellybean.spec.zoo import ModelZoo
@@ -258,6 +258,9 @@ def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, l
             continue
         clean = tuple(p for p in loc if isinstance(p, int)
                       or not (str(p).startswith("function-") or p in _STRING_TAGS or p == "StageInput"))
+        located = (error.get("ctx") or {}).get("error")
+        if isinstance(located, LocatedValueError):
+            clean = clean + tuple(located.loc)
         message = error["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]

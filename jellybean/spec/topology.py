@@ -18,6 +18,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
+from jellybean.spec.errors import LocatedValueError
 
 
 class LinkDirection(StrictModel):
@@ -69,10 +70,12 @@ class Site(StrictModel):
             raise ValueError("a root site (no `parent`) cannot have an `uplink`")
         if self.parent is not None and self.uplink is None:
             self.uplink = Uplink()
-        names = [i.name for i in self.instances]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"instance names must be unique within a site; repeated: {', '.join(duplicates)}")
+        seen: set[str] = set()
+        for i, inst in enumerate(self.instances):
+            if inst.name in seen:
+                raise LocatedValueError(("instances", i, "name"),
+                                        f"instance names must be unique within a site; repeated: {inst.name}")
+            seen.add(inst.name)
         return self
 
 
@@ -93,29 +96,37 @@ class TopologySpec(StrictModel):
     @model_validator(mode="after")
     def _tree(self) -> "TopologySpec":
         by_name: dict[str, Site] = {}
-        for site in self.sites:
+        index: dict[str, int] = {}
+        for i, site in enumerate(self.sites):
             if site.name in by_name:
-                raise ValueError(f"site {site.name!r} is defined twice")
+                raise LocatedValueError(("sites", i, "name"), f"site {site.name!r} is defined twice")
             by_name[site.name] = site
-        for site in self.sites:
+            index[site.name] = i
+        for i, site in enumerate(self.sites):
             if site.parent is None:
                 continue
             parent = by_name.get(site.parent)
             if parent is None:
-                raise ValueError(f"site {site.name!r} names unknown parent {site.parent!r}")
+                raise LocatedValueError(("sites", i, "parent"), f"site {site.name!r} names unknown parent {site.parent!r}")
             if parent.tier.rank < site.tier.rank:
-                raise ValueError(
+                raise LocatedValueError(
+                    ("sites", i, "parent"),
                     f"site {site.name!r} ({site.tier.value}) has parent {parent.name!r} in a lower tier "
-                    f"({parent.tier.value}); parents must be in the same or a higher tier"
-                )
+                    f"({parent.tier.value}); parents must be in the same or a higher tier")
+        # Cycle check in O(n): colour each site once while walking up its parent chain.
+        state: dict[str, int] = {}  # 1 = on the current walk, 2 = known to reach a root
         for site in self.sites:
-            seen = {site.name}
-            cursor = site
-            while cursor.parent is not None:
-                cursor = by_name[cursor.parent]
-                if cursor.name in seen:
-                    raise ValueError(f"sites form a cycle through {site.name!r}; `parent` must form a tree")
-                seen.add(cursor.name)
+            walk = []
+            cursor: Site | None = site
+            while cursor is not None and state.get(cursor.name) != 2:
+                if state.get(cursor.name) == 1:
+                    raise LocatedValueError(("sites", index[cursor.name], "parent"),
+                                            f"sites form a cycle through {cursor.name!r}; `parent` must form a tree")
+                state[cursor.name] = 1
+                walk.append(cursor.name)
+                cursor = by_name[cursor.parent] if cursor.parent is not None else None
+            for name in walk:
+                state[name] = 2
         return self
 
     def site(self, name: str) -> Site | None:

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
+from jellybean.spec.errors import LocatedValueError
 
 
 class Source(StrictModel):
@@ -76,39 +77,42 @@ class WorkflowSpec(StrictModel):
     @model_validator(mode="after")
     def _dag(self) -> "WorkflowSpec":
         names: dict[str, str] = {}
-        for source in self.sources:
+        for i, source in enumerate(self.sources):
             if source.name in names:
-                raise ValueError(f"name {source.name!r} is used twice")
+                raise LocatedValueError(("sources", i, "name"), f"name {source.name!r} is used twice")
             names[source.name] = "source"
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
             if stage.name in names:
-                raise ValueError(f"name {stage.name!r} is used twice (sources and stages share one namespace)")
+                raise LocatedValueError(("stages", i, "name"),
+                                        f"name {stage.name!r} is used twice (sources and stages share one namespace)")
             names[stage.name] = "stage"
         stage_names = {s.name for s in self.stages}
-        for stage in self.stages:
-            for inp in stage.input_specs():
+        for i, stage in enumerate(self.stages):
+            for j, inp in enumerate(stage.input_specs()):
+                where = ("stages", i, "inputs", j, "from")
                 if inp.from_ not in names:
-                    raise ValueError(f"stage {stage.name!r} reads from unknown input {inp.from_!r}")
+                    raise LocatedValueError(where, f"stage {stage.name!r} reads from unknown input {inp.from_!r}")
                 if inp.from_ == stage.name:
-                    raise ValueError(f"stage {stage.name!r} reads from itself")
+                    raise LocatedValueError(where, f"stage {stage.name!r} reads from itself")
                 if inp.ratio_by_variant and inp.from_ not in stage_names:
-                    raise ValueError(
-                        f"stage {stage.name!r}: `ratio_by_variant` applies to stage inputs, "
-                        f"but {inp.from_!r} is a source"
-                    )
+                    raise LocatedValueError(
+                        ("stages", i, "inputs", j, "ratio_by_variant"),
+                        f"stage {stage.name!r}: `ratio_by_variant` applies to stage inputs, but {inp.from_!r} is a source")
         order = topological_order(self)
         if order is None:
-            raise ValueError("stages form a cycle; a workflow must be a DAG")
+            stuck = next(i for i, s in enumerate(self.stages))
+            raise LocatedValueError(("stages", stuck), "stages form a cycle; a workflow must be a DAG")
         consumed = {i.from_ for s in self.stages for i in s.input_specs()}
         sinks = [s.name for s in self.stages if s.name not in consumed]
         if len(sinks) != 1:
-            raise ValueError(
+            raise LocatedValueError(
+                ("stages",),
                 f"a workflow needs exactly one sink stage (one that no stage reads from); found {len(sinks)}: "
-                f"{', '.join(sinks)}"
-            )
-        unused = [s.name for s in self.sources if s.name not in consumed]
-        if unused:
-            raise ValueError(f"sources not read by any stage: {', '.join(unused)}")
+                f"{', '.join(sinks)}")
+        for i, source in enumerate(self.sources):
+            if source.name not in consumed:
+                unused = [s.name for s in self.sources if s.name not in consumed]
+                raise LocatedValueError(("sources", i), f"sources not read by any stage: {', '.join(unused)}")
         return self
 
     @property

@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel
+from jellybean.spec.errors import LocatedValueError
 
 
 class LatencyProfile(StrictModel):
@@ -83,9 +84,10 @@ class Variant(StrictModel):
     @model_validator(mode="after")
     def _unique_hardware(self) -> "Variant":
         seen: set[str] = set()
-        for profile in self.profiles:
+        for i, profile in enumerate(self.profiles):
             if profile.hardware in seen:
-                raise ValueError(f"hardware {profile.hardware!r} is profiled twice; merge the two entries")
+                raise LocatedValueError(("profiles", i, "hardware"),
+                                        f"hardware {profile.hardware!r} is profiled twice; merge the two entries")
             seen.add(profile.hardware)
         return self
 
@@ -111,10 +113,12 @@ class Task(StrictModel):
 
     @model_validator(mode="after")
     def _unique_variants(self) -> "Task":
-        names = [v.name for v in self.variants]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"variant names must be unique within a task; repeated: {', '.join(duplicates)}")
+        seen: set[str] = set()
+        for i, variant in enumerate(self.variants):
+            if variant.name in seen:
+                raise LocatedValueError(("variants", i, "name"),
+                                        f"variant names must be unique within a task; repeated: {variant.name}")
+            seen.add(variant.name)
         return self
 
     def variant(self, name: str) -> Variant | None:
@@ -137,7 +141,7 @@ class AccuracyTable(StrictModel):
     def _row_widths(self) -> "AccuracyTable":
         for index, row in enumerate(self.rows):
             if len(row.variants) != len(self.tasks):
-                raise ValueError(
+                raise LocatedValueError(("rows", index, "variants"), 
                     f"rows[{index}] names {len(row.variants)} variants but the table has "
                     f"{len(self.tasks)} tasks ({', '.join(self.tasks)})"
                 )
@@ -150,19 +154,21 @@ class ModelZooSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelZooSpec":
-        names = [t.name for t in self.tasks]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
+        seen: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            if task.name in seen:
+                raise LocatedValueError(("tasks", i, "name"), f"task names must be unique; repeated: {task.name}")
+            seen.add(task.name)
         by_name = {t.name: t for t in self.tasks}
-        for table in self.accuracy_tables:
-            for task_name in table.tasks:
+        for t, table in enumerate(self.accuracy_tables):
+            for k, task_name in enumerate(table.tasks):
                 if task_name not in by_name:
-                    raise ValueError(f"accuracy table {table.name!r} names unknown task {task_name!r}")
+                    raise LocatedValueError(("accuracy_tables", t, "tasks", k),
+                                            f"accuracy table {table.name!r} names unknown task {task_name!r}")
             for index, row in enumerate(table.rows):
-                for task_name, variant_name in zip(table.tasks, row.variants):
+                for k, (task_name, variant_name) in enumerate(zip(table.tasks, row.variants)):
                     if by_name[task_name].variant(variant_name) is None:
-                        raise ValueError(
+                        raise LocatedValueError(("accuracy_tables", t, "rows", index, "variants", k), 
                             f"accuracy table {table.name!r} rows[{index}]: task {task_name!r} has no "
                             f"variant {variant_name!r}"
                         )

@@ -125,11 +125,14 @@ def edit(text: str, old: str, new: str) -> str:
     return text.replace(old, new)
 
 
-def line_of(text: str, needle: str) -> int:
-    """1-based line of the first line that contains ``needle``."""
+def line_of(text: str, needle: str | tuple[str, int]) -> int:
+    """1-based line of the first line that contains ``needle`` (or of its n-th occurrence)."""
+    needle, nth = needle if isinstance(needle, tuple) else (needle, 1)
     for number, line in enumerate(text.splitlines(), start=1):
         if needle in line:
-            return number
+            nth -= 1
+            if nth == 0:
+                return number
     raise AssertionError(f"{needle!r} not in the text")
 
 
@@ -266,12 +269,12 @@ def test_names_follow_the_relaxed_dns_rules() -> None:
 RULES = [
     # ModelZoo
     ("duplicate task", "ModelZoo", "  - name: classify\n", "  - name: detect\n",
-     "task names must be unique; repeated: detect", "spec", "  tasks:"),
+     "task names must be unique; repeated: detect", "spec.tasks[1].name", ('  - name: detect', 2)),
     ("duplicate variant", "ModelZoo", "    - name: big\n", "    - name: small\n",
-     "variant names must be unique within a task; repeated: small", "spec.tasks[0]", "  - name: detect"),
+     "variant names must be unique within a task; repeated: small", "spec.tasks[0].variants[1].name", ('    - name: small', 2)),
     ("hardware profiled twice", "ModelZoo", "        latency_ms: {1: 20, 4: 50}\n",
      "        latency_ms: {1: 20, 4: 50}\n      - hardware: cpu\n        latency_ms: {1: 1}\n",
-     "hardware 'cpu' is profiled twice", "spec.tasks[0].variants[1]", "    - name: big"),
+     "hardware 'cpu' is profiled twice", "spec.tasks[0].variants[1].profiles[1].hardware", ('      - hardware: cpu', 3)),
     ("latency zero", "ModelZoo", "{1: 10}", "{1: 0}",
      "latency 0.0 ms at batch 1 must be > 0", "spec.tasks[0].variants[0].profiles[0].latency_ms", "{1: 0}"),
     ("latency negative", "ModelZoo", "{1: 10}", "{1: -3}",
@@ -281,11 +284,11 @@ RULES = [
     ("no batch sizes", "ModelZoo", "{1: 10}", "{}",
      "needs at least one batch size", "spec.tasks[0].variants[0].profiles[0].latency_ms", "latency_ms: {}"),
     ("table row width", "ModelZoo", "[small, c1]", "[small]",
-     "rows[0] names 1 variants but the table has 2 tasks", "spec.accuracy_tables[0]", "  - name: e2e"),
+     "rows[0] names 1 variants but the table has 2 tasks", "spec.accuracy_tables[0].rows[0].variants", '    - variants: [small]'),
     ("table unknown variant", "ModelZoo", "[big, c1]", "[huge, c1]",
-     "accuracy table 'e2e' rows[1]: task 'detect' has no variant 'huge'", "spec", "  tasks:"),
+     "accuracy table 'e2e' rows[1]: task 'detect' has no variant 'huge'", "spec.accuracy_tables[0].rows[1].variants[0]", '    - variants: [huge, c1]'),
     ("table unknown task", "ModelZoo", "[detect, classify]", "[detect, segment]",
-     "accuracy table 'e2e' names unknown task 'segment'", "spec", "  tasks:"),
+     "accuracy table 'e2e' names unknown task 'segment'", "spec.accuracy_tables[0].tasks[1]", '    tasks: [detect, segment]'),
     ("negative output size", "ModelZoo", "output_kb: 0.1", "output_kb: -1",
      "greater than or equal to 0", "spec.tasks[1].variants[0].output_kb", "output_kb: -1"),
     ("no variants", "ModelZoo", "    variants:\n    - name: c1\n      accuracy: 70\n      output_kb: 0.1\n"
@@ -293,11 +296,11 @@ RULES = [
      "at least 1 item", "spec.tasks[1].variants", "variants: []"),
     # Topology
     ("duplicate site", "Topology", "  - name: edge\n", "  - name: cloud\n",
-     "site 'cloud' is defined twice", "spec", "  sites:"),
+     "site 'cloud' is defined twice", "spec.sites[1].name", ('  - name: cloud', 2)),
     ("unknown parent", "Topology", "parent: cloud", "parent: sky",
-     "site 'edge' names unknown parent 'sky'", "spec", "  sites:"),
+     "site 'edge' names unknown parent 'sky'", "spec.sites[1].parent", '    parent: sky'),
     ("parent in a lower tier", "Topology", "    tier: cloud\n", "    tier: device\n",
-     "has parent 'cloud' in a lower tier (device)", "spec", "  sites:"),
+     "has parent 'cloud' in a lower tier (device)", "spec.sites[1].parent", '    parent: cloud'),
     ("count and max_count", "Topology", "      count: 2\n", "      count: 2\n      max_count: 3\n",
      "give exactly one of `count`", "spec.sites[1].instances[0]", "    - name: box"),
     ("neither count nor max_count", "Topology", "      max_count: 10\n", "",
@@ -306,7 +309,7 @@ RULES = [
      "a root site (no `parent`) cannot have an `uplink`", "spec.sites[0]", "  - name: cloud"),
     ("duplicate instance", "Topology", "      count: 2\n",
      "      count: 2\n    - name: box\n      hardware: cpu\n      price_per_hour: 0.2\n      count: 1\n",
-     "instance names must be unique within a site; repeated: box", "spec.sites[1]", "  - name: edge"),
+     "instance names must be unique within a site; repeated: box", "spec.sites[1].instances[1].name", ('    - name: box', 2)),
     ("unknown tier", "Topology", "tier: edge", "tier: fog",
      "'device', 'hub', 'edge' or 'cloud'", "spec.sites[1].tier", "tier: fog"),
     ("zero bandwidth", "Topology", "bandwidth_mbps: 1000", "bandwidth_mbps: 0",
@@ -317,21 +320,21 @@ RULES = [
      "'shared' or 'exclusive'", "spec.sharing", "sharing: partial"),
     # Workflow
     ("unknown stage input", "Workflow", "inputs: [cam]", "inputs: [camera]",
-     "stage 'det' reads from unknown input 'camera'", "spec", "  sources:"),
+     "stage 'det' reads from unknown input 'camera'", "spec.stages[0].inputs[0].from", '    inputs: [camera]'),
     ("self input", "Workflow", "inputs: [cam]", "inputs: [cam, det]",
-     "stage 'det' reads from itself", "spec", "  sources:"),
+     "stage 'det' reads from itself", "spec.stages[0].inputs[1].from", '    inputs: [cam, det]'),
     ("dag cycle", "Workflow", "inputs: [cam]", "inputs: [cam, cls]",
-     "stages form a cycle", "spec", "  sources:"),
+     "stages form a cycle", "spec.stages[0]", '  - name: det'),
     ("two sinks", "Workflow", "  slo:\n", "  - name: extra\n    task: classify\n    inputs: [cam]\n  slo:\n",
-     "exactly one sink stage (one that no stage reads from); found 2: cls, extra", "spec", "  sources:"),
+     "exactly one sink stage (one that no stage reads from); found 2: cls, extra", "spec.stages", '  - name: det'),
     ("unused source", "Workflow", "  stages:\n",
      "  - name: mic\n    rate_per_s: 1\n    payload_kb: 1\n    sites: [edge]\n  stages:\n",
-     "sources not read by any stage: mic", "spec", "  sources:"),
+     "sources not read by any stage: mic", "spec.sources[1]", '  - name: mic'),
     ("ratio_by_variant on a source", "Workflow", "inputs: [cam]",
      "inputs: [{from: cam, ratio_by_variant: {small: 2}}]",
-     "`ratio_by_variant` applies to stage inputs, but 'cam' is a source", "spec", "  sources:"),
+     "`ratio_by_variant` applies to stage inputs, but 'cam' is a source", "spec.stages[0].inputs[0].ratio_by_variant", '    inputs: [{from: cam, ratio_by_variant: {small: 2}}]'),
     ("name used twice", "Workflow", "  - name: det\n", "  - name: cam\n",
-     "name 'cam' is used twice", "spec", "  sources:"),
+     "name 'cam' is used twice", "spec.stages[0].name", ('  - name: cam', 2)),
     ("slo latency zero", "Workflow", "accuracy: 60", "accuracy: 60\n    latency_ms: 0",
      "greater than 0", "spec.slo.latency_ms", "latency_ms: 0"),
     ("rate zero", "Workflow", "rate_per_s: 10", "rate_per_s: 0",
@@ -367,7 +370,7 @@ def test_parent_cycle() -> None:
                      "  - name: edge\n    tier: edge\n    parent: cloud\n")
     issues = refused(two_edges, "topology.yaml")
     issue = find(issues, "sites form a cycle through 'a'")
-    assert (issue.path, issue.line) == ("spec", line_of(two_edges, "  sites:"))
+    assert (issue.path, issue.line) == ("spec.sites[1].parent", line_of(two_edges, "    parent: b"))
     assert "`parent` must form a tree" in issue.message
 
 
