@@ -57,6 +57,7 @@ from pydantic import BaseModel, ValidationError
 
 from jellybean.spec.common import NAME_RE, Tier
 from jellybean.spec.errors import Issue, SpecError, format_path
+from jellybean.spec.loader import read_bounded
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
 from jellybean.spec.zoo import ModelZoo
@@ -115,15 +116,8 @@ def _read_bytes(path: Path) -> bytes:
                                "a JellyBean optimizer-input folder needs this file")])
     if not path.is_file():
         raise SpecError([Issue(display, None, "", "not a regular file", "give a file")])
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([Issue(display, None, "", f"file is larger than {MAX_FILE_BYTES} bytes",
-                               "JellyBean inputs are small; this file is refused as hostile or broken")])
-    return raw
+    return read_bounded(path, limit=MAX_FILE_BYTES,
+                        hint="JellyBean inputs are small; this file is refused as hostile or broken")
 
 
 def _read_text(path: Path) -> str:

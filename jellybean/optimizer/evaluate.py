@@ -25,7 +25,7 @@ from jellybean.optimizer.plan import (
     SolverStats,
     TierCost,
 )
-from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem, gb_per_hour, mbps
+from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem, forward_times, gb_per_hour, mbps
 from jellybean.optimizer.solution import Solution
 
 TOL = 1e-6
@@ -147,7 +147,6 @@ def _group_count(problem: Problem, solution: Solution, g: int) -> float:
 
 def worst_latency(problem: Problem, solution: Solution, percentile: str) -> float | None:
     """Longest source-to-sink path over the sites actually used, in ms."""
-    rates = stage_rates(problem, solution)
     proc: dict[tuple[str, int], float] = {}
     for o_index, rate in solution.rates.items():
         if rate <= TOL:
@@ -156,22 +155,7 @@ def worst_latency(problem: Problem, solution: Solution, percentile: str) -> floa
         key = (o.stage, problem.groups[o.group].node)
         value = o.latency_ms_p90 if percentile == "p90" else o.latency_ms
         proc[key] = max(proc.get(key, 0.0), value)
-    finish: dict[tuple[str, int], float] = {}
-    for s in problem.order:
-        for (stage, i), rate in rates.items():
-            if stage != s or rate <= TOL:
-                continue
-            arrival = 0.0
-            for edge in problem.stages[s].inputs:
-                kb = message_kb(problem, solution.models, edge.src)
-                if edge.from_source:
-                    producers = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
-                else:
-                    producers = [(j, t) for (u, j), t in finish.items() if u == edge.src]
-                reach = [t + problem.path_latency_ms(j, i, kb) for j, t in producers if problem.reachable(j, i)]
-                if reach:
-                    arrival = max(arrival, max(reach))
-            finish[(s, i)] = arrival + proc.get((s, i), 0.0)
+    finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src))
     ends = [t for (s, _), t in finish.items() if s == problem.sink]
     return max(ends) if ends else None
 

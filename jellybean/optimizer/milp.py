@@ -80,6 +80,7 @@ from jellybean.optimizer.problem import (
     MBIT_PER_KB,
     SECONDS_PER_HOUR,
     Problem,
+    forward_times,
 )
 from jellybean.optimizer.solution import Solution
 
@@ -533,11 +534,8 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
     bound = problem.latency_bound_ms
     assert bound is not None
     groups = problem.groups
-    use_p90 = problem.latency_percentile == "p90"
     cat = "Continuous" if relax else "Binary"
-
-    def lat(o) -> float:
-        return o.latency_ms_p90 if use_p90 else o.latency_ms
+    lat = _latency_of(problem)
 
     if worst_case_latency_ms(problem, usable, lat) <= bound:
         # No placement at all can break the bound: the constraints would only slow the solver.
@@ -620,26 +618,8 @@ def prune_by_latency(problem: Problem, usable: list) -> list:
     for o in usable:
         key = (o.stage, groups[o.group].node)
         fastest[key] = min(fastest.get(key, math.inf), lat(o))
-    arrive: dict[tuple[str, int], float] = {}
-    done: dict[tuple[str, int], float] = {}
-    for s in problem.order:
-        for (stage, i), p in fastest.items():
-            if stage != s:
-                continue
-            arrival = 0.0
-            for edge in problem.stages[s].inputs:
-                if edge.from_source:
-                    kb = problem.source_payload_kb[edge.src]
-                    starts = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
-                    # Every source's data must reach some placement; the earliest over placements is
-                    # bounded below by the earliest from the source itself.
-                else:
-                    kb = min(v.output_kb for v in problem.stages[edge.src].variants)
-                    starts = [(j, t) for (u, j), t in done.items() if u == edge.src]
-                options = [t + problem.path_latency_ms(j, i, kb) for j, t in starts if problem.reachable(j, i)]
-                arrival = max(arrival, min(options) if options else math.inf)
-            arrive[(s, i)] = arrival
-            done[(s, i)] = arrival + p
+    done = forward_times(problem, fastest, lambda e: _message_kb(problem, e, min), choose=min)
+    arrive = {key: t - fastest[key] for key, t in done.items()}
     consumers: dict[str, list[str]] = {s: [] for s in problem.order}
     for s in problem.order:
         for edge in problem.stages[s].inputs:
@@ -670,25 +650,15 @@ def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
     for o in usable:
         key = (o.stage, groups[o.group].node)
         proc[key] = max(proc.get(key, 0.0), lat(o))
-    finish: dict[tuple[str, int], float] = {}
-    for s in problem.order:
-        info = problem.stages[s]
-        for (stage, i), p in proc.items():
-            if stage != s:
-                continue
-            arrival = 0.0
-            for edge in info.inputs:
-                if edge.from_source:
-                    kb = problem.source_payload_kb[edge.src]
-                    starts = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
-                else:
-                    kb = max(v.output_kb for v in problem.stages[edge.src].variants)
-                    starts = [(j, t) for (u, j), t in finish.items() if u == edge.src]
-                for j, t in starts:
-                    if problem.reachable(j, i):
-                        arrival = max(arrival, t + problem.path_latency_ms(j, i, kb))
-            finish[(s, i)] = arrival + p
+    finish = forward_times(problem, proc, lambda e: _message_kb(problem, e, max), choose=max)
     return max((t for (s, _), t in finish.items() if s == problem.sink), default=0.0)
+
+
+def _message_kb(problem: Problem, edge, pick) -> float:
+    """Size of one message on ``edge``: the payload, or the smallest/largest output of its variants."""
+    if edge.from_source:
+        return problem.source_payload_kb[edge.src]
+    return pick(v.output_kb for v in problem.stages[edge.src].variants)
 
 
 def _id(text: str) -> str:

@@ -22,6 +22,7 @@ Units: rates in requests (messages) per second, sizes in KB (1024 bytes), traffi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from jellybean.spec.bundle import Bundle
@@ -229,6 +230,39 @@ def _member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, S
                     candidates.append(ratio * bounds[(edge.src, node.index)])
             bounds[(s, node.index)] = min(candidates) if candidates else 0.0
     return bounds
+
+
+def forward_times(
+    problem: Problem,
+    proc_ms: dict[tuple[str, int], float],
+    kb_of: Callable[[Edge], float],
+    choose: Callable[[list[float]], float] = max,
+) -> dict[tuple[str, int], float]:
+    """Completion time of each (stage, node) in ``proc_ms``, in ms: the arrival of its inputs plus its
+    own processing time. An input arrives from every node that produces it and can reach this one,
+    after the path's latency and the transmission of one message of ``kb_of(edge)`` KB; ``choose``
+    combines those arrivals (``max``: the worst path; ``min``: a lower bound on the earliest), and a
+    stage waits for its slowest input. One forward pass in topological order; used for the
+    reported latency, the latency pruning and the check that a bound cannot bind."""
+    finish: dict[tuple[str, int], float] = {}
+    for s in problem.order:
+        for (stage, i), p in proc_ms.items():
+            if stage != s:
+                continue
+            arrival = 0.0
+            for edge in problem.stages[s].inputs:
+                if edge.from_source:
+                    starts = [(j, 0.0) for j, r in problem.source_rates[edge.src].items() if r > 0]
+                else:
+                    starts = [(j, t) for (u, j), t in finish.items() if u == edge.src]
+                kb = kb_of(edge)
+                times = [t + problem.path_latency_ms(j, i, kb) for j, t in starts if problem.reachable(j, i)]
+                if times:
+                    arrival = max(arrival, choose(times))
+                elif choose is min:
+                    arrival = math.inf
+            finish[(s, i)] = arrival + p
+    return finish
 
 
 def _link_ms(link: LinkDirection | None, kb: float) -> float:

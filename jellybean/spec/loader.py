@@ -198,6 +198,21 @@ def parse_yaml(text: str, file: str) -> list[tuple[Any, SourceMap]]:
     return documents
 
 
+def read_bounded(path: Path, *, limit: int | None = None, hint: str = "split it into several files") -> bytes:
+    """A file's bytes, refusing more than ``limit`` (default ``MAX_FILE_BYTES``). Bounded even where
+    the size lies: a device or a pipe (``-f /dev/zero``) reports size 0 but may never end."""
+    display = str(path)
+    limit = MAX_FILE_BYTES if limit is None else limit
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
+    if len(raw) > limit:
+        raise SpecError([Issue(display, None, "", f"file is more than {limit} bytes", hint)])
+    return raw
+
+
 def read_text(path: Path) -> str:
     display = str(path)
     try:
@@ -207,15 +222,7 @@ def read_text(path: Path) -> str:
     if size > MAX_FILE_BYTES:
         raise SpecError([Issue(display, None, "", f"file is {size} bytes, more than {MAX_FILE_BYTES}",
                                "split it into several files")])
-    try:
-        # Bounded: a device or a pipe (`-f /dev/zero`) reports size 0 but may never end.
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise SpecError([Issue(display, None, "", f"file is more than {MAX_FILE_BYTES} bytes",
-                               "split it into several files")])
+    raw = read_bounded(path)
     if b"\x00" in raw:
         raise SpecError([Issue(display, None, "", "binary content (NUL bytes)", "give a YAML text file")])
     try:

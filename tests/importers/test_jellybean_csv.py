@@ -248,7 +248,7 @@ def test_pickle_size_and_shape_are_bounded(tmp_path: Path, monkeypatch: pytest.M
         safe_unpickle(path)
     path.write_bytes(pickle.dumps(list(range(100))))
     monkeypatch.setattr(jellybean_csv, "MAX_FILE_BYTES", 64)
-    with pytest.raises(SpecError, match="larger than 64 bytes"):
+    with pytest.raises(SpecError, match="more than 64 bytes"):
         safe_unpickle(path)
     path.write_bytes(b"\x80\x04garbage")
     monkeypatch.setattr(jellybean_csv, "MAX_FILE_BYTES", 1024)

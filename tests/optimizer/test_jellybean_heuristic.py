@@ -15,30 +15,13 @@ from jellybean.optimizer.plan import SolverStats
 from jellybean.optimizer.planner import run_strategy
 from jellybean.optimizer.problem import compile_problem
 from jellybean.spec import load_bundle
-from jellybean.spec.bundle import Bundle, cross_check
-from jellybean.spec.loader import SourceMap
-from jellybean.spec.topology import Topology
-from jellybean.spec.workflow import Workflow
-from jellybean.spec.zoo import ModelZoo
+
+from .random_instances import make_bundle
 
 ROOT = Path(__file__).resolve().parents[2]
 VQA = ROOT / "workflows" / "vqa-medium"
 REFERENCE = ROOT / "tests" / "data" / "jellybean-vqa-medium"
 STATS = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None, seconds=0)
-META = {"apiVersion": "jellybean.io/v1alpha1"}
-
-
-def make_bundle(zoo: dict, topology: dict, workflow: dict) -> Bundle:
-    bundle = Bundle(
-        Workflow.model_validate({**META, "kind": "Workflow", "metadata": {"name": "w"}, "spec": workflow}),
-        ModelZoo.model_validate({**META, "kind": "ModelZoo", "metadata": {"name": "z"}, "spec": zoo}),
-        Topology.model_validate({**META, "kind": "Topology", "metadata": {"name": "t"}, "spec": topology}),
-        {k: SourceMap("<memory>") for k in ("Workflow", "ModelZoo", "Topology")},
-    )
-    assert not cross_check(bundle)
-    return bundle
-
-
 def vqa_problem(sharing: str | None = None):
     problem = compile_problem(load_bundle([VQA]), sharing=sharing)
     return problem, choose_model(problem)
