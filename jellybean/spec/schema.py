@@ -13,6 +13,9 @@ def document_schema(kind: str) -> dict[str, Any]:
     model = KINDS[kind]
     schema = model.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    # The loader refuses a document without them, so the schema must too (pydantic marks fields
+    # with defaults optional).
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
     schema.setdefault("title", kind)
     return schema
 

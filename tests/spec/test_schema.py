@@ -146,3 +146,14 @@ def test_schema_errors_point_at_the_field() -> None:
     assert ("spec", "sources", 0) in paths
     messages = " ".join(e.message for e in found)
     assert "rate_per_sec" in messages and "rate_per_s" in messages
+
+
+def test_schema_requires_the_envelope_like_the_loader() -> None:
+    import jsonschema
+
+    from jellybean.spec.schema import all_schemas
+
+    for kind, schema in all_schemas().items():
+        assert {"apiVersion", "kind", "metadata", "spec"} <= set(schema["required"])
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"metadata": {"name": "x"}, "spec": {}}, schema)
