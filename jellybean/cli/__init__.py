@@ -76,7 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     jb.add_argument("folder", type=Path)
     jb.add_argument("--out", required=True, type=Path)
     jb.add_argument("--name", help="document names (default: the folder's name)")
+    _add_controller_parsers(sub)
+    from jellybean.cli.run import add_run_parser
+
+    add_run_parser(sub)
+    _add_zoo_parsers(sub)
     return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jellybean.cli.run import cmd_run as run
+
+    return run(args)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -157,8 +168,474 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "generate": cmd_generate,
-            "import": cmd_import}
+# --- the controller: `up` serves it; `apply`, `status`, `delete` are its clients -------------------
+
+
+def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    p = sub.add_parser("up", help="start the controller: an HTTP API that keeps the applied workflows served on Ray")
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="documents, plans, history and the API token (default $JELLYBEAN_HOME or ~/.jellybean)")
+    p.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="join this Ray cluster (its nodes advertise site:<name> resources) instead of an embedded one")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8470, help="port to listen on (default 8470; 0 picks a free one)")
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
+                   help="solver time limit for each plan (default 60)")
+    p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    def client(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", metavar="URL",
+                       help="the controller's URL (default: the one `jellybean up` recorded in the state directory)")
+        p.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="where `jellybean up` wrote controller.json and the token "
+                       "(default $JELLYBEAN_HOME or ~/.jellybean; JELLYBEAN_TOKEN overrides the token)")
+        p.add_argument("--format", default="table", choices=["table", "json"])
+
+    p = sub.add_parser("apply", help="submit documents to the controller (same documents twice: no change)")
+    _add_files(p)
+    client(p)
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for the changed workflows to run (default: return at once)")
+
+    p = sub.add_parser("status", help="the controller's workflows: plan vs actual per stage and site")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one workflow (default: a line for each)")
+    client(p)
+
+    p = sub.add_parser("delete", help="tear a workflow down")
+    p.add_argument("name", metavar="NAME")
+    client(p)
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long for its pipeline to stop")
+
+
+class _ControllerError(Exception):
+    """The controller is unreachable or refused the request: printed as one line, exit 1."""
+
+
+def _controller_endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """The controller's URL and the API token, from the options, JELLYBEAN_TOKEN or the state directory."""
+    from jellybean.runtime.state import CONTROLLER_NAME, TOKEN_NAME, default_state_dir, read_controller_info, read_token
+
+    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    url = args.controller
+    if url is None:
+        info = read_controller_info(state_dir) or {}
+        url = info.get("url")
+        if not isinstance(url, str):
+            raise _ControllerError(f"no controller recorded in {state_dir / CONTROLLER_NAME}: start one with "
+                                   "`jellybean up` (or pass --controller URL)")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--controller must be an http:// or https:// URL, not {url!r}")
+    token = os.environ.get("JELLYBEAN_TOKEN") or read_token(state_dir)
+    if not token:
+        raise _ControllerError(f"no API token in {state_dir / TOKEN_NAME}: point --state-dir at the controller's "
+                               "state directory or set JELLYBEAN_TOKEN")
+    return url.rstrip("/"), token
+
+
+def _no_redirects():  # noqa: ANN202 - a urllib handler
+    """A handler that never follows a redirect: the request carries the bearer token."""
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201, PLR0913
+            return None
+
+    return NoRedirect()
+
+
+def _call(url: str, token: str, method: str, path: str, body: dict | None = None, *,
+          timeout: float = 120.0) -> dict | list:
+    """One API call with urllib (no proxy, no redirects); API errors become exceptions with the
+    controller's words: SpecError (422, exit 2) or _ControllerError (exit 1)."""
+    import urllib.error
+    import urllib.request
+
+    from jellybean.spec.errors import Issue, SpecError
+
+    data = json.dumps(body).encode("utf-8") if body is not None else None
+    request = urllib.request.Request(url + path, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Accept": "application/json",
+        **({"Content-Type": "application/json"} if data is not None else {})})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _no_redirects())
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        try:
+            error = json.loads(exc.read().decode("utf-8"))
+        except (ValueError, OSError):
+            error = {}
+        if not isinstance(error, dict):
+            error = {}
+        message = error.get("error") or f"HTTP {exc.code} {exc.reason}"
+        if exc.code == 422 and error.get("issues"):
+            raise SpecError([Issue(i.get("file", "<request>"), i.get("line"), i.get("path", ""), i.get("message", ""),
+                                   i.get("hint", "")) for i in error["issues"]]) from None
+        if exc.code == 409 and error.get("rejections"):
+            lines = [message]
+            for rejection in error["rejections"]:
+                for reason in rejection.get("explanation") or []:
+                    lines.append(f"  {rejection.get('workflow')} ({rejection.get('reason')}): {reason}")
+            raise _ControllerError("\n".join(lines)) from None
+        if exc.code == 401:
+            raise _ControllerError(f"the controller at {url} refused the token: {message}") from None
+        raise _ControllerError(message) from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _ControllerError(f"no controller at {url}: start one with `jellybean up` ({reason})") from None
+    except ValueError:
+        raise _ControllerError(f"the service at {url} did not answer as a Jellybean controller") from None
+
+
+def _client_command(run) -> int:  # noqa: ANN001 - a callable returning an exit code
+    try:
+        return run()
+    except _ControllerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+
+
+def _when(timestamp: float | None) -> str:
+    import time
+
+    return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+    import time
+
+    try:
+        from jellybean.runtime.api import ApiServer, create_app
+    except ImportError as exc:
+        print(f"error: `jellybean up` needs the runtime extra (pip install 'jellybean[runtime]'): {exc}",
+              file=sys.stderr)
+        return EXIT_INFEASIBLE
+    from jellybean.runtime.controller import Controller, RayCluster
+    from jellybean.runtime.state import (
+        StateError, StateStore, default_state_dir, ensure_state_dir, new_token, read_controller_info,
+        remove_controller_info, write_controller_info, write_token,
+    )
+
+    if not args.time_limit > 0:
+        raise UsageError("--time-limit must be positive")
+    if not 0 <= args.port <= 65535:
+        raise UsageError("--port must be between 0 and 65535")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        state_dir = ensure_state_dir(args.state_dir or default_state_dir())
+        previous = read_controller_info(state_dir)
+        if previous and isinstance(previous.get("pid"), int) and previous["pid"] != os.getpid():
+            try:
+                os.kill(previous["pid"], 0)
+            except OSError:
+                pass  # a controller that did not clean up after itself
+            else:
+                print(f"error: a controller (pid {previous['pid']}) already serves {state_dir} at "
+                      f"{previous.get('url')}; stop it first", file=sys.stderr)
+                return EXIT_INFEASIBLE
+        store = StateStore(state_dir)
+    except StateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+    cluster = RayCluster(args.address)
+    controller = Controller(store, cluster=cluster, plan_time_limit_s=args.time_limit, cache_dir=args.cache)
+    if args.address:
+        try:
+            cluster.start({})
+        except Exception as exc:  # noqa: BLE001 - Ray says what is wrong; the user needs one line
+            print(f"error: cannot join the Ray cluster at {args.address}: {exc}", file=sys.stderr)
+            return EXIT_INFEASIBLE
+    token = new_token()
+    write_token(state_dir, token)
+    try:
+        server = ApiServer(create_app(controller, token), args.host, args.port,
+                           log_level="info" if args.log_level == "debug" else "warning")
+    except OSError as exc:
+        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        cluster.shutdown()
+        return EXIT_INFEASIBLE
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving plain HTTP on {args.host}: the bearer token crosses the network unencrypted; "
+              "put a TLS proxy in front", file=sys.stderr)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        write_controller_info(state_dir, {"url": server.url, "pid": os.getpid(), "started_at": time.time(),
+                                          "ray": args.address or "embedded"})
+        controller.start()
+        stored = len(store.desired())
+        print(f"controller at {server.url} (OpenAPI: {server.url}/docs); state in {state_dir}; "
+              f"token in {state_dir / 'token'}", file=sys.stderr)
+        if stored:
+            print(f"redeploying {stored} stored workflow{'s' if stored != 1 else ''}", file=sys.stderr)
+        print("Ctrl-C stops the controller (pipelines are drained; `jellybean up` again redeploys them)",
+              file=sys.stderr)
+        while not stop.wait(0.5):
+            pass
+        print("stopping: draining pipelines...", file=sys.stderr)
+    finally:
+        server.stop()
+        controller.stop(drain=True)
+        remove_controller_info(state_dir, os.getpid())
+        store.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from jellybean.spec.loader import expand_paths, read_text
+
+    if not 0 <= args.wait <= 600:
+        raise UsageError("--wait must be between 0 and 600 seconds")
+    files = [{"name": str(path), "text": read_text(path)} for path in expand_paths(args.files)]
+
+    def run() -> int:
+        url, token = _controller_endpoint(args)
+        query = f"?wait={args.wait:g}" if args.wait > 0 else ""
+        result = _call(url, token, "POST", "/v1/apply" + query, {"files": files}, timeout=300.0 + args.wait)
+        if args.format == "json":
+            print(json.dumps(result, indent=2))
+            return EXIT_OK
+        for doc in result["documents"]:
+            print(f"{doc['kind']} {doc['name']}: {doc['action']}")
+        for wf in result["workflows"]:
+            line = f"workflow {wf['name']}: {wf['action']}, generation {wf['generation']}"
+            if wf["action"] != "unchanged":
+                cost = "-" if wf.get("cost_per_hour") is None else f"${wf['cost_per_hour']:.3f}/h"
+                accuracy = "-" if wf.get("accuracy") is None else f"{wf['accuracy']:.2f}"
+                line += f", plan {cost}, accuracy {accuracy} ({wf.get('reason') or 'changed'})"
+            print(line)
+        if not result["changed"]:
+            print("nothing changed")
+        elif result.get("settled") is False:
+            print(f"not all running after {args.wait:g} s: see `jellybean status`")
+        return EXIT_OK
+
+    return _client_command(run)
+
+
+def _render_workflow(status: dict) -> str:
+    from jellybean.cli.render import table
+
+    gen = status.get("generation")
+    running = status.get("running_generation")
+    lines = [f"Workflow {status['name']}: {status['phase']} (generation {gen if gen is not None else '-'}, "
+             f"running {running if running is not None else '-'})"]
+    if status.get("message"):
+        lines.append(f"  {status['message']}")
+    plan = status.get("plan")
+    if plan:
+        cost = "-" if plan.get("cost_per_hour") is None else f"${plan['cost_per_hour']:.3f}/h"
+        accuracy = "-" if plan.get("accuracy") is None else f"{plan['accuracy']:.2f}"
+        p90 = "" if plan.get("latency_ms_p90") is None else f", latency p90 {plan['latency_ms_p90']:.1f} ms"
+        lines.append(f"Plan: {plan.get('strategy')}, {cost}, accuracy {accuracy} "
+                     f"(target {plan.get('accuracy_target')}){p90}")
+    lines.append("")
+    lines.append(table(
+        ["STAGE", "SITE", "VARIANT", "RUNNING", "REPLICAS ALIVE/PLANNED", "PLANNED REQ/S", "MEASURED REQ/S"],
+        [[r["stage"], r["site"], r["variant"], r.get("variant_running"),
+          f"{r['replicas_alive']}/{r['replicas_planned']}", r["rate_planned_per_s"], r.get("rate_measured_per_s")]
+         for r in status.get("stages", [])], right={4, 5, 6}))
+    frames = status.get("frames")
+    if frames:
+        lines.append("")
+        lines.append(f"Frames: sent {frames.get('sent', 0)}, completed {frames.get('completed', 0)}, "
+                     f"failed {frames.get('failed', 0)}, lost {frames.get('lost', 0)}")
+    events = status.get("events") or []
+    if events:
+        lines += ["", "Events"]
+        for event in events:
+            detail = event.get("detail") or {}
+            words = ", ".join(f"{k} {detail[k]}" for k in ("generation", "reason", "message") if detail.get(k))
+            lines.append(f"  {_when(event.get('at'))}  {event['event']}" + (f"  {words}" if words else ""))
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    from jellybean.cli.render import table
+
+    def run() -> int:
+        url, token = _controller_endpoint(args)
+        if args.name:
+            status = _call(url, token, "GET", f"/v1/workflows/{quote(args.name, safe='')}")
+            print(json.dumps(status, indent=2) if args.format == "json" else _render_workflow(status))
+            return EXIT_OK
+        workflows = _call(url, token, "GET", "/v1/workflows")
+        if args.format == "json":
+            print(json.dumps(workflows, indent=2))
+        elif not workflows:
+            print("no workflows (submit some with `jellybean apply -f PATH`)")
+        else:
+            print(table(["NAME", "PHASE", "GENERATION", "RUNNING", "$/H", "ACCURACY", "REPLICAS", "APPLIED", "MESSAGE"],
+                        [[w["name"], w["phase"], w["generation"], w["running_generation"], w["cost_per_hour"],
+                          w["accuracy"], f"{w['replicas_alive']}/{w['replicas_planned']}", _when(w["applied_at"]),
+                          (w.get("message") or "")[:80]] for w in workflows], right={2, 3, 4, 5, 6}))
+        return EXIT_OK
+
+    return _client_command(run)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    if not 0 <= args.wait <= 600:
+        raise UsageError("--wait must be between 0 and 600 seconds")
+
+    def run() -> int:
+        url, token = _controller_endpoint(args)
+        query = f"?wait={args.wait:g}" if args.wait > 0 else ""
+        result = _call(url, token, "DELETE", f"/v1/workflows/{quote(args.name, safe='')}{query}",
+                       timeout=60.0 + args.wait)
+        if args.format == "json":
+            print(json.dumps(result, indent=2))
+        else:
+            stopped = {True: ", pipeline stopped", False: f", still stopping after {args.wait:g} s"}.get(
+                result.get("settled"), "")
+            print(f"workflow {result['name']}: deleted{stopped}")
+        return EXIT_OK
+
+    return _client_command(run)
+
+
+# ---- the digits zoo: `jellybean zoo build|list`, `jellybean profile` -------------------------------
+
+
+def _add_zoo_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
+    p = sub.add_parser("zoo", help="the built-in digits model zoo (real PyTorch models trained here)")
+    zoo = p.add_subparsers(dest="zoo_command", metavar="ACTION")
+    zoo.required = True
+    zb = zoo.add_parser("build", help="train and cache the zoo's weights (skips what is cached)")
+    zb.add_argument("--cache", type=Path, metavar="DIR",
+                    help="weights cache (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
+    zb.add_argument("--force", action="store_true", help="retrain every model even if cached")
+    zoo.add_parser("list", help="the registered model loaders")
+
+    p = sub.add_parser("profile", help="measure the digits zoo here and write its ModelZoo document")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="weights cache, built first if needed (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the YAML here (default: standard output)")
+    p.add_argument("--hardware", default="local-cpu-1t", help="hardware name of the profiles (default local-cpu-1t)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+    p.add_argument("--repeats", type=int, default=100, metavar="N", help="timed calls per batch size (default 100)")
+    p.add_argument("--frames", type=int, default=1000, metavar="N",
+                   help="held-out frames for the accuracy measurements (default 1000)")
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr (redrawn in place on a terminal, one line per step otherwise)."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width = width
+        self.tty = sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, message: str, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        filled = int(round(fraction * self.width))
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:3.0f}% {message}"[:119]
+        if self.tty:
+            print(f"\r{line:<{len(self.last)}}", end="", file=sys.stderr, flush=True)
+            self.last = line
+        elif message != self.last:
+            print(line, file=sys.stderr, flush=True)
+            self.last = message
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            print(file=sys.stderr, flush=True)
+        self.last = ""
+
+
+def _zoo_cache(args: argparse.Namespace) -> Path:
+    from jellybean.zoo.build import default_cache_dir
+
+    return args.cache if args.cache is not None else default_cache_dir()
+
+
+def _build_zoo(cache: Path, force: bool) -> float:
+    import time
+
+    from jellybean.zoo.build import build_zoo
+
+    bar = _ProgressBar()
+    started = time.perf_counter()
+    try:
+        build_zoo(cache, force=force, progress=bar)
+    except OSError as exc:
+        raise UsageError(f"cannot write the zoo cache {cache}: {exc}") from None
+    finally:
+        bar.close()
+    return time.perf_counter() - started
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from jellybean.zoo.registry import LOADERS
+
+    if args.zoo_command == "list":
+        rows = [("LOADER", "TASK", "PRECISION", "DESCRIPTION")]
+        rows += [(s.name, s.task, s.precision, s.description) for s in LOADERS.values()]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        return EXIT_OK
+    cache = _zoo_cache(args)
+    seconds = _build_zoo(cache, args.force)
+    print(f"zoo ready in {cache} ({seconds:.1f} s)")
+    return EXIT_OK
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from jellybean.spec.common import NAME_RE
+    from jellybean.zoo.build import is_built
+    from jellybean.zoo.profile import dump_zoo, profile_zoo
+
+    if not NAME_RE.match(args.hardware):
+        raise UsageError(f"--hardware {args.hardware!r} is not a valid name (letters, digits, '.', '-', '_')")
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--frames", args.frames)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    cache = _zoo_cache(args)
+    if not is_built(cache):
+        _build_zoo(cache, False)
+    command = (f"jellybean profile --hardware {args.hardware} --threads {args.threads} --repeats {args.repeats} "
+               f"--frames {args.frames}" + (f" --out {args.out}" if args.out else ""))
+    bar = _ProgressBar()
+    try:
+        doc = profile_zoo(cache, hardware=args.hardware, threads=args.threads, repeats=args.repeats,
+                          eval_frames=args.frames, progress=bar)
+    finally:
+        bar.close()
+    text = dump_zoo(doc, command=command)
+    if args.out is None:
+        print(text, end="")
+    else:
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc}") from None
+        print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "generate": cmd_generate,
+            "import": cmd_import, "up": cmd_up, "apply": cmd_apply, "status": cmd_status, "delete": cmd_delete}
+COMMANDS.update({"zoo": cmd_zoo, "profile": cmd_profile})
 
 
 def main(argv: list[str] | None = None) -> int:

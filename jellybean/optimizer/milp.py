@@ -314,7 +314,7 @@ def _build(
                 z = {}
                 for s, v in hosted:
                     z[(s, v)] = lp.add_variable(f"z_{g_index}_{_id(s)}_{_id(v)}", lowBound=0, upBound=1,
-                                                cat="Continuous" if relax else "Binary")
+                                                cat="Continuous" if relax and members > 1 else "Binary")
                     yv = y[(s, v)]
                     lp += z[(s, v)] <= yv, f"z_variant_{g_index}_{_id(s)}_{_id(v)}"
                     for o in opts:
@@ -534,7 +534,10 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
     bound = problem.latency_bound_ms
     assert bound is not None
     groups = problem.groups
-    cat = "Continuous" if relax else "Binary"
+
+    def cat(node: int) -> str:
+        # Averaged over a class's members a 0/1 decision becomes a fraction; a lone site keeps it 0/1.
+        return "Continuous" if relax and problem.nodes[node].total > 1 else "Binary"
     lat = _latency_of(problem)
 
     if worst_case_latency_ms(problem, usable, lat) <= bound:
@@ -558,12 +561,12 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
     P: dict[tuple[str, int], pulp.LpVariable] = {}
     T: dict[tuple[str, int], pulp.LpVariable] = {}
     for (s, i), opts in rate_at.items():
-        x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat)
+        x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat(i))
         P[(s, i)] = lp.add_variable(f"P_{_id(s)}_{i}", lowBound=0)
         T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else bound)
         rate_bound = problem.stages[s].rate_bound_per_s
         for o in opts:
-            w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat)
+            w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat(i))
             lp += r[o.index] <= rate_bound * w, f"use_rate_{o.index}"
             lp += x[(s, i)] >= w, f"use_site_{o.index}"
             lp += P[(s, i)] >= lat(o) - big * (1 - w), f"proc_{o.index}"

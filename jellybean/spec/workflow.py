@@ -29,6 +29,9 @@ class Source(StrictModel):
     payload_kb: float = Field(gt=0, description="Size of one request in KB (1024 bytes).")
     sites: list[Name] = Field(min_length=1, description="Sites the sources are attached to.")
     count_per_site: int = Field(default=1, ge=1, description="Sources of this group at each listed site.")
+    dataset: Name | None = Field(
+        default=None, description="Registered dataset the runtime replays for these sources (e.g. digits-frames); "
+        "needed to serve, not to plan.")
 
 
 class StageInput(StrictModel):

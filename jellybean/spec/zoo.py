@@ -36,11 +36,14 @@ class LatencyProfile(StrictModel):
     latency_ms: dict[int, float] = Field(
         description="Mean latency in milliseconds of one batch, keyed by batch size (>= 1)."
     )
+    latency_ms_p50: dict[int, float] | None = Field(
+        default=None, description="Median latency per batch size, where measured."
+    )
     latency_ms_p90: dict[int, float] | None = Field(
         default=None, description="90th-percentile latency per batch size, where measured."
     )
 
-    @field_validator("latency_ms", "latency_ms_p90")
+    @field_validator("latency_ms", "latency_ms_p50", "latency_ms_p90")
     @classmethod
     def _positive(cls, value: dict[int, float] | None) -> dict[int, float] | None:
         if value is None:
@@ -70,6 +73,11 @@ class Variant(StrictModel):
     output_kb: float = Field(ge=0, description="Size of one output message in KB (1024 bytes).")
     memory_mb: float = Field(default=0.0, ge=0, description="Resident memory of one replica in MB.")
     precision: str = Field(default="fp32", description="Numeric precision of the build (fp32, fp16, int8).")
+    loader: Name | None = Field(
+        default=None,
+        description="Registered model loader that runs this variant (see `jellybean zoo list`); only "
+        "registered loaders can be named, never import paths or files. Needed to serve, not to plan.",
+    )
     cost_proxy: float | None = Field(
         default=None,
         ge=0,

@@ -1,0 +1,109 @@
+"""``jellybean run``: the one-shot path. Start an embedded Ray, plan, deploy, stream for a while with
+a live progress line, drain, print predicted against measured, stop."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def add_run_parser(sub) -> None:
+    p = sub.add_parser("run", help="plan and serve a workflow on an embedded Ray for a while, then report")
+    p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH")
+    p.add_argument("--workflow", help="the Workflow to run when the files hold several")
+    p.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long the sources send")
+    p.add_argument("--format", default="table", choices=["table", "json"])
+    p.add_argument("--cache", type=Path, help="model cache (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
+    p.add_argument("--strategy", default="optimal")
+    p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+
+
+def _progress(pipeline, started: float, duration: float) -> None:
+    ledger = pipeline.ledger
+    elapsed = time.time() - started
+    width = 24
+    done = min(1.0, elapsed / duration) if duration > 0 else 1.0
+    bar = "#" * int(done * width) + "-" * (width - int(done * width))
+    sys.stderr.write(f"\r[{bar}] {elapsed:5.1f}s  sent {ledger.sent}  completed {ledger.completed}  "
+                     f"failed {ledger.failed}  in flight {ledger.in_flight}   ")
+    sys.stderr.flush()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jellybean.cli import UsageError
+    from jellybean.optimizer import plan as make_plan
+    from jellybean.spec.bundle import load_bundle
+
+    if not args.duration > 0:
+        raise UsageError("--duration must be positive")
+    bundle = load_bundle(args.files, args.workflow)
+    started = time.time()
+    plan = make_plan(bundle, strategy=args.strategy, baselines=False)
+    if not plan.feasible:
+        print("No feasible plan:", file=sys.stderr)
+        for reason in plan.explanation:
+            print(f"  - {reason}", file=sys.stderr)
+        return 1
+
+    import ray
+
+    from jellybean.runtime.dataplane import Pipeline, ServingError, site_resources
+    from jellybean.zoo.build import build_zoo, default_cache_dir
+
+    cache = args.cache or default_cache_dir()
+    build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
+    sys.stderr.write("\n")
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, resources=site_resources(bundle.topology),
+                 include_dashboard=False, log_to_driver=False)
+    try:
+        try:
+            pipeline = Pipeline(bundle, plan, cache_dir=cache)
+        except ServingError as exc:
+            raise UsageError(str(exc)) from None
+        pipeline.start()
+        until = time.time() + args.duration
+        while time.time() < until:
+            _progress(pipeline, pipeline.started_at or time.time(), args.duration)
+            time.sleep(0.25)
+        sys.stderr.write("\ndraining...\n")
+        summary = pipeline.stop(drain=True)
+    finally:
+        ray.shutdown()
+    summary.time_to_first_result_s = (
+        (pipeline.first_result_at - started) if pipeline.first_result_at else None)
+    if args.format == "json":
+        print(json.dumps(summary.model_dump(mode="json"), indent=2))
+    else:
+        print(render_summary(summary))
+    return 0 if summary.frames.lost == 0 else 1
+
+
+def render_summary(summary) -> str:
+    from jellybean.cli.render import table
+
+    p, m, f = summary.predicted, summary.measured, summary.frames
+    lines = [f"Workflow {summary.workflow}: ran {summary.duration_s:.1f} s", ""]
+    lines.append(table(["", "PREDICTED", "MEASURED"], [
+        ["throughput (frames/s)", p.throughput_per_s, m.throughput_per_s],
+        ["accuracy (%)", p.accuracy, m.accuracy],
+        ["latency p50 (ms)", p.latency_ms_p50, m.latency_ms_p50],
+        ["latency p99 (ms)", None, m.latency_ms_p99],
+        ["cost ($/h)", p.cost_per_hour, None],
+    ], right={1, 2}))
+    lines += ["", f"Frames: sent {f.sent}, completed {f.completed}, failed {f.failed}, lost {f.lost}"]
+    for reason, n in summary.failures.items():
+        lines.append(f"  failed: {n} x {reason}")
+    lines += ["", table(["STAGE", "SITE", "VARIANT", "REPLICAS", "PLANNED REQ/S", "MEASURED REQ/S", "MEAN BATCH"],
+                        [[s.stage, s.site, s.variant, f"{s.replicas_alive}/{s.replicas_planned}",
+                          s.rate_planned_per_s, s.rate_measured_per_s, s.mean_batch_size] for s in summary.stages],
+                        right={3, 4, 5, 6})]
+    if summary.time_to_first_result_s is not None:
+        lines.append(f"\nTime from start to first result: {summary.time_to_first_result_s:.2f} s")
+    return "\n".join(lines)

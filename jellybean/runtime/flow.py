@@ -1,0 +1,109 @@
+"""Flow control for the data plane: dynamic batching, bounded queues, retries and the frame ledger.
+
+These are the decisions, kept free of Ray so they can be tested on their own:
+
+- :func:`collect_batch` takes what is queued for a replica, up to the plan's batch size, waiting at
+  most ``max_wait_s`` for the batch to fill once the first request is there (dynamic batching: a
+  busy stage runs full batches, a quiet one does not make requests wait for company).
+- Queues are bounded (:func:`queue_capacity`): when a replica's queue is full, whoever routes to it
+  waits, so pressure propagates stage by stage back to the sources, which then slow down instead of
+  piling frames up in memory.
+- :class:`RetryPolicy` says whether a request that failed on one replica is tried on another.
+- :class:`Ledger` accounts for every frame: it ends completed or failed with a reason, and
+  ``lost = sent - completed - failed`` must be zero after a drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+def queue_capacity(batch_size: int, *, batches: int = 4) -> int:
+    """Requests a replica's queue holds: a few batches, enough to keep it busy, small enough to bound memory."""
+    return max(2, batches * max(1, batch_size))
+
+
+async def collect_batch(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list:
+    """Wait for one item, then take up to ``max_batch`` in all, waiting at most ``max_wait_s`` more."""
+    first = await queue.get()
+    batch = [first]
+    deadline = time.monotonic() + max_wait_s
+    while len(batch) < max_batch:
+        try:
+            batch.append(queue.get_nowait())
+            continue
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            batch.append(await asyncio.wait_for(queue.get(), remaining))
+        except asyncio.TimeoutError:
+            break
+    return batch
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 3
+
+    def retry(self, attempts: int) -> bool:
+        """After ``attempts`` failed tries, try again (on another replica)?"""
+        return attempts < self.max_attempts
+
+
+@dataclass
+class Ledger:
+    """Every frame sent ends exactly once: completed (with its result) or failed (with a reason)."""
+
+    sent: int = 0
+    completed: int = 0
+    failed: int = 0
+    correct: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    _open: set = field(default_factory=set)
+
+    def send(self, frame_id) -> None:
+        self.sent += 1
+        self._open.add(frame_id)
+
+    def complete(self, frame_id, *, correct: bool, latency_ms: float) -> bool:
+        if frame_id not in self._open:
+            return False  # a duplicate (a retried request that had in fact succeeded): ignored
+        self._open.discard(frame_id)
+        self.completed += 1
+        self.correct += bool(correct)
+        self.latencies_ms.append(latency_ms)
+        return True
+
+    def fail(self, frame_id, reason: str) -> bool:
+        if frame_id not in self._open:
+            return False
+        self._open.discard(frame_id)
+        self.failed += 1
+        self.reasons[reason] += 1
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._open)
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.completed - self.failed
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)

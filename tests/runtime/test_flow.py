@@ -1,0 +1,104 @@
+"""Batching, backpressure, retries and the frame ledger, without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from jellybean.runtime.flow import Ledger, RetryPolicy, collect_batch, percentile, queue_capacity
+
+
+def run(coro):
+    return asyncio.new_event_loop().run_until_complete(coro)
+
+
+def test_a_full_queue_gives_a_full_batch_without_waiting() -> None:
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        for i in range(10):
+            q.put_nowait(i)
+        started = time.monotonic()
+        batch = await collect_batch(q, 4, 1.0)
+        return batch, time.monotonic() - started, q.qsize()
+
+    batch, waited, left = run(go())
+    assert batch == [0, 1, 2, 3] and left == 6 and waited < 0.1
+
+
+def test_a_quiet_queue_sends_a_partial_batch_after_the_wait() -> None:
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        q.put_nowait("only")
+        started = time.monotonic()
+        batch = await collect_batch(q, 8, 0.05)
+        return batch, time.monotonic() - started
+
+    batch, waited = run(go())
+    assert batch == ["only"] and 0.04 <= waited < 0.5
+
+
+def test_late_arrivals_join_the_batch_within_the_wait() -> None:
+    async def go():
+        q: asyncio.Queue = asyncio.Queue()
+        q.put_nowait(1)
+
+        async def later():
+            await asyncio.sleep(0.01)
+            q.put_nowait(2)
+
+        asyncio.ensure_future(later())
+        return await collect_batch(q, 8, 0.2)
+
+    assert run(go()) == [1, 2]
+
+
+def test_bounded_queue_blocks_the_producer_until_the_consumer_takes() -> None:
+    """Backpressure: with a bounded queue the producer waits instead of piling items up."""
+
+    async def go():
+        q: asyncio.Queue = asyncio.Queue(maxsize=queue_capacity(2))
+        produced = []
+
+        async def producer():
+            for i in range(50):
+                await q.put(i)
+                produced.append(i)
+
+        task = asyncio.ensure_future(producer())
+        await asyncio.sleep(0.05)
+        stalled_at = len(produced)
+        taken = []
+        while len(taken) < 50:
+            taken.extend(await collect_batch(q, 2, 0.0))
+        await task
+        return stalled_at, taken
+
+    stalled_at, taken = run(go())
+    assert stalled_at == queue_capacity(2) == 8
+    assert taken == list(range(50))
+
+
+def test_retry_policy() -> None:
+    policy = RetryPolicy(max_attempts=3)
+    assert policy.retry(1) and policy.retry(2) and not policy.retry(3)
+
+
+def test_ledger_ends_every_frame_exactly_once() -> None:
+    ledger = Ledger()
+    for f in range(5):
+        ledger.send(f)
+    assert ledger.complete(0, correct=True, latency_ms=3.0)
+    assert not ledger.complete(0, correct=True, latency_ms=3.0)  # a duplicate is ignored
+    assert ledger.fail(1, "stage x: boom")
+    assert not ledger.complete(1, correct=True, latency_ms=1.0)  # a failed frame stays failed
+    assert ledger.complete(2, correct=False, latency_ms=5.0)
+    assert (ledger.sent, ledger.completed, ledger.failed, ledger.in_flight, ledger.lost) == (5, 2, 1, 2, 2)
+    assert ledger.correct == 1 and ledger.reasons == {"stage x: boom": 1}
+
+
+def test_percentile() -> None:
+    assert percentile([], 50) is None
+    assert percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert percentile(list(range(101)), 99) == pytest.approx(99)
