@@ -453,7 +453,7 @@ def _render_workflow(status: dict) -> str:
     if frames:
         lines.append("")
         lines.append(f"Frames: sent {frames.get('sent', 0)}, completed {frames.get('completed', 0)}, "
-                     f"failed {frames.get('failed', 0)}, lost {frames.get('lost', 0)}")
+                     f"failed {frames.get('failed', 0)}, in flight {frames.get('in_flight', 0)}, lost {frames.get('lost', 0)}")
     events = status.get("events") or []
     if events:
         lines += ["", "Events"]

@@ -355,8 +355,18 @@ class Pipeline:
             frame["frame_id"] = frame_id
             frame["sent_at"] = time.time()
             self.ledger.send(frame_id)
-            for stage in self.source_consumers[name]:
-                await self._submit(stage, _Item(dict(frame), origin=site))
+            consumers = self.source_consumers[name]
+            for n, stage in enumerate(consumers):
+                try:
+                    await self._submit(stage, _Item(dict(frame), origin=site))
+                except asyncio.CancelledError:
+                    # Stopped while waiting for room (backpressure): if no stage got the frame it
+                    # was never sent; if some did, the rest of it cannot follow.
+                    if n == 0:
+                        self.ledger.withdraw(frame_id)
+                    else:
+                        self.ledger.fail(frame_id, "source stopped while handing the frame to its stages")
+                    raise
             # Backpressure: if submitting blocked, the source has fallen behind; it does not burst
             # to catch up, it simply sends at the rate it can.
             next_at = max(next_at + interval, time.monotonic() - interval)
@@ -388,8 +398,11 @@ class Pipeline:
             self.ledger.fail(item.payload.get("frame_id"), f"no live replica of stage {stage} reachable from "
                                                             f"{item.origin}")
             return
-        replica = self.replicas[choice]
-        await replica.queue.put(item)
+        queue = self.replicas[choice].queue
+        if queue.full():
+            await queue.put(item)  # backpressure: wait for room
+        else:
+            queue.put_nowait(item)  # the common case, without a coroutine round trip
 
     def _drop_replica(self, key: str) -> None:
         self.replicas[key].alive = False
@@ -417,13 +430,18 @@ class Pipeline:
             self.hop_overhead_ms.append(max(0.0, rtt_ms - model_ms))
             replica.batches += 1
             replica.requests += len(items)
-            for item, produced in zip(items, outputs):
-                for message in produced:
-                    if spec.stage == self.sink:
+            if spec.stage == self.sink:
+                for produced in outputs:
+                    for message in produced:
                         self._finish(message)
-                    else:
-                        for consumer in self.consumers[spec.stage]:
-                            await self._submit(consumer, _Item(dict(message), origin=spec.site))
+                continue
+            consumers = self.consumers[spec.stage]
+            for produced in outputs:
+                for message in produced:
+                    # Messages arrive freshly deserialised from the replica: no copy needed, except
+                    # when several stages consume the same output.
+                    for n, consumer in enumerate(consumers):
+                        await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=spec.site))
 
     async def _retry(self, stage: str, items: list[_Item], failed_on: str, reason: str) -> None:
         for item in items:
@@ -469,9 +487,10 @@ class Pipeline:
             state = "degraded"
         else:
             state = "running"
+        # While running, frames in flight are not lost: lost counts only the unaccounted rest.
         return {"state": state, "stages": rows,
                 "frames": {"sent": ledger.sent, "completed": ledger.completed, "failed": ledger.failed,
-                           "lost": ledger.lost}}
+                           "in_flight": ledger.in_flight, "lost": ledger.lost - ledger.in_flight}}
 
     def summary(self) -> RunSummary:
         ledger = self.ledger

@@ -72,6 +72,12 @@ class Ledger:
         self.sent += 1
         self._open.add(frame_id)
 
+    def withdraw(self, frame_id) -> None:
+        """A frame that never entered the pipeline (its source stopped while waiting for room)."""
+        if frame_id in self._open:
+            self._open.discard(frame_id)
+            self.sent -= 1
+
     def complete(self, frame_id, *, correct: bool, latency_ms: float) -> bool:
         if frame_id not in self._open:
             return False  # a duplicate (a retried request that had in fact succeeded): ignored

@@ -102,3 +102,12 @@ def test_percentile() -> None:
     assert percentile([], 50) is None
     assert percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
     assert percentile(list(range(101)), 99) == pytest.approx(99)
+
+
+def test_a_withdrawn_frame_was_never_sent() -> None:
+    ledger = Ledger()
+    ledger.send(1)
+    ledger.send(2)
+    ledger.withdraw(2)
+    ledger.withdraw(99)  # unknown: nothing happens
+    assert (ledger.sent, ledger.in_flight, ledger.lost) == (1, 1, 1)
