@@ -323,11 +323,26 @@ def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
 
 def load_documents(paths: list[str | os.PathLike]) -> list[LoadedDocument]:
     """Load and validate every document in the given files and folders; report all errors at once."""
-    documents: list[LoadedDocument] = []
+    texts: list[tuple[str, str]] = []
     issues: list[Issue] = []
     for path in expand_paths(paths):
         try:
-            values = parse_yaml(read_text(path), str(path))
+            texts.append((read_text(path), str(path)))
+        except SpecError as exc:
+            issues.extend(exc.issues)
+    return _parse_all(texts, issues)
+
+
+def load_text(text: str, file: str = "<input>") -> list[LoadedDocument]:
+    """Like :func:`load_documents` for an in-memory text (used by the API and tests)."""
+    return _parse_all([(text, file)], [])
+
+
+def _parse_all(texts: list[tuple[str, str]], issues: list[Issue]) -> list[LoadedDocument]:
+    documents: list[LoadedDocument] = []
+    for text, file in texts:
+        try:
+            values = parse_yaml(text, file)
         except SpecError as exc:
             issues.extend(exc.issues)
             continue
@@ -336,20 +351,6 @@ def load_documents(paths: list[str | os.PathLike]) -> list[LoadedDocument]:
                 documents.append(parse_document(value, source, index))
             except SpecError as exc:
                 issues.extend(exc.issues)
-    if issues:
-        raise SpecError(issues)
-    return documents
-
-
-def load_text(text: str, file: str = "<input>") -> list[LoadedDocument]:
-    """Like :func:`load_documents` for an in-memory text (used by the API and tests)."""
-    documents: list[LoadedDocument] = []
-    issues: list[Issue] = []
-    for index, (value, source) in enumerate(parse_yaml(text, file)):
-        try:
-            documents.append(parse_document(value, source, index))
-        except SpecError as exc:
-            issues.extend(exc.issues)
     if issues:
         raise SpecError(issues)
     return documents
