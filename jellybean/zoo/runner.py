@@ -125,6 +125,9 @@ class AggregatorRunner:
     among the frames in flight.
     """
 
+    #: Tells the data plane to route by frame id (all parts of a frame to one replica).
+    stateful = True
+
     def __init__(self, max_pending: int = MAX_PENDING_FRAMES) -> None:
         self.max_pending = max_pending
         self.pending: OrderedDict[object, dict[int, int | None]] = OrderedDict()

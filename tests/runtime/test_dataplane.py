@@ -113,3 +113,18 @@ def test_backpressure_slows_the_sources_instead_of_losing_frames(ray_local, digi
     assert peak_queued <= capacity
     assert summary.frames.sent < 4000 * 2 * 2  # the sources were held back
     assert summary.frames.lost == 0 and summary.frames.failed == 0
+
+
+def test_a_stateful_join_gets_all_of_a_frame_on_one_replica(ray_local, digits, digits_zoo) -> None:
+    """Two aggregator replicas: crops are routed by frame id, so every frame still completes."""
+    bundle, plan = digits
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
+    one = next(s for s in pipeline.specs if s.stage == "aggregate")
+    half = dataclasses.replace(one, num_cpus=one.num_cpus / 2, weight=one.weight / 2)
+    pipeline.specs = [s for s in pipeline.specs if s is not one] + [
+        dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
+    summary = stream(pipeline, 3.0)
+    joins = [r for r in pipeline.replicas.values() if r.spec.stage == "aggregate"]
+    assert all(r.stateful and r.requests > 0 for r in joins)
+    assert summary.frames.sent > 100
+    assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent
