@@ -18,6 +18,12 @@ queue and a sender that forms dynamic batches up to the plan's batch size
 it, and so on back to the sources. A batch that fails is retried request by request on other
 replicas; what still fails is recorded with its reason. At the sink the frame's result is checked
 against the ground truth it carried.
+
+Two measured optimisations keep Ray's per-call cost (about 1-2 ms here) from dominating tiny models:
+consecutive stateless stages placed on the same instance, one replica each, run *fused* in one actor
+(:func:`plan_fusion`; the plan is unchanged, only the hop between them moves inside the process),
+and each replica keeps two batch calls outstanding so the next batch waits at the actor while the
+current one runs.
 """
 
 from __future__ import annotations
@@ -109,10 +115,46 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
                 specs.append(ReplicaSpec(
                     key=f"{a.stage}/{site}/{a.instance}/{a.variant}/{k}", stage=a.stage, variant=a.variant,
                     loader=variant.loader, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
-                    weight=a.rate_per_s / replicas, num_cpus=round(max(cpus, 0.01), 3),
+                    weight=a.rate_per_s / replicas, num_cpus=_cpu_amount(cpus),
                     threads=max(1, int(cpus + 1e-9)),
                 ))
     return specs
+
+
+def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dict[str, list[str]],
+                inputs: dict[str, int], stateful) -> dict[str, list[ReplicaSpec]]:
+    """Chains of consecutive stages to run inside one replica: head replica key -> the chain.
+
+    Stage ``s`` joins the chain of ``u`` when ``u`` feeds only ``s``, ``s`` reads only from ``u``,
+    each has a single replica, both sit on the same instance of the same site, and neither keeps
+    state (a join must see every part of a frame, so it is routed, never fused). The plan is
+    unchanged (same placement, same CPU shares, same batch sizes); only the hop between the two
+    stages moves inside the process."""
+    by_stage: dict[str, list[ReplicaSpec]] = defaultdict(list)
+    for spec in specs:
+        by_stage[spec.stage].append(spec)
+    chains: dict[str, list[ReplicaSpec]] = {}
+    absorbed: set[str] = set()
+    for stage in stage_order:
+        if stage in absorbed or len(by_stage[stage]) != 1:
+            continue
+        chain = [by_stage[stage][0]]
+        while True:
+            tail = chain[-1]
+            following = consumers.get(tail.stage, [])
+            if len(following) != 1:
+                break
+            nxt_stage = following[0]
+            if inputs.get(nxt_stage, 0) != 1 or len(by_stage[nxt_stage]) != 1:
+                break
+            nxt = by_stage[nxt_stage][0]
+            if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.loader) or stateful(tail.loader):
+                break
+            chain.append(nxt)
+            absorbed.add(nxt_stage)
+        if len(chain) > 1:
+            chains[chain[0].key] = chain
+    return chains
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,13 +217,15 @@ class RunSummary(BaseModel):
 class _Replica:
     spec: ReplicaSpec
     actor: object
+    chain: list[ReplicaSpec] = field(default_factory=list)  # the stages it runs, first is `spec`
     queue: asyncio.Queue | None = None
     alive: bool = True
     stateful: bool = False
     node_id: str = ""
-    batches: int = 0
-    requests: int = 0
+    requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # per stage of the chain
+    batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     task: asyncio.Task | None = None
+    calls: set = field(default_factory=set)  # outstanding batch calls
 
 
 @dataclass
@@ -208,7 +252,8 @@ class Pipeline:
     """One deployed workflow. Ray must be initialised by the caller (``jellybean run``, the controller)."""
 
     def __init__(self, bundle: Bundle, plan: Plan, *, cache_dir: Path | None = None, max_wait_ms: float = 2.0,
-                 retry: RetryPolicy | None = None, seed: int = 0, drain_timeout_s: float = 30.0) -> None:
+                 retry: RetryPolicy | None = None, seed: int = 0, drain_timeout_s: float = 30.0,
+                 fuse: bool = True, in_flight_batches: int = 2) -> None:
         from jellybean.zoo.build import default_cache_dir
 
         self.bundle = bundle
@@ -218,6 +263,8 @@ class Pipeline:
         self.retry = retry or RetryPolicy()
         self.seed = seed
         self.drain_timeout_s = drain_timeout_s
+        self.fuse = fuse
+        self.in_flight_batches = in_flight_batches
         self.specs = replica_specs(bundle, plan)
         self.ledger = Ledger()
         self.hop_overhead_ms: list[float] = []
@@ -254,12 +301,25 @@ class Pipeline:
 
         from jellybean.runtime.replica import StageReplica
 
+        from jellybean.zoo.registry import is_stateful
+
+        chains: dict[str, list[ReplicaSpec]] = {}
+        if self.fuse:
+            inputs = {s.name: len(s.inputs) for s in self.bundle.workflow.spec.stages}
+            order = [s.name for s in self.bundle.workflow.spec.stages]
+            chains = plan_fusion(self.specs, order, self.consumers, inputs, is_stateful)
+        absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
         for spec in self.specs:
+            if spec.key in absorbed:
+                continue
+            chain = chains.get(spec.key, [spec])
+            cpus = sum(c.num_cpus for c in chain)
             actor = StageReplica.options(
-                num_cpus=spec.num_cpus, resources={site_resource(spec.site): SITE_SLOT},
+                num_cpus=_cpu_amount(cpus), resources={site_resource(spec.site): SITE_SLOT},
                 name=None, max_concurrency=1,
-            ).remote(spec.loader, str(self.cache_dir), spec.threads)
-            self.replicas[spec.key] = _Replica(spec, actor)
+            ).remote([c.loader for c in chain], str(self.cache_dir), max(1, int(cpus + 1e-9)),
+                     [c.batch_size for c in chain])
+            self.replicas[spec.key] = _Replica(spec, actor, chain=chain)
             self.by_stage[spec.stage].append(spec.key)
         try:
             infos = ray.get([r.actor.info.remote() for r in self.replicas.values()], timeout=timeout_s)
@@ -335,10 +395,13 @@ class Pipeline:
     async def _close(self) -> None:
         for frame_id in list(self.ledger._open):
             self.ledger.fail(frame_id, "still in flight when the pipeline stopped (drain timeout)")
+        pending = []
         for replica in self.replicas.values():
-            if replica.task:
-                replica.task.cancel()
-        await asyncio.gather(*(r.task for r in self.replicas.values() if r.task), return_exceptions=True)
+            for task in [replica.task, *replica.calls]:
+                if task:
+                    task.cancel()
+                    pending.append(task)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     # --- sources ----------------------------------------------------------------------------------
     async def _source(self, name: str, site: str, rate_per_s: float, frames: list[dict], offset: int) -> None:
@@ -411,37 +474,52 @@ class Pipeline:
 
     # --- replicas ---------------------------------------------------------------------------------------
     async def _sender(self, replica: _Replica) -> None:
+        """Form batches for one replica and keep up to ``in_flight_batches`` calls outstanding: the
+        actor runs them one at a time, but the next batch is already waiting at it, which hides the
+        round trip (with one call at a time a tiny model would spend most of its time idle)."""
         spec = replica.spec
+        window = asyncio.Semaphore(self.in_flight_batches)
         while True:
             items = await collect_batch(replica.queue, spec.batch_size, self.max_wait_s)
-            if not replica.alive:
-                await self._retry(spec.stage, items, spec.key, "replica is down")
-                continue
-            started = time.perf_counter()
-            try:
-                outputs, model_ms = await replica.actor.process.remote([i.payload for i in items])
-            except Exception as exc:  # noqa: BLE001 - any failure of the call is retried elsewhere
-                reason = f"{type(exc).__name__} on {spec.key}"
-                if _is_actor_death(exc):
-                    self._drop_replica(spec.key)
-                await self._retry(spec.stage, items, spec.key, reason)
-                continue
-            rtt_ms = (time.perf_counter() - started) * 1000.0
-            self.hop_overhead_ms.append(max(0.0, rtt_ms - model_ms))
-            replica.batches += 1
-            replica.requests += len(items)
-            if spec.stage == self.sink:
-                for produced in outputs:
-                    for message in produced:
-                        self._finish(message)
-                continue
-            consumers = self.consumers[spec.stage]
+            await window.acquire()
+            call = asyncio.ensure_future(self._call(replica, items))
+            replica.calls.add(call)
+            call.add_done_callback(lambda done: (window.release(), replica.calls.discard(done)))
+
+    async def _call(self, replica: _Replica, items: list[_Item]) -> None:
+        spec = replica.spec
+        if not replica.alive:
+            await self._retry(spec.stage, items, spec.key, "replica is down")
+            return
+        started = time.perf_counter()
+        try:
+            outputs, model_ms, counts = await replica.actor.process.remote([i.payload for i in items])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the call is retried elsewhere
+            reason = f"{type(exc).__name__} on {spec.key}"
+            if _is_actor_death(exc):
+                self._drop_replica(spec.key)
+            await self._retry(spec.stage, items, spec.key, reason)
+            return
+        rtt_ms = (time.perf_counter() - started) * 1000.0
+        self.hop_overhead_ms.append(max(0.0, rtt_ms - model_ms))
+        for stage_spec, (requests, batches) in zip(replica.chain, counts):
+            replica.requests[stage_spec.stage] += requests
+            replica.batches[stage_spec.stage] += batches
+        last = replica.chain[-1]
+        if last.stage == self.sink:
             for produced in outputs:
                 for message in produced:
-                    # Messages arrive freshly deserialised from the replica: no copy needed, except
-                    # when several stages consume the same output.
-                    for n, consumer in enumerate(consumers):
-                        await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=spec.site))
+                    self._finish(message)
+            return
+        consumers = self.consumers[last.stage]
+        for produced in outputs:
+            for message in produced:
+                # Messages arrive freshly deserialised from the replica: no copy needed, except
+                # when several stages consume the same output.
+                for n, consumer in enumerate(consumers):
+                    await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=last.site))
 
     async def _retry(self, stage: str, items: list[_Item], failed_on: str, reason: str) -> None:
         for item in items:
@@ -465,20 +543,22 @@ class Pipeline:
     def status(self) -> dict:
         elapsed = max(1e-9, (self.stopped_at or time.time()) - (self.started_at or time.time()))
         rows = []
-        grouped: dict[tuple[str, str, str], list[_Replica]] = defaultdict(list)
+        grouped: dict[tuple[str, str, str], list[tuple[ReplicaSpec, _Replica]]] = defaultdict(list)
         for replica in self.replicas.values():
-            grouped[(replica.spec.stage, replica.spec.site, replica.spec.variant)].append(replica)
-        for (stage, site, variant), replicas in grouped.items():
-            batches = sum(r.batches for r in replicas)
-            requests = sum(r.requests for r in replicas)
+            for stage_spec in replica.chain:
+                grouped[(stage_spec.stage, stage_spec.site, stage_spec.variant)].append((stage_spec, replica))
+        for (stage, site, variant), members in grouped.items():
+            batches = sum(r.batches[stage] for _, r in members)
+            requests = sum(r.requests[stage] for _, r in members)
             rows.append(StageStatus(
-                stage=stage, site=site, variant=variant, replicas_planned=len(replicas),
-                replicas_alive=sum(r.alive for r in replicas),
-                rate_planned_per_s=sum(r.spec.weight for r in replicas), rate_measured_per_s=requests / elapsed,
+                stage=stage, site=site, variant=variant, replicas_planned=len(members),
+                replicas_alive=sum(r.alive for _, r in members),
+                rate_planned_per_s=sum(spec.weight for spec, _ in members), rate_measured_per_s=requests / elapsed,
                 batches=batches, mean_batch_size=(requests / batches) if batches else None,
             ).model_dump())
         ledger = self.ledger
-        alive_by_stage = {stage: any(self.replicas[k].alive for k in keys) for stage, keys in self.by_stage.items()}
+        alive_by_stage = {stage: any(self.replicas[k].alive for k in keys) for stage, keys in self.by_stage.items()
+                          if keys}
         if self._summary is not None or self.loop is None:
             state = "stopped"
         elif not all(alive_by_stage.values()):
@@ -525,6 +605,12 @@ class Pipeline:
             first_result_at_unix=self.first_result_at,
             plan=plan.model_dump(mode="json", by_alias=True),
         )
+
+
+def _cpu_amount(cpus: float) -> float:
+    """A CPU reservation Ray accepts (granularity 1e-4), rounded *down* so that shares which add up to
+    an instance's cores never ask for more than the node has."""
+    return max(0.01, math.floor(cpus * 10_000 + 1e-6) / 10_000)
 
 
 def _is_actor_death(exc: Exception) -> bool:

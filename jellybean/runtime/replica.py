@@ -1,4 +1,5 @@
-"""The replica: a Ray actor holding one variant's runner, pinned to its site by the caller."""
+"""The replica: a Ray actor holding one variant's runner (or a fused chain of them), pinned to its
+site by the caller."""
 
 from __future__ import annotations
 
@@ -11,21 +12,45 @@ import ray
 
 @ray.remote(max_restarts=0)
 class StageReplica:
-    """Runs batches through a registered loader's runner. Built from names only (a loader name, a
-    cache directory), never from code or paths in user documents."""
+    """Runs batches through registered loaders' runners. Built from names only (loader names, a
+    cache directory), never from code or paths in user documents.
 
-    def __init__(self, loader: str, cache_dir: str, threads: int) -> None:
+    A *fused* replica holds the runners of consecutive stages placed on the same instance: the
+    outputs of one feed the next inside the process, in batches of that stage's size, and only the
+    last stage's outputs go back to the router. It saves a Ray round trip and the router's work per
+    intermediate message (see :func:`jellybean.runtime.dataplane.plan_fusion`)."""
+
+    def __init__(self, loaders: list[str], cache_dir: str, threads: int, batch_sizes: list[int]) -> None:
         from jellybean.zoo.registry import load_runner
 
-        self.runner = load_runner(loader, Path(cache_dir), threads=threads)
-        self.loader = loader
+        self.runners = [load_runner(name, Path(cache_dir), threads=threads) for name in loaders]
+        self.loaders = list(loaders)
+        self.batch_sizes = list(batch_sizes)
 
     def info(self) -> dict:
         return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "stateful": bool(getattr(self.runner, "stateful", False)), "loader": self.loader}
+                "stateful": any(bool(getattr(r, "stateful", False)) for r in self.runners),
+                "loaders": self.loaders}
 
-    def process(self, payloads: list[dict]) -> tuple[list[list[dict]], float]:
-        """Outputs per input (fan-out lists) and the milliseconds the model itself took."""
+    def process(self, payloads: list[dict]) -> tuple[list[list[dict]], float, list[tuple[int, int]]]:
+        """Outputs per input (fan-out lists, of the chain's last stage), the milliseconds the models
+        took, and (requests, batches) per stage of the chain."""
         started = time.perf_counter()
-        outputs = self.runner(payloads)
-        return outputs, (time.perf_counter() - started) * 1000.0
+        outputs = self.runners[0](payloads)
+        counts = [(len(payloads), 1)]
+        for runner, batch_size in zip(self.runners[1:], self.batch_sizes[1:]):
+            flat: list[dict] = []
+            owner: list[int] = []
+            for index, produced in enumerate(outputs):
+                flat.extend(produced)
+                owner.extend([index] * len(produced))
+            following: list[list[dict]] = [[] for _ in outputs]
+            batches = 0
+            for start in range(0, len(flat), max(1, batch_size)):
+                chunk = flat[start:start + batch_size]
+                for offset, produced in enumerate(runner(chunk)):
+                    following[owner[start + offset]].extend(produced)
+                batches += 1
+            counts.append((len(flat), batches))
+            outputs = following
+        return outputs, (time.perf_counter() - started) * 1000.0, counts

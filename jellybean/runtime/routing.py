@@ -31,6 +31,8 @@ class WeightedRouter:
         self.credit = {k: 0.0 for k in self.weights}
 
     def pick(self, exclude: Iterable[str] = ()) -> str | None:
+        if len(self.weights) == 1 and not exclude:
+            return next(iter(self.weights))  # the common single-replica case, on the hot path
         excluded = set(exclude)
         live = {k: w for k, w in self.weights.items() if k not in excluded and w > 0}
         if not live:
@@ -61,6 +63,9 @@ class AffinityRouter:
         self.weights = {k: float(w) for k, w in sorted(weights.items())}
 
     def pick(self, key: Hashable, exclude: Iterable[str] = ()) -> str | None:
+        if len(self.weights) == 1 and not exclude:
+            only = next(iter(self.weights))
+            return only if self.weights[only] > 0 else None
         excluded = set(exclude)
         best, best_score = None, -math.inf
         for replica, weight in self.weights.items():

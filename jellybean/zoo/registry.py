@@ -47,6 +47,8 @@ class LoaderSpec:
     description: str
     builder: Callable[[Path], Runner] = field(repr=False)
     architecture: str | None = None  # None: no weights
+    stateful: bool = False  # keeps state across requests (a join): route by key, never fuse
+
 
 
 def weights_path(cache_dir: Path, name: str) -> Path:
@@ -98,7 +100,8 @@ def _weighted(name: str, runner_cls: type) -> Callable[[Path], Runner]:
 def _spec(name: str, task: str, variant: str, precision: str, description: str, architecture: str | None,
           runner_cls: type | None = None) -> LoaderSpec:
     builder = _weighted(name, runner_cls) if architecture else (lambda cache_dir: AggregatorRunner())
-    return LoaderSpec(name, task, variant, precision, description, builder, architecture)
+    return LoaderSpec(name, task, variant, precision, description, builder, architecture,
+                      stateful=runner_cls is None)
 
 
 LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in [
@@ -128,6 +131,12 @@ LOADERS: dict[str, LoaderSpec] = {spec.name: spec for spec in [
 
 def loader_names() -> list[str]:
     return list(LOADERS)
+
+
+def is_stateful(name: str) -> bool:
+    """Whether the registered loader ``name`` keeps state across requests (unknown names: False)."""
+    spec = LOADERS.get(name)
+    return bool(spec and spec.stateful)
 
 
 def load_runner(name: str, cache_dir: Path, *, threads: int = 1) -> Runner:

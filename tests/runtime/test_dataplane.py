@@ -125,6 +125,29 @@ def test_a_stateful_join_gets_all_of_a_frame_on_one_replica(ray_local, digits, d
         dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
     summary = stream(pipeline, 3.0)
     joins = [r for r in pipeline.replicas.values() if r.spec.stage == "aggregate"]
-    assert all(r.stateful and r.requests > 0 for r in joins)
+    assert all(r.stateful and r.requests["aggregate"] > 0 for r in joins)
     assert summary.frames.sent > 100
     assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent
+
+
+def test_fusion_joins_co_located_stateless_stages_only(digits) -> None:
+    from jellybean.runtime.dataplane import plan_fusion
+    from jellybean.zoo.registry import is_stateful
+
+    bundle, plan = digits
+    specs = replica_specs(bundle, plan)
+    order = ["detect", "classify", "aggregate"]
+    consumers = {"detect": ["classify"], "classify": ["aggregate"]}
+    inputs = {"detect": 1, "classify": 1, "aggregate": 1}
+    chains = plan_fusion(specs, order, consumers, inputs, is_stateful)
+    assert [[s.stage for s in chain] for chain in chains.values()] == [["detect", "classify"]]
+    # A stateful stage is never fused, even onto the same instance.
+    same_place = [dataclasses.replace(s, site="hub", instance="hub-cpu") for s in specs]
+    chains = plan_fusion(same_place, order, consumers, inputs, is_stateful)
+    assert [[s.stage for s in chain] for chain in chains.values()] == [["detect", "classify"]]
+    everything = plan_fusion(same_place, order, consumers, inputs, lambda loader: False)
+    assert [[s.stage for s in chain] for chain in everything.values()] == [["detect", "classify", "aggregate"]]
+    # Two replicas of a stage: routing by shares is needed, so no fusion.
+    one = next(s for s in specs if s.stage == "classify")
+    doubled = [s for s in specs if s is not one] + [dataclasses.replace(one, key="a"), dataclasses.replace(one, key="b")]
+    assert plan_fusion(doubled, order, consumers, inputs, is_stateful) == {}
