@@ -48,6 +48,14 @@ def test_a_variant_without_loader_cannot_be_served() -> None:
         replica_specs(bundle, make_plan(bundle, baselines=False))
 
 
+def split_in_two(pipeline: Pipeline, stage: str) -> None:
+    """Replace the stage's single replica by two that share its CPUs and traffic."""
+    one = next(s for s in pipeline.specs if s.stage == stage)
+    half = dataclasses.replace(one, num_cpus=one.num_cpus / 2, weight=one.weight / 2)
+    pipeline.specs = [s for s in pipeline.specs if s is not one] + [
+        dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
+
+
 def stream(pipeline: Pipeline, seconds: float):
     pipeline.start()
     time.sleep(seconds)
@@ -77,11 +85,7 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
 def test_a_replica_dies_and_its_frames_are_retried_elsewhere(ray_local, digits, digits_zoo) -> None:
     bundle, plan = digits
     pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
-    # Two replicas of the classifier sharing its CPUs and traffic, so that one can fail.
-    one = next(s for s in pipeline.specs if s.stage == "classify")
-    half = dataclasses.replace(one, num_cpus=one.num_cpus / 2, weight=one.weight / 2)
-    pipeline.specs = [s for s in pipeline.specs if s is not one] + [
-        dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
+    split_in_two(pipeline, "classify")  # two replicas of the classifier, so that one can fail
     pipeline.start()
     time.sleep(1.5)
     victim = next(r for r in pipeline.replicas.values() if r.spec.stage == "classify")
@@ -119,10 +123,7 @@ def test_a_stateful_join_gets_all_of_a_frame_on_one_replica(ray_local, digits, d
     """Two aggregator replicas: crops are routed by frame id, so every frame still completes."""
     bundle, plan = digits
     pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
-    one = next(s for s in pipeline.specs if s.stage == "aggregate")
-    half = dataclasses.replace(one, num_cpus=one.num_cpus / 2, weight=one.weight / 2)
-    pipeline.specs = [s for s in pipeline.specs if s is not one] + [
-        dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
+    split_in_two(pipeline, "aggregate")
     summary = stream(pipeline, 3.0)
     joins = [r for r in pipeline.replicas.values() if r.spec.stage == "aggregate"]
     assert all(r.stateful and r.requests["aggregate"] > 0 for r in joins)
