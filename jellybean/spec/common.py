@@ -48,3 +48,13 @@ class Metadata(StrictModel):
     name: Name = Field(description="Unique name of the document within its kind.")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+
+def first_repeat(values: list[str]) -> int | None:
+    """Index of the first value that already appeared earlier in ``values``, or None."""
+    seen: set[str] = set()
+    for index, value in enumerate(values):
+        if value in seen:
+            return index
+        seen.add(value)
+    return None

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
+from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier, first_repeat
 from jellybean.spec.errors import LocatedValueError
 
 
@@ -70,12 +70,10 @@ class Site(StrictModel):
             raise ValueError("a root site (no `parent`) cannot have an `uplink`")
         if self.parent is not None and self.uplink is None:
             self.uplink = Uplink()
-        seen: set[str] = set()
-        for i, inst in enumerate(self.instances):
-            if inst.name in seen:
-                raise LocatedValueError(("instances", i, "name"),
-                                        f"instance names must be unique within a site; repeated: {inst.name}")
-            seen.add(inst.name)
+        i = first_repeat([inst.name for inst in self.instances])
+        if i is not None:
+            raise LocatedValueError(("instances", i, "name"),
+                                    f"instance names must be unique within a site; repeated: {self.instances[i].name}")
         return self
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel
+from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, first_repeat
 from jellybean.spec.errors import LocatedValueError
 
 
@@ -91,12 +91,10 @@ class Variant(StrictModel):
 
     @model_validator(mode="after")
     def _unique_hardware(self) -> "Variant":
-        seen: set[str] = set()
-        for i, profile in enumerate(self.profiles):
-            if profile.hardware in seen:
-                raise LocatedValueError(("profiles", i, "hardware"),
-                                        f"hardware {profile.hardware!r} is profiled twice; merge the two entries")
-            seen.add(profile.hardware)
+        i = first_repeat([p.hardware for p in self.profiles])
+        if i is not None:
+            raise LocatedValueError(("profiles", i, "hardware"),
+                                    f"hardware {self.profiles[i].hardware!r} is profiled twice; merge the two entries")
         return self
 
     def profile_for(self, hardware: str) -> LatencyProfile | None:
@@ -121,12 +119,10 @@ class Task(StrictModel):
 
     @model_validator(mode="after")
     def _unique_variants(self) -> "Task":
-        seen: set[str] = set()
-        for i, variant in enumerate(self.variants):
-            if variant.name in seen:
-                raise LocatedValueError(("variants", i, "name"),
-                                        f"variant names must be unique within a task; repeated: {variant.name}")
-            seen.add(variant.name)
+        i = first_repeat([v.name for v in self.variants])
+        if i is not None:
+            raise LocatedValueError(("variants", i, "name"),
+                                    f"variant names must be unique within a task; repeated: {self.variants[i].name}")
         return self
 
     def variant(self, name: str) -> Variant | None:
@@ -162,11 +158,9 @@ class ModelZooSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelZooSpec":
-        seen: set[str] = set()
-        for i, task in enumerate(self.tasks):
-            if task.name in seen:
-                raise LocatedValueError(("tasks", i, "name"), f"task names must be unique; repeated: {task.name}")
-            seen.add(task.name)
+        i = first_repeat([t.name for t in self.tasks])
+        if i is not None:
+            raise LocatedValueError(("tasks", i, "name"), f"task names must be unique; repeated: {self.tasks[i].name}")
         by_name = {t.name: t for t in self.tasks}
         for t, table in enumerate(self.accuracy_tables):
             for k, task_name in enumerate(table.tasks):
@@ -176,7 +170,7 @@ class ModelZooSpec(StrictModel):
             for index, row in enumerate(table.rows):
                 for k, (task_name, variant_name) in enumerate(zip(table.tasks, row.variants)):
                     if by_name[task_name].variant(variant_name) is None:
-                        raise LocatedValueError(("accuracy_tables", t, "rows", index, "variants", k), 
+                        raise LocatedValueError(("accuracy_tables", t, "rows", index, "variants", k),
                             f"accuracy table {table.name!r} rows[{index}]: task {task_name!r} has no "
                             f"variant {variant_name!r}"
                         )

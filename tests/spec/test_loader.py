@@ -141,8 +141,7 @@ def test_file_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_endless_device_is_read_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not Path("/dev/zero").exists():
-        pytest.skip("no /dev/zero")
+    # Jellybean runs on Linux, where /dev/zero always exists: an endless file that reports size 0.
     monkeypatch.setattr(loader, "MAX_FILE_BYTES", 1000)
     (issue,) = refused_file(Path("/dev/zero"))
     assert "more than 1000 bytes" in issue.message
