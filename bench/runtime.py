@@ -68,7 +68,7 @@ def direct_throughput(bundle, plan, cache: Path, seconds: float) -> dict:
     return {"frames_per_s": done / elapsed, "accuracy": 100.0 * correct / max(1, done), "frames": done}
 
 
-def deployed_max(bundle, plan, cache: Path, seconds: float) -> dict:
+def deployed_max(bundle, plan, cache: Path, seconds: float, *, pin_cpus: bool = True) -> dict:
     import ray
 
     from jellybean.runtime.dataplane import Pipeline, site_resources
@@ -80,7 +80,7 @@ def deployed_max(bundle, plan, cache: Path, seconds: float) -> dict:
     ray.init(num_cpus=os.cpu_count() or 1, resources=site_resources(bundle.topology), include_dashboard=False,
              log_to_driver=False)
     try:
-        pipeline = Pipeline(fast, plan, cache_dir=cache)
+        pipeline = Pipeline(fast, plan, cache_dir=cache, pin_cpus=pin_cpus)
         pipeline.start()
         time.sleep(seconds)
         summary = pipeline.stop(drain=True)
@@ -90,7 +90,8 @@ def deployed_max(bundle, plan, cache: Path, seconds: float) -> dict:
             "frames": summary.frames.model_dump(),
             "mean_batch": {f"{s.stage}@{s.site}": s.mean_batch_size for s in summary.stages},
             "hop_overhead_ms_p50": summary.measured.hop_overhead_ms_p50,
-            "hop_overhead_ms_p99": summary.measured.hop_overhead_ms_p99}
+            "hop_overhead_ms_p99": summary.measured.hop_overhead_ms_p99,
+            "cpu_pinning": summary.cpu_pinning}
 
 
 def cli_run(duration: float) -> dict:
@@ -118,6 +119,8 @@ def markdown(result: dict) -> str:
         "| figure | target | measured |", "|---|---|---:|",
         f"| data-plane efficiency (deployed max frames/s / direct in-process frames/s) | >= 80% | "
         f"{100 * eff['ratio']:.1f}% ({eff['deployed']['frames_per_s']:.0f} / {eff['direct']['frames_per_s']:.0f}) |",
+        f"| the same without CPU pinning (`--no-pin-cpus`) | | {100 * eff['ratio_unpinned']:.1f}% "
+        f"({eff['unpinned']['frames_per_s']:.0f} / {eff['direct']['frames_per_s']:.0f}) |",
         f"| per-hop overhead p50 | < 2 ms | {run['measured']['hop_overhead_ms_p50']:.3f} ms |",
         f"| per-hop overhead p99 | | {run['measured']['hop_overhead_ms_p99']:.3f} ms |",
         f"| `jellybean run` to first result (Ray start included) | < 20 s | "
@@ -130,7 +133,8 @@ def markdown(result: dict) -> str:
         f"| latency p50 / p99 (measured; predicted p50 {p['latency_ms_p50']:.1f} ms) | | "
         f"{me['latency_ms_p50']:.1f} / {me['latency_ms_p99']:.1f} ms |",
         "",
-        f"Saturated run: mean batch per stage {eff['deployed']['mean_batch']}; frames {eff['deployed']['frames']}.",
+        f"Saturated run: mean batch per stage {eff['deployed']['mean_batch']}; frames {eff['deployed']['frames']}; "
+        f"CPU pinning {eff['deployed']['cpu_pinning']}.",
         "The direct baseline runs the same runners at the same batch sizes in one process, one stage after the "
         "other; the deployed workflow adds Ray calls, queues, routing and accounting per frame.",
         "",
@@ -157,9 +161,13 @@ def main() -> None:
     print(f"direct: {direct}", file=sys.stderr)
     deployed = deployed_max(bundle, plan, cache, args.saturate)
     print(f"deployed: {deployed}", file=sys.stderr)
+    unpinned = deployed_max(bundle, plan, cache, args.saturate, pin_cpus=False)
+    print(f"deployed without CPU pinning: {unpinned}", file=sys.stderr)
     run = cli_run(args.duration)
     result = {"machine": machine(), "efficiency": {"direct": direct, "deployed": deployed,
-                                                  "ratio": deployed["frames_per_s"] / direct["frames_per_s"]},
+                                                  "ratio": deployed["frames_per_s"] / direct["frames_per_s"],
+                                                  "unpinned": unpinned,
+                                                  "ratio_unpinned": unpinned["frames_per_s"] / direct["frames_per_s"]},
               "run": run}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "runtime.json").write_text(json.dumps(result, indent=2) + "\n")

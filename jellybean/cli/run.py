@@ -20,6 +20,9 @@ def add_run_parser(sub) -> None:
     p.add_argument("--cache", type=Path, help="model cache (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
     p.add_argument("--strategy", default="optimal")
     p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
+    p.add_argument("--no-pin-cpus", dest="pin_cpus", action="store_false",
+                   help="on one machine, let the OS move replicas across cores instead of giving each planned "
+                        "instance cores of its own")
 
 
 def _progress(pipeline, started: float, duration: float) -> None:
@@ -64,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  include_dashboard=False, log_to_driver=False)
     try:
         try:
-            pipeline = Pipeline(bundle, plan, cache_dir=cache)
+            pipeline = Pipeline(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus)
         except ServingError as exc:
             raise UsageError(str(exc)) from None
         pipeline.start()
@@ -104,6 +107,13 @@ def render_summary(summary) -> str:
                         [[s.stage, s.site, s.variant, f"{s.replicas_alive}/{s.replicas_planned}",
                           s.rate_planned_per_s, s.rate_measured_per_s, s.mean_batch_size] for s in summary.stages],
                         right={3, 4, 5, 6})]
+    if summary.cpu_pinning:
+        pinning = summary.cpu_pinning
+        if pinning.get("pinned"):
+            cores = ", ".join(f"{k} -> {v}" for k, v in pinning["instances"].items())
+            lines.append(f"\nCPU pinning: {cores}; data plane -> {pinning['driver']}")
+        else:
+            lines.append(f"\nCPU pinning off: {pinning.get('reason')}")
     if summary.time_to_first_result_s is not None:
         lines.append(f"\nTime from start to first result: {summary.time_to_first_result_s:.2f} s")
     return "\n".join(lines)

@@ -23,7 +23,10 @@ Two measured optimisations keep Ray's per-call cost (about 1-2 ms here) from dom
 consecutive stateless stages placed on the same instance, one replica each, run *fused* in one actor
 (:func:`plan_fusion`; the plan is unchanged, only the hop between them moves inside the process),
 and each replica keeps two batch calls outstanding so the next batch waits at the actor while the
-current one runs.
+current one runs (the slot is freed as soon as the call returns, before its outputs are routed).
+On one machine, ``pin_cpus`` gives each planned instance cores of its own and keeps this process off
+the busy ones (:mod:`jellybean.runtime.affinity`); ``jellybean run`` turns it on. The controller
+leaves it off, because several workflows deployed side by side would each claim the same cores.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from jellybean.optimizer.plan import Plan
+from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_process, usable_cores
 from jellybean.runtime.flow import Ledger, RetryPolicy, collect_batch, percentile, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 from jellybean.spec.bundle import Bundle
@@ -82,6 +86,10 @@ class ReplicaSpec:
     weight: float  # planned requests/s for this replica
     num_cpus: float
     threads: int
+    #: Which instance the replica runs on: replicas of one shared instance have the same key.
+    instance_key: tuple = ()
+    instance_cpus: float = 1.0
+    utilization: float = 0.0  # planned busy fraction of its instance that this replica accounts for
 
 
 def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
@@ -112,11 +120,14 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
                 share = loads[a.stage] / sum(loads.values()) if sum(loads.values()) > 0 else 1.0 / len(loads)
                 cpus = cpus * share
             for k in range(replicas):
+                # Shared instances host every stage placed on their group; exclusive ones one stage.
+                instance_key = (site, a.instance, k) if plan.sharing == "shared" else (site, a.instance, a.stage, k)
                 specs.append(ReplicaSpec(
                     key=f"{a.stage}/{site}/{a.instance}/{a.variant}/{k}", stage=a.stage, variant=a.variant,
                     loader=variant.loader, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
                     weight=a.rate_per_s / replicas, num_cpus=_cpu_amount(cpus),
-                    threads=max(1, int(cpus + 1e-9)),
+                    threads=max(1, int(cpus + 1e-9)), instance_key=instance_key,
+                    instance_cpus=group.cpus or 1.0, utilization=a.utilization,
                 ))
     return specs
 
@@ -206,6 +217,8 @@ class RunSummary(BaseModel):
     stages: list[StageStatus] = []
     time_to_first_result_s: float | None = None
     first_result_at_unix: float | None = None
+    #: Which cores each instance and the data plane were given (see jellybean.runtime.affinity).
+    cpu_pinning: dict = {}
     plan: dict = {}
 
 
@@ -222,10 +235,12 @@ class _Replica:
     alive: bool = True
     stateful: bool = False
     node_id: str = ""
+    pid: int = 0
     requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # per stage of the chain
     batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     task: asyncio.Task | None = None
     calls: set = field(default_factory=set)  # outstanding batch calls
+    busy_ms: float = 0.0  # time spent inside the models, as the replica measured it
 
 
 @dataclass
@@ -253,7 +268,7 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, plan: Plan, *, cache_dir: Path | None = None, max_wait_ms: float = 2.0,
                  retry: RetryPolicy | None = None, seed: int = 0, drain_timeout_s: float = 30.0,
-                 fuse: bool = True, in_flight_batches: int = 2) -> None:
+                 fuse: bool = True, in_flight_batches: int = 2, pin_cpus: bool = False) -> None:
         from jellybean.zoo.build import default_cache_dir
 
         self.bundle = bundle
@@ -265,6 +280,9 @@ class Pipeline:
         self.drain_timeout_s = drain_timeout_s
         self.fuse = fuse
         self.in_flight_batches = in_flight_batches
+        self.pin_cpus = pin_cpus
+        self.cpu_layout: CpuLayout | None = None
+        self._driver_cores: list[int] | None = None  # this process's cores before pinning, to restore
         self.specs = replica_specs(bundle, plan)
         self.ledger = Ledger()
         self.hop_overhead_ms: list[float] = []
@@ -331,6 +349,9 @@ class Pipeline:
         for replica, info in zip(self.replicas.values(), infos):
             replica.node_id = info["node_id"]
             replica.stateful = info["stateful"]
+            replica.pid = info["pid"]
+        if self.pin_cpus:
+            self._pin(ray.get_runtime_context().get_node_id())
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="jellybean-dataplane", daemon=True)
         self.thread.start()
@@ -376,6 +397,41 @@ class Pipeline:
         self._summary = summary
         return summary
 
+    def _pin(self, driver_node: str) -> None:
+        """Pin replicas and this process to cores (:mod:`jellybean.runtime.affinity`) when every
+        replica runs on this machine; otherwise record why not."""
+        if any(r.node_id != driver_node for r in self.replicas.values()):
+            self.cpu_layout = CpuLayout(reason="replicas run on other nodes: each node schedules its own cores")
+            return
+        loads: dict[tuple, InstanceLoad] = {}
+        for spec in self.specs:
+            known = loads.get(spec.instance_key)
+            utilization = spec.utilization + (known.utilization if known else 0.0)
+            loads[spec.instance_key] = InstanceLoad(spec.instance_key, spec.instance_cpus, utilization)
+        cores = usable_cores()
+        layout = cpu_layout(loads.values(), cores)
+        self.cpu_layout = layout
+        if not layout.pinned:
+            return
+        for replica in self.replicas.values():
+            pin_process(layout.instances[replica.spec.instance_key], pid=replica.pid)
+        if pin_process(layout.driver):
+            self._driver_cores = cores
+
+    def _pinning_report(self) -> dict:
+        layout = self.cpu_layout
+        if layout is None:
+            return {"pinned": False, "reason": "not requested"}
+        if not layout.pinned:
+            return {"pinned": False, "reason": layout.reason}
+        return {"pinned": True, "instances": {"/".join(map(str, key)): cores for key, cores in layout.instances.items()},
+                "driver": layout.driver}
+
+    def _unpin_driver(self) -> None:
+        if self._driver_cores is not None:
+            pin_process(self._driver_cores)
+            self._driver_cores = None
+
     def _kill_actors(self) -> None:
         import ray
 
@@ -385,6 +441,7 @@ class Pipeline:
             except Exception:  # noqa: BLE001 - already dead is fine
                 pass
             replica.alive = False
+        self._unpin_driver()
 
     async def _stop_sources(self) -> None:
         for task in self.source_tasks:
@@ -482,28 +539,33 @@ class Pipeline:
         while True:
             items = await collect_batch(replica.queue, spec.batch_size, self.max_wait_s)
             await window.acquire()
-            call = asyncio.ensure_future(self._call(replica, items))
+            call = asyncio.ensure_future(self._call(replica, items, window))
             replica.calls.add(call)
-            call.add_done_callback(lambda done: (window.release(), replica.calls.discard(done)))
+            call.add_done_callback(replica.calls.discard)
 
-    async def _call(self, replica: _Replica, items: list[_Item]) -> None:
+    async def _call(self, replica: _Replica, items: list[_Item], window: asyncio.Semaphore) -> None:
         spec = replica.spec
         if not replica.alive:
+            window.release()
             await self._retry(spec.stage, items, spec.key, "replica is down")
             return
         started = time.perf_counter()
         try:
             outputs, model_ms, counts = await replica.actor.process.remote([i.payload for i in items])
         except asyncio.CancelledError:
+            window.release()
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the call is retried elsewhere
+            window.release()
             reason = f"{type(exc).__name__} on {spec.key}"
             if _is_actor_death(exc):
                 self._drop_replica(spec.key)
             await self._retry(spec.stage, items, spec.key, reason)
             return
+        window.release()  # the replica is free for the next batch while these outputs are routed
         rtt_ms = (time.perf_counter() - started) * 1000.0
         self.hop_overhead_ms.append(max(0.0, rtt_ms - model_ms))
+        replica.busy_ms += model_ms
         for stage_spec, (requests, batches) in zip(replica.chain, counts):
             replica.requests[stage_spec.stage] += requests
             replica.batches[stage_spec.stage] += batches
@@ -603,6 +665,7 @@ class Pipeline:
             stages=[StageStatus(**row) for row in status["stages"]],
             time_to_first_result_s=(self.first_result_at - started) if self.first_result_at else None,
             first_result_at_unix=self.first_result_at,
+            cpu_pinning=self._pinning_report(),
             plan=plan.model_dump(mode="json", by_alias=True),
         )
 

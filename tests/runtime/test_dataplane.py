@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -64,8 +65,23 @@ def stream(pipeline: Pipeline, seconds: float):
 
 def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
     bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
-    summary = stream(pipeline, 5.0)
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, pin_cpus=True)
+    before = os.sched_getaffinity(0)
+    pipeline.start()
+    layout = pipeline.cpu_layout
+    if len(before) >= 2:  # the topology's two 1-core instances fit: each gets a core of its own
+        assert layout.pinned, layout.reason
+        given = [tuple(cores) for cores in layout.instances.values()]
+        assert len(given) == 2 and len(set(given)) == 2
+        for replica in pipeline.replicas.values():
+            assert os.sched_getaffinity(replica.pid) == set(layout.instances[replica.spec.instance_key])
+        assert os.sched_getaffinity(0) == set(layout.driver)
+    else:
+        assert not layout.pinned and "need 2 cores" in layout.reason
+    time.sleep(5.0)
+    summary = pipeline.stop(drain=True)
+    assert os.sched_getaffinity(0) == before  # the test process gets its cores back
+    assert summary.cpu_pinning["pinned"] == layout.pinned
     frames = summary.frames
     assert frames.sent >= 300  # 2 cameras x 40 frames/s x 5 s, less start-up
     assert frames.lost == 0 and frames.failed == 0 and frames.completed == frames.sent
