@@ -4,7 +4,12 @@ Every figure comes from a whole ``jellybean plan ... --format json`` run in a fr
 user runs), timed from outside, with the child's peak resident memory from ``getrusage``. Results go
 to ``bench/results/plan.json`` and ``bench/results/plan.md`` with the machine they were measured on.
 
-    python bench/plan.py [--cameras 10,100,1000,10000] [--out bench/results]
+Then cost against the accuracy target: each workflow's SLO swept over a grid, every strategy planned
+at every target, in this process (``jellybean.viz.pareto``): ``bench/results/pareto.json`` and a
+picture per workflow, ``bench/results/pareto-<workflow>.png`` (and ``.svg``).
+
+    python bench/plan.py [--cameras 10,100,1000,10000] [--out bench/results] [--pareto-points 12]
+    python bench/plan.py --pareto-only    # the sweep alone (about 12 s)
 """
 
 from __future__ import annotations
@@ -130,12 +135,47 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+#: The workflows whose cost is swept against the accuracy target (each with its topology's sharing mode).
+PARETO_WORKFLOWS = ["vqa-medium", "vehicle-tracking"]
+
+
+def pareto(out: Path, points: int, time_limit: float) -> dict:
+    """Sweep each workflow's accuracy target; write pareto.json and the pictures; return the record."""
+    from jellybean.spec.bundle import load_bundle
+    from jellybean.viz.pareto import accuracy_grid, plot_pareto, sweep
+
+    started = time.perf_counter()
+    record = {"machine": machine(), "points": points, "workflows": []}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in PARETO_WORKFLOWS:
+        bundle = load_bundle([ROOT / "workflows" / name])
+        first = time.perf_counter()
+        targets = accuracy_grid(bundle, points, time_limit_s=time_limit)
+        result = sweep(bundle, targets, time_limit_s=time_limit)
+        seconds = time.perf_counter() - first
+        for suffix in (".png", ".svg"):
+            plot_pareto(result, out / f"pareto-{name}{suffix}")
+        record["workflows"].append({**result.to_json(), "wall_s": seconds})
+        print(f"pareto {name}: {len(targets)} targets x {len(result.points)} strategies in {seconds:.1f} s",
+              file=sys.stderr)
+    record["wall_s"] = time.perf_counter() - started
+    (out / "pareto.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", default="10,100,1000,10000")
     parser.add_argument("--time-limit", type=float, default=55.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--pareto-points", type=int, default=12, metavar="N",
+                        help="accuracy targets per workflow in the cost-against-accuracy sweep (default 12)")
+    parser.add_argument("--pareto-only", action="store_true",
+                        help="only the cost-against-accuracy sweep (pareto.json and its pictures)")
     args = parser.parse_args()
+    if args.pareto_only:
+        pareto(args.out, args.pareto_points, args.time_limit)
+        return
     result = {"machine": machine(), "workflows": [], "city": []}
     result["workflows"].append(strategies("vqa-medium", "workflows/vqa-medium", ["--exclusive-instances"]))
     result["workflows"].append(strategies("vqa-medium", "workflows/vqa-medium", ["--shared-instances"]))
@@ -149,6 +189,7 @@ def main() -> None:
     (args.out / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "plan.md").write_text(markdown(result))
     print(markdown(result))
+    pareto(args.out, args.pareto_points, args.time_limit)
 
 
 if __name__ == "__main__":
