@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo plan-demo bench-plan bench-runtime lint clean
+.PHONY: install test demo plan-demo bench-plan bench-runtime bench-resilience lint clean prometheus dashboards crds
 
 install: $(STAMP)
 
@@ -13,9 +13,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime]'
 	@touch $(STAMP)
 
-test: install
+test: install prometheus
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
+
+# The dashboard tests run every panel's query against a real Prometheus (Debian's package; CI runs
+# as root on a fresh Debian machine).
+prometheus:
+	@command -v prometheus >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
+
+# Regenerates the Grafana dashboards the Helm chart ships (a test fails when they are stale).
+dashboards: install
+	$(BIN)/jellybean dashboards --out helm/jellybean/dashboards
+
+# Regenerates the chart's CustomResourceDefinitions from the document models (a test fails when they are stale).
+crds: install
+	$(BIN)/jellybean crds --out helm/jellybean/crds
 
 lint: install
 	$(BIN)/lint-imports
@@ -35,6 +48,10 @@ bench-plan: install
 
 bench-runtime: install
 	$(BIN)/python bench/runtime.py
+
+# Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min).
+bench-resilience: install
+	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -341,7 +341,7 @@ def test_schema_prints_the_three_kinds(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0
     schemas = json.loads(out)
     assert sorted(schemas) == ["ModelZoo", "Topology", "Workflow"]
-    assert schemas["Workflow"]["properties"]["kind"]["const"] == "Workflow"
+    assert schemas["Workflow"]["properties"]["kind"]["enum"] == ["Workflow", "InferenceWorkflow"]
     code, out, _ = run(capsys, "schema", "--kind", "Topology")
     assert code == 0 and json.loads(out)["title"] == "Topology"
 

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="solver time limit; a plan found by then is reported with its gap (default 60)")
     p.add_argument("--solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default HiGHS)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline strategies")
+    p.add_argument("--render", type=Path, metavar="FILE",
+                   help="also draw the plan to FILE (.svg or .png): tiers, sites, stages and link flows")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the documents")
     p.add_argument("--kind", choices=["ModelZoo", "Topology", "Workflow"], help="one kind only")
@@ -80,7 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     from jellybean.cli.run import add_run_parser
 
     add_run_parser(sub)
+    from jellybean.cli.operator import add_operator_parser
+
+    add_operator_parser(sub)
     _add_zoo_parsers(sub)
+    p = sub.add_parser("dashboards", help="write the Grafana dashboards (JSON) for Jellybean's Prometheus metrics")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the JSON files (created)")
+    p = sub.add_parser("crds", help="write the Kubernetes CustomResourceDefinitions, generated from the document models")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the YAML files (created)")
     return parser
 
 
@@ -117,6 +126,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec.bundle import load_bundle
 
+    if args.render is not None:
+        from jellybean.viz.figure import check_picture_path
+
+        try:
+            check_picture_path(args.render)
+        except ValueError as exc:
+            raise UsageError(f"--render: {exc}") from None
     bundle = load_bundle(args.files, args.workflow)
     sharing = "exclusive" if args.exclusive_instances else "shared" if args.shared_instances else None
     if not args.time_limit > 0:  # also refuses nan
@@ -132,7 +148,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(result.model_dump(mode="json", by_alias=True), sort_keys=False), end="")
     else:
         print(render_plan(result))
+    if args.render is not None:
+        _render_picture(result, bundle.topology, args.render)
     return EXIT_OK if result.feasible else EXIT_INFEASIBLE
+
+
+def _render_picture(result, topology, path: Path) -> None:  # noqa: ANN001 - a Plan and its Topology
+    """``plan --render``: the picture beside the printed plan; an infeasible plan has none (said on stderr)."""
+    from jellybean.viz.plan_render import render_plan as draw_plan
+
+    sys.stdout.flush()
+    if not result.feasible:
+        print(f"error: no feasible plan, so there is no picture to draw; {path} not written", file=sys.stderr)
+        return
+    try:
+        draw_plan(result, topology, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"plan picture written to {path}", file=sys.stderr)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -183,6 +216,7 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
                    help="solver time limit for each plan (default 60)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_metrics_arguments(p)
 
     def client(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", metavar="URL",
@@ -303,6 +337,32 @@ def _when(timestamp: float | None) -> str:
     return "-" if timestamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+def add_metrics_arguments(p: argparse.ArgumentParser, *, port: int | None = None, host: str = "127.0.0.1") -> None:
+    p.add_argument("--metrics-port", type=int, default=port, metavar="PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a free port; default: "
+                   f"{'off' if port is None else port})")
+    p.add_argument("--metrics-host", default=host, metavar="HOST",
+                   help=f"address the metrics endpoint listens on (default {host})")
+
+
+def start_metrics(args: argparse.Namespace):
+    """The metrics registry and its HTTP server when ``--metrics-port`` was given, else (None, None)."""
+    if args.metrics_port is None:
+        return None, None
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError("--metrics-port must be between 0 and 65535")
+    from jellybean.runtime.metrics import Metrics, serve
+
+    metrics = Metrics()
+    try:
+        server, port = serve(metrics, args.metrics_port, args.metrics_host)
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                         f"{exc.strerror or exc}") from None
+    print(f"metrics at http://{args.metrics_host}:{port}/metrics", file=sys.stderr)
+    return metrics, server
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -343,7 +403,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INFEASIBLE
     cluster = RayCluster(args.address)
-    controller = Controller(store, cluster=cluster, plan_time_limit_s=args.time_limit, cache_dir=args.cache)
+    metrics, metrics_server = start_metrics(args)
+    controller = Controller(store, cluster=cluster, plan_time_limit_s=args.time_limit, cache_dir=args.cache,
+                            metrics=metrics)
     if args.address:
         try:
             cluster.start({})
@@ -383,11 +445,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("Ctrl-C stops the controller (pipelines are drained; `jellybean up` again redeploys them)",
               file=sys.stderr)
         while not stop.wait(0.5):
-            pass
+            # Ray's failure-signal handler takes SIGTERM over at the C level when Ray starts (in the
+            # reconcile thread, unseen by signal.getsignal); ours must win so that a TERM drains the
+            # pipelines instead of aborting the process, so it is installed again every half second.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, on_signal)
         print("stopping: draining pipelines...", file=sys.stderr)
     finally:
         server.stop()
         controller.stop(drain=True)
+        if metrics_server is not None:
+            metrics_server.shutdown()
         remove_controller_info(state_dir, os.getpid())
         store.close()
         for sig, handler in handlers.items():
@@ -636,6 +704,42 @@ def cmd_profile(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "generate": cmd_generate,
             "import": cmd_import, "up": cmd_up, "apply": cmd_apply, "status": cmd_status, "delete": cmd_delete}
 COMMANDS.update({"zoo": cmd_zoo, "profile": cmd_profile})
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from jellybean.cli.operator import cmd_operator as run
+
+    return run(args)
+
+
+COMMANDS["operator"] = cmd_operator
+
+
+def _write_generated(what: str, write, out: Path) -> int:  # noqa: ANN001 - write(folder) -> paths
+    """``dashboards`` and ``crds``: write generated files into a folder, say which."""
+    try:
+        paths = write(out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} to {out}: {exc}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from jellybean.runtime.dashboards import write_dashboards
+
+    return _write_generated("the dashboards", write_dashboards, args.out)
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from jellybean.k8s.crds import write_crds
+
+    return _write_generated("the CRDs", write_crds, args.out)
+
+
+COMMANDS["dashboards"] = cmd_dashboards
+COMMANDS["crds"] = cmd_crds
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,9 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-pin-cpus", dest="pin_cpus", action="store_false",
                    help="on one machine, let the OS move replicas across cores instead of giving each planned "
                         "instance cores of its own")
+    from jellybean.cli import add_metrics_arguments
+
+    add_metrics_arguments(p)
 
 
 def _progress(pipeline, started: float, duration: float) -> None:
@@ -54,9 +57,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import ray
 
-    from jellybean.runtime.dataplane import Pipeline, ServingError, site_resources
+    from jellybean.runtime.dataplane import ServingError, site_resources
+    from jellybean.runtime.supervisor import Supervisor
     from jellybean.zoo.build import build_zoo, default_cache_dir
 
+    from jellybean.cli import start_metrics
+
+    metrics, metrics_server = start_metrics(args)
     cache = args.cache or default_cache_dir()
     build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
     sys.stderr.write("\n")
@@ -67,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                  include_dashboard=False, log_to_driver=False)
     try:
         try:
-            pipeline = Pipeline(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus)
+            pipeline = Supervisor(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus, metrics=metrics)
         except ServingError as exc:
             raise UsageError(str(exc)) from None
         pipeline.start()
@@ -79,6 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = pipeline.stop(drain=True)
     finally:
         ray.shutdown()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     summary.time_to_first_result_s = (
         (pipeline.first_result_at - started) if pipeline.first_result_at else None)
     if args.format == "json":

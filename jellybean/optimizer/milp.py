@@ -432,8 +432,45 @@ def _build(
         _latency_constraints(lp, problem, y, r, usable, rate_at, consumer_nodes, comms, handles, elastic,
                              penalty_terms, relax)
 
+    _churn_terms(lp, problem, y, n, relax, exclusive, penalty_terms)
     lp += pulp.lpSum(cost_terms) + pulp.lpSum(penalty_terms)
     return lp, handles
+
+
+def _churn_terms(lp, problem: Problem, y, n, relax: bool, exclusive: bool, penalty_terms: list) -> None:
+    """The re-plan's churn penalty (see :class:`jellybean.optimizer.problem.Churn`). The count part is
+    left out of the merged relaxation: dropping a non-negative term keeps its optimum a lower bound."""
+    churn = problem.churn
+    if churn is None or churn.cost_per_change_per_hour <= 0:
+        return
+    weight = churn.cost_per_change_per_hour
+    for s, previous in churn.variants.items():
+        if s not in problem.stages:
+            continue
+        kept = y.get((s, previous), 0.0)
+        if isinstance(kept, float):  # variants fixed (one combination): a constant, carried by a fixed
+            # variable because the solver reports objectives without constant terms
+            value = weight * (1.0 - kept)
+            if value:
+                penalty_terms.append(lp.add_variable(f"churn_variant_{_id(s)}", lowBound=value, upBound=value))
+        else:  # 1 - y[s, previous], written without a constant: sum_y = 1
+            penalty_terms.append(weight * pulp.lpSum(var for (stage, v), var in y.items()
+                                                     if stage == s and v != previous))
+    if relax:
+        return
+    for g_index in range(len(problem.groups)):
+        previous = churn.counts.get(g_index, 0.0)  # groups the running plan does not use: 0 instances
+        members = problem.nodes[problem.groups[g_index].node].total  # counts are per member site
+        counts = [var for (g, _s), var in n.items() if g == g_index]
+        if not counts:
+            if previous > 0:
+                penalty_terms.append(weight * members * previous)  # the group can no longer be used
+            continue
+        moved = lp.add_variable(f"churn_{g_index}", lowBound=0)
+        total = pulp.lpSum(counts)
+        lp += moved >= total - previous, f"churn_up_{g_index}"
+        lp += moved >= previous - total, f"churn_down_{g_index}"
+        penalty_terms.append(weight * members * moved)
 
 
 def _site_cut(lp, problem: Problem, g, stage: str, opts: list, r, count, h: float) -> None:

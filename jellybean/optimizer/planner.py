@@ -10,7 +10,7 @@ from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.explain import explain
 from jellybean.optimizer.milp import solve_milp
 from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
-from jellybean.optimizer.problem import Problem, compile_problem
+from jellybean.optimizer.problem import Churn, Problem, compile_problem
 from jellybean.spec.bundle import Bundle
 
 OPTIMAL = "optimal"
@@ -26,12 +26,21 @@ def plan(
     time_limit_s: float = 60.0,
     solver: str = "highs",
     gap_rel: float = 1e-4,
+    previous: Plan | None = None,
+    churn_cost_per_change_per_hour: float | None = None,
 ) -> Plan:
     """Plan ``bundle`` with ``strategy``; with ``baselines``, also run every other strategy and
-    report its cost and the saving of the chosen plan against it."""
+    report its cost and the saving of the chosen plan against it.
+
+    ``previous``: the plan running now, when re-planning. Each change of a stage's variant and each
+    instance started or stopped then costs ``churn_cost_per_change_per_hour`` in the objective
+    (default: 2% of the running plan's cost per hour), so plans that move little win near-ties and a
+    move must pay for itself (:class:`jellybean.optimizer.problem.Churn`)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     problem = compile_problem(bundle, sharing=sharing)
+    if previous is not None and previous.feasible:
+        problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
     main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
     if baselines:
@@ -46,6 +55,23 @@ def plan(
             results.append(_baseline(main, other_plan, time.perf_counter() - started))
         main.baselines = results
     return main
+
+
+def churn_of(problem: Problem, previous: Plan, cost_per_change_per_hour: float | None) -> Churn:
+    """The running plan in the problem's terms: variants per stage, instances per group and member."""
+    if cost_per_change_per_hour is None:
+        cost_per_change_per_hour = 0.02 * (previous.cost.total_per_hour if previous.cost else 0.0)
+    where = {}
+    for g in problem.groups:
+        for site in problem.nodes[g.node].members:
+            where[(site, g.name)] = g.index
+    counts: dict[int, float] = {}
+    for row in previous.instances:
+        for site in row.sites or [row.site]:
+            g_index = where.get((site, row.instance))
+            if g_index is not None:
+                counts[g_index] = float(row.count)
+    return Churn(dict(previous.models), counts, cost_per_change_per_hour)
 
 
 def _baseline(main: Plan, other: Plan, seconds: float) -> BaselineResult:

@@ -128,6 +128,21 @@ class StageInfo:
 
 
 @dataclass
+class Churn:
+    """The running plan, for a re-plan that should move little.
+
+    The objective adds ``cost_per_change_per_hour`` for every stage whose variant changes and for
+    every instance started or stopped per member site (``|n_g - previous_g|``), so a new plan must save
+    more than its moves cost before it is preferred. Units are $/h, like the objective: the penalty
+    amortises a move's cost (reloading models, re-routing) over an hour. It only breaks near-ties
+    unless it is large; the reported cost of the plan never includes it."""
+
+    variants: dict[str, str]  # stage -> variant running now
+    counts: dict[int, float]  # group index -> instances in use now, per member site
+    cost_per_change_per_hour: float
+
+
+@dataclass
 class Problem:
     name: str
     bundle: Bundle
@@ -150,6 +165,8 @@ class Problem:
     #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
     #: downward flows a site only ever sees data produced in its own subtree.
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: Re-planning a running workflow: what runs now, and what a change costs (see :class:`Churn`).
+    churn: Churn | None = None
 
     # --- tree helpers -------------------------------------------------------------------------
     def ancestors(self, node: int) -> list[int]:

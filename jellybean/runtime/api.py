@@ -39,8 +39,10 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
@@ -232,6 +234,20 @@ def _error(status: int, error: str, *, issues: list[Issue] = (), rejections: lis
 
 
 _ERRORS = {401: {"model": ErrorOut, "description": "No token, or a wrong one."}}
+#: FastAPI documents a 422 of its own shape (``detail``) for every route with parameters; the handler
+#: below answers with an ErrorOut, so the document must say so.
+_INVALID = {422: {"model": ErrorOut, "description": "An invalid parameter; `issues` say which."}}
+_NAMED = {**_INVALID, 404: {"model": ErrorOut, "description": "No workflow of that name."}}
+
+
+def _allowed_methods(routes: list, request: Request) -> str:
+    """Every method one of ``routes`` serves at the request's path (for a 405's ``Allow``)."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,16 +261,28 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     expected = token.encode("utf-8")
     bearer = HTTPBearer(auto_error=False, description="The token `jellybean up` wrote to the state directory.")
 
+    refusal = "missing or wrong bearer token (see the `token` file in the controller's state directory)"
+
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         given = credentials.credentials.encode("utf-8") if credentials is not None else b""
         if credentials is None or not secrets.compare_digest(given, expected):
-            raise HTTPException(401, "missing or wrong bearer token (see the `token` file in the controller's "
-                                "state directory)", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(401, refusal, headers={"WWW-Authenticate": "Bearer"})
+
+    def authorized(header: str | None) -> bool:
+        scheme, credentials = get_authorization_scheme_param(header)
+        return scheme.lower() == "bearer" and secrets.compare_digest(credentials.encode("utf-8"), expected)
 
     app = FastAPI(title=API_TITLE, version=API_VERSION, description=__doc__.split("\n\n")[0])
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette's signature
+        # The token first, before the body is read or parsed: the route's own check (`authorize`,
+        # which also documents the scheme) runs only after FastAPI has parsed the body, so without
+        # this a client without the token could have up to MAX_BODY_BYTES of JSON parsed, and be
+        # told what is wrong with it.
+        path = request.url.path
+        if (path == "/v1" or path.startswith("/v1/")) and not authorized(request.headers.get("authorization")):
+            return _error(401, refusal, headers={"WWW-Authenticate": "Bearer"})
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return _error(413, f"request body over {MAX_BODY_BYTES} bytes: apply fewer files at once")
@@ -275,8 +303,19 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return _error(404, f"no workflow named {exc.args[0]!r}")
 
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 400:
+            # FastAPI's answer to a body it cannot read at all (not UTF-8): an invalid request body,
+            # answered as broken JSON is, with a 422.
+            return _error(422, "1 problem in the request", issues=[
+                Issue("<request body>", None, "", str(exc.detail), "send a JSON object, encoded as UTF-8")])
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only
+            # (/v1/workflows/{name} has a GET route and a DELETE route): name every route's. The
+            # v1 routes are asked directly (the app holds the included router as one opaque route).
+            headers = {**(headers or {}), "Allow": _allowed_methods([*app.router.routes, *v1.routes], request)}
+        return _error(exc.status_code, str(exc.detail), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -285,7 +324,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             loc = tuple(error.get("loc", ()))
             where = loc[0] if loc else "body"
             path = format_path(loc[1:]) if len(loc) > 1 else ""
-            issues.append(Issue(f"<request {where}>", None, path, str(error.get("msg", "invalid")), ""))
+            issues.append(Issue(f"<request {where}>", None, path, str(error.get("msg", "invalid")),
+                                "the request's schema is at /openapi.json (browsable at /docs)"))
         count = len(issues)
         return _error(422, f"{count} problem{'s' if count != 1 else ''} in the request", issues=issues)
 
@@ -306,7 +346,8 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @v1.post("/apply", response_model=ApplyResponse, summary="Submit documents (declarative)",
              responses={422: {"model": ErrorOut, "description": "Invalid documents; `issues` locate each problem."},
-                        409: {"model": ErrorOut, "description": "A workflow has no feasible or servable plan."}})
+                        409: {"model": ErrorOut, "description": "A workflow has no feasible or servable plan."},
+                        413: {"model": ErrorOut, "description": f"A request body over {MAX_BODY_BYTES} bytes."}})
     def apply(request: ApplyRequest,
               wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
                                   description="Seconds to wait for the changed workflows to be running")) -> dict:
@@ -326,12 +367,12 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return controller.list_status()
 
     @v1.get("/workflows/{name}", response_model=WorkflowStatus, summary="Plan vs actual, per stage and site",
-            responses={404: {"model": ErrorOut}})
+            responses=_NAMED)
     def workflow(name: str) -> dict:
         return controller.workflow_status(name)
 
     @v1.get("/workflows/{name}/plan", response_model=Plan, summary="The current plan",
-            responses={404: {"model": ErrorOut}})
+            responses=_NAMED)
     def workflow_plan(name: str) -> Any:
         revision = controller.store.revision(name)
         if revision is None:
@@ -339,7 +380,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return revision.plan_model()
 
     @v1.get("/workflows/{name}/history", response_model=HistoryOut, summary="Revisions and events",
-            responses={404: {"model": ErrorOut}})
+            responses=_NAMED)
     def workflow_history(name: str, limit: int = Query(100, ge=1, le=10_000)) -> dict:
         revisions = controller.store.revisions(name)
         if not revisions:
@@ -348,7 +389,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
                 "events": [e.as_dict() for e in controller.store.events(name, limit=limit)]}
 
     @v1.delete("/workflows/{name}", response_model=DeleteResponse, summary="Tear a workflow down",
-               responses={404: {"model": ErrorOut}})
+               responses=_NAMED)
     def delete(name: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
                                               description="Seconds to wait for its pipeline to stop")) -> dict:
         controller.delete(name)
@@ -360,7 +401,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return [{"kind": d.kind, "name": d.name, "digest": d.digest, "file": d.file, "line": d.line,
                  "updated_at": d.updated_at} for d in controller.store.documents()]
 
-    @v1.get("/events", response_model=list[EventOut], summary="The controller's history")
+    @v1.get("/events", response_model=list[EventOut], summary="The controller's history", responses=_INVALID)
     def events(limit: int = Query(100, ge=1, le=10_000)) -> list[dict]:
         return [e.as_dict() for e in controller.store.events(limit=limit)]
 

@@ -54,6 +54,7 @@ from jellybean.spec.errors import Issue, SpecError
 
 if TYPE_CHECKING:
     from jellybean.optimizer.plan import Plan
+    from jellybean.runtime.metrics import Metrics
     from jellybean.spec.bundle import Bundle
     from jellybean.spec.loader import LoadedDocument
     from jellybean.spec.topology import Topology
@@ -277,13 +278,14 @@ def default_site_resources(topology: Topology) -> dict[str, float]:
     return site_resources(topology)
 
 
-def default_pipeline_factory(cache_dir: Path | None = None) -> PipelineFactory:
+def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | None = None,
+                             detached: bool = False) -> PipelineFactory:
     """The data plane's Pipeline; the model zoo is built into the cache once, before the first one."""
     built = threading.Lock()
     done: list[bool] = []
 
     def factory(bundle: Bundle, plan: Plan) -> PipelineLike:
-        from jellybean.runtime.dataplane import Pipeline
+        from jellybean.runtime.supervisor import Supervisor
 
         with built:
             if not done:
@@ -294,7 +296,8 @@ def default_pipeline_factory(cache_dir: Path | None = None) -> PipelineFactory:
                 else:
                     build_zoo(Path(cache_dir) if cache_dir else default_cache_dir())
                 done.append(True)
-        return Pipeline(bundle, plan, cache_dir=cache_dir)
+        # Supervised: re-planned when sites fail or return and when load drifts (jellybean.runtime.supervisor).
+        return Supervisor(bundle, plan, cache_dir=cache_dir, metrics=metrics, detached=detached)
 
     return factory
 
@@ -374,10 +377,15 @@ class Controller:
         retry_initial_s: float = 5.0,
         retry_max_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         if pipeline_factory is None:
-            pipeline_factory = default_pipeline_factory(cache_dir)
+            # On a cluster that outlives the controller, replicas are detached: a restarted
+            # controller adopts them instead of loading the models again.
+            pipeline_factory = default_pipeline_factory(cache_dir, metrics,
+                                                        detached=cluster is not None and not cluster.embedded)
             check_servable = check_servable or default_servability_check
         self.pipeline_factory = pipeline_factory
         self.check_servable = check_servable
@@ -414,10 +422,22 @@ class Controller:
         with every located issue, or :class:`Rejected` when a workflow cannot be planned or served;
         in both cases nothing is stored."""
         with self._apply_lock:
-            result = self._apply(files)
+            try:
+                result = self._apply(files)
+            except SpecError:
+                self._count_apply("invalid")
+                raise
+            except Rejected:
+                self._count_apply("rejected")
+                raise
+        self._count_apply("changed" if result.changed else "unchanged")
         if result.changed:
             self.trigger()
         return result
+
+    def _count_apply(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.applies.labels(outcome).inc()
 
     def _parse(self, files: list[tuple[str, str]]) -> list[LoadedDocument]:
         from jellybean.spec.loader import load_text
@@ -639,7 +659,7 @@ class Controller:
             self._thread = None
         with self._reconcile_lock:
             for name in sorted(self._running):
-                self._stop_pipeline(name, drain=drain, reason="controller shutdown")
+                self._stop_pipeline(name, drain=drain, reason="controller shutdown", release=True)
             if self.cluster is not None:
                 try:
                     self.cluster.shutdown()
@@ -649,6 +669,30 @@ class Controller:
 
     def reconcile(self) -> list[Action]:
         """One pass: compare, decide, act. Safe to call at any time, from any thread."""
+        started = time.perf_counter()
+        try:
+            return self._reconcile()
+        finally:
+            if self.metrics is not None:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+                self._export_states()
+
+    def _export_states(self) -> None:
+        """Workflows by state, and a zero error counter for each (so a quiet workflow has a series)."""
+        desired = self.store.desired()
+        with self._state_lock:
+            running = set(self._running)
+            failed, blocked = set(self._failures), set(self._blocked)
+        counts = {"running": 0, "failed": 0, "blocked": 0, "pending": 0}
+        for name in desired:
+            self.metrics.reconcile_errors.labels(name)
+            state = ("failed" if name in failed else "blocked" if name in blocked
+                     else "running" if name in running else "pending")
+            counts[state] += 1
+        for state, n in counts.items():
+            self.metrics.workflows.labels(state).set(n)
+
+    def _reconcile(self) -> list[Action]:
         with self._reconcile_lock:
             desired = self.store.desired()
             hold = self._ensure_cluster(desired) if self.cluster is not None and desired else set()
@@ -697,6 +741,8 @@ class Controller:
             attempts = self._cluster_error.attempts + 1 if self._cluster_error else 1
             self._cluster_error = _Failure("", _message(exc), attempts,
                                            now + backoff_s(attempts, self.retry_initial_s, self.retry_max_s))
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels("").inc()  # the cluster's, no workflow's
             self.store.add_event(None, "ray-failed", {"message": self._cluster_error.message, "attempts": attempts})
             log.warning("Ray: %s", self._cluster_error.message)
             return set(desired)
@@ -744,6 +790,8 @@ class Controller:
                         log.debug("cleanup of a failed start failed", exc_info=True)
                 self._record_failure(action.name, revision.digest, revision.generation, exc)
                 return
+            if action.kind == "start":
+                self._continue_counts(action.name, revision.digest, pipeline)
             deployed = _Deployed(revision.digest, revision.generation, pipeline, time.time())
             with self._state_lock:
                 old = self._running.get(action.name)
@@ -768,6 +816,26 @@ class Controller:
             with self._state_lock:
                 self._transition.pop(action.name, None)
 
+    def _continue_counts(self, name: str, digest: str, pipeline: PipelineLike) -> None:
+        """A workflow started again after a controller shutdown continues its frame counts."""
+        ledger = getattr(pipeline, "ledger", None)
+        if ledger is None:
+            return
+        last = self.store.events(name, limit=1)
+        if not last:
+            return
+        event, detail = last[-1].event, last[-1].detail
+        if event != "stopped" or detail.get("reason") != "controller shutdown" or detail.get("digest") != digest:
+            return  # only the run a shutdown ended continues (its counts were drained and recorded)
+        summary = detail.get("summary") or {}
+        frames = summary.get("frames") or {}
+        accuracy = (summary.get("measured") or {}).get("accuracy")
+        ledger.sent += int(frames.get("sent", 0))
+        ledger.completed += int(frames.get("completed", 0))
+        ledger.failed += int(frames.get("failed", 0))
+        if accuracy is not None:
+            ledger.correct += round(accuracy * int(frames.get("completed", 0)) / 100.0)
+
     def _record_failure(self, name: str, digest: str, generation: int, exc: BaseException) -> None:
         now = self.clock()
         with self._state_lock:
@@ -776,18 +844,25 @@ class Controller:
             delay = backoff_s(attempts, self.retry_initial_s, self.retry_max_s)
             failure = _Failure(digest, _message(exc), attempts, now + delay)
             self._failures[name] = failure
+        if self.metrics is not None:
+            self.metrics.reconcile_errors.labels(name).inc()
         self.store.add_event(name, "failed", {"generation": generation, "digest": digest, "message": failure.message,
                                               "attempts": attempts, "retry_in_s": round(delay, 1)})
         log.warning("starting %s failed (attempt %d, retry in %.0f s): %s", name, attempts, delay, failure.message)
 
-    def _stop_pipeline(self, name: str, *, drain: bool, reason: str) -> None:
+    def _stop_pipeline(self, name: str, *, drain: bool, reason: str, release: bool = False) -> None:
+        """Stop a workflow's pipeline; with ``release`` (controller shutdown) a pipeline that can hand
+        its replicas to the next controller does so. Its frame counts go into the event, so the next
+        controller continues them."""
         with self._state_lock:
             deployed = self._running.get(name)
             if deployed is None:
                 return
             self._transition[name] = "Terminating"
         try:
-            summary = _summary_dict(deployed.pipeline.stop(drain=drain))
+            pipeline = deployed.pipeline
+            ending = pipeline.release() if release and hasattr(pipeline, "release") else pipeline.stop(drain=drain)
+            summary = _summary_dict(ending)
         except Exception as exc:  # noqa: BLE001 - the pipeline is gone from our view either way
             summary = {"error": _message(exc)}
         with self._state_lock:

@@ -36,7 +36,7 @@ import math
 import os
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
@@ -45,12 +45,18 @@ from pydantic import BaseModel
 
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_process, usable_cores
-from jellybean.runtime.flow import Ledger, RetryPolicy, collect_batch, percentile, queue_capacity
-from jellybean.runtime.routing import AffinityRouter, WeightedRouter
+from jellybean.runtime.flow import (
+    LATENCY_SAMPLES, Ledger, RetryPolicy, collect_batch, percentile, queue_capacity,
+)
+from jellybean.runtime.metrics import Metrics
+from jellybean.runtime.routing import AffinityRouter, WeightedRouter, uplinks_between
+from jellybean.runtime.telemetry import Telemetry
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.topology import Topology
 
 SITE_RESOURCE_PREFIX = "site:"
+#: Ray namespace of detached (adoptable) replicas.
+ACTOR_NAMESPACE = "jellybean"
 #: Each replica asks for this much of its site's resource; a site offers SITE_CAPACITY of it.
 SITE_SLOT = 0.001
 SITE_CAPACITY = 1000.0
@@ -86,10 +92,16 @@ class ReplicaSpec:
     weight: float  # planned requests/s for this replica
     num_cpus: float
     threads: int
-    #: Which instance the replica runs on: replicas of one shared instance have the same key.
+    #: Which instance the replica runs on, ``(site, instance group, index)``: replicas of one shared
+    #: instance have the same key.
     instance_key: tuple = ()
     instance_cpus: float = 1.0
     utilization: float = 0.0  # planned busy fraction of its instance that this replica accounts for
+
+    @property
+    def instance_label(self) -> str:
+        """The ``instance`` label of metrics: the group's name and the instance's index (``hub-cpu-0``)."""
+        return f"{self.instance_key[1]}-{self.instance_key[2]}" if len(self.instance_key) == 3 else self.instance
 
 
 def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
@@ -105,6 +117,7 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
         load = a.utilization * a.instances
         busy[(a.site, a.instance)][a.stage] = busy[(a.site, a.instance)].get(a.stage, 0.0) + load
     specs: list[ReplicaSpec] = []
+    next_index: dict[tuple[str, str], int] = defaultdict(int)  # exclusive mode: instances handed out per group
     for a in plan.assignments:
         task = zoo.task(stage_task[a.stage])
         variant = task.variant(a.variant) if task else None
@@ -120,8 +133,13 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
                 share = loads[a.stage] / sum(loads.values()) if sum(loads.values()) > 0 else 1.0 / len(loads)
                 cpus = cpus * share
             for k in range(replicas):
-                # Shared instances host every stage placed on their group; exclusive ones one stage.
-                instance_key = (site, a.instance, k) if plan.sharing == "shared" else (site, a.instance, a.stage, k)
+                # Shared instances host every stage placed on their group; exclusive ones one stage each.
+                if plan.sharing == "shared":
+                    index = k
+                else:
+                    index = next_index[(site, a.instance)]
+                    next_index[(site, a.instance)] += 1
+                instance_key = (site, a.instance, index)
                 specs.append(ReplicaSpec(
                     key=f"{a.stage}/{site}/{a.instance}/{a.variant}/{k}", stage=a.stage, variant=a.variant,
                     loader=variant.loader, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
@@ -241,6 +259,18 @@ class _Replica:
     task: asyncio.Task | None = None
     calls: set = field(default_factory=set)  # outstanding batch calls
     busy_ms: float = 0.0  # time spent inside the models, as the replica measured it
+    retired: bool = False  # replaced by a re-plan: finishes what it holds, takes nothing new
+    in_hand: list = field(default_factory=list)  # taken from the queue by the sender, not yet sent
+
+    def same_actor(self, chain: list[ReplicaSpec]) -> bool:
+        """Whether this live replica can serve ``chain`` as it is: same stages, placement, models and
+        batch sizes. Its traffic share and its CPU share may differ: Ray cannot resize a running actor's
+        reservation, and restarting a replica only to change a share would need room for both
+        (on a full node, none) and drop what the replica keeps (a join's partial frames)."""
+        def shape(c: ReplicaSpec) -> tuple:
+            return (c.key, c.loader, c.batch_size)
+
+        return self.alive and not self.retired and [shape(c) for c in self.chain] == [shape(c) for c in chain]
 
 
 @dataclass
@@ -249,6 +279,7 @@ class _Item:
     origin: str  # site the message comes from
     attempts: int = 0
     excluded: set = field(default_factory=set)
+    size_bytes: float = 0.0  # declared size (source payload_kb, variant output_kb), for link accounting
 
 
 def _ancestors(topology: Topology) -> dict[str, list[str]]:
@@ -268,7 +299,12 @@ class Pipeline:
 
     def __init__(self, bundle: Bundle, plan: Plan, *, cache_dir: Path | None = None, max_wait_ms: float = 2.0,
                  retry: RetryPolicy | None = None, seed: int = 0, drain_timeout_s: float = 30.0,
-                 fuse: bool = True, in_flight_batches: int = 2, pin_cpus: bool = False) -> None:
+                 fuse: bool = True, in_flight_batches: int = 2, pin_cpus: bool = False,
+                 metrics: Metrics | None = None, overload: str = "backpressure", shed_after_ms: float = 50.0,
+                 hold_s: float = 0.0, hold_capacity: int = 10_000, link_buffer_capacity: int = 10_000,
+                 frame_timeout_s: float = 120.0, detached: bool = False) -> None:
+        if overload not in ("backpressure", "shed"):
+            raise ValueError(f"overload must be 'backpressure' or 'shed', not {overload!r}")
         from jellybean.zoo.build import default_cache_dir
 
         self.bundle = bundle
@@ -285,7 +321,7 @@ class Pipeline:
         self._driver_cores: list[int] | None = None  # this process's cores before pinning, to restore
         self.specs = replica_specs(bundle, plan)
         self.ledger = Ledger()
-        self.hop_overhead_ms: list[float] = []
+        self.hop_overhead_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.replicas: dict[str, _Replica] = {}
         self.by_stage: dict[str, list[str]] = defaultdict(list)
         self.consumers: dict[str, list[str]] = defaultdict(list)
@@ -307,9 +343,35 @@ class Pipeline:
         self.started_at: float | None = None
         self.first_result_at: float | None = None
         self.last_result_at: float | None = None
+        self.last_result_sent_at: float | None = None  # when the latest completed frame left its source
         self.stopped_at: float | None = None
         self._frame_ids = count()
         self._summary: RunSummary | None = None
+        self._flusher: asyncio.Task | None = None
+        self._housekeeper: asyncio.Task | None = None
+        self.telemetry = Telemetry(self, metrics) if metrics is not None else None
+        # Resilience (see the module docstring): overload policy, messages held for a re-plan, uplinks.
+        self.overload = overload
+        self.shed_after_s = shed_after_ms / 1000.0
+        self.hold_s = hold_s
+        self.hold_capacity = hold_capacity
+        self.held: deque[tuple[float, str, _Item]] = deque()  # (deadline, stage, item)
+        self.link_buffer_capacity = link_buffer_capacity
+        self.links_down: set[str] = set()  # child sites whose uplink is cut
+        self.link_buffers: dict[str, deque[tuple[str, _Item]]] = defaultdict(deque)
+        self.parent = {site.name: site.parent for site in bundle.topology.spec.sites}
+        self.frame_timeout_s = frame_timeout_s
+        self.source_rates = {source.name: source.rate_per_s for source in bundle.workflow.spec.sources}
+        self.generated: dict[str, int] = defaultdict(int)  # frames each source produced (sent or shed)
+        self.shed = 0
+        self.dead: set[str] = set()  # replica keys whose actor died
+        self.attention = threading.Event()  # set when something needs the supervisor (a death, a hold)
+        self.reconfigurations = 0
+        # Detached replicas outlive this process (a controller restart on a cluster that outlives it):
+        # named by workflow and replica shape, so the next controller adopts them instead of
+        # loading the models again (see _spawn).
+        self.detached = detached
+        self.adopted: list[str] = []
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 120.0) -> None:
@@ -317,39 +379,8 @@ class Pipeline:
         what it created) when the replicas cannot be placed or loaded within ``timeout_s``."""
         import ray
 
-        from jellybean.runtime.replica import StageReplica
-
-        from jellybean.zoo.registry import is_stateful
-
-        chains: dict[str, list[ReplicaSpec]] = {}
-        if self.fuse:
-            inputs = {s.name: len(s.inputs) for s in self.bundle.workflow.spec.stages}
-            order = [s.name for s in self.bundle.workflow.spec.stages]
-            chains = plan_fusion(self.specs, order, self.consumers, inputs, is_stateful)
-        absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
-        for spec in self.specs:
-            if spec.key in absorbed:
-                continue
-            chain = chains.get(spec.key, [spec])
-            cpus = sum(c.num_cpus for c in chain)
-            actor = StageReplica.options(
-                num_cpus=_cpu_amount(cpus), resources={site_resource(spec.site): SITE_SLOT},
-                name=None, max_concurrency=1,
-            ).remote([c.loader for c in chain], str(self.cache_dir), max(1, int(cpus + 1e-9)),
-                     [c.batch_size for c in chain])
-            self.replicas[spec.key] = _Replica(spec, actor, chain=chain)
-            self.by_stage[spec.stage].append(spec.key)
-        try:
-            infos = ray.get([r.actor.info.remote() for r in self.replicas.values()], timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - GetTimeoutError, an actor that failed to load, ...
-            self._kill_actors()
-            raise ServingError(f"replicas of {self.plan.workflow} could not start within {timeout_s:g} s "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); are the "
-                               "sites' resources and CPUs available?") from None
-        for replica, info in zip(self.replicas.values(), infos):
-            replica.node_id = info["node_id"]
-            replica.stateful = info["stateful"]
-            replica.pid = info["pid"]
+        self.replicas = self._spawn(list(self._chains(self.specs).values()), timeout_s)
+        self._index()
         if self.pin_cpus:
             self._pin(ray.get_runtime_context().get_node_id())
         self.loop = asyncio.new_event_loop()
@@ -357,18 +388,229 @@ class Pipeline:
         self.thread.start()
         asyncio.run_coroutine_threadsafe(self._start_async(), self.loop).result()
 
+    def _chains(self, specs: list[ReplicaSpec]) -> dict[str, list[ReplicaSpec]]:
+        """Head replica key -> the stages its actor runs (fused chains, or the replica alone)."""
+        from jellybean.zoo.registry import is_stateful
+
+        chains: dict[str, list[ReplicaSpec]] = {}
+        if self.fuse:
+            inputs = {s.name: len(s.inputs) for s in self.bundle.workflow.spec.stages}
+            order = [s.name for s in self.bundle.workflow.spec.stages]
+            chains = plan_fusion(specs, order, self.consumers, inputs, is_stateful)
+        absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
+        return {spec.key: chains.get(spec.key, [spec]) for spec in specs if spec.key not in absorbed}
+
+    def _spawn(self, chains: list[list[ReplicaSpec]], timeout_s: float) -> dict[str, _Replica]:
+        """Start one actor per chain and wait until each has loaded its models."""
+        import ray
+
+        from jellybean.runtime.replica import StageReplica
+
+        made: dict[str, _Replica] = {}
+        for chain in chains:
+            head = chain[0]
+            cpus = sum(c.num_cpus for c in chain)
+            name = self._actor_name(chain) if self.detached else None
+            actor = self._adopt(name) if name else None
+            if actor is not None:
+                self.adopted.append(head.key)
+            else:
+                options = {"lifetime": "detached", "namespace": ACTOR_NAMESPACE} if name else {}
+                actor = StageReplica.options(
+                    num_cpus=_cpu_amount(cpus), resources={site_resource(head.site): SITE_SLOT},
+                    name=name, max_concurrency=1, **options,
+                ).remote([c.loader for c in chain], str(self.cache_dir), max(1, int(cpus + 1e-9)),
+                         [c.batch_size for c in chain])
+            made[head.key] = _Replica(head, actor, chain=chain)
+        try:
+            infos = ray.get([r.actor.info.remote() for r in made.values()], timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001 - GetTimeoutError, an actor that failed to load, ...
+            self._kill_actors(made.values())
+            raise ServingError(f"replicas of {self.plan.workflow} could not start within {timeout_s:g} s "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); are the "
+                               "sites' resources and CPUs available?") from None
+        for replica, info in zip(made.values(), infos):
+            replica.node_id = info["node_id"]
+            replica.stateful = info["stateful"]
+            replica.pid = info["pid"]
+        return made
+
+    def _actor_name(self, chain: list[ReplicaSpec]) -> str:
+        """A detached replica's name: its workflow and a digest of what it runs, so only a replica
+        that serves exactly this chain (stages, placement, models, batch sizes) is ever adopted."""
+        import hashlib
+
+        shape = "|".join(f"{c.key}:{c.loader}:{c.batch_size}" for c in chain)
+        return f"{self.plan.workflow}/{hashlib.sha256(shape.encode()).hexdigest()[:16]}"
+
+    @staticmethod
+    def _adopt(name: str):  # noqa: ANN205 - a Ray actor handle or None
+        import ray
+
+        try:
+            actor = ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+            ray.get(actor.info.remote(), timeout=10)
+            return actor
+        except Exception:  # noqa: BLE001 - no such actor, or one that no longer answers
+            return None
+
+    def release(self) -> RunSummary:
+        """Stop the flow here but leave detached replicas running for the next controller to adopt.
+        Frames in flight end as failed with that reason (nothing is lost)."""
+        keep = self.detached
+        self.detached_kept = keep
+        return self.stop(drain=True)
+
+    def _index(self) -> None:
+        self.by_stage = defaultdict(list)
+        for key, replica in self.replicas.items():
+            self.by_stage[replica.spec.stage].append(key)
+        self._routers = {}
+
+    def reconfigure(self, plan: Plan, bundle: Bundle | None = None, *, timeout_s: float = 120.0) -> dict:
+        """Move the running pipeline to ``plan`` without stopping the flow or losing a frame.
+
+        Replicas the new plan keeps unchanged (same stage, site, instance, model, batch size, CPUs)
+        stay; the others are started first, then the routing switches over in one step, and the
+        replaced ones finish the batches they hold and stop. Messages queued at a replaced replica and
+        messages held because no replica could take them are routed again under the new plan.
+        Call from any thread but the data plane's; raises :class:`ServingError` when the new
+        replicas cannot start (the old plan keeps running then)."""
+        import ray
+
+        bundle = bundle or self.bundle
+        specs = replica_specs(bundle, plan)
+        wanted = self._chains(specs)
+        kept = {key: self.replicas[key] for key, chain in wanted.items()
+                if key in self.replicas and self.replicas[key].same_actor(chain)}
+        started = self._spawn([chain for key, chain in wanted.items() if key not in kept], timeout_s)
+        for key, replica in kept.items():
+            replica.chain = wanted[key]
+            replica.spec = wanted[key][0]
+        asyncio.run_coroutine_threadsafe(self._swap(plan, bundle, specs, {**kept, **started}), self.loop).result()
+        if self.pin_cpus:
+            self._pin(ray.get_runtime_context().get_node_id())
+        return {"kept": sorted(kept), "started": sorted(started)}
+
+    async def _swap(self, plan: Plan, bundle: Bundle, specs: list[ReplicaSpec], replicas: dict[str, _Replica]) -> None:
+        retiring = [r for key, r in self.replicas.items() if replicas.get(key) is not r]
+        for replica in replicas.values():
+            if replica.queue is None:
+                replica.queue = asyncio.Queue(maxsize=queue_capacity(replica.spec.batch_size))
+                replica.task = asyncio.ensure_future(self._sender(replica))
+        self.plan, self.bundle, self.specs = plan, bundle, specs
+        self.replicas = replicas
+        self._index()
+        self.dead -= set(replicas)
+        self.reconfigurations += 1
+        again: list[tuple[str, _Item]] = []
+        for replica in retiring:
+            replica.retired = True
+            replica.alive = False
+            while replica.queue is not None and not replica.queue.empty():
+                again.append((replica.spec.stage, replica.queue.get_nowait()))
+            asyncio.ensure_future(self._retire(replica))
+        while self.held:
+            _, stage, item = self.held.popleft()
+            again.append((stage, item))
+        if self.telemetry is not None:
+            self.telemetry.started()
+        if again:
+            asyncio.ensure_future(self._resubmit(again))
+
+    async def _resubmit(self, items: list[tuple[str, _Item]]) -> None:
+        for stage, item in items:
+            item.excluded.clear()
+            await self._submit(stage, item)
+
+    async def _retire(self, replica: _Replica) -> None:
+        """Let a replaced replica finish its outstanding batches, then stop it."""
+        if replica.calls:
+            await asyncio.gather(*list(replica.calls), return_exceptions=True)
+        if replica.task is not None:
+            replica.task.cancel()
+            await asyncio.gather(replica.task, return_exceptions=True)
+        if replica.queue is not None:  # what it held or what arrived meanwhile goes to the new replicas
+            left = [(replica.spec.stage, item) for item in replica.in_hand]
+            replica.in_hand = []
+            while not replica.queue.empty():
+                left.append((replica.spec.stage, replica.queue.get_nowait()))
+            if left:
+                await self._resubmit(left)
+        self._kill_actors([replica])
+
+    # --- resilience hooks (called from any thread) ------------------------------------------------------
+    def set_source_rate(self, source: str, rate_per_s: float) -> None:
+        """Change how fast a source really sends (a busier camera), leaving the plan as it is."""
+        if source not in self.source_rates or not rate_per_s > 0:
+            raise ValueError(f"unknown source {source!r} or non-positive rate")
+        self.source_rates[source] = rate_per_s
+
+    def set_uplink(self, site: str, up: bool) -> None:
+        """Mark ``site``'s uplink cut (``up=False``) or restored. While it is cut, stages on both sides
+        keep serving what they can reach; messages that must cross it wait in a bounded buffer (beyond
+        it they fail with the reason) and are sent when it returns."""
+        if site not in self.parent or self.parent[site] is None:
+            raise ValueError(f"{site!r} is not a site with an uplink")
+        self.loop.call_soon_threadsafe(self._set_uplink, site, up)
+
+    def _set_uplink(self, site: str, up: bool) -> None:
+        if up:
+            self.links_down.discard(site)
+        else:
+            self.links_down.add(site)
+        self._routers = {}
+        if up:
+            waiting = self.link_buffers.pop(site, deque())
+            if waiting:
+                asyncio.ensure_future(self._resubmit(list(waiting)))
+
+    def _crosses_down_link(self, origin: str, destination: str) -> str | None:
+        if not self.links_down:
+            return None
+        for site, _direction in uplinks_between(self.parent, origin, destination):
+            if site in self.links_down:
+                return site
+        return None
+
     async def _start_async(self) -> None:
         for replica in self.replicas.values():
             replica.queue = asyncio.Queue(maxsize=queue_capacity(replica.spec.batch_size))
             replica.task = asyncio.ensure_future(self._sender(replica))
         self.started_at = time.time()
+        if self.telemetry is not None:
+            self.telemetry.started()
+            self._flusher = asyncio.ensure_future(self._flush_telemetry())
+        self._housekeeper = asyncio.ensure_future(self._housekeeping())
         for source in self.bundle.workflow.spec.sources:
             frames = self._dataset(source)
             per_site = source.count_per_site
             for site in source.sites:
                 for k in range(per_site):
                     self.source_tasks.append(asyncio.ensure_future(
-                        self._source(source.name, site, source.rate_per_s, frames, offset=len(self.source_tasks))))
+                        self._source(source.name, site, frames, offset=len(self.source_tasks))))
+
+    async def _flush_telemetry(self, every_s: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.telemetry.flush()
+
+    async def _housekeeping(self, every_s: float = 0.2) -> None:
+        """Fail, with their reason, messages held too long for a replica and frames in flight too long."""
+        while True:
+            await asyncio.sleep(every_s)
+            now = time.monotonic()
+            while self.held and self.held[0][0] <= now:
+                _, stage, item = self.held.popleft()
+                self._fail(item.payload.get("frame_id"), f"no live replica of stage {stage} for {self.hold_s:g} s "
+                                                          "(no re-plan could serve it)")
+            for frame_id in self.ledger.older_than(time.time() - self.frame_timeout_s):
+                self._fail(frame_id, f"in flight for more than {self.frame_timeout_s:g} s (its parts were held by a "
+                                     "replica that was replaced or lost)")
+
+    def _fail(self, frame_id, reason: str) -> None:
+        if self.ledger.fail(frame_id, reason) and self.telemetry is not None:
+            self.telemetry.frame_failed()
 
     def _dataset(self, source) -> list[dict]:
         from jellybean.zoo.datasets import load_dataset
@@ -389,11 +631,16 @@ class Pipeline:
         while self.ledger.in_flight and time.time() < deadline:
             time.sleep(0.02)
         asyncio.run_coroutine_threadsafe(self._close(), self.loop).result()
+        if self.telemetry is not None:
+            self.telemetry.stopped()
         summary = self.summary()
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self.thread:
             self.thread.join(timeout=5)
-        self._kill_actors()
+        if getattr(self, "detached_kept", False):
+            self._unpin_driver()  # the replicas stay for the next controller
+        else:
+            self._kill_actors()
         self._summary = summary
         return summary
 
@@ -408,15 +655,17 @@ class Pipeline:
             known = loads.get(spec.instance_key)
             utilization = spec.utilization + (known.utilization if known else 0.0)
             loads[spec.instance_key] = InstanceLoad(spec.instance_key, spec.instance_cpus, utilization)
-        cores = usable_cores()
+        cores = self._driver_cores or usable_cores()  # a re-plan lays out the cores this process started with
         layout = cpu_layout(loads.values(), cores)
         self.cpu_layout = layout
         if not layout.pinned:
             return
         for replica in self.replicas.values():
             pin_process(layout.instances[replica.spec.instance_key], pid=replica.pid)
-        if pin_process(layout.driver):
+        if self._driver_cores is None and pin_process(layout.driver):
             self._driver_cores = cores
+        elif self._driver_cores is not None:
+            pin_process(layout.driver)
 
     def _pinning_report(self) -> dict:
         layout = self.cpu_layout
@@ -432,16 +681,17 @@ class Pipeline:
             pin_process(self._driver_cores)
             self._driver_cores = None
 
-    def _kill_actors(self) -> None:
+    def _kill_actors(self, replicas=None) -> None:  # noqa: ANN001 - an iterable of _Replica
         import ray
 
-        for replica in self.replicas.values():
+        for replica in self.replicas.values() if replicas is None else replicas:
             try:
                 ray.kill(replica.actor)
             except Exception:  # noqa: BLE001 - already dead is fine
                 pass
             replica.alive = False
-        self._unpin_driver()
+        if replicas is None:  # the whole pipeline goes: this process gets its cores back
+            self._unpin_driver()
 
     async def _stop_sources(self) -> None:
         for task in self.source_tasks:
@@ -451,8 +701,13 @@ class Pipeline:
 
     async def _close(self) -> None:
         for frame_id in list(self.ledger._open):
-            self.ledger.fail(frame_id, "still in flight when the pipeline stopped (drain timeout)")
-        pending = []
+            self._fail(frame_id, "still in flight when the pipeline stopped (drain timeout)")
+        pending = [task for task in (self._flusher, self._housekeeper) if task]
+        for task in pending:
+            task.cancel()
+        while self.held:
+            _, stage, item = self.held.popleft()
+            self._fail(item.payload.get("frame_id"), f"held for stage {stage} when the pipeline stopped")
         for replica in self.replicas.values():
             for task in [replica.task, *replica.calls]:
                 if task:
@@ -461,11 +716,20 @@ class Pipeline:
         await asyncio.gather(*pending, return_exceptions=True)
 
     # --- sources ----------------------------------------------------------------------------------
-    async def _source(self, name: str, site: str, rate_per_s: float, frames: list[dict], offset: int) -> None:
-        interval = 1.0 / rate_per_s
+    async def _source(self, name: str, site: str, frames: list[dict], offset: int) -> None:
+        """Replay ``frames`` at the source's current rate (:meth:`set_source_rate` may change it).
+
+        Overload: with ``backpressure`` a source that cannot hand a frame over waits, and so sends
+        fewer frames (right for measuring capacity); with ``shed`` it waits at most
+        ``shed_after_ms`` and then drops the frame *explicitly*: recorded as failed with the reason and
+        counted as shed, as a camera that cannot be served would (right for serving)."""
         next_at = time.monotonic()
+        telemetry = self.telemetry
+        size_bytes = telemetry.source_bytes.get(name, 0.0) if telemetry is not None else 0.0
         position = offset * 7919 % len(frames)
+        shed = self.overload == "shed"
         while True:
+            interval = 1.0 / self.source_rates[name]
             now = time.monotonic()
             if next_at > now:
                 await asyncio.sleep(next_at - now)
@@ -475,30 +739,45 @@ class Pipeline:
             frame["frame_id"] = frame_id
             frame["sent_at"] = time.time()
             self.ledger.send(frame_id)
+            self.generated[name] += 1
             consumers = self.source_consumers[name]
             for n, stage in enumerate(consumers):
                 try:
-                    await self._submit(stage, _Item(dict(frame), origin=site))
+                    taken = await self._submit(stage, _Item(dict(frame), origin=site, size_bytes=size_bytes),
+                                               shed_after_s=self.shed_after_s if shed else None)
+                    if not taken:  # shed: recorded as failed, the rest of the frame is not sent
+                        self.shed += 1
+                        if telemetry is not None:
+                            telemetry.frame_shed(name, site)
+                        self._fail(frame_id, f"shed at the source: stage {stage} could not take it within "
+                                             f"{self.shed_after_s * 1000:g} ms (overload)")
+                        break
+                    if n == 0 and telemetry is not None:  # in the pipeline now (a withdrawn frame never was)
+                        telemetry.frame_sent(name, site)
                 except asyncio.CancelledError:
                     # Stopped while waiting for room (backpressure): if no stage got the frame it
                     # was never sent; if some did, the rest of it cannot follow.
                     if n == 0:
                         self.ledger.withdraw(frame_id)
+                        self.generated[name] -= 1
                     else:
-                        self.ledger.fail(frame_id, "source stopped while handing the frame to its stages")
+                        self._fail(frame_id, "source stopped while handing the frame to its stages")
                     raise
-            # Backpressure: if submitting blocked, the source has fallen behind; it does not burst
-            # to catch up, it simply sends at the rate it can.
+            # A source that fell behind (backpressure) does not burst to catch up: it sends at the rate
+            # it can; a shedding one keeps its own pace.
             next_at = max(next_at + interval, time.monotonic() - interval)
 
     # --- routing --------------------------------------------------------------------------------------
     def _router(self, stage: str, origin: str):
+        """The router for ``stage`` from ``origin`` over the live replicas it can reach (up the tiers,
+        and not across a cut uplink); None when there is none."""
         key = (stage, origin)
         router = self._routers.get(key)
         if router is None:
             reachable = set(self.reach.get(origin, [origin]))
             weights = {k: self.replicas[k].spec.weight for k in self.by_stage[stage]
-                       if self.replicas[k].spec.site in reachable and self.replicas[k].alive}
+                       if self.replicas[k].spec.site in reachable and self.replicas[k].alive
+                       and self._crosses_down_link(origin, self.replicas[k].spec.site) is None}
             if not weights:
                 return None
             stateful = any(self.replicas[k].stateful for k in weights)
@@ -506,7 +785,9 @@ class Pipeline:
             self._routers[key] = router
         return router
 
-    async def _submit(self, stage: str, item: _Item) -> None:
+    async def _submit(self, stage: str, item: _Item, *, shed_after_s: float | None = None) -> bool:
+        """Route ``item`` to a replica of ``stage`` and queue it. Returns False only when
+        ``shed_after_s`` is given and the chosen queue stayed full that long (the caller sheds)."""
         router = self._router(stage, item.origin)
         choice = None
         if router is not None:
@@ -515,17 +796,51 @@ class Pipeline:
             else:
                 choice = router.pick(exclude=item.excluded)
         if choice is None:
-            self.ledger.fail(item.payload.get("frame_id"), f"no live replica of stage {stage} reachable from "
-                                                            f"{item.origin}")
-            return
-        queue = self.replicas[choice].queue
-        if queue.full():
-            await queue.put(item)  # backpressure: wait for room
-        else:
+            self._unroutable(stage, item)
+            return True
+        replica = self.replicas[choice]
+        if self.telemetry is not None:
+            self.telemetry.routed(item.origin, replica.spec.site, item.size_bytes)
+        queue = replica.queue
+        if not queue.full():
             queue.put_nowait(item)  # the common case, without a coroutine round trip
+            return True
+        if shed_after_s is None:
+            await queue.put(item)  # backpressure: wait for room
+            return True
+        try:
+            await asyncio.wait_for(queue.put(item), shed_after_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _unroutable(self, stage: str, item: _Item) -> None:
+        """No live replica of ``stage`` can take ``item`` now. Behind a cut uplink it waits in that
+        link's bounded buffer; while a re-plan may still come (``hold_s``) it is held; else it fails."""
+        frame_id = item.payload.get("frame_id")
+        beyond = [k for k in self.by_stage[stage] if self.replicas[k].alive
+                  and self.replicas[k].spec.site in self.reach.get(item.origin, [item.origin])]
+        link = next((self._crosses_down_link(item.origin, self.replicas[k].spec.site) for k in beyond), None)
+        if link is not None:
+            buffer = self.link_buffers[link]
+            if len(buffer) < self.link_buffer_capacity:
+                buffer.append((stage, item))
+                return
+            self._fail(frame_id, f"uplink of {link} is down and its buffer ({self.link_buffer_capacity} messages) "
+                                 "is full")
+        elif self.hold_s > 0 and len(self.held) < self.hold_capacity:
+            self.held.append((time.monotonic() + self.hold_s, stage, item))
+            self.attention.set()
+            return
+        else:
+            self._fail(frame_id, f"no live replica of stage {stage} reachable from {item.origin}")
+        if self.telemetry is not None:
+            self.telemetry.dropped(stage)
 
     def _drop_replica(self, key: str) -> None:
         self.replicas[key].alive = False
+        self.dead.add(key)
+        self.attention.set()
         for router in self._routers.values():
             router.remove(key)
 
@@ -537,8 +852,12 @@ class Pipeline:
         spec = replica.spec
         window = asyncio.Semaphore(self.in_flight_batches)
         while True:
-            items = await collect_batch(replica.queue, spec.batch_size, self.max_wait_s)
+            # What the sender holds between the queue and the call is kept on the replica, so a
+            # retired replica's sender can be cancelled without dropping it (see _retire).
+            replica.in_hand = []
+            items = await collect_batch(replica.queue, spec.batch_size, self.max_wait_s, into=replica.in_hand)
             await window.acquire()
+            replica.in_hand = []
             call = asyncio.ensure_future(self._call(replica, items, window))
             replica.calls.add(call)
             call.add_done_callback(replica.calls.discard)
@@ -551,12 +870,14 @@ class Pipeline:
             return
         started = time.perf_counter()
         try:
-            outputs, model_ms, counts = await replica.actor.process.remote([i.payload for i in items])
+            outputs, model_ms, report = await replica.actor.process.remote([i.payload for i in items])
         except asyncio.CancelledError:
             window.release()
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the call is retried elsewhere
             window.release()
+            if self.telemetry is not None:
+                self.telemetry.batch_failed(replica, len(items))
             reason = f"{type(exc).__name__} on {spec.key}"
             if _is_actor_death(exc):
                 self._drop_replica(spec.key)
@@ -564,11 +885,14 @@ class Pipeline:
             return
         window.release()  # the replica is free for the next batch while these outputs are routed
         rtt_ms = (time.perf_counter() - started) * 1000.0
-        self.hop_overhead_ms.append(max(0.0, rtt_ms - model_ms))
+        overhead_ms = max(0.0, rtt_ms - model_ms)
+        self.hop_overhead_ms.append(overhead_ms)
         replica.busy_ms += model_ms
-        for stage_spec, (requests, batches) in zip(replica.chain, counts):
+        for stage_spec, (requests, batches, _outputs, _timings) in zip(replica.chain, report):
             replica.requests[stage_spec.stage] += requests
             replica.batches[stage_spec.stage] += batches
+        if self.telemetry is not None:
+            self.telemetry.batch_done(replica, report, model_ms, overhead_ms)
         last = replica.chain[-1]
         if last.stage == self.sink:
             for produced in outputs:
@@ -576,12 +900,14 @@ class Pipeline:
                     self._finish(message)
             return
         consumers = self.consumers[last.stage]
+        size_bytes = self.telemetry.output_bytes.get(last.stage, 0.0) if self.telemetry is not None else 0.0
         for produced in outputs:
             for message in produced:
                 # Messages arrive freshly deserialised from the replica: no copy needed, except
                 # when several stages consume the same output.
                 for n, consumer in enumerate(consumers):
-                    await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=last.site))
+                    await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=last.site,
+                                                       size_bytes=size_bytes))
 
     async def _retry(self, stage: str, items: list[_Item], failed_on: str, reason: str) -> None:
         for item in items:
@@ -590,16 +916,21 @@ class Pipeline:
             if self.retry.retry(item.attempts):
                 await self._submit(stage, item)
             else:
-                self.ledger.fail(item.payload.get("frame_id"), f"stage {stage}: {reason}")
+                self._fail(item.payload.get("frame_id"), f"stage {stage}: {reason}")
+                if self.telemetry is not None:
+                    self.telemetry.dropped(stage)
 
     def _finish(self, message: dict) -> None:
         now = time.time()
         latency_ms = (now - message.get("sent_at", now)) * 1000.0
         correct = bool(message.get("correct", False))
         if self.ledger.complete(message["frame_id"], correct=correct, latency_ms=latency_ms):
+            if self.telemetry is not None:
+                self.telemetry.frame_completed(correct, latency_ms)
             if self.first_result_at is None:
                 self.first_result_at = now
             self.last_result_at = now
+            self.last_result_sent_at = message.get("sent_at", now)
 
     # --- reporting --------------------------------------------------------------------------------------
     def status(self) -> dict:

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+
+#: Latency samples kept for percentiles: the most recent ones, so memory stays bounded however long
+#: a workflow runs.
+LATENCY_SAMPLES = 100_000
 
 
 def queue_capacity(batch_size: int, *, batches: int = 4) -> int:
@@ -26,10 +30,12 @@ def queue_capacity(batch_size: int, *, batches: int = 4) -> int:
     return max(2, batches * max(1, batch_size))
 
 
-async def collect_batch(queue: asyncio.Queue, max_batch: int, max_wait_s: float) -> list:
-    """Wait for one item, then take up to ``max_batch`` in all, waiting at most ``max_wait_s`` more."""
-    first = await queue.get()
-    batch = [first]
+async def collect_batch(queue: asyncio.Queue, max_batch: int, max_wait_s: float, into: list | None = None) -> list:
+    """Wait for one item, then take up to ``max_batch`` in all, waiting at most ``max_wait_s`` more.
+    Items are appended to ``into`` (a new list by default) as they are taken, so a caller cancelled
+    midway still knows what it had taken."""
+    batch = [] if into is None else into
+    batch.append(await queue.get())
     deadline = time.monotonic() + max_wait_s
     while len(batch) < max_batch:
         try:
@@ -65,23 +71,32 @@ class Ledger:
     failed: int = 0
     correct: int = 0
     reasons: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    _open: set = field(default_factory=set)
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    _open: dict = field(default_factory=dict)  # frame id -> when it was sent, in sending order
 
-    def send(self, frame_id) -> None:
+    def send(self, frame_id, at: float | None = None) -> None:
         self.sent += 1
-        self._open.add(frame_id)
+        self._open[frame_id] = time.time() if at is None else at
 
     def withdraw(self, frame_id) -> None:
         """A frame that never entered the pipeline (its source stopped while waiting for room)."""
         if frame_id in self._open:
-            self._open.discard(frame_id)
+            del self._open[frame_id]
             self.sent -= 1
+
+    def older_than(self, sent_before: float) -> list:
+        """Frames still open that were sent before ``sent_before`` (oldest first)."""
+        out = []
+        for frame_id, sent_at in self._open.items():
+            if sent_at >= sent_before:
+                break
+            out.append(frame_id)
+        return out
 
     def complete(self, frame_id, *, correct: bool, latency_ms: float) -> bool:
         if frame_id not in self._open:
             return False  # a duplicate (a retried request that had in fact succeeded): ignored
-        self._open.discard(frame_id)
+        del self._open[frame_id]
         self.completed += 1
         self.correct += bool(correct)
         self.latencies_ms.append(latency_ms)
@@ -90,7 +105,7 @@ class Ledger:
     def fail(self, frame_id, reason: str) -> bool:
         if frame_id not in self._open:
             return False
-        self._open.discard(frame_id)
+        del self._open[frame_id]
         self.failed += 1
         self.reasons[reason] += 1
         return True

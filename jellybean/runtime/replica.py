@@ -32,12 +32,14 @@ class StageReplica:
                 "stateful": any(bool(getattr(r, "stateful", False)) for r in self.runners),
                 "loaders": self.loaders}
 
-    def process(self, payloads: list[dict]) -> tuple[list[list[dict]], float, list[tuple[int, int]]]:
+    def process(self, payloads: list[dict]) -> tuple[list[list[dict]], float, list[tuple[int, int, int, list]]]:
         """Outputs per input (fan-out lists, of the chain's last stage), the milliseconds the models
-        took, and (requests, batches) per stage of the chain."""
+        took, and per stage of the chain ``(requests, batches, outputs, [(batch size, ms), ...])``: the
+        replica's report, which the driver turns into metrics (no other channel is needed)."""
         started = time.perf_counter()
         outputs = self.runners[0](payloads)
-        counts = [(len(payloads), 1)]
+        first_ms = (time.perf_counter() - started) * 1000.0
+        report = [(len(payloads), 1, sum(len(o) for o in outputs), [(len(payloads), first_ms)])]
         for runner, batch_size in zip(self.runners[1:], self.batch_sizes[1:]):
             flat: list[dict] = []
             owner: list[int] = []
@@ -45,12 +47,15 @@ class StageReplica:
                 flat.extend(produced)
                 owner.extend([index] * len(produced))
             following: list[list[dict]] = [[] for _ in outputs]
-            batches = 0
+            timings: list[tuple[int, float]] = []
+            produced_count = 0
             for start in range(0, len(flat), max(1, batch_size)):
                 chunk = flat[start:start + batch_size]
+                chunk_started = time.perf_counter()
                 for offset, produced in enumerate(runner(chunk)):
                     following[owner[start + offset]].extend(produced)
-                batches += 1
-            counts.append((len(flat), batches))
+                    produced_count += len(produced)
+                timings.append((len(chunk), (time.perf_counter() - chunk_started) * 1000.0))
+            report.append((len(flat), len(timings), produced_count, timings))
             outputs = following
-        return outputs, (time.perf_counter() - started) * 1000.0, counts
+        return outputs, (time.perf_counter() - started) * 1000.0, report

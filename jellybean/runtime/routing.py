@@ -78,3 +78,22 @@ class AffinityRouter:
 
     def remove(self, replica: str) -> None:
         self.weights.pop(replica, None)
+
+
+def uplinks_between(parent: dict[str, str | None], origin: str, destination: str) -> list[tuple[str, str]]:
+    """The uplinks a message from site ``origin`` to site ``destination`` crosses on the site tree, in
+    travel order, as ``(child site, "up" | "down")``: up from ``origin`` to the lowest common ancestor,
+    then down to ``destination``. Empty when both are the same site."""
+    def chain(site: str | None) -> list[str]:
+        out = []
+        while site is not None:
+            out.append(site)
+            site = parent.get(site)
+        return out
+
+    up, down = chain(origin), chain(destination)
+    on_down = set(down)
+    common = next((s for s in up if s in on_down), None)
+    ups = up[:up.index(common)] if common is not None else up
+    downs = down[:down.index(common)] if common is not None else down
+    return [(s, "up") for s in ups] + [(s, "down") for s in reversed(downs)]

@@ -35,21 +35,26 @@ class SpecError(Exception):
 
 
 def format_path(loc: tuple) -> str:
-    """Render a location tuple as ``spec.stages[1].inputs[0].from``."""
+    """Render a location tuple as ``spec.stages[1].inputs[0].from``. A key with characters that do not
+    print (a line break, a terminal escape) is quoted with them escaped: issues are printed as one line
+    each, on terminals."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            out += ("." if out else "") + (text if text.isprintable() else repr(text))
     return out
 
 
 class LocatedValueError(ValueError):
     """Raised by a validator that checks a whole section (a DAG, a site tree) to say *which* entry is
     wrong: ``loc`` is relative to the model being validated, e.g. ``("stages", 2, "inputs", 0)``.
-    The loader appends it to pydantic's location so the error points at the user's line."""
+    The loader appends it to pydantic's location so the error points at the user's line, and reports
+    ``hint`` (how to fix it) beside the message."""
 
-    def __init__(self, loc: tuple, message: str) -> None:
+    def __init__(self, loc: tuple, message: str, hint: str = "") -> None:
         super().__init__(message)
         self.loc = loc
+        self.hint = hint

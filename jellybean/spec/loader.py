@@ -11,6 +11,7 @@ each value's line is recorded so that pydantic's errors can be reported where th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,10 @@ MAX_DEPTH = 64
 MAX_VALUES = 2_000_000
 
 KINDS: dict[str, type[BaseModel]] = {"ModelZoo": ModelZoo, "Topology": Topology, "Workflow": Workflow}
+#: Other names of a kind. ``InferenceWorkflow`` is the Workflow's name as a Kubernetes custom resource
+#: (a bare ``Workflow`` kind is ambiguous in clusters that run other workflow engines), so the same
+#: files work with ``jellybean`` and with ``kubectl apply``; both load as a Workflow.
+KIND_ALIASES: dict[str, str] = {"InferenceWorkflow": "Workflow"}
 YAML_SUFFIXES = (".yaml", ".yml")
 
 _OPENERS = (
@@ -72,6 +77,23 @@ class LoadedDocument:
     index: int  # position of the document in its file
 
 
+_YAML_BREAKS = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _line_at(text: str, index: int) -> int:
+    """1-based line of ``text[index]``, counting line breaks as YAML does (NEL, LS and PS too)."""
+    return len(_YAML_BREAKS.findall(text, 0, index)) + 1
+
+
+def _check_encodable(text: str, file: str) -> None:
+    """A ``str`` may hold lone surrogates (JSON's ``\\ud800`` carries one), which no parser can read."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpecError([Issue(file, _line_at(text, exc.start), "", "not valid Unicode text (a lone surrogate)",
+                               "save the text as UTF-8")]) from None
+
+
 def _check_depth(text: str, file: str) -> None:
     depth = 0
     try:
@@ -86,12 +108,22 @@ def _check_depth(text: str, file: str) -> None:
             elif isinstance(token, _CLOSERS):
                 depth -= 1
     except yaml.YAMLError as exc:
-        raise SpecError([_yaml_issue(exc, file)]) from None
+        raise SpecError([_yaml_issue(exc, file, text)]) from None
 
 
-def _yaml_issue(exc: yaml.YAMLError, file: str) -> Issue:
+def _yaml_issue(exc: yaml.YAMLError, file: str, text: str) -> Issue:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # A character YAML does not allow (a control character): located by its position, which
+        # libyaml counts in bytes of the UTF-8 text and PyYAML in characters.
+        position = exc.position
+        if _LOADER is not yaml.SafeLoader:
+            position = len(text.encode("utf-8")[:position].decode("utf-8", errors="ignore"))
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return Issue(file, _line_at(text, position), "", f"invalid YAML: unacceptable character #x{character:04x}: "
+                     f"{exc.reason}", "remove the character, or write it as an escape in a double-quoted string")
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    line = mark.line + 1 if mark is not None else None
+    # libyaml puts an unexpected end of a text without a final newline on the line after it.
+    line = min(mark.line + 1, _line_at(text, len(text))) if mark is not None else None
     problem = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     message = f"invalid YAML: {problem}" + (f" ({context})" if context else "")
@@ -145,6 +177,9 @@ class _Builder:
                                                format_path(path + (map_key,)), f"duplicate key {map_key!r}",
                                                "keep one of the two entries")])
                     value[map_key] = None
+                    # A field is where its name is written: for a block collection that is the line
+                    # above the collection's first entry.
+                    source.lines.setdefault(path + (map_key,), key_node.start_mark.line + 1)
                     stack.append((value_node, path + (map_key,), value, map_key))
             elif isinstance(node, yaml.SequenceNode):
                 value = [None] * len(node.value)
@@ -184,6 +219,7 @@ def _empty_document(node: yaml.Node) -> bool:
 
 def parse_yaml(text: str, file: str) -> list[tuple[Any, SourceMap]]:
     """Parse a (multi-document) YAML text into values with their source maps."""
+    _check_encodable(text, file)
     _check_depth(text, file)
     builder = _Builder(file)
     documents: list[tuple[Any, SourceMap]] = []
@@ -194,7 +230,7 @@ def parse_yaml(text: str, file: str) -> list[tuple[Any, SourceMap]]:
             source = SourceMap(file, start_line=node.start_mark.line + 1)
             documents.append((builder.build(node, source), source))
     except yaml.YAMLError as exc:
-        raise SpecError([_yaml_issue(exc, file)]) from None
+        raise SpecError([_yaml_issue(exc, file, text)]) from None
     return documents
 
 
@@ -224,7 +260,8 @@ def read_text(path: Path) -> str:
                                "split it into several files")])
     raw = read_bounded(path)
     if b"\x00" in raw:
-        raise SpecError([Issue(display, None, "", "binary content (NUL bytes)", "give a YAML text file")])
+        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        raise SpecError([Issue(display, line, "", "binary content (NUL bytes)", "give a YAML text file")])
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -247,13 +284,28 @@ _HINTS = {
     "list_type": "give a list (- item)",
     "string_type": "give a string",
     "bool_type": "give true or false",
+    "bool_parsing": "give true or false",
+    "float_type": "give a number",
+    "int_type": "give a whole number",
+    "int_from_float": "give a whole number",
+    "int_parsing_size": "give a smaller whole number",
+    "finite_number": "give a finite number, not .nan or .inf",
+    "less_than": "give a smaller value",
+    "string_too_long": "give a shorter value",
+    "too_long": "give fewer entries",
+    "enum": "use one of the values listed",
+    "model_type": "give a mapping (key: value)",
+    "model_attributes_type": "give a mapping (key: value)",
 }
 
 
 _STRING_TAGS = ("str", "constrained-str")
 
 
-def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, list[str]] | None = None) -> list[Issue]:
+def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, list[str]] | None = None,
+                 kind: str | None = None) -> list[Issue]:
+    fallback = (f"`jellybean schema --kind {kind}` describes every field" if kind
+                else "check the field's type and limits")
     issues = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
@@ -271,7 +323,10 @@ def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, l
         message = error["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
-        hint = _HINTS.get(error["type"], "")
+        if clean and clean[-1] == "[key]":  # pydantic's marker for a bad key of a mapping
+            clean = clean[:-1]
+            message = f"key {clean[-1]!r}: {message}" if clean else message
+        hint = _HINTS.get(error["type"]) or getattr(located, "hint", "") or fallback
         issues.append(Issue(source.file, source.line_for(clean), format_path(clean), message, hint))
     # Unions (an input given as a name or a mapping) produce one error per alternative; keep one
     # per location so the user sees each problem once.
@@ -281,6 +336,12 @@ def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, l
     return list(unique.values())
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: a message quotes what the user wrote, not 10,000 characters of it."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}... ({len(text)} characters)"
+
+
 def parse_document(value: Any, source: SourceMap, index: int) -> LoadedDocument:
     if not isinstance(value, dict):
         raise SpecError([Issue(source.file, source.start_line, "", "a document must be a mapping",
@@ -288,18 +349,21 @@ def parse_document(value: Any, source: SourceMap, index: int) -> LoadedDocument:
     api_version = value.get("apiVersion")
     if api_version != API_VERSION:
         line = source.lines.get(("apiVersion",), source.start_line)
-        raise SpecError([Issue(source.file, line, "apiVersion", f"unsupported apiVersion {api_version!r}",
+        raise SpecError([Issue(source.file, line, "apiVersion", f"unsupported apiVersion {_shown(api_version)}",
                                f"use `apiVersion: {API_VERSION}`")])
     kind = value.get("kind")
+    if isinstance(kind, str) and kind in KIND_ALIASES:
+        kind = KIND_ALIASES[kind]
+        value = {**value, "kind": kind}
     model_type = KINDS.get(kind) if isinstance(kind, str) else None
     if model_type is None:
         line = source.lines.get(("kind",), source.start_line)
-        raise SpecError([Issue(source.file, line, "kind", f"unknown kind {kind!r}",
-                               f"use one of {', '.join(KINDS)}")])
+        raise SpecError([Issue(source.file, line, "kind", f"unknown kind {_shown(kind)}",
+                               f"use one of {', '.join([*KINDS, *KIND_ALIASES])}")])
     try:
         model = model_type.model_validate(value)
     except ValidationError as exc:
-        raise SpecError(model_issues(exc, source)) from None
+        raise SpecError(model_issues(exc, source, kind=kind)) from None
     return LoadedDocument(model, source, index)
 
 

@@ -119,7 +119,8 @@ class TopologySpec(StrictModel):
             while cursor is not None and state.get(cursor.name) != 2:
                 if state.get(cursor.name) == 1:
                     raise LocatedValueError(("sites", index[cursor.name], "parent"),
-                                            f"sites form a cycle through {cursor.name!r}; `parent` must form a tree")
+                                            f"sites form a cycle through {cursor.name!r}; `parent` must form a tree",
+                                            "one site (the root, usually the cloud) has no `parent`")
                 state[cursor.name] = 1
                 walk.append(cursor.name)
                 cursor = by_name[cursor.parent] if cursor.parent is not None else None

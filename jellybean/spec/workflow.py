@@ -103,8 +103,10 @@ class WorkflowSpec(StrictModel):
                         f"stage {stage.name!r}: `ratio_by_variant` applies to stage inputs, but {inp.from_!r} is a source")
         order = topological_order(self)
         if order is None:
-            stuck = next(i for i, s in enumerate(self.stages))
-            raise LocatedValueError(("stages", stuck), "stages form a cycle; a workflow must be a DAG")
+            i, j, cycle = _closing_input(self)
+            raise LocatedValueError(("stages", i, "inputs", j, "from"),
+                                    f"stages form a cycle: {' -> '.join(cycle)}; a workflow must be a DAG",
+                                    "remove the input that closes the loop")
         consumed = {i.from_ for s in self.stages for i in s.input_specs()}
         sinks = [s.name for s in self.stages if s.name not in consumed]
         if len(sinks) != 1:
@@ -137,6 +139,37 @@ def topological_order(spec: WorkflowSpec) -> list[str] | None:
         order.append(ready[0])
         done.add(ready[0])
     return order
+
+
+def _closing_input(spec: WorkflowSpec) -> tuple[int, int, list[str]]:
+    """An input that closes a cycle: (stage index, input index, the stages around the cycle in the
+    direction data flows). Walks downstream from the stages declared first, so the input reported is
+    the one that reads from a stage declared further down (usually the one added by mistake)."""
+    consumers: dict[str, list[tuple[int, int]]] = {s.name: [] for s in spec.stages}
+    for i, stage in enumerate(spec.stages):
+        for j, inp in enumerate(stage.input_specs()):
+            if inp.from_ in consumers:
+                consumers[inp.from_].append((i, j))
+    state: dict[str, int] = {}  # 1 = on the current walk, 2 = leads to no cycle
+    for root in spec.stages:
+        if root.name in state:
+            continue
+        walk, pending = [root.name], [iter(consumers[root.name])]
+        state[root.name] = 1
+        while pending:
+            step = next(pending[-1], None)
+            if step is None:
+                state[walk.pop()] = 2
+                pending.pop()
+                continue
+            name = spec.stages[step[0]].name
+            if state.get(name) == 1:
+                return step[0], step[1], walk[walk.index(name):] + [name]
+            if name not in state:
+                state[name] = 1
+                walk.append(name)
+                pending.append(iter(consumers[name]))
+    raise AssertionError("topological_order found a cycle that the walk did not")
 
 
 class Workflow(StrictModel):

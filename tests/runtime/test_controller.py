@@ -525,3 +525,24 @@ def test_embedded_ray_serves_site_resources_and_grows(tmp_path: Path) -> None:
     finally:
         controller.stop()
     assert cluster.offered() is None
+
+
+def test_controller_metrics_count_applies_passes_and_errors(tmp_path: Path) -> None:
+    from jellybean.runtime.metrics import Metrics
+
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    rec = Recorder()
+    rec.fail["vqa-medium"] = 1
+    controller, _ = make(tmp_path, rec, metrics=metrics, clock=Clock())
+    controller.apply(files_of(VQA))
+    controller.apply(files_of(VQA))
+    with pytest.raises(SpecError):
+        controller.apply([("bad.yaml", "kind: Nonsense\n")])
+    assert value("jellybean_controller_applies_total", {"outcome": "changed"}) == 1
+    assert value("jellybean_controller_applies_total", {"outcome": "unchanged"}) == 1
+    assert value("jellybean_controller_applies_total", {"outcome": "invalid"}) == 1
+    controller.reconcile()  # the start fails once
+    assert value("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) == 1
+    assert value("jellybean_controller_workflows", {"state": "failed"}) == 1
+    assert value("jellybean_controller_reconcile_duration_seconds_count") == 1

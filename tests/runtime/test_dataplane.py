@@ -12,6 +12,7 @@ import pytest
 
 from jellybean.optimizer import plan as make_plan
 from jellybean.runtime.dataplane import Pipeline, ServingError, replica_specs
+from jellybean.runtime.metrics import Metrics
 from jellybean.spec import load_bundle
 
 pytest.importorskip("ray")
@@ -65,7 +66,8 @@ def stream(pipeline: Pipeline, seconds: float):
 
 def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
     bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, pin_cpus=True)
+    metrics = Metrics()
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, pin_cpus=True, metrics=metrics)
     before = os.sched_getaffinity(0)
     pipeline.start()
     layout = pipeline.cpu_layout
@@ -96,6 +98,48 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
         assert row.rate_measured_per_s > 0
         assert 1 <= row.mean_batch_size <= a.batch_size
     assert pipeline.status()["state"] == "stopped"
+    assert_metrics_agree(metrics, summary, bundle, plan)
+
+
+def assert_metrics_agree(metrics: Metrics, summary, bundle, plan) -> None:  # noqa: ANN001
+    """What Prometheus would scrape agrees with the run's own accounting and with the plan."""
+    value = metrics.registry.get_sample_value
+    wf = {"workflow": "digits"}
+    frames = summary.frames
+    assert value("jellybean_frames_completed_total", wf) == frames.completed
+    assert value("jellybean_frames_failed_total", wf) == frames.failed
+    sent = sum(value("jellybean_frames_sent_total", {**wf, "source": "cameras", "site": s, "tier": "device"})
+               for s in ("cam-1", "cam-2"))
+    assert sent == frames.sent
+    assert value("jellybean_frames_correct_total", wf) == round(frames.completed * summary.measured.accuracy / 100)
+    assert value("jellybean_end_to_end_latency_seconds_count", wf) == frames.completed
+    by_stage = {row.stage: row for row in summary.stages}
+    for a in plan.assignments:
+        labels = {**wf, "stage": a.stage, "variant": a.variant, "site": a.site, "tier": a.tier,
+                  "instance": f"{a.instance}-0"}
+        requests = value("jellybean_stage_requests_total", labels)
+        row = by_stage[a.stage]
+        assert requests == pytest.approx(row.mean_batch_size * row.batches)
+        assert value("jellybean_stage_processing_seconds_count", labels) == by_stage[a.stage].batches
+        assert value("jellybean_stage_batch_size_sum", labels) == requests
+        assert value("jellybean_stage_planned_requests_per_second", labels) == pytest.approx(a.rate_per_s)
+    # Every frame crossed its camera's uplink at the source's declared size; every prediction the
+    # hub's uplink at the classifier's output size (the aggregator runs in the cloud).
+    cam = {**wf, "site": "cam-1", "tier": "device", "direction": "up"}
+    payload_bytes = bundle.workflow.spec.sources[0].payload_kb * 1024
+    assert value("jellybean_link_bytes_total", cam) == pytest.approx(value("jellybean_link_messages_total", cam)
+                                                                     * payload_bytes)
+    hub = {**wf, "site": "hub", "tier": "hub", "direction": "up"}
+    classify = next(a for a in plan.assignments if a.stage == "classify")
+    assert value("jellybean_link_messages_total", hub) == value(
+        "jellybean_stage_outputs_total", {**wf, "stage": "classify", "variant": classify.variant, "site": "hub",
+                                          "tier": "hub", "instance": "hub-cpu-0"})
+    assert value("jellybean_instance_busy_seconds_total", {**wf, "site": "hub", "tier": "hub",
+                                                           "instance": "hub-cpu-0"}) > 0
+    assert value("jellybean_plan_info", {**wf, "status": plan.solver.status, "strategy": plan.strategy}) == 1
+    assert value("jellybean_plan_cost_dollars_per_hour", {**wf, "tier": "hub", "kind": "compute"}) == pytest.approx(
+        plan.cost.by_tier["hub"].compute_per_hour)
+    assert value("jellybean_accuracy_measured_percent", wf) == pytest.approx(summary.measured.accuracy)
 
 
 def test_a_replica_dies_and_its_frames_are_retried_elsewhere(ray_local, digits, digits_zoo) -> None:
@@ -168,3 +212,63 @@ def test_fusion_joins_co_located_stateless_stages_only(digits) -> None:
     one = next(s for s in specs if s.stage == "classify")
     doubled = [s for s in specs if s is not one] + [dataclasses.replace(one, key="a"), dataclasses.replace(one, key="b")]
     assert plan_fusion(doubled, order, consumers, inputs, is_stateful) == {}
+
+
+def test_a_hub_cut_off_from_the_cloud_keeps_serving_and_buffers_what_must_go_up(ray_local, digits,
+                                                                                 digits_zoo) -> None:
+    bundle, plan = digits
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, link_buffer_capacity=100_000)
+    pipeline.start()
+    time.sleep(1.0)
+    pipeline.set_uplink("hub", False)
+    time.sleep(0.5)
+    completed, detected = pipeline.ledger.completed, pipeline.status()["stages"]
+    time.sleep(2.0)
+    # Edge autonomy: the hub's stages keep running, the cloud's aggregator gets nothing meanwhile.
+    requests = {row["stage"]: row for row in pipeline.status()["stages"]}
+    assert requests["detect"]["rate_measured_per_s"] > 0
+    assert pipeline.ledger.completed == completed
+    assert len(pipeline.link_buffers["hub"]) > 100
+    pipeline.set_uplink("hub", True)
+    time.sleep(1.5)
+    summary = pipeline.stop(drain=True)
+    assert not pipeline.link_buffers.get("hub")
+    assert summary.frames.lost == 0 and summary.frames.failed == 0, summary.failures
+    assert summary.frames.completed == summary.frames.sent
+    assert detected  # the status had rows while cut off
+
+
+def test_a_full_uplink_buffer_fails_frames_with_the_reason_and_loses_none(ray_local, digits, digits_zoo) -> None:
+    bundle, plan = digits
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, link_buffer_capacity=50)
+    pipeline.start()
+    time.sleep(0.5)
+    pipeline.set_uplink("hub", False)
+    time.sleep(2.0)
+    pipeline.set_uplink("hub", True)
+    time.sleep(1.0)
+    summary = pipeline.stop(drain=True)
+    assert summary.frames.lost == 0
+    assert summary.frames.failed > 0
+    assert all("uplink of hub is down" in reason or "in flight" in reason for reason in summary.failures)
+
+
+def test_overload_is_shed_at_the_sources_explicitly_and_counted(ray_local, digits, digits_zoo) -> None:
+    bundle, plan = digits
+    flood = bundle.workflow.model_copy(deep=True)
+    for source in flood.spec.sources:
+        source.rate_per_s = 100_000.0  # far beyond what the hub can serve
+    bundle_flood = type(bundle)(flood, bundle.zoo, bundle.topology, bundle.sources)
+    metrics = Metrics()
+    pipeline = Pipeline(bundle_flood, plan, cache_dir=digits_zoo, overload="shed", shed_after_ms=5.0,
+                        metrics=metrics)
+    summary = stream(pipeline, 3.0)
+    frames = summary.frames
+    assert pipeline.shed > 0 and frames.lost == 0
+    shed = sum(n for reason, n in summary.failures.items() if reason.startswith("shed at the source"))
+    assert shed == pipeline.shed == frames.failed  # every failure is a shed frame, with its reason
+    counted = sum(metrics.registry.get_sample_value(
+        "jellybean_frames_shed_total", {"workflow": "digits", "source": "cameras", "site": s, "tier": "device"})
+        for s in ("cam-1", "cam-2"))
+    assert counted == shed
+    assert frames.completed > 1000  # what could be served was served

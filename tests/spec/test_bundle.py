@@ -96,7 +96,7 @@ def test_two_topologies_and_the_workflow_names_none() -> None:
     (issue,) = refused(docs)
     assert issue.message == "expected exactly one Topology document, found 2 (topo, topo-b)"
     assert issue.file == WF_FILE and issue.path == "spec"
-    assert issue.line == line_of(WORKFLOW, "  sources:")
+    assert issue.line == line_of(WORKFLOW, "spec:")
     assert "spec.topology" in issue.hint
     # Naming one resolves it.
     named = edit(WORKFLOW, "spec:\n", "spec:\n  topology: topo-b\n")
@@ -108,7 +108,7 @@ def test_no_zoo_given() -> None:
     docs = documents(("topology.yaml", TOPOLOGY), (WF_FILE, WORKFLOW))
     (issue,) = refused(docs)
     assert issue.message == "expected exactly one ModelZoo document, found 0 (none)"
-    assert issue.file == WF_FILE and issue.line == line_of(WORKFLOW, "  sources:")
+    assert issue.file == WF_FILE and issue.line == line_of(WORKFLOW, "spec:")
     assert "spec.zoo" in issue.hint
 
 

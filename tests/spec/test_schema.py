@@ -50,10 +50,16 @@ def test_all_schemas_has_the_three_kinds() -> None:
         assert schema["title"] == kind
         assert schema["type"] == "object"
         assert {"metadata", "spec"} <= set(schema["required"])
-        assert schema["properties"]["kind"]["const"] == kind
+        kind_schema = schema["properties"]["kind"]
+        assert kind_schema.get("const") == kind or kind_schema["enum"][0] == kind
         assert schema["properties"]["apiVersion"]["const"] == "jellybean.io/v1alpha1"
         jsonschema.Draft202012Validator.check_schema(schema)
         json.dumps(schema)  # serialisable as is
+
+
+def test_a_workflow_may_be_called_inferenceworkflow_as_its_custom_resource_is() -> None:
+    assert document_schema("InferenceWorkflow") == document_schema("Workflow")
+    assert document_schema("Workflow")["properties"]["kind"]["enum"] == ["Workflow", "InferenceWorkflow"]
 
 
 def test_stage_inputs_use_the_yaml_name_from() -> None:
