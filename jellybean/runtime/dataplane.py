@@ -349,6 +349,7 @@ class Pipeline:
         self._summary: RunSummary | None = None
         self._flusher: asyncio.Task | None = None
         self._housekeeper: asyncio.Task | None = None
+        self._sources_stopping = False
         self.telemetry = Telemetry(self, metrics) if metrics is not None else None
         # Resilience (see the module docstring): overload policy, messages held for a re-plan, uplinks.
         self.overload = overload
@@ -528,8 +529,7 @@ class Pipeline:
         if replica.calls:
             await asyncio.gather(*list(replica.calls), return_exceptions=True)
         if replica.task is not None:
-            replica.task.cancel()
-            await asyncio.gather(replica.task, return_exceptions=True)
+            await _cancel_all([replica.task])
         if replica.queue is not None:  # what it held or what arrived meanwhile goes to the new replicas
             left = [(replica.spec.stage, item) for item in replica.in_hand]
             replica.in_hand = []
@@ -694,26 +694,20 @@ class Pipeline:
             self._unpin_driver()
 
     async def _stop_sources(self) -> None:
-        for task in self.source_tasks:
-            task.cancel()
-        await asyncio.gather(*self.source_tasks, return_exceptions=True)
+        self._sources_stopping = True
+        await _cancel_all(self.source_tasks)
         self.stopped_at = time.time()
 
     async def _close(self) -> None:
         for frame_id in list(self.ledger._open):
             self._fail(frame_id, "still in flight when the pipeline stopped (drain timeout)")
         pending = [task for task in (self._flusher, self._housekeeper) if task]
-        for task in pending:
-            task.cancel()
         while self.held:
             _, stage, item = self.held.popleft()
             self._fail(item.payload.get("frame_id"), f"held for stage {stage} when the pipeline stopped")
         for replica in self.replicas.values():
-            for task in [replica.task, *replica.calls]:
-                if task:
-                    task.cancel()
-                    pending.append(task)
-        await asyncio.gather(*pending, return_exceptions=True)
+            pending += [task for task in [replica.task, *replica.calls] if task]
+        await _cancel_all(pending)
 
     # --- sources ----------------------------------------------------------------------------------
     async def _source(self, name: str, site: str, frames: list[dict], offset: int) -> None:
@@ -728,7 +722,9 @@ class Pipeline:
         size_bytes = telemetry.source_bytes.get(name, 0.0) if telemetry is not None else 0.0
         position = offset * 7919 % len(frames)
         shed = self.overload == "shed"
-        while True:
+        # The flag, not only the cancellation, ends the loop: Python 3.11's asyncio.wait_for (the shed
+        # path) can swallow a cancellation that arrives as its inner put completes.
+        while not self._sources_stopping:
             interval = 1.0 / self.source_rates[name]
             now = time.monotonic()
             if next_at > now:
@@ -999,6 +995,19 @@ class Pipeline:
             cpu_pinning=self._pinning_report(),
             plan=plan.model_dump(mode="json", by_alias=True),
         )
+
+
+async def _cancel_all(tasks: list, rounds: int = 5, wait_s: float = 1.0) -> None:
+    """Cancel ``tasks`` and wait for them to end. A task that swallowed its cancellation (Python
+    3.11's asyncio.wait_for can, when the awaited result arrives with the cancel) is cancelled again,
+    a few times, instead of being waited for forever."""
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=wait_s)
 
 
 def _cpu_amount(cpus: float) -> float:
