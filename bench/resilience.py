@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +48,11 @@ def wait_until(condition, timeout_s: float) -> bool:
     return False
 
 
-def start_cluster(cloud_cpus: int, hub_cpus: int):
+@contextmanager
+def drill_cluster(cloud_cpus: int, hub_cpus: int, *, connect: bool = True):
+    """A cluster whose head node is the cloud (and carries the cameras' site resources) and whose
+    second node is the hub; this process joins it unless ``connect`` is False. Yields (cluster, hub
+    node); everything is shut down on the way out."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -54,9 +60,16 @@ def start_cluster(cloud_cpus: int, hub_cpus: int):
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cloud_cpus, "resources": {site_resource(s): SITE_CAPACITY for s in ("cloud", "cam-1", "cam-2")}})
-    hub = cluster.add_node(num_cpus=hub_cpus, resources={site_resource("hub"): SITE_CAPACITY})
-    cluster.wait_for_nodes()
-    return ray, cluster, hub
+    try:
+        hub = cluster.add_node(num_cpus=hub_cpus, resources={site_resource("hub"): SITE_CAPACITY})
+        cluster.wait_for_nodes()
+        if connect:
+            ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, hub
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
 
 
 def frames_of(summary) -> dict:
@@ -70,9 +83,7 @@ def site_failure(cache: Path, quick: bool) -> dict:
     from jellybean.runtime.supervisor import Supervisor
     from jellybean.spec import load_bundle
 
-    ray, cluster, hub = start_cluster(cloud_cpus=2, hub_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    with drill_cluster(cloud_cpus=2, hub_cpus=1) as (cluster, hub):
         bundle = load_bundle(DRILLS)
         plan = make_plan(bundle, baselines=False)
         supervisor = Supervisor(bundle, plan, cache_dir=cache)
@@ -94,9 +105,6 @@ def site_failure(cache: Path, quick: bool) -> dict:
                 "hub_used_again": returned,
                 "events": [{"reason": e.reason, "seconds": round(e.seconds, 3), "ok": e.ok, "detail": e.detail}
                            for e in supervisor.events]}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 class RssSampler:
@@ -139,9 +147,7 @@ def load_spike(cache: Path, quick: bool) -> dict:
     from jellybean.runtime.supervisor import Hysteresis, Supervisor
     from jellybean.spec import load_bundle
 
-    ray, cluster, _hub = start_cluster(cloud_cpus=2, hub_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
+    with drill_cluster(cloud_cpus=2, hub_cpus=1):
         bundle = load_bundle(DRILLS)
         plan = make_plan(bundle, baselines=False)
         metrics = Metrics()
@@ -174,24 +180,21 @@ def load_spike(cache: Path, quick: bool) -> dict:
                 "events": [{"reason": e.reason, "seconds": round(e.seconds, 3), "ok": e.ok, "detail": e.detail}
                            for e in supervisor.events],
                 "other_failures": {k: v for k, v in summary.failures.items() if not k.startswith("shed")}}
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def controller_restart(cache: Path, quick: bool) -> dict:
     from jellybean.runtime.controller import Controller, RayCluster
     from jellybean.runtime.state import StateStore
 
-    ray, cluster, _hub = start_cluster(cloud_cpus=4, hub_cpus=2)
     state = Path(tempfile.mkdtemp(prefix="jellybean-drill-"))
-    files = [(str(p), p.read_text()) for folder in (DIGITS[0],) for p in sorted(folder.glob("*.yaml"))]
-    files += [(str(p), p.read_text()) for p in [DRILLS[0]] + sorted(DRILLS[1].glob("*.yaml"))
-              if p != DRILLS[0]]
-    try:
+
+    def texts(paths: list[Path]) -> list[tuple[str, str]]:
+        return [(str(p), p.read_text()) for p in paths]
+
+    with drill_cluster(cloud_cpus=4, hub_cpus=2, connect=False) as (cluster, _hub), _removed(state):
         first = Controller(StateStore(state), cluster=RayCluster(cluster.address), cache_dir=cache)
-        first.apply([f for f in files if "drills" not in f[0]])
-        first.apply([f for f in files if "drills" in f[0] or f[0].endswith("zoo.yaml")])
+        first.apply(texts(sorted(DIGITS[0].glob("*.yaml"))))
+        first.apply(texts([DRILLS[0], *sorted(DRILLS[1].glob("*.yaml"))]))  # the same zoo, unchanged
         first.start()
         names = sorted(first.store.desired())
         running = wait_until(lambda: all(first.workflow_status(n)["phase"] == "Running" for n in names), 120)
@@ -214,13 +217,14 @@ def controller_restart(cache: Path, quick: bool) -> dict:
                 "replicas_adopted": adopted, "replicas": replicas, "resumed_s": round(resumed_s, 2),
                 "frames_before_restart": before, "frames_after_restart": after,
                 "counters_kept": all(after[n]["sent"] >= before[n]["sent"] for n in before if n in after)}
-    finally:
-        import shutil
 
-        if ray.is_initialized():
-            ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(state, ignore_errors=True)
+
+@contextmanager
+def _removed(folder: Path):
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def markdown(result: dict) -> str:

@@ -456,11 +456,9 @@ class Pipeline:
             return None
 
     def release(self) -> RunSummary:
-        """Stop the flow here but leave detached replicas running for the next controller to adopt.
-        Frames in flight end as failed with that reason (nothing is lost)."""
-        keep = self.detached
-        self.detached_kept = keep
-        return self.stop(drain=True)
+        """Stop the flow here (draining what is in flight) but leave detached replicas running for the
+        next controller to adopt."""
+        return self.stop(drain=True, keep_replicas=self.detached)
 
     def _index(self) -> None:
         self.by_stage = defaultdict(list)
@@ -619,7 +617,7 @@ class Pipeline:
             raise ServingError(f"source {source.name!r} names no `dataset` to replay (e.g. digits-frames)")
         return load_dataset(source.dataset, seed=self.seed)
 
-    def stop(self, *, drain: bool = True) -> RunSummary:
+    def stop(self, *, drain: bool = True, keep_replicas: bool = False) -> RunSummary:
         if self._summary is not None:
             return self._summary
         if self.loop is None:  # never started, or a start that failed: nothing flows, just clean up
@@ -637,7 +635,7 @@ class Pipeline:
         self.loop.call_soon_threadsafe(self.loop.stop)
         if self.thread:
             self.thread.join(timeout=5)
-        if getattr(self, "detached_kept", False):
+        if keep_replicas:
             self._unpin_driver()  # the replicas stay for the next controller
         else:
             self._kill_actors()
