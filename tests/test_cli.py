@@ -48,6 +48,15 @@ def vqa_copy(tmp_path: Path) -> Path:
 # --- validate -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("text", ["", "# only a comment\n"], ids=["empty", "comment"])
+def test_validate_an_empty_file_exits_2(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    assert main(["validate", "-f", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}:1: no documents in {empty}" in err and "Traceback" not in err
+
+
 def test_validate_vqa_medium(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "validate", "-f", VQA)
     assert code == 0

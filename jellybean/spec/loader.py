@@ -2,16 +2,23 @@
 
 Why not ``yaml.safe_load``: it loses line numbers, and it expands aliases without bound (an
 "billion laughs" alias bomb takes memory exponential in the file's size) and recurses without
-bound on deep nesting. Here the text is decoded strictly as UTF-8, its nesting depth is checked on
-the token stream (iteratively) before composing, only the safe YAML tags are resolved, the
-number of values constructed is capped (which defeats alias bombs), duplicate keys are refused, and
-each value's line is recorded so that pydantic's errors can be reported where the user wrote them.
+bound on deep nesting. Here the text is decoded strictly as UTF-8; one pass over libyaml's event
+stream (:func:`_prescan`, iterative, before any node is composed) checks the nesting depth and
+counts the values the text expands to, aliases included (an anchor's size is known when its node
+ends, so an alias costs one addition); only the safe YAML tags are resolved; duplicate keys are
+refused; and each value's line is recorded so that pydantic's errors can be reported where the user
+wrote them.
+
+Budgets hold per *load*, not per file: one :class:`Budget` (values after alias expansion, bytes of
+text) is shared by every file of one call of :func:`load_documents` / :func:`load_texts`, so an API
+request carrying 10,000 files gets the budget of one, and is refused as soon as it is spent.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,11 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 64
-MAX_VALUES = 2_000_000
+#: Values (YAML nodes, mapping keys included, aliases expanded) one load may build: five times a
+#: 10,000-camera city's documents (about 190,000).
+MAX_VALUES = 1_000_000
+#: Bytes of YAML text one load may parse, whatever the number of files.
+MAX_LOAD_BYTES = MAX_FILE_BYTES
 
 KINDS: dict[str, type[BaseModel]] = {"ModelZoo": ModelZoo, "Topology": Topology, "Workflow": Workflow}
 #: Other names of a kind. ``InferenceWorkflow`` is the Workflow's name as a Kubernetes custom resource
@@ -40,13 +51,6 @@ KINDS: dict[str, type[BaseModel]] = {"ModelZoo": ModelZoo, "Topology": Topology,
 KIND_ALIASES: dict[str, str] = {"InferenceWorkflow": "Workflow"}
 YAML_SUFFIXES = (".yaml", ".yml")
 
-_OPENERS = (
-    yaml.BlockMappingStartToken,
-    yaml.BlockSequenceStartToken,
-    yaml.FlowMappingStartToken,
-    yaml.FlowSequenceStartToken,
-)
-_CLOSERS = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
 _PLAIN_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
@@ -94,19 +98,125 @@ def _check_encodable(text: str, file: str) -> None:
                                "save the text as UTF-8")]) from None
 
 
-def _check_depth(text: str, file: str) -> None:
-    depth = 0
+@dataclass
+class Budget:
+    """What one load may spend, shared by all its files: values built (after alias expansion) and
+    bytes of text. ``None`` limits take the module's values at the time of the check."""
+
+    max_values: int | None = None
+    max_bytes: int | None = None
+    values: int = 0
+    bytes: int = 0
+
+    def values_limit(self) -> int:
+        return MAX_VALUES if self.max_values is None else self.max_values
+
+    def bytes_limit(self) -> int:
+        return MAX_LOAD_BYTES if self.max_bytes is None else self.max_bytes
+
+    def spend_text(self, text: str, file: str) -> None:
+        size = len(text)
+        self.bytes += size
+        limit = self.bytes_limit()
+        if self.bytes > limit:
+            raise SpecError([Issue(file, None, "", f"more than {limit} bytes of YAML in one load "
+                                   f"({self.bytes} with this file)", "apply or validate fewer files at once")])
+
+
+class _Frame:
+    """One open collection during :func:`_prescan`."""
+
+    __slots__ = ("mapping", "anchor", "start", "height", "key", "index", "expect_key", "in_value")
+
+    def __init__(self, mapping: bool, anchor: str | None, start: int) -> None:
+        self.mapping = mapping
+        self.anchor = anchor
+        self.start = start  # the budget's count when the collection opened: its size is count - start
+        self.height = 0  # deepest nesting inside, aliases expanded
+        self.key: Any = None  # the current mapping key (for the path in messages)
+        self.index = -1  # the current sequence index
+        self.expect_key = True  # a mapping's next node is a key
+        self.in_value = False  # a mapping's latest node was a value (or is a collection still open)
+
+
+def _frames_path(frames: list[_Frame]) -> tuple:
+    path: list[Any] = []
+    for frame in frames:
+        if frame.mapping:
+            if frame.in_value:
+                path.append(frame.key)
+        elif frame.index >= 0:
+            path.append(frame.index)
+    return tuple(path)
+
+
+def _prescan(text: str, file: str, budget: Budget) -> None:
+    """Depth and size of ``text`` once aliases are expanded, from the event stream alone (no node is
+    built): refuses nesting deeper than ``MAX_DEPTH``, recursive aliases and more values than the
+    budget has left, at the line where the limit is crossed. Linear in the number of events."""
+    limit = budget.values_limit()
+    frames: list[_Frame] = []
+    sizes: dict[str, tuple[int, int]] = {}  # anchor -> (values, height) of its finished node
+
+    def refuse(event: Any, message: str, hint: str, *, located: bool = True) -> SpecError:
+        path = format_path(_frames_path(frames)) if located else ""
+        return SpecError([Issue(file, event.start_mark.line + 1, path, message, hint)])
+
+    def enter(event: Any) -> None:
+        """A node starts at the current position: advance the parent's key/index bookkeeping."""
+        if frames:
+            top = frames[-1]
+            if top.mapping:
+                top.in_value = not top.expect_key
+                top.expect_key = not top.expect_key
+            else:
+                top.index += 1
+
+    def finished(event: Any, height: int) -> None:
+        if frames:
+            frames[-1].height = max(frames[-1].height, height)
+        if len(frames) + height > MAX_DEPTH:
+            raise refuse(event, f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded "
+                         "(a recursive alias?)", "expand anchors by hand")
+
     try:
-        for token in yaml.scan(text, Loader=_LOADER):
-            if isinstance(token, _OPENERS):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    raise SpecError(
-                        [Issue(file, token.start_mark.line + 1, "", f"nesting deeper than {MAX_DEPTH} levels",
-                               "Jellybean documents are shallow; this input is refused as hostile or broken")]
-                    )
-            elif isinstance(token, _CLOSERS):
-                depth -= 1
+        for event in yaml.parse(text, Loader=_LOADER):
+            kind = type(event)
+            if kind is yaml.ScalarEvent:
+                key_position = bool(frames) and frames[-1].mapping and frames[-1].expect_key
+                enter(event)
+                if key_position:  # as the builder will construct it, for the path in messages
+                    plain_int = event.implicit[0] and event.value.isdigit()
+                    frames[-1].key = int(event.value) if plain_int else event.value
+                budget.values += 1
+                if event.anchor is not None:
+                    sizes[event.anchor] = (1, 0)
+            elif kind is yaml.AliasEvent:
+                enter(event)
+                if any(frame.anchor == event.anchor for frame in frames):
+                    raise refuse(event, f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded "
+                                 "(a recursive alias?)", "expand anchors by hand")
+                values, height = sizes.get(event.anchor, (0, 0))  # an undefined alias: the composer says so
+                budget.values += values
+                finished(event, height)
+            elif kind is yaml.SequenceStartEvent or kind is yaml.MappingStartEvent:
+                enter(event)
+                budget.values += 1
+                frames.append(_Frame(kind is yaml.MappingStartEvent, event.anchor, budget.values - 1))
+                if len(frames) > MAX_DEPTH:
+                    raise refuse(event, f"nesting deeper than {MAX_DEPTH} levels",
+                                 "Jellybean documents are shallow; this input is refused as hostile or broken",
+                                 located=False)
+            elif kind is yaml.SequenceEndEvent or kind is yaml.MappingEndEvent:
+                frame = frames.pop()
+                if frame.anchor is not None:
+                    sizes[frame.anchor] = (budget.values - frame.start, frame.height + 1)
+                finished(event, frame.height + 1)
+            elif kind is yaml.DocumentStartEvent:
+                sizes.clear()  # anchors are local to a document
+            if budget.values > limit:
+                raise refuse(event, f"more than {limit} values in one load (an alias bomb?)",
+                             "expand anchors by hand, or split the documents over several applies")
     except yaml.YAMLError as exc:
         raise SpecError([_yaml_issue(exc, file, text)]) from None
 
@@ -135,7 +245,6 @@ class _Builder:
 
     def __init__(self, file: str) -> None:
         self.file = file
-        self.count = 0
         self.constructor = yaml.SafeLoader("")
 
     def build(self, root: yaml.Node, source: SourceMap) -> Any:
@@ -144,14 +253,8 @@ class _Builder:
         stack: list[tuple[yaml.Node, tuple, Any, Any]] = [(root, (), result_holder, 0)]
         while stack:
             node, path, container, key = stack.pop()
-            self.count += 1
-            if self.count > MAX_VALUES:
-                raise SpecError([Issue(self.file, node.start_mark.line + 1, format_path(path),
-                                       f"more than {MAX_VALUES} values (an alias bomb?)",
-                                       "expand anchors by hand or split the document")])
             if len(path) > MAX_DEPTH:
-                # The token stream was shallow, so aliases nest (or refer to themselves): refuse
-                # before the paths (and the memory they take) grow without bound.
+                # The prescan bounds the expanded depth; this guards the builder on its own.
                 raise SpecError([Issue(self.file, node.start_mark.line + 1, "",
                                        f"nesting deeper than {MAX_DEPTH} levels once aliases are expanded "
                                        "(a recursive alias?)", "expand anchors by hand")])
@@ -217,10 +320,13 @@ def _empty_document(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.value == ""
 
 
-def parse_yaml(text: str, file: str) -> list[tuple[Any, SourceMap]]:
-    """Parse a (multi-document) YAML text into values with their source maps."""
+def parse_yaml(text: str, file: str, budget: Budget | None = None) -> list[tuple[Any, SourceMap]]:
+    """Parse a (multi-document) YAML text into values with their source maps, spending ``budget``
+    (a fresh one when None)."""
+    budget = Budget() if budget is None else budget
     _check_encodable(text, file)
-    _check_depth(text, file)
+    budget.spend_text(text, file)
+    _prescan(text, file, budget)
     builder = _Builder(file)
     documents: list[tuple[Any, SourceMap]] = []
     try:
@@ -234,16 +340,42 @@ def parse_yaml(text: str, file: str) -> list[tuple[Any, SourceMap]]:
     return documents
 
 
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _not_regular(mode: int) -> str:
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def read_bounded(path: Path, *, limit: int | None = None, hint: str = "split it into several files") -> bytes:
-    """A file's bytes, refusing more than ``limit`` (default ``MAX_FILE_BYTES``). Bounded even where
-    the size lies: a device or a pipe (``-f /dev/zero``) reports size 0 but may never end."""
+    """A regular file's bytes, refusing more than ``limit`` (default ``MAX_FILE_BYTES``).
+
+    Only regular files are read: a FIFO would block the open (or the read) forever and a device such
+    as ``/dev/zero`` never ends. The file is opened non-blocking and checked with ``fstat`` on the
+    open descriptor, so a path swapped for a FIFO between a check and the open cannot hang us; the
+    read is capped at ``limit + 1`` bytes in case the file grows meanwhile."""
     display = str(path)
     limit = MAX_FILE_BYTES if limit is None else limit
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError([Issue(display, None, "", f"not a regular file: {_not_regular(info.st_mode)}",
+                                   "give a file or a folder of files")])
+        if info.st_size > limit:
+            raise SpecError([Issue(display, None, "", f"file is {info.st_size} bytes, more than {limit}", hint)])
+        with os.fdopen(fd, "rb") as handle:
+            fd = -1
             raw = handle.read(limit + 1)
     except OSError as exc:
         raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(raw) > limit:
         raise SpecError([Issue(display, None, "", f"file is more than {limit} bytes", hint)])
     return raw
@@ -251,13 +383,6 @@ def read_bounded(path: Path, *, limit: int | None = None, hint: str = "split it 
 
 def read_text(path: Path) -> str:
     display = str(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise SpecError([Issue(display, None, "", f"cannot read: {exc.strerror}", "check the path")]) from None
-    if size > MAX_FILE_BYTES:
-        raise SpecError([Issue(display, None, "", f"file is {size} bytes, more than {MAX_FILE_BYTES}",
-                               "split it into several files")])
     raw = read_bounded(path)
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
@@ -367,54 +492,82 @@ def parse_document(value: Any, source: SourceMap, index: int) -> LoadedDocument:
     return LoadedDocument(model, source, index)
 
 
+def _expand(raw: str | os.PathLike) -> list[Path]:
+    path = Path(raw)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+        if not found:
+            raise SpecError([Issue(str(path), None, "", "folder holds no .yaml or .yml files",
+                                   "point -f at the documents' folder or files")])
+        return found
+    if path.exists():
+        return [path]
+    raise SpecError([Issue(str(path), None, "", "no such file or folder", "check the path")])
+
+
 def expand_paths(paths: list[str | os.PathLike]) -> list[Path]:
     """Files named directly, plus every ``*.yaml``/``*.yml`` file inside named folders (sorted)."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
-            if not found:
-                raise SpecError([Issue(str(path), None, "", "folder holds no .yaml or .yml files",
-                                       "point -f at the documents' folder or files")])
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise SpecError([Issue(str(path), None, "", "no such file or folder", "check the path")])
-    return files
+    return [file for raw in paths for file in _expand(raw)]
 
 
-def load_documents(paths: list[str | os.PathLike]) -> list[LoadedDocument]:
-    """Load and validate every document in the given files and folders; report all errors at once."""
-    texts: list[tuple[str, str]] = []
+def _no_documents(name: str) -> Issue:
+    return Issue(name, 1, "", f"no documents in {name}",
+                 "add ModelZoo, Topology and Workflow documents (an empty input is refused, as `kubectl apply` does)")
+
+
+def load_documents(paths: list[str | os.PathLike], *, budget: Budget | None = None) -> list[LoadedDocument]:
+    """Load and validate every document in the given files and folders; report all errors at once.
+    One budget covers all of them. A file named directly, or a folder, holding no document at all is
+    an error ("no documents in FILE")."""
+    budget = Budget() if budget is None else budget
+    documents: list[LoadedDocument] = []
     issues: list[Issue] = []
-    for path in expand_paths(paths):
+    for raw in paths:
+        texts: list[tuple[str, str]] = []
         try:
-            texts.append((read_text(path), str(path)))
+            for path in _expand(raw):
+                texts.append((read_text(path), str(path)))
         except SpecError as exc:
             issues.extend(exc.issues)
-    return _parse_all(texts, issues)
+            continue
+        found, problems = _parse_all(texts, budget)
+        issues.extend(problems)
+        if not found and not problems:
+            issues.append(_no_documents(str(raw)))
+        documents.extend(found)
+    if issues:
+        raise SpecError(issues)
+    return documents
 
 
-def load_text(text: str, file: str = "<input>") -> list[LoadedDocument]:
-    """Like :func:`load_documents` for an in-memory text (used by the API and tests)."""
-    return _parse_all([(text, file)], [])
+def load_text(text: str, file: str = "<input>", *, budget: Budget | None = None) -> list[LoadedDocument]:
+    """Like :func:`load_documents` for an in-memory text (used by tests and generators). An empty text
+    gives no documents (not an error: callers decide)."""
+    return load_texts([(file, text)], budget=budget)
 
 
-def _parse_all(texts: list[tuple[str, str]], issues: list[Issue]) -> list[LoadedDocument]:
+def load_texts(files: list[tuple[str, str]], *, budget: Budget | None = None) -> list[LoadedDocument]:
+    """Every document of several in-memory ``(name, text)`` files under one budget (an API request)."""
+    documents, issues = _parse_all([(text, name) for name, text in files], Budget() if budget is None else budget)
+    if issues:
+        raise SpecError(issues)
+    return documents
+
+
+def _parse_all(texts: list[tuple[str, str]], budget: Budget) -> tuple[list[LoadedDocument], list[Issue]]:
     documents: list[LoadedDocument] = []
+    issues: list[Issue] = []
     for text, file in texts:
         try:
-            values = parse_yaml(text, file)
+            values = parse_yaml(text, file, budget)
         except SpecError as exc:
             issues.extend(exc.issues)
+            if budget.values > budget.values_limit() or budget.bytes > budget.bytes_limit():
+                break  # the load's budget is spent: the rest is not looked at
             continue
         for index, (value, source) in enumerate(values):
             try:
                 documents.append(parse_document(value, source, index))
             except SpecError as exc:
                 issues.extend(exc.issues)
-    if issues:
-        raise SpecError(issues)
-    return documents
+    return documents, issues

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +74,41 @@ def test_alias_bomb_is_refused() -> None:
     assert issues[0].line is not None and 1 <= issues[0].line <= 9
 
 
+def test_the_value_budget_holds_per_load_not_per_file() -> None:
+    """Ten bombs that are each well under the budget spend it together: the load stops at the file
+    where it runs out and looks at no file after it."""
+    small = billion_laughs(levels=5, width=10)
+    one = loader.Budget()
+    loader.parse_yaml(small, "one.yaml", one)
+    assert 100_000 < one.values < loader.MAX_VALUES // 5
+    files = [(f"bomb-{i}.yaml", small) for i in range(10)]
+    budget = loader.Budget()
+    with pytest.raises(SpecError) as info:
+        loader.load_texts(files, budget=budget)
+    last = loader.MAX_VALUES // one.values  # the file that spends the budget; none after it is read
+    assert {i.file for i in info.value.issues} == {f"bomb-{k}.yaml" for k in range(last + 1)}
+    (issue,) = [i for i in info.value.issues if i.file == f"bomb-{last}.yaml"]
+    assert "values in one load (an alias bomb?)" in issue.message and issue.path.startswith("a")
+    assert loader.MAX_VALUES < budget.values <= loader.MAX_VALUES + one.values
+
+
+def test_the_byte_budget_holds_per_load() -> None:
+    budget = loader.Budget(max_bytes=len(ZOO) * 2)
+    with pytest.raises(SpecError) as info:
+        loader.load_texts([("a.yaml", ZOO), ("b.yaml", ZOO), ("c.yaml", ZOO)], budget=budget)
+    (issue,) = info.value.issues
+    assert issue.file == "c.yaml" and f"more than {len(ZOO) * 2} bytes of YAML in one load" in issue.message
+
+
+def test_the_budget_is_counted_before_anything_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bomb is refused from the event stream alone: no node is composed, no value built."""
+    def composed(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("composed before the budget was checked")
+    monkeypatch.setattr(loader.yaml, "compose_all", composed)
+    (issue,) = refused(billion_laughs())
+    assert "alias bomb" in issue.message
+
+
 def test_a_few_aliases_are_fine() -> None:
     text = edit(WORKFLOW, "    sites: [edge]\n", "    sites: &where [edge]\n  - name: cam2\n    rate_per_s: 1\n"
                 "    payload_kb: 1\n    sites: *where\n")
@@ -106,7 +143,7 @@ def test_alias_nesting_past_the_depth_limit_is_refused() -> None:
 
 @pytest.mark.parametrize("style", ["flow", "flow-unclosed", "block-mapping", "block-sequence"])
 def test_deep_nesting_is_refused(style: str) -> None:
-    depth = 10_000
+    depth = 10_000 if style.startswith("flow") else 2_000  # block styles: 4 MB of indentation, under the byte budget
     if style == "flow":
         text = "[" * depth + "]" * depth + "\n"
     elif style == "flow-unclosed":
@@ -140,11 +177,10 @@ def test_file_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert issue.line is None and issue.hint
 
 
-def test_endless_device_is_read_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endless_device_is_refused() -> None:
     # Jellybean runs on Linux, where /dev/zero always exists: an endless file that reports size 0.
-    monkeypatch.setattr(loader, "MAX_FILE_BYTES", 1000)
     (issue,) = refused_file(Path("/dev/zero"))
-    assert "more than 1000 bytes" in issue.message
+    assert issue.message == "not a regular file: a character device" and issue.hint
 
 
 # --- tags: nothing but plain values ---------------------------------------------------------
@@ -350,10 +386,34 @@ def test_folder_without_yaml_files(tmp_path: Path) -> None:
     assert "no .yaml or .yml files" in issue.message
 
 
-def test_empty_file_holds_no_documents(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["", "# nothing here\n", "---\n---\n"], ids=["empty", "comment", "separators"])
+def test_a_file_without_documents_is_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "empty.yaml"
-    path.write_text("# nothing here\n")
-    assert load_documents([path]) == []
+    path.write_text(text)
+    (issue,) = refused_file(path)
+    assert issue.message == f"no documents in {path}" and issue.hint
+
+
+def test_a_folder_without_documents_is_refused_but_an_empty_file_among_others_is_not(tmp_path: Path) -> None:
+    (tmp_path / "empty.yaml").write_text("")
+    (issue,) = refused_file(tmp_path)
+    assert issue.message == f"no documents in {tmp_path}"
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    assert [d.model.kind for d in load_documents([tmp_path])] == ["ModelZoo"]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: `-f fifo` must be refused, not hang
+    (a subprocess with a deadline, so a regression fails instead of hanging the suite)."""
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    done = subprocess.run([sys.executable, "-m", "jellybean", "validate", "-f", str(fifo)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"{fifo}: not a regular file: a FIFO (named pipe)" in done.stderr and "Traceback" not in done.stderr
+    # In a folder, a FIFO is not a file to read: skipped like any other non-file.
+    (tmp_path / "zoo.yaml").write_text(ZOO)
+    assert [d.model.kind for d in load_documents([tmp_path])] == ["ModelZoo"]
 
 
 def test_folder_is_searched_recursively_and_sorted(tmp_path: Path) -> None:
