@@ -43,6 +43,7 @@ message sizes that depend on the consumer's variant) become warnings.
 from __future__ import annotations
 
 import csv
+from array import array
 import io
 import json
 import math
@@ -68,6 +69,8 @@ COMM_COST_SCALING_FACTOR = 0.1
 MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Largest accuracy profile accepted, counted as a tree (shared references count each time).
 MAX_PROFILE_VALUES = 2_000_000
+#: Deepest nesting of an accuracy profile (JellyBean's are about 6 levels deep).
+MAX_PROFILE_DEPTH = 64
 
 TIER_NAMES: dict[int, tuple[Tier, ...]] = {
     2: (Tier.edge, Tier.cloud),
@@ -262,34 +265,55 @@ _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
 
 def _check_plain(value: Any, file: str) -> None:
-    """Plain JSON-like data only, at most MAX_PROFILE_VALUES values counted as a tree.
+    """Plain JSON-like data only, at most ``MAX_PROFILE_VALUES`` values counted as a tree and at most
+    ``MAX_PROFILE_DEPTH`` levels deep.
 
-    Counting every visit (not distinct objects) bounds the work of everything that later walks the
-    structure, even when a pickle shares one list many times or contains a cycle.
+    Linear in the values visited: each visit costs O(1) (the path of a value is kept as a link to
+    its parent's entry and spelt out only for the message), so a list nested 200,000 deep is refused
+    at level ``MAX_PROFILE_DEPTH`` and a cycle (a list holding itself: a 9-byte pickle) at the same
+    depth. Counting every visit (not distinct objects) bounds the work of everything that later walks
+    the structure, even when a pickle shares one list many times.
     """
-    count = 0
-    stack: list[tuple[Any, tuple]] = [(value, ())]
+    # visit -> its parent visit and its key or index there: paths are spelt out only for a message.
+    parents = array("q", [-1])
+    keys: list[Any] = [None]
+
+    def path_of(visit: int) -> str:
+        parts: list[Any] = []
+        while visit > 0:
+            parts.append(keys[visit])
+            visit = parents[visit]
+        text = format_path(tuple(reversed(parts)))
+        return text if len(text) <= 120 else text[:100] + "..."
+
+    stack: list[tuple[Any, int, int]] = [(value, 0, 0)]  # (item, its visit, its depth)
     while stack:
-        item, path = stack.pop()
-        count += 1
-        if count > MAX_PROFILE_VALUES:
-            raise SpecError([Issue(file, None, format_path(path),
-                                   f"more than {MAX_PROFILE_VALUES} values (shared references or a cycle?)",
-                                   "refused as hostile or broken")])
+        item, visit, depth = stack.pop()
+        if depth > MAX_PROFILE_DEPTH:
+            raise SpecError([Issue(file, None, path_of(visit), f"nested deeper than {MAX_PROFILE_DEPTH} levels "
+                                   "(a cycle?)", "refused as hostile or broken")])
         if isinstance(item, dict):
-            for key, sub in item.items():
+            children: Iterable[tuple[Any, Any]] = item.items()
+            for key, _ in item.items():
                 if not isinstance(key, str):
-                    raise SpecError([Issue(file, None, format_path(path),
-                                           f"mapping key {key!r} of type {type(key).__name__} is not a string",
+                    raise SpecError([Issue(file, None, path_of(visit),
+                                           f"mapping key {key!r:.80} of type {type(key).__name__} is not a string",
                                            "use string keys")])
-                stack.append((sub, path + (key,)))
         elif isinstance(item, (list, tuple)):
-            for index, sub in enumerate(item):
-                stack.append((sub, path + (index,)))
-        elif not isinstance(item, _PLAIN_SCALARS):
-            raise SpecError([Issue(file, None, format_path(path),
-                                   f"unsupported value of type {type(item).__name__}",
+            children = enumerate(item)
+        elif isinstance(item, _PLAIN_SCALARS):
+            continue
+        else:
+            raise SpecError([Issue(file, None, path_of(visit), f"unsupported value of type {type(item).__name__}",
                                    "only dicts, lists, tuples, strings, numbers and None are accepted")])
+        for key, sub in children:
+            if len(keys) >= MAX_PROFILE_VALUES:
+                raise SpecError([Issue(file, None, path_of(visit),
+                                       f"more than {MAX_PROFILE_VALUES} values (shared references?)",
+                                       "refused as hostile or broken")])
+            parents.append(visit)
+            keys.append(key)
+            stack.append((sub, len(keys) - 1, depth + 1))
 
 
 def load_accuracy_profiles(folder: Path) -> tuple[Any, Path]:

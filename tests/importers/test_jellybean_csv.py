@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -240,20 +242,57 @@ def test_pickled_class_instances_are_refused(tmp_path: Path) -> None:
 
 def test_pickle_size_and_shape_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "p.pkl"
-    cycle: list = []
-    cycle.append(cycle)
-    path.write_bytes(pickle.dumps(cycle))
-    monkeypatch.setattr(jellybean_csv, "MAX_PROFILE_VALUES", 1000)
-    with pytest.raises(SpecError, match="more than 1000 values"):
-        safe_unpickle(path)
     path.write_bytes(pickle.dumps(list(range(100))))
+    monkeypatch.setattr(jellybean_csv, "MAX_PROFILE_VALUES", 50)
+    with pytest.raises(SpecError, match="more than 50 values"):
+        safe_unpickle(path)
     monkeypatch.setattr(jellybean_csv, "MAX_FILE_BYTES", 64)
-    with pytest.raises(SpecError, match="more than 64 bytes"):
+    with pytest.raises(SpecError, match="bytes, more than 64"):
         safe_unpickle(path)
     path.write_bytes(b"\x80\x04garbage")
     monkeypatch.setattr(jellybean_csv, "MAX_FILE_BYTES", 1024)
     with pytest.raises(SpecError, match="invalid pickle"):
         safe_unpickle(path)
+
+
+#: A list holding itself, in protocol 0: MARK, LIST, PUT 0, GET 0, APPEND, STOP.
+CYCLIC_PICKLE = b"(lp0\ng0\na."
+#: A list nested 200,000 deep (EMPTY_LIST x N, APPEND x N-1): a 400 kB file.
+DEEP_PICKLE = b"]" * 200_000 + b"a" * 199_999 + b"."
+
+
+def _shared_pickle(levels: int) -> bytes:
+    """A list of two references to one list of two references ... : 2**levels leaves in a few bytes."""
+    data: list = [1]
+    for _ in range(levels):
+        data = [data, data]
+    return pickle.dumps(data, protocol=4)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (CYCLIC_PICKLE, f"nested deeper than {jellybean_csv.MAX_PROFILE_DEPTH} levels (a cycle?)"),
+    (DEEP_PICKLE, f"nested deeper than {jellybean_csv.MAX_PROFILE_DEPTH} levels"),
+    (_shared_pickle(40), f"more than {jellybean_csv.MAX_PROFILE_VALUES} values (shared references?)"),
+], ids=["cycle", "deep", "shared"])
+def test_hostile_shapes_are_refused_with_the_real_limits(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "p.pkl"
+    path.write_bytes(raw)
+    assert pickle.loads(raw) is not None  # each is a valid pickle of plain lists
+    with pytest.raises(SpecError) as info:
+        safe_unpickle(path)
+    (issue,) = info.value.issues
+    assert message in issue.message and issue.file == str(path)
+
+
+def test_a_cyclic_pickle_does_not_hang_the_importer(folder: Path) -> None:
+    """`jellybean import jellybean` on a folder whose profile is the 10-byte cycle exits 2 at once
+    (a subprocess with a deadline: the old check copied the path at every step and ran for an hour)."""
+    (folder / "accuracy_profiles.json").unlink()
+    (folder / "nodes_accuracy_profiles.pkl").write_bytes(CYCLIC_PICKLE)
+    done = subprocess.run([sys.executable, "-m", "jellybean", "import", "jellybean", str(folder), "--out",
+                           str(folder / "out")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "nested deeper than" in done.stderr and "Traceback" not in done.stderr
 
 
 # --- errors and warnings --------------------------------------------------------------------
