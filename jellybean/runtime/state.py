@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -74,6 +75,11 @@ CREATE INDEX IF NOT EXISTS events_by_workflow ON events (workflow, id);
 
 class StateError(Exception):
     """The state directory or database cannot be used (said in words; no traceback for users)."""
+
+
+class DamagedRecord(Exception):
+    """A stored row that no longer reads (bad JSON, or a document the current models refuse): said in
+    words; the other rows read as usual."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -164,6 +170,19 @@ class Revision:
 
         return Plan.model_validate(self.plan)
 
+    def validate(self) -> None:
+        """Raise when the stored documents or plan no longer read with the current models."""
+        self.bundle()
+        self.plan_model()
+
+
+def _detail(text: str) -> dict:
+    try:
+        detail = json.loads(text)
+    except ValueError:
+        return {"damaged": "the stored details are not valid JSON"}
+    return detail if isinstance(detail, dict) else {"value": detail}
+
 
 @dataclass(frozen=True)
 class Event:
@@ -216,21 +235,43 @@ def default_state_dir() -> Path:
 
 
 def ensure_state_dir(path: Path) -> Path:
-    """Create the state directory (0700: it holds the API token) if missing."""
+    """The state directory, created 0700 (it holds the API token and every submitted document).
+
+    An existing one is used only when it is a real directory (not a symlink), owned by this user and
+    writable by nobody else: anyone who can write there could swap ``state.db`` or plant the token
+    file the CLI reads. Such a directory is refused, with the command that fixes it."""
     path = Path(path).expanduser()
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        info = os.lstat(path)
     except OSError as exc:
         raise StateError(f"cannot create the state directory {path}: {exc.strerror}") from None
-    if not path.is_dir():
+    if stat.S_ISLNK(info.st_mode):
+        raise StateError(f"the state directory {path} is a symbolic link: give the real directory as --state-dir")
+    if not stat.S_ISDIR(info.st_mode):
         raise StateError(f"the state directory {path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise StateError(f"the state directory {path} belongs to another user (uid {info.st_uid}): use a directory "
+                         "of your own as --state-dir")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateError(f"the state directory {path} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+                         f"`chmod 700 {path}`, or use another --state-dir")
     return path
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only (0600), atomically (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``text`` to ``path`` readable by the owner only (0600), atomically: a temporary file at
+    an unpredictable name, opened exclusively and without following symlinks (``O_EXCL |
+    O_NOFOLLOW``: a link planted there is never written through), then renamed over ``path`` (a
+    rename replaces a symlink at ``path`` itself, never its target)."""
+    import secrets
+
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -242,8 +283,8 @@ def write_private(path: Path, text: str) -> None:
     finally:
         if fd >= 0:
             os.close(fd)
-        if tmp.exists():
-            tmp.unlink()
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def new_token() -> str:
@@ -299,8 +340,17 @@ class StateStore:
         self.path = self.state_dir / DB_NAME
         self._lock = threading.RLock()
         try:
-            if not self.path.exists():
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            # Created 0600 here, never through a symlink; an existing one must be our regular file.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise StateError(f"cannot open the state database {self.path}: {exc.strerror} (a symbolic link is "
+                             "refused; the database must be a regular file)") from None
+        info = os.lstat(self.path)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise StateError(f"the state database {self.path} is not a regular file of this user's")
+        if info.st_mode & 0o077:
+            os.chmod(self.path, 0o600)
+        try:
             self._conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -314,8 +364,68 @@ class StateStore:
                 elif int(row[0]) > SCHEMA_VERSION:
                     raise StateError(f"{self.path} was written by a newer jellybean (schema {row[0]}, this one "
                                      f"reads {SCHEMA_VERSION}); upgrade, or use another --state-dir")
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open the state database {self.path}: {exc}") from None
+            verdict = [r[0] for r in self._conn.execute("PRAGMA integrity_check(5)").fetchall()]
+        except sqlite3.DatabaseError as exc:
+            raise StateError(self._damaged_file(str(exc))) from None
+        if verdict != ["ok"]:
+            raise StateError(self._damaged_file("; ".join(verdict)))
+        #: Rows that do not read: ("document", kind, name) or ("revision", workflow) -> why. Filled by
+        #: :meth:`check` at start and by any read that meets one; cleared when the row is written anew.
+        self.damaged: dict[tuple, str] = {}
+        self.problems = self.check()
+
+    def _damaged_file(self, why: str) -> str:
+        return (f"the state database {self.path} is damaged ({why[:300]}): move it aside (`mv {self.path} "
+                f"{self.path}.damaged`) and start again, then apply your documents; `sqlite3 {self.path} .recover` "
+                "may save its rows")
+
+    def check(self) -> list[str]:
+        """Every stored document and every workflow's current revision re-read and re-validated with
+        the current models; one line per damaged row (the rows stay: re-applying replaces them)."""
+        from pydantic import ValidationError
+
+        def why(exc: Exception) -> str:
+            if isinstance(exc, ValidationError):
+                error = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in error["loc"])
+                return f"{where}: {error['msg']}" if where else str(error["msg"])
+            return f"{type(exc).__name__}: {exc}"[:200]
+
+        for kind, name, body in self._all("SELECT kind, name, body FROM documents ORDER BY kind, name"):
+            try:
+                model_of(kind, json.loads(body))
+            except (ValueError, KeyError, TypeError) as exc:
+                self.damaged[("document", kind, name)] = why(exc)
+        for name, generation, documents, plan in self._all(
+                "SELECT r.workflow, r.generation, r.documents, r.plan FROM revisions r JOIN workflows w "
+                "ON w.name = r.workflow AND w.generation = r.generation ORDER BY r.workflow"):
+            try:
+                Revision(name, generation, "", json.loads(documents), json.loads(plan), 0.0).validate()
+            except (ValueError, KeyError, TypeError) as exc:
+                self.damaged[("revision", name)] = f"generation {generation}: {why(exc)}"
+        for (name,) in self._all("SELECT name FROM workflows w WHERE NOT EXISTS (SELECT 1 FROM revisions r "
+                                 "WHERE r.workflow = w.name AND r.generation = w.generation)"):
+            self.damaged[("revision", name)] = "its current revision is missing"
+        (bad_events,) = self._all("SELECT COUNT(*) FROM events WHERE json_valid(detail) = 0")[0]
+        lines = [f"{'revision of workflow' if key[0] == 'revision' else key[1]} {key[-1]}: {reason}"
+                 for key, reason in sorted(self.damaged.items())]
+        if bad_events:
+            lines.append(f"{bad_events} event{'s' if bad_events != 1 else ''} with unreadable details")
+        return lines
+
+    def damage_summary(self) -> str | None:
+        """What is damaged, in one line (None when nothing is)."""
+        if not self.problems:
+            return None
+        unserved = sorted(key[1] for key in self.damaged if key[0] == "revision")
+        tail = (f"; not served until applied again: {', '.join(unserved)}" if unserved else
+                "; apply those documents again")
+        return f"{self.path}: {len(self.problems)} damaged record{'s' if len(self.problems) != 1 else ''}: " + \
+            "; ".join(self.problems) + tail
+
+    def workflow_damage(self, name: str) -> str | None:
+        """Why ``name``'s current revision cannot be read, or None."""
+        return self.damaged.get(("revision", name))
 
     def close(self) -> None:
         with self._lock:
@@ -326,16 +436,31 @@ class StateStore:
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()
 
+    def _document(self, row: tuple) -> StoredDocument | None:
+        kind, name, digest, body, file, line, updated_at = row
+        if ("document", kind, name) in self.damaged:
+            return None
+        try:
+            return StoredDocument(kind, name, digest, json.loads(body), file, line, updated_at)
+        except ValueError as exc:
+            self.damaged[("document", kind, name)] = f"ValueError: {exc}"
+            return None
+
     def documents(self, kind: str | None = None) -> list[StoredDocument]:
+        """The stored documents that read (a damaged one is left out: see :attr:`damaged`)."""
         sql = "SELECT kind, name, digest, body, file, line, updated_at FROM documents"
         rows = self._all(sql + (" WHERE kind=? ORDER BY name" if kind else " ORDER BY kind, name"),
                          (kind,) if kind else ())
-        return [StoredDocument(k, n, d, json.loads(b), f, line, u) for k, n, d, b, f, line, u in rows]
+        return [doc for doc in map(self._document, rows) if doc is not None]
 
     def document(self, kind: str, name: str) -> StoredDocument | None:
         rows = self._all("SELECT kind, name, digest, body, file, line, updated_at FROM documents "
                          "WHERE kind=? AND name=?", (kind, name))
-        return StoredDocument(*rows[0][:3], json.loads(rows[0][3]), *rows[0][4:]) if rows else None
+        return self._document(rows[0]) if rows else None
+
+    def document_damage(self, kind: str, name: str) -> str | None:
+        """Why the stored document (kind, name) cannot be read, or None."""
+        return self.damaged.get(("document", kind, name))
 
     def workflows(self) -> list[WorkflowRecord]:
         rows = self._all("SELECT name, generation, digest, zoo, topology, created_at, updated_at FROM workflows "
@@ -348,8 +473,10 @@ class StateStore:
         return WorkflowRecord(*rows[0]) if rows else None
 
     def desired(self) -> dict[str, str]:
-        """The desired state: live workflow -> digest of its current revision."""
-        return {name: digest for name, digest in self._all("SELECT name, digest FROM workflows")}
+        """The desired state: live workflow -> digest of its current revision (one whose revision is
+        damaged is left out: nothing can be served from it)."""
+        return {name: digest for name, digest in self._all("SELECT name, digest FROM workflows")
+                if ("revision", name) not in self.damaged}
 
     def revision(self, workflow: str, generation: int | None = None) -> Revision | None:
         if generation is None:
@@ -362,7 +489,17 @@ class StateStore:
         if not rows:
             return None
         w, g, d, docs, plan, at = rows[0]
-        return Revision(w, g, d, json.loads(docs), json.loads(plan), at)
+        current = generation is None
+        if current and ("revision", w) in self.damaged:
+            raise DamagedRecord(f"the stored revision of workflow {w} is damaged ({self.damaged[('revision', w)]}): "
+                                "apply its documents again")
+        try:
+            return Revision(w, g, d, json.loads(docs), json.loads(plan), at)
+        except ValueError as exc:
+            if current:
+                self.damaged[("revision", w)] = f"generation {g}: ValueError: {exc}"
+            raise DamagedRecord(f"the stored revision {g} of workflow {w} is damaged (ValueError: {exc}): "
+                                "apply its documents again") from None
 
     def revisions(self, workflow: str) -> list[dict]:
         """Every revision of a workflow, oldest first, without the documents (digest, cost, time)."""
@@ -370,7 +507,10 @@ class StateStore:
                          "ORDER BY generation", (workflow,))
         out = []
         for generation, digest, plan, at in rows:
-            plan_data = json.loads(plan)
+            try:
+                plan_data = json.loads(plan)
+            except ValueError:
+                plan_data = {}
             cost = (plan_data.get("cost") or {}).get("total_per_hour")
             out.append({"generation": generation, "digest": digest, "created_at": at, "cost_per_hour": cost,
                         "models": plan_data.get("models", {})})
@@ -383,14 +523,16 @@ class StateStore:
         else:
             rows = self._all("SELECT id, at, workflow, event, detail FROM events WHERE workflow=? "
                              "ORDER BY id DESC LIMIT ?", (workflow, limit))
-        return [Event(i, at, w, e, json.loads(d)) for i, at, w, e, d in reversed(rows)]
+        return [Event(i, at, w, e, _detail(d)) for i, at, w, e, d in reversed(rows)]
 
     def submissions(self) -> list[dict]:
         rows = self._all("SELECT id, at, files FROM submissions ORDER BY id")
         return [{"id": i, "at": at, "files": json.loads(files)} for i, at, files in rows]
 
     def topologies(self) -> list[Any]:
-        return [doc.model() for doc in self.documents("Topology")]
+        """The stored Topologies that validate (a damaged one is left out: see :attr:`damaged`)."""
+        return [doc.model() for doc in self.documents("Topology")
+                if ("document", "Topology", doc.name) not in self.damaged]
 
     # --- writing -----------------------------------------------------------------------------
     def commit_apply(self, files: list[tuple[str, str]], documents: list[NewDocument],
@@ -425,6 +567,10 @@ class StateStore:
                     "digest=excluded.digest, zoo=excluded.zoo, topology=excluded.topology, "
                     "updated_at=excluded.updated_at",
                     (rev.workflow, generation, rev.digest, rev.zoo, rev.topology, now, now))
+            for doc in documents:
+                self.damaged.pop(("document", doc.kind, doc.name), None)
+            for rev in revisions:
+                self.damaged.pop(("revision", rev.workflow), None)
             for event in events:
                 detail = dict(event.detail)
                 if event.workflow in generations:
@@ -439,6 +585,7 @@ class StateStore:
             cur = self._conn.execute("DELETE FROM workflows WHERE name=?", (name,))
             if cur.rowcount == 0:
                 return False
+            self.damaged.pop(("revision", name), None)
             self._conn.execute("DELETE FROM documents WHERE kind='Workflow' AND name=?", (name,))
             self._insert_event(time.time(), name, "deleted", {})
         return True

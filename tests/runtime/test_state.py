@@ -4,6 +4,7 @@ on delete, private files."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 
 from jellybean.optimizer import plan as make_plan
 from jellybean.runtime.state import (
-    NewDocument, NewEvent, NewRevision, StateError, StateStore, bundle_bodies, bundle_digest, default_state_dir,
+    DamagedRecord, NewDocument, NewEvent, NewRevision, StateError, StateStore, bundle_bodies, bundle_digest, default_state_dir,
     digest_of, document_body, read_controller_info, read_token, remove_controller_info, write_controller_info,
     write_token,
 )
@@ -138,3 +139,115 @@ def test_events_are_json(tmp_path: Path) -> None:
     [event] = store.events()
     assert event.workflow is None and event.detail == {"sites": ["a"], "at": "/x"}
     assert json.loads(json.dumps(event.as_dict()))["event"] == "ray-started"
+
+
+# --- a hardened state directory --------------------------------------------------------------
+
+
+def test_an_existing_directory_writable_by_others_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o777)
+    with pytest.raises(StateError, match=r"writable by others \(mode 0777\): `chmod 700 "):
+        StateStore(state)
+    state.chmod(0o1777)  # sticky, as /tmp: still others can plant files
+    with pytest.raises(StateError, match="writable by others"):
+        StateStore(state)
+    state.chmod(0o755)  # readable is fine: the private files in it are 0600
+    StateStore(state).close()
+
+
+def test_a_directory_of_another_user_or_a_symlink_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)  # the tests run as root (CI does): give it to `nobody`
+    with pytest.raises(StateError, match="belongs to another user"):
+        StateStore(theirs)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real").mkdir(mode=0o700)
+    with pytest.raises(StateError, match="is a symbolic link"):
+        StateStore(tmp_path / "link")
+
+
+def test_private_files_are_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    StateStore(state).close()
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    # The old writer used `.token.<pid>.tmp`: plant links at every name it could have chosen nearby,
+    # and at the target itself.
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        (state / f".token.{pid}.tmp").symlink_to(victim)
+    (state / "token").symlink_to(victim)
+    write_token(state, "s3cret")
+    assert victim.read_text() == "untouched"
+    assert not (state / "token").is_symlink() and read_token(state) == "s3cret" and mode(state / "token") == 0o600
+    leftovers = sorted(p.name for p in state.iterdir() if p.name.startswith(".token."))
+    assert len(leftovers) == 5  # only the planted links: the writer's temp file is gone
+
+
+def test_a_state_database_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    (tmp_path / "elsewhere.db").write_bytes(b"")
+    (state / "state.db").symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(StateError, match="symbolic link is refused"):
+        StateStore(state)
+
+
+# --- a damaged store is found at start --------------------------------------------------------
+
+
+def _stored(tmp_path: Path, vqa) -> Path:  # noqa: ANN001
+    bundle, plan = vqa
+    state = tmp_path / "state"
+    store = StateStore(state)
+    bodies = bundle_bodies(bundle)
+    digest = bundle_digest(bodies)
+    docs = [NewDocument(kind, bodies[kind]["metadata"]["name"], digest_of(bodies[kind]), bodies[kind], "f.yaml", 1)
+            for kind in bodies]
+    plan_data = plan.model_dump(mode="json", by_alias=True)
+    store.commit_apply([("f.yaml", "")], docs, [NewRevision(name, digest, bodies, plan_data, "vqa-medium", "vqa-medium")
+                                               for name in ("one", "two")], [NewEvent("one", "applied")])
+    store.close()
+    return state
+
+
+def test_a_corrupted_page_is_refused_at_start_in_one_line(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+    state = _stored(tmp_path, vqa)
+    with sqlite3.connect(state / "state.db") as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    assert pages > 3
+    with open(state / "state.db", "r+b") as handle:  # garbage over every page but the first
+        for index in range(1, pages):
+            handle.seek(index * page)
+            handle.write(bytes([0x5A]) * page)
+    with pytest.raises(StateError) as info:
+        StateStore(state)
+    message = str(info.value)
+    assert "state.db is damaged (" in message and "move it aside" in message and "\n" not in message
+
+
+def test_one_bad_row_is_named_and_the_others_still_read(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+    state = _stored(tmp_path, vqa)
+    with sqlite3.connect(state / "state.db") as conn:
+        conn.execute("UPDATE revisions SET plan='{not json' WHERE workflow='one'")
+        body = json.loads(conn.execute("SELECT body FROM documents WHERE kind='Topology'").fetchone()[0])
+        body["spec"]["sites"][0]["tier"] = "orbit"  # valid JSON, refused by the model
+        conn.execute("UPDATE documents SET body=? WHERE kind='Topology'", (json.dumps(body),))
+        conn.execute("UPDATE events SET detail='{' WHERE workflow='one'")
+    store = StateStore(state)
+    assert len(store.problems) == 3
+    summary = store.damage_summary()
+    assert "\n" not in summary and "revision of workflow one: generation 1: JSONDecodeError" in summary
+    assert "Topology vqa-medium: spec.sites.0" in summary and "1 event with unreadable details" in summary
+    assert summary.endswith("not served until applied again: one")
+    assert store.desired().keys() == {"two"}  # the damaged one is not served; the other is
+    assert store.revision("two").plan_model() is not None
+    with pytest.raises(DamagedRecord, match="apply its documents again"):
+        store.revision("one")
+    assert store.topologies() == [] and {d.kind for d in store.documents()} == {"ModelZoo", "Workflow"}
+    assert store.events("one")[0].detail == {"damaged": "the stored details are not valid JSON"}
+    assert [r["generation"] for r in store.revisions("one")] == [1]
