@@ -1,5 +1,5 @@
 """The controller's HTTP API (FastAPI: the OpenAPI document is at ``/openapi.json``, browsable at
-``/docs``), served by uvicorn.
+``/docs`` with ``jellybean up --docs``), served by uvicorn.
 
 Every route under ``/v1`` needs ``Authorization: Bearer <token>``, the token ``jellybean up`` wrote to
 the state directory (0600); ``/healthz`` and the API's description are public. Errors are JSON
@@ -8,7 +8,18 @@ objects ``{"error": ..., "issues": [...], "rejections": [...]}``, never tracebac
 - 422: invalid documents (or an invalid request body); ``issues`` are the same file:line:field issues
   the CLI prints, ``file`` being the name the client gave the file;
 - 409: valid documents, but a workflow has no feasible (or servable) plan; ``rejections`` say why;
-- 404: no such workflow; 401: no or a wrong token; 413: a request over the size limit.
+- 404: no such workflow; 401: no or a wrong token; 413: a request body over ``MAX_BODY_BYTES``
+  (counted as it streams in, chunked or not, and refused at the limit); 429: more than
+  ``MAX_PENDING_APPLIES`` applies already waiting (``Retry-After`` says when to try again).
+
+Responsiveness. An apply's documents are parsed in a process of its own, one request at a time
+(:class:`jellybean.runtime.parsing.IsolatedParser`: YAML composition and validation hold the GIL in
+long stretches) under one value and byte budget for the whole request; planning and storing run in
+one worker thread of their own; waiting (``?wait=``) is asynchronous. So ``/healthz`` (answered on
+the event loop) and the read routes (in their own thread pool) answer while applies are parsed,
+queued or refused. ``/docs`` (Swagger UI) is off unless ``docs=True`` (``jellybean up --docs``), and
+then served from the ``swagger-ui-bundle`` package's files, never from a CDN: a token pasted into it
+meets no third-party script.
 
 Routes:
 
@@ -28,11 +39,15 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -46,14 +61,20 @@ from starlette.routing import Match
 
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
+from jellybean.runtime.parsing import IsolatedParser
+from jellybean.runtime.state import DamagedRecord
 from jellybean.spec.errors import Issue, SpecError, format_path
+from jellybean.spec.loader import MAX_LOAD_BYTES
 
 log = logging.getLogger("jellybean.api")
 
 API_TITLE = "Jellybean controller"
 API_VERSION = "v1"
-#: A request body may hold a few files of the loader's maximum size.
-MAX_BODY_BYTES = 256 * 1024 * 1024
+#: A request carries at most the loader's per-request budget of YAML text (64 MiB), JSON-encoded:
+#: twice that leaves room for the framing and escapes.
+MAX_BODY_BYTES = 2 * MAX_LOAD_BYTES
+#: Applies parsed, planned or waiting for their turn at once; more are answered 429.
+MAX_PENDING_APPLIES = 16
 MAX_WAIT_S = 600.0
 
 
@@ -254,8 +275,10 @@ def _allowed_methods(routes: list, request: Request) -> str:
 # the application
 
 
-def create_app(controller: Controller, token: str) -> FastAPI:
-    """The API over ``controller``, guarded by ``token`` (compared in constant time)."""
+def create_app(controller: Controller, token: str, *, docs: bool = False, max_body_bytes: int = MAX_BODY_BYTES,
+               parse: Callable[[list[tuple[str, str]]], list] | None = None) -> FastAPI:
+    """The API over ``controller``, guarded by ``token`` (compared in constant time). ``parse`` turns
+    an apply's files into documents (default: in a child process, :class:`IsolatedParser`)."""
     if not token:
         raise ValueError("the API needs a token")
     expected = token.encode("utf-8")
@@ -272,21 +295,17 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         scheme, credentials = get_authorization_scheme_param(header)
         return scheme.lower() == "bearer" and secrets.compare_digest(credentials.encode("utf-8"), expected)
 
-    app = FastAPI(title=API_TITLE, version=API_VERSION, description=__doc__.split("\n\n")[0])
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202 - starlette's signature
-        # The token first, before the body is read or parsed: the route's own check (`authorize`,
-        # which also documents the scheme) runs only after FastAPI has parsed the body, so without
-        # this a client without the token could have up to MAX_BODY_BYTES of JSON parsed, and be
-        # told what is wrong with it.
-        path = request.url.path
-        if (path == "/v1" or path.startswith("/v1/")) and not authorized(request.headers.get("authorization")):
-            return _error(401, refusal, headers={"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _error(413, f"request body over {MAX_BODY_BYTES} bytes: apply fewer files at once")
-        return await call_next(request)
+    app = FastAPI(title=API_TITLE, version=API_VERSION, description=__doc__.split("\n\n")[0],
+                  docs_url=None, redoc_url=None)
+    # The token first, before the body is read or parsed (the route's own check, which documents the
+    # scheme, runs only after FastAPI has parsed the body); then the body, bounded as it streams.
+    app.add_middleware(BodyGuard, authorized=authorized, refusal=refusal, max_body_bytes=max_body_bytes)
+    if docs:
+        _add_docs(app)
+    parse = parse or IsolatedParser().parse
+    parsing = ThreadPoolExecutor(max_workers=MAX_PENDING_APPLIES, thread_name_prefix="jellybean-parse")
+    applying = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jellybean-apply")
+    pending = {"applies": 0}
 
     @app.exception_handler(SpecError)
     async def spec_error(_request: Request, exc: SpecError) -> JSONResponse:
@@ -297,6 +316,10 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     async def rejected(_request: Request, exc: Rejected) -> JSONResponse:
         names = ", ".join(r.workflow for r in exc.rejections)
         return _error(409, f"no plan that can be served for {names}; nothing was changed", rejections=exc.rejections)
+
+    @app.exception_handler(DamagedRecord)
+    async def damaged(_request: Request, exc: DamagedRecord) -> JSONResponse:
+        return _error(409, str(exc))
 
     @app.exception_handler(NotFound)
     async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
@@ -325,7 +348,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
             where = loc[0] if loc else "body"
             path = format_path(loc[1:]) if len(loc) > 1 else ""
             issues.append(Issue(f"<request {where}>", None, path, str(error.get("msg", "invalid")),
-                                "the request's schema is at /openapi.json (browsable at /docs)"))
+                                "the request's schema is at /openapi.json"))
         count = len(issues)
         return _error(422, f"{count} problem{'s' if count != 1 else ''} in the request", issues=issues)
 
@@ -335,7 +358,7 @@ def create_app(controller: Controller, token: str) -> FastAPI:
         return _error(500, f"internal error: {type(exc).__name__} (the controller's log has the details)")
 
     @app.get("/healthz", tags=["health"], summary="Liveness (no token needed)")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=_ERRORS)
@@ -347,18 +370,29 @@ def create_app(controller: Controller, token: str) -> FastAPI:
     @v1.post("/apply", response_model=ApplyResponse, summary="Submit documents (declarative)",
              responses={422: {"model": ErrorOut, "description": "Invalid documents; `issues` locate each problem."},
                         409: {"model": ErrorOut, "description": "A workflow has no feasible or servable plan."},
-                        413: {"model": ErrorOut, "description": f"A request body over {MAX_BODY_BYTES} bytes."}})
-    def apply(request: ApplyRequest,
-              wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
-                                  description="Seconds to wait for the changed workflows to be running")) -> dict:
+                        413: {"model": ErrorOut, "description": f"A request body over {MAX_BODY_BYTES} bytes."},
+                        429: {"model": ErrorOut, "description": "Too many applies in progress; see Retry-After."}})
+    async def apply(request: ApplyRequest,
+                    wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
+                                        description="Seconds to wait for the changed workflows to be running")) -> Any:
         """Documents equal (in canonical content) to the stored ones change nothing; a changed workflow,
         or one whose zoo or topology changed, is re-planned and rolled over (new pipeline started,
         then the old one stopped). Invalid documents or an infeasible plan change nothing."""
-        result = controller.apply([(f.name, f.text) for f in request.files])
+        if pending["applies"] >= MAX_PENDING_APPLIES:
+            return _error(429, f"{MAX_PENDING_APPLIES} applies are already in progress: try again shortly",
+                          headers={"Retry-After": "2"})
+        pending["applies"] += 1
+        loop = asyncio.get_running_loop()
+        files = [(f.name, f.text) for f in request.files]
+        try:
+            documents = await loop.run_in_executor(parsing, parse, files)
+            result = await loop.run_in_executor(applying, controller.apply_documents, files, documents)
+        finally:
+            pending["applies"] -= 1
         settled = None
         changed = [w["name"] for w in result.workflows if w["action"] != "unchanged"]
         if wait > 0 and changed:
-            settled = controller.wait_settled(changed, wait)
+            settled = await _settled(controller, changed, wait)
         return {"documents": result.documents, "workflows": result.workflows, "changed": result.changed,
                 "settled": settled}
 
@@ -390,10 +424,10 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     @v1.delete("/workflows/{name}", response_model=DeleteResponse, summary="Tear a workflow down",
                responses=_NAMED)
-    def delete(name: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
-                                              description="Seconds to wait for its pipeline to stop")) -> dict:
-        controller.delete(name)
-        settled = controller.wait_settled([name], wait) if wait > 0 else None
+    async def delete(name: str, wait: float = Query(0.0, ge=0.0, le=MAX_WAIT_S,
+                                                    description="Seconds to wait for its pipeline to stop")) -> dict:
+        await asyncio.get_running_loop().run_in_executor(None, controller.delete, name)
+        settled = await _settled(controller, [name], wait) if wait > 0 else None
         return {"name": name, "deleted": True, "settled": settled}
 
     @v1.get("/documents", response_model=list[DocumentOut], summary="Stored documents")
@@ -407,6 +441,120 @@ def create_app(controller: Controller, token: str) -> FastAPI:
 
     app.include_router(v1)
     return app
+
+
+async def _settled(controller: Controller, names: list[str], timeout_s: float) -> bool:
+    """Whether ``names`` settle within ``timeout_s``, waited for without holding a thread (a
+    controller without a loop thread reconciles once, synchronously, as :meth:`Controller.wait_settled`)."""
+    loop = asyncio.get_running_loop()
+    if not controller.looping:
+        return await loop.run_in_executor(None, controller.wait_settled, names, timeout_s)
+    controller.trigger()
+    deadline = loop.time() + timeout_s
+    while not await loop.run_in_executor(None, controller.all_settled, names):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+    return True
+
+
+class BodyGuard:
+    """ASGI middleware: the bearer token of ``/v1`` routes checked before any byte of the body is read,
+    then the body read whole into memory, at most ``max_body_bytes`` of it, whether the request
+    declares a ``Content-Length`` or streams chunks; past the limit the request is answered 413 at
+    once, the rest of the body is read and dropped for up to a second (so that the client, still
+    sending, reads the answer instead of a reset), and the application never sees it."""
+
+    def __init__(self, app: Any, *, authorized: Callable[[str | None], bool], refusal: str,
+                 max_body_bytes: int) -> None:
+        self.app = app
+        self.authorized = authorized
+        self.refusal = refusal
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        if (path == "/v1" or path.startswith("/v1/")) and not self.authorized(
+                headers.get(b"authorization", b"").decode("latin-1") or None):
+            await _respond(send, 401, self.refusal, {"WWW-Authenticate": "Bearer"})
+            return
+        limit = self.max_body_bytes
+        too_big = f"request body over {limit} bytes: apply fewer files at once"
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _respond(send, 413, too_big)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await _respond(send, 413, too_big)
+                await _drain(receive, message)
+                return
+            if not message.get("more_body", False):
+                break
+        sent = False
+
+        async def replay() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _drain(receive: Callable, message: dict, seconds: float = 1.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while message.get("more_body", False) and loop.time() < deadline:
+        try:
+            message = await asyncio.wait_for(receive(), max(0.01, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            return
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _respond(send: Callable, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"error": error, "issues": [], "rejections": []}).encode("utf-8")
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+           (b"connection", b"close")]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _add_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs``, its files from the ``swagger-ui-bundle`` package (pinned with the
+    package; no CDN), behind a Content-Security-Policy that lets the page load nothing from elsewhere."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        raise RuntimeError("--docs needs the swagger-ui-bundle package (pip install swagger-ui-bundle)") from None
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    policy = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+              "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Any:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{API_TITLE} (OpenAPI)",
+                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+        page.headers["Content-Security-Policy"] = policy
+        return page
 
 
 # --------------------------------------------------------------------------------------------------

@@ -31,7 +31,9 @@ with the union of all stored topologies' resources and redeploys (so a rollover 
 restart is stop-then-start, not start-then-stop). With ``--address`` the controller joins an existing
 cluster whose nodes advertise their ``site:<name>`` resources; a workflow whose sites no node
 advertises is held as ``Blocked`` (with the missing names) until they appear. Ray's own token
-authentication is left as Ray sets it (on by default for new local clusters).
+authentication stays on (Ray's default for new local clusters); an embedded Ray's token file is made
+readable by its owner only, and ``jellybean up`` keeps an embedded Ray off the network
+(:mod:`jellybean.runtime.localray`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -47,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from jellybean.runtime.state import (
-    NewDocument, NewEvent, NewRevision, StateStore, StoredDocument, bundle_bodies, bundle_digest,
+    DamagedRecord, NewDocument, NewEvent, NewRevision, StateStore, StoredDocument, bundle_bodies, bundle_digest,
     digest_of, document_body,
 )
 from jellybean.spec.errors import Issue, SpecError
@@ -61,8 +64,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jellybean.controller")
 
-#: A file sent to apply may be as large as one the CLI reads (jellybean.spec.loader.MAX_FILE_BYTES).
-MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_MESSAGE = 2000
 
 
@@ -221,7 +222,7 @@ class RayCluster:
     """Ray, embedded (``address=None``: a local single-node Ray started here) or joined (``address``)."""
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
-                 namespace: str = "jellybean") -> None:
+                 namespace: str | None = "jellybean") -> None:
         self.address = address
         self.embedded = address is None
         self.num_cpus = num_cpus or os.cpu_count() or 1
@@ -243,7 +244,11 @@ class RayCluster:
 
         if self.embedded:
             # address="local" starts a new local Ray even where RAY_ADDRESS is set. Token
-            # authentication stays as Ray sets it (on by default for new local clusters).
+            # authentication stays on (Ray's default for new local clusters), with a token file only
+            # its owner can read (jellybean.runtime.localray).
+            from jellybean.runtime.localray import private_ray_token
+
+            private_ray_token()
             ray.init(address="local", num_cpus=self.num_cpus, resources=dict(resources), include_dashboard=False,
                      log_to_driver=False, namespace=self.namespace)
             self._resources = dict(resources)
@@ -305,7 +310,11 @@ def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | N
 def default_servability_check(bundle: Bundle, plan: Plan) -> None:
     """Refuse at apply time what the data plane could plan but never serve (it would fail at start)."""
     from jellybean.runtime.dataplane import ServingError, replica_specs
+    from jellybean.zoo.checks import unservable
 
+    problems = unservable(bundle)
+    if problems:
+        raise NotServable("; ".join(f"{i.path}: {i.message}" for i in problems))
     try:
         replica_specs(bundle, plan)
     except ServingError as exc:
@@ -342,8 +351,12 @@ class ApplyResult:
     changed: bool
 
 
+#: Terminal colour and cursor sequences (Ray's exceptions carry them): never part of a message.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def _message(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
+    text = _ANSI.sub("", str(exc)) or type(exc).__name__
     if not isinstance(exc, (NotServable, SpecError)) and type(exc).__name__ != "ServingError":
         text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
@@ -420,10 +433,23 @@ class Controller:
     def apply(self, files: list[tuple[str, str]]) -> ApplyResult:
         """Submit documents (file name as the client calls it, YAML text). Raises :class:`SpecError`
         with every located issue, or :class:`Rejected` when a workflow cannot be planned or served;
-        in both cases nothing is stored."""
+        in both cases nothing is stored. Parses here, in this thread; the API parses in a process of
+        its own (:class:`jellybean.runtime.parsing.IsolatedParser`) and calls :meth:`apply_documents`."""
+        from jellybean.runtime.parsing import parse_files
+
+        try:
+            documents = parse_files(files)
+        except SpecError:
+            self._count_apply("invalid")
+            raise
+        return self.apply_documents(files, documents)
+
+    def apply_documents(self, files: list[tuple[str, str]], documents: list[LoadedDocument]) -> ApplyResult:
+        """:meth:`apply` for documents already parsed from ``files`` (kept as submitted). Parsing is
+        done before the apply lock is taken: only resolving, planning and storing hold it."""
         with self._apply_lock:
             try:
-                result = self._apply(files)
+                result = self._apply(files, documents)
             except SpecError:
                 self._count_apply("invalid")
                 raise
@@ -439,50 +465,10 @@ class Controller:
         if self.metrics is not None:
             self.metrics.applies.labels(outcome).inc()
 
-    def _parse(self, files: list[tuple[str, str]]) -> list[LoadedDocument]:
-        from jellybean.spec.loader import load_text
-
-        if not files:
-            raise SpecError([Issue("<request>", None, "files", "no files given", "send at least one YAML document")])
-        documents: list[LoadedDocument] = []
-        issues: list[Issue] = []
-        for name, text in files:
-            try:
-                size = len(text.encode("utf-8"))
-            except UnicodeEncodeError as exc:  # a lone surrogate, as JSON's \ud800 can carry
-                issues.append(Issue(name, text[: exc.start].count("\n") + 1, "", "not valid Unicode text",
-                                    "save the file as UTF-8"))
-                continue
-            if size > MAX_FILE_BYTES:
-                issues.append(Issue(name, None, "", f"file is more than {MAX_FILE_BYTES} bytes",
-                                    "split it into several files"))
-                continue
-            if "\x00" in text:
-                issues.append(Issue(name, None, "", "binary content (NUL bytes)", "give a YAML text file"))
-                continue
-            try:
-                documents.extend(load_text(text, name))
-            except SpecError as exc:
-                issues.extend(exc.issues)
-        seen: set[tuple[str, str]] = set()
-        for doc in documents:
-            key = (doc.model.kind, doc.model.metadata.name)
-            if key in seen:
-                issues.append(Issue(doc.source.file, doc.source.lines.get(("metadata", "name"), doc.source.start_line),
-                                    "metadata.name", f"a second {key[0]} named {key[1]!r}", "rename one of them"))
-            seen.add(key)
-        if not documents and not issues:
-            issues.append(Issue(files[0][0] if len(files) == 1 else "<request>", None, "", "no documents given",
-                                "send Workflow, ModelZoo and Topology documents"))
-        if issues:
-            raise SpecError(issues)
-        return documents
-
-    def _apply(self, files: list[tuple[str, str]]) -> ApplyResult:
+    def _apply(self, files: list[tuple[str, str]], request: list[LoadedDocument]) -> ApplyResult:
         from jellybean.spec.bundle import Bundle, cross_check, resolve
         from jellybean.spec.loader import LoadedDocument
 
-        request = self._parse(files)
         stored = {(d.kind, d.name): d for d in self.store.documents()}
 
         def loaded(doc: StoredDocument) -> LoadedDocument:
@@ -495,6 +481,10 @@ class Controller:
                 chosen = [d for d in given if d.model.metadata.name == wanted]
                 if chosen:
                     return chosen
+                damage = self.store.document_damage(kind, wanted)
+                if damage is not None:
+                    raise SpecError([Issue(f"<stored {kind} {wanted}>", None, "", f"the stored {kind} {wanted!r} is "
+                                           f"damaged ({damage})", f"apply the {kind} {wanted!r} again with this request")])
                 return [loaded(stored[(kind, wanted)])] if (kind, wanted) in stored else []
             return given or [loaded(d) for key, d in stored.items() if key[0] == kind]
 
@@ -565,7 +555,7 @@ class Controller:
             bodies = bundle_bodies(bundle)
             digest = bundle_digest(bodies)
             record = self.store.workflow(name)
-            if record is not None and record.digest == digest:
+            if record is not None and record.digest == digest and self.store.workflow_damage(name) is None:
                 current = self.store.revision(name)
                 plan_data = current.plan if current else {}
                 wf_results.append({"name": name, "action": "unchanged", "generation": record.generation,
@@ -724,7 +714,7 @@ class Controller:
         if self._cluster_error is not None and now < self._cluster_error.retry_at:
             return set(desired)
         try:
-            required = merge_resources(self.site_resources(t) for t in self.store.topologies())
+            required = merge_resources(self.site_resources(t) for t in self._topologies(desired))
             decision = decide_cluster(self.cluster.offered(), required, embedded=self.cluster.embedded)
             if decision.action == "start":
                 self.cluster.start(decision.resources)
@@ -762,6 +752,17 @@ class Controller:
             self._blocked = blocked
         return set(blocked)
 
+    def _topologies(self, desired: Mapping[str, str]) -> list[Topology]:
+        """Every stored Topology that reads, and for a desired workflow whose Topology document is
+        damaged, the copy its revision planned with (so that its sites still exist in Ray)."""
+        topologies = self.store.topologies()
+        for record in self.store.workflows():
+            if record.name in desired and self.store.document_damage("Topology", record.topology) is not None:
+                revision = self.store.revision(record.name)
+                if revision is not None:
+                    topologies.append(revision.bundle().topology)
+        return topologies
+
     def _cluster_detail(self, resources: Mapping[str, float]) -> dict:
         detail = {"mode": "embedded" if self.cluster and self.cluster.embedded else "external",
                   "sites": sorted(k.split(":", 1)[-1] for k in resources)}
@@ -771,7 +772,10 @@ class Controller:
         if action.kind == "stop":
             self._stop_pipeline(action.name, drain=True, reason="deleted")
             return
-        revision = self.store.revision(action.name)
+        try:
+            revision = self.store.revision(action.name)
+        except DamagedRecord:
+            return  # shown in its status; it leaves the desired state until applied again
         if revision is None or revision.digest != action.digest:
             self.trigger()  # changed since this pass read it: the next pass sees the new version
             return
@@ -891,6 +895,14 @@ class Controller:
                 return True
             return name in self._blocked or self._cluster_error is not None
 
+    @property
+    def looping(self) -> bool:
+        """Whether the reconcile loop runs in its thread (:meth:`start`)."""
+        return self._thread is not None
+
+    def all_settled(self, names: Iterable[str]) -> bool:
+        return all(self.settled(n) for n in names)
+
     def wait_settled(self, names: Iterable[str], timeout_s: float) -> bool:
         """Wait (at most ``timeout_s``) until every name is settled; runs a pass itself when no loop runs."""
         names = list(names)
@@ -917,6 +929,10 @@ class Controller:
             cluster_error = self._cluster_error
         if desired_digest is None:
             return "Terminating", "deleted; stopping the pipeline"
+        damage = self.store.workflow_damage(name)
+        if damage is not None:
+            return "Failed", (f"its stored revision is damaged ({damage}); apply its documents again "
+                              "(`jellybean apply -f ...`)")
         if transition:
             return transition, ""
         if deployed is not None and deployed.digest == desired_digest:
@@ -948,7 +964,10 @@ class Controller:
         deployed, actual, problem = self._actual(name)
         if record is None and deployed is None:
             raise NotFound(name)
-        revision = self.store.revision(name) if record else None
+        try:
+            revision = self.store.revision(name) if record else None
+        except DamagedRecord:
+            revision = None
         plan = revision.plan if revision else None
         phase, message = self._phase(name, record.digest if record else None)
         if problem:

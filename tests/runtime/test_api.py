@@ -80,7 +80,26 @@ def test_openapi_lists_the_endpoints(client) -> None:  # noqa: ANN001
         assert method in paths[path], (path, method)
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert {"422", "409", "401"} <= set(paths["/v1/apply"]["post"]["responses"])
-    assert "swagger" in client.get("/docs").text.lower()
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404  # off by default
+
+
+def test_docs_when_on_load_nothing_from_elsewhere(controller: Controller) -> None:
+    """`jellybean up --docs`: Swagger UI's files come from the swagger-ui-bundle package, the page
+    names no other origin, and its Content-Security-Policy forbids loading from one."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(controller, TOKEN, docs=True)) as docs:
+        page = docs.get("/docs")
+        assert page.status_code == 200 and "swagger" in page.text.lower()
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: *'([^']+)'", page.text)
+        assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        assert "https://" not in page.text and "http://" not in page.text
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "script-src 'self'" in policy
+        for asset in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css"):
+            assert docs.get(asset).status_code == 200
 
 
 def test_apply_status_plan_history_delete(client, controller: Controller) -> None:  # noqa: ANN001

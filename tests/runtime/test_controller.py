@@ -5,6 +5,8 @@ embedded Ray when a topology adds sites. No Ray: pipelines and the cluster are f
 from __future__ import annotations
 
 import itertools
+import json
+import sqlite3
 import shutil
 from pathlib import Path
 
@@ -546,3 +548,42 @@ def test_controller_metrics_count_applies_passes_and_errors(tmp_path: Path) -> N
     assert value("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) == 1
     assert value("jellybean_controller_workflows", {"state": "failed"}) == 1
     assert value("jellybean_controller_reconcile_duration_seconds_count") == 1
+
+
+def test_a_damaged_store_is_reported_and_the_rest_serves(tmp_path: Path) -> None:
+    """Bad JSON in one revision and a stored Topology the models refuse: a restarted controller says
+    what is damaged, lists every workflow (no 500), serves the intact one on the sites it needs, and
+    an apply of the damaged workflow's documents repairs it."""
+    controller, _ = make(tmp_path)
+    controller.apply(files_of(VQA))
+    controller.apply(files_of(VEHICLES))
+    controller.store.close()
+    with sqlite3.connect(tmp_path / "state" / "state.db") as conn:
+        conn.execute("UPDATE revisions SET plan='{not json' WHERE workflow='vqa-medium'")
+        body = json.loads(conn.execute("SELECT body FROM documents WHERE kind='Topology' AND name='vehicle-tracking-city-block'")
+                          .fetchone()[0])
+        body["spec"]["sites"][0]["tier"] = "orbit"
+        conn.execute("UPDATE documents SET body=? WHERE kind='Topology' AND name='vehicle-tracking-city-block'", (json.dumps(body),))
+
+    cluster = FakeCluster()
+    again, rec = make(tmp_path, cluster=cluster)
+    summary = again.store.damage_summary()
+    assert "revision of workflow vqa-medium" in summary and "Topology vehicle-tracking-city-block" in summary
+    again.reconcile()
+    assert [e[1] for e in rec.events("start")] == ["vehicle-tracking"]
+    assert set(sites_of(again.store.revision("vehicle-tracking").bundle().topology)) <= set(cluster.resources)
+    rows = {w["name"]: w for w in again.list_status()}
+    assert rows["vehicle-tracking"]["phase"] == "Running"
+    assert rows["vqa-medium"]["phase"] == "Failed" and "stored revision is damaged" in rows["vqa-medium"]["message"]
+    assert again.workflow_status("vqa-medium")["plan"] is None
+
+    # A new workflow naming the damaged Topology is refused with the reason, not a 500.
+    with pytest.raises(SpecError) as info:
+        again.apply(edited(files_of(VEHICLES)[1:2], "workflow.yaml", "name: vehicle-tracking", "name: other"))
+    assert any("stored Topology 'vehicle-tracking-city-block' is damaged" in i.message for i in info.value.issues)
+
+    assert again.apply(files_of(VQA)).changed  # the same documents again: re-planned, not "unchanged"
+    again.reconcile()
+    assert again.workflow_status("vqa-medium")["phase"] == "Running" and again.store.damage_summary() is not None
+    again.apply(files_of(VEHICLES))
+    assert again.store.document_damage("Topology", "vehicle-tracking-city-block") is None
