@@ -101,9 +101,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from jellybean.spec.bundle import resolve
+    from jellybean.spec.errors import SpecError
     from jellybean.spec.loader import load_documents
+    from jellybean.zoo.checks import workflow_issues, zoo_issues
 
     documents = load_documents(args.files)
+    issues = []
+    for doc in documents:
+        if doc.model.kind == "ModelZoo":
+            issues += zoo_issues(doc.model, doc.source)
+        elif doc.model.kind == "Workflow":
+            issues += workflow_issues(doc.model, doc.source)
+    if issues:
+        raise SpecError(issues)
     for doc in documents:
         spec = doc.model.spec
         detail = ""
@@ -216,6 +226,8 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
                    help="solver time limit for each plan (default 60)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--docs", action="store_true",
+                   help="serve Swagger UI at /docs (its files from the swagger-ui-bundle package, never a CDN)")
     add_metrics_arguments(p)
 
     def client(p: argparse.ArgumentParser) -> None:
@@ -288,7 +300,7 @@ def _call(url: str, token: str, method: str, path: str, body: dict | None = None
 
     from jellybean.spec.errors import Issue, SpecError
 
-    data = json.dumps(body).encode("utf-8") if body is not None else None
+    data = json.dumps(body, ensure_ascii=False).encode("utf-8") if body is not None else None
     request = urllib.request.Request(url + path, data=data, method=method, headers={
         "Authorization": f"Bearer {token}", "Accept": "application/json",
         **({"Content-Type": "application/json"} if data is not None else {})})
@@ -345,22 +357,44 @@ def add_metrics_arguments(p: argparse.ArgumentParser, *, port: int | None = None
                    help=f"address the metrics endpoint listens on (default {host})")
 
 
-def start_metrics(args: argparse.Namespace):
-    """The metrics registry and its HTTP server when ``--metrics-port`` was given, else (None, None)."""
+def bind_metrics(args: argparse.Namespace):
+    """The metrics registry and its HTTP server, bound but not serving yet, when ``--metrics-port`` was
+    given, else (None, None); :func:`jellybean.runtime.metrics.start` serves it."""
     if args.metrics_port is None:
         return None, None
     if not 0 <= args.metrics_port <= 65535:
         raise UsageError("--metrics-port must be between 0 and 65535")
-    from jellybean.runtime.metrics import Metrics, serve
+    from jellybean.runtime.metrics import Metrics, bind
 
     metrics = Metrics()
     try:
-        server, port = serve(metrics, args.metrics_port, args.metrics_host)
+        server, port = bind(metrics, args.metrics_port, args.metrics_host)
     except OSError as exc:
         raise UsageError(f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
                          f"{exc.strerror or exc}") from None
     print(f"metrics at http://{args.metrics_host}:{port}/metrics", file=sys.stderr)
     return metrics, server
+
+
+def start_metrics(args: argparse.Namespace):
+    """:func:`bind_metrics`, then serving at once."""
+    metrics, server = bind_metrics(args)
+    if server is not None:
+        from jellybean.runtime.metrics import start
+
+        start(server)
+    return metrics, server
+
+
+def isolate_embedded_ray() -> None:
+    """Keep the Ray this process will start off the network (:mod:`jellybean.runtime.localray`):
+    called once the sockets that must be reachable are bound and before any thread starts."""
+    from jellybean.runtime.localray import isolate_network
+
+    reason = isolate_network()
+    if reason is not None:
+        print(f"warning: the embedded Ray will listen on every interface of this machine ({reason}); "
+              "its servers need Ray's token, but put it behind a firewall or use --address", file=sys.stderr)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -402,8 +436,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INFEASIBLE
+    damage = store.damage_summary()
+    if damage:
+        print(f"warning: {damage}", file=sys.stderr)
     cluster = RayCluster(args.address)
-    metrics, metrics_server = start_metrics(args)
+    metrics, metrics_server = bind_metrics(args)
     controller = Controller(store, cluster=cluster, plan_time_limit_s=args.time_limit, cache_dir=args.cache,
                             metrics=metrics)
     if args.address:
@@ -415,8 +452,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     token = new_token()
     write_token(state_dir, token)
     try:
-        server = ApiServer(create_app(controller, token), args.host, args.port,
-                           log_level="info" if args.log_level == "debug" else "warning")
+        app = create_app(controller, token, docs=args.docs)
+    except RuntimeError as exc:  # --docs without its package
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+    try:
+        server = ApiServer(app, args.host, args.port, log_level="info" if args.log_level == "debug" else "warning")
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         cluster.shutdown()
@@ -424,6 +465,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving plain HTTP on {args.host}: the bearer token crosses the network unencrypted; "
               "put a TLS proxy in front", file=sys.stderr)
+    if not args.address:
+        isolate_embedded_ray()  # the API's and the metrics' sockets are bound: they stay reachable
+    if metrics_server is not None:
+        from jellybean.runtime.metrics import start as serve_metrics
+
+        serve_metrics(metrics_server)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -438,7 +485,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                                           "ray": args.address or "embedded"})
         controller.start()
         stored = len(store.desired())
-        print(f"controller at {server.url} (OpenAPI: {server.url}/docs); state in {state_dir}; "
+        where = f"{server.url}/docs" if args.docs else f"{server.url}/openapi.json; --docs serves Swagger UI"
+        print(f"controller at {server.url} (OpenAPI: {where}); state in {state_dir}; "
               f"token in {state_dir / 'token'}", file=sys.stderr)
         if stored:
             print(f"redeploying {stored} stored workflow{'s' if stored != 1 else ''}", file=sys.stderr)
@@ -464,11 +512,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from jellybean.spec.loader import expand_paths, read_text
+    from jellybean.spec.loader import MAX_LOAD_BYTES, expand_paths, read_text
 
     if not 0 <= args.wait <= 600:
         raise UsageError("--wait must be between 0 and 600 seconds")
     files = [{"name": str(path), "text": read_text(path)} for path in expand_paths(args.files)]
+    total = sum(len(f["text"]) for f in files)
+    if total > MAX_LOAD_BYTES:
+        raise UsageError(f"the files hold {total} bytes of YAML, more than one apply takes ({MAX_LOAD_BYTES}): "
+                         "apply them in parts")
 
     def run() -> int:
         url, token = _controller_endpoint(args)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,13 +39,37 @@ def _progress(pipeline, started: float, duration: float) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jellybean.cli import UsageError
+    from jellybean.cli import UsageError, bind_metrics, isolate_embedded_ray
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec.bundle import load_bundle
 
     if not args.duration > 0:
         raise UsageError("--duration must be positive")
     bundle = load_bundle(args.files, args.workflow)
+    from jellybean.zoo.checks import unservable
+
+    problems = unservable(bundle)
+    if problems:
+        from jellybean.spec.errors import SpecError
+
+        raise SpecError(problems)
+    metrics, metrics_server = bind_metrics(args)
+    if not args.address:
+        isolate_embedded_ray()  # before the planner's and Ray's threads; the metrics socket stays reachable
+    if metrics_server is not None:
+        from jellybean.runtime.metrics import start as serve_metrics
+
+        serve_metrics(metrics_server)
+    try:
+        return _serve(args, bundle, make_plan, metrics)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+
+
+def _serve(args: argparse.Namespace, bundle, make_plan, metrics) -> int:  # noqa: ANN001
+    from jellybean.cli import UsageError
+
     started = time.time()
     plan = make_plan(bundle, strategy=args.strategy, baselines=False)
     if not plan.feasible:
@@ -55,23 +78,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  - {reason}", file=sys.stderr)
         return 1
 
-    import ray
-
+    from jellybean.runtime.controller import RayCluster
     from jellybean.runtime.dataplane import ServingError, site_resources
     from jellybean.runtime.supervisor import Supervisor
     from jellybean.zoo.build import build_zoo, default_cache_dir
 
-    from jellybean.cli import start_metrics
-
-    metrics, metrics_server = start_metrics(args)
     cache = args.cache or default_cache_dir()
     build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
     sys.stderr.write("\n")
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, resources=site_resources(bundle.topology),
-                 include_dashboard=False, log_to_driver=False)
+    cluster = RayCluster(args.address, namespace=None)
+    cluster.start(site_resources(bundle.topology))
     try:
         try:
             pipeline = Supervisor(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus, metrics=metrics)
@@ -85,9 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stderr.write("\ndraining...\n")
         summary = pipeline.stop(drain=True)
     finally:
-        ray.shutdown()
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        cluster.shutdown()
     summary.time_to_first_result_s = (
         (pipeline.first_result_at - started) if pipeline.first_result_at else None)
     if args.format == "json":

@@ -181,10 +181,29 @@ class Metrics:
             "jellybean_controller_applies_total", "Document submissions, by outcome.", ("outcome",), registry=r)
 
 
+def bind(metrics: Metrics, port: int, host: str = "127.0.0.1"):
+    """A server for ``metrics`` on ``http://host:port/metrics``, bound but not yet serving (so that
+    its socket exists before the process leaves the machine's network namespace:
+    :mod:`jellybean.runtime.localray`); :func:`start` serves it. Returns the server and its port."""
+    from wsgiref.simple_server import make_server
+
+    from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, make_wsgi_app
+
+    server = make_server(host, port, make_wsgi_app(metrics.registry), ThreadingWSGIServer,
+                         handler_class=_SilentHandler)
+    return server, server.server_address[1]
+
+
+def start(server) -> None:  # noqa: ANN001 - the server :func:`bind` made
+    """Serve a bound metrics server from a daemon thread (``server.shutdown()`` stops it)."""
+    import threading
+
+    threading.Thread(target=server.serve_forever, name="jellybean-metrics", daemon=True).start()
+
+
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1"):
     """Expose ``metrics`` on ``http://host:port/metrics`` from a background thread; returns the server
     (``.shutdown()`` stops it) and the bound port (0 picks a free one)."""
-    from prometheus_client import start_http_server
-
-    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    return server, server.server_address[1]
+    server, bound = bind(metrics, port, host)
+    start(server)
+    return server, bound

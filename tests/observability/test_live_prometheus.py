@@ -49,6 +49,56 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _tree(root: int) -> set[int]:
+    """``root`` and every process below it."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    return tree
+
+
+def _address(hex_address: str) -> str:
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+def listening(root: int) -> set[tuple[str, int]]:
+    """The TCP sockets that ``root``'s process tree listens on in this test's network namespace."""
+    inodes: set[str] = set()
+    for pid in _tree(root):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as handle:
+            for line in handle.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    address, port = fields[1].split(":")
+                    found.add((_address(address), int(port, 16)))
+    return found
+
+
 def jellybean(*args: str) -> list[str]:
     exe = Path(sys.executable).parent / "jellybean"
     return [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "jellybean"]), *args]
@@ -143,6 +193,14 @@ def test_every_panel_query_returns_data(prometheus, digits_zoo: Path, tmp_path: 
                    f"[30s:1s]) >= {DATA_S}")
         wait_for(f"{DATA_S} s of completed frames in Prometheus",
                  lambda: bool(server.query(serving).get("data", {}).get("result")), deadline, controller)
+
+        # While it serves on its embedded Ray, the controller's whole process tree listens on this
+        # machine's network only at the API and the metrics port, on loopback; Ray's servers live in
+        # the private network namespace (jellybean.runtime.localray); Ray's token is the owner's alone.
+        api_port = int(read_controller_info(state)["url"].rsplit(":", 1)[1])
+        assert listening(controller.pid) == {("127.0.0.1", api_port), ("127.0.0.1", metrics_port)}
+        if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+            assert (Path.home() / ".ray" / "auth_token").stat().st_mode & 0o077 == 0
 
         failures, nan_only = [], []
         for dashboard, panel, expr in every_query():
