@@ -26,6 +26,8 @@ def add_operator_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpa
     p.add_argument("--ray-address", metavar="ADDRESS", default=os.environ.get("RAY_ADDRESS") or None,
                    help="join this Ray cluster (its nodes advertise site:<name> resources; default $RAY_ADDRESS); "
                         "without it an embedded single-node Ray is started")
+    p.add_argument("--no-discover-nodes", dest="discover_nodes", action="store_false",
+                   help="never read Nodes (no site discovery): every workflow must name a Topology of the namespace")
     p.add_argument("--kubeconfig", metavar="PATH", help="use this kubeconfig instead of the in-cluster configuration")
     p.add_argument("--host", default="0.0.0.0", help="address of /healthz and /readyz (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=API_PORT, help=f"port of /healthz and /readyz (default {API_PORT})")
@@ -70,7 +72,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     metrics, metrics_server = start_metrics(args)
     operator = Operator(api, namespace, cluster=cluster, ray_address=args.ray_address,
                         plan_time_limit_s=args.time_limit, cache_dir=args.cache, metrics=metrics,
-                        resync_s=args.resync)
+                        resync_s=args.resync, discover_nodes=args.discover_nodes)
     try:
         server = ApiServer(create_app(operator, os.environ.get("JELLYBEAN_TOKEN") or None), args.host, args.port,
                            log_level="info" if args.log_level == "debug" else "warning")

@@ -613,8 +613,12 @@ class Operator:
         retry_max_s: float = 300.0,
         resync_s: float = 30.0,
         watch_timeout_s: float = 300.0,
+        discover_nodes: bool = True,
     ) -> None:
         self.api = api
+        #: Whether Nodes are read (listed and watched) to discover sites: with it off the operator makes
+        #: no call on Nodes at all, so its service account needs no right on them.
+        self.discover_nodes = discover_nodes
         self.namespace = namespace
         # As the controller does: the data plane's Pipeline unless one is injected, and then the
         # servability check that refuses at plan time what that Pipeline could never start.
@@ -630,7 +634,8 @@ class Operator:
         self.retry_max_s = retry_max_s
         self.resync_s = resync_s
         self.objects: dict[str, dict[str, dict]] = {kind: {} for kind in WATCHED}
-        self.watchers = {kind: Watcher(api, kind, namespace, watch_timeout_s) for kind in WATCHED}
+        self.watchers = {kind: Watcher(api, kind, namespace, watch_timeout_s) for kind in WATCHED
+                         if discover_nodes or kind != NODE}
         self.deployed: dict[str, Deployment] = {}
         self.attempts: dict[str, Attempt] = {}
         self.phases: dict[str, str] = {}
@@ -892,6 +897,10 @@ class Operator:
             if name in self._discovered:
                 return self._discovered[name]
             nodes = list(self.objects[NODE].values())
+        if not self.discover_nodes:
+            return SpecError([Issue("Nodes", None, "", "the workflow names no Topology of the namespace, and node "
+                                    "discovery is off", "apply a Topology and name it in spec.topology, or install "
+                                    "the chart with operator.discoverNodes=true")])
         error = self.watchers[NODE].error
         if not nodes and error:
             found: Discovery | SpecError = SpecError([Issue("Nodes", None, "", f"cannot list the Nodes: {error}",

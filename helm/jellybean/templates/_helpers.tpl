@@ -41,6 +41,13 @@ app.kubernetes.io/part-of: jellybean
 app.kubernetes.io/component: operator
 {{- end }}
 
+{{/* The labels every Ray pod of the release carries (raycluster.yaml), selected by its NetworkPolicy. */}}
+{{- define "jellybean.rayPodSelectorLabels" -}}
+app.kubernetes.io/part-of: jellybean
+app.kubernetes.io/component: ray
+jellybean.io/release: {{ .Release.Name }}
+{{- end }}
+
 {{- define "jellybean.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "jellybean.fullname" .) .Values.serviceAccount.name }}
