@@ -56,7 +56,7 @@ def drill_cluster(cloud_cpus: int, hub_cpus: int, *, connect: bool = True):
     import ray
     from ray.cluster_utils import Cluster
 
-    from jellybean.runtime.dataplane import SITE_CAPACITY, site_resource
+    from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": cloud_cpus, "resources": {site_resource(s): SITE_CAPACITY for s in ("cloud", "cam-1", "cam-2")}})
@@ -79,7 +79,7 @@ def frames_of(summary) -> dict:
 
 def site_failure(cache: Path, quick: bool) -> dict:
     from jellybean.optimizer import plan as make_plan
-    from jellybean.runtime.dataplane import SITE_CAPACITY, site_resource
+    from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
     from jellybean.runtime.supervisor import Supervisor
     from jellybean.spec import load_bundle
 
@@ -155,7 +155,7 @@ def load_spike(cache: Path, quick: bool) -> dict:
                                 hysteresis=Hysteresis(tolerance=0.25, up_delay_s=2.0, down_delay_s=6.0))
         planned = supervisor.planned_rates["cameras"]
         supervisor.start()
-        with RssSampler(lambda: [r.pid for r in supervisor.pipeline.replicas.values()]) as rss:
+        with RssSampler(lambda: [a.info["pid"] for a in supervisor.pipeline.actors.values() if a.info.get("pid")]) as rss:
             wait_until(lambda: supervisor.ledger.completed > 50, 60)
             time.sleep(2.0 if quick else 5.0)
             supervisor.set_source_rate("cameras", 2 * planned)  # rush hour: twice the planned rate

@@ -45,7 +45,7 @@ def direct_throughput(bundle, plan, cache: Path, seconds: float) -> dict:
         variant = bundle.zoo.spec.task(stage_task[a.stage]).variant(a.variant)
         runners[a.stage] = load_runner(variant.loader, cache, threads=1)
         batch[a.stage] = a.batch_size
-    frames = load_dataset(bundle.workflow.spec.sources[0].dataset)
+    frames = load_dataset(bundle.workflow.spec.sources[0].replay_dataset)
     done = correct = 0
     position = 0
     started = time.perf_counter()

@@ -23,7 +23,7 @@ def ray_local(_ray_session):
     and kept for the session (a test that needs its own cluster shuts it down; the next use restarts it)."""
     ray = _ray_session
     if not ray.is_initialized():
-        from jellybean.runtime.dataplane import SITE_CAPACITY, site_resource
+        from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 
         ray.init(num_cpus=2, resources={site_resource(s): SITE_CAPACITY for s in ALL_SITES},
                  include_dashboard=False, log_to_driver=False)

@@ -229,6 +229,7 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
     p.add_argument("--docs", action="store_true",
                    help="serve Swagger UI at /docs (its files from the swagger-ui-bundle package, never a CDN)")
     add_metrics_arguments(p)
+    add_serving_arguments(p)
 
     def client(p: argparse.ArgumentParser) -> None:
         p.add_argument("--controller", metavar="URL",
@@ -253,6 +254,17 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
     client(p)
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for its pipeline to stop")
+
+    from jellybean.cli.data import add_data_parsers
+
+    def data_client(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--controller", metavar="URL",
+                       help="the controller's URL (default: the one `jellybean up` recorded in the state directory)")
+        p.add_argument("--state-dir", type=Path, metavar="DIR",
+                       help="where the controller (or `jellybean run`) keeps the data token (default $JELLYBEAN_HOME "
+                       "or ~/.jellybean; JELLYBEAN_DATA_TOKEN overrides it)")
+
+    add_data_parsers(sub, data_client)
 
 
 class _ControllerError(Exception):
@@ -386,15 +398,50 @@ def start_metrics(args: argparse.Namespace):
     return metrics, server
 
 
-def isolate_embedded_ray() -> None:
+def isolate_embedded_ray(state_dir: Path | None = None, endpoint_host: str = "127.0.0.1") -> None:
     """Keep the Ray this process will start off the network (:mod:`jellybean.runtime.localray`):
-    called once the sockets that must be reachable are bound and before any thread starts."""
-    from jellybean.runtime.localray import isolate_network
+    called once the sockets that must be reachable are bound and before any thread starts. The
+    socket broker is started first, so that the isolated actors can still serve their endpoints on
+    ``endpoint_host`` of this machine."""
+    from jellybean.runtime.localray import BROKER_ENV, isolate_network, start_broker
 
+    broker = None
+    if state_dir is not None:
+        try:
+            broker = start_broker(Path(state_dir) / "run", {endpoint_host})
+        except (OSError, RuntimeError) as exc:
+            print(f"warning: no socket broker ({exc}): ingest and stream endpoints of the embedded Ray will not be "
+                  "reachable from this machine", file=sys.stderr)
     reason = isolate_network()
     if reason is not None:
+        if broker is not None:  # not isolated: the actors bind their endpoints themselves
+            broker.terminate()
+            os.environ.pop(BROKER_ENV, None)
         print(f"warning: the embedded Ray will listen on every interface of this machine ({reason}); "
               "its servers need Ray's token, but put it behind a firewall or use --address", file=sys.stderr)
+
+
+def add_serving_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the ingest and stream endpoints of served workflows listen, and where file outputs go."""
+    p.add_argument("--endpoint-host", metavar="HOST",
+                   help="address the ingest and stream endpoints listen on (default 127.0.0.1 on an embedded Ray, "
+                   "0.0.0.0 (each node's address) on a cluster joined with --address)")
+    p.add_argument("--output-dir", type=Path, metavar="DIR",
+                   help="folder of `file` outputs (default: outputs/ in the state directory)")
+    p.add_argument("--no-link-latency", dest="link_latency", action="store_false",
+                   help="on an embedded Ray (every site on this machine), do not add the topology's link latencies "
+                   "to messages between sites (they are added by default, so that latency is as on the real links)")
+
+
+def serving_options(args: argparse.Namespace, state_dir: Path) -> dict:
+    """The Pipeline's options for endpoints and outputs: the data token, the hosts, the output folder."""
+    from jellybean.runtime.state import data_token
+
+    embedded = not getattr(args, "address", None)
+    host = args.endpoint_host or ("127.0.0.1" if embedded else "0.0.0.0")
+    return {"data_token": data_token(state_dir), "bind_host": host,
+            "output_dir": args.output_dir or Path(state_dir) / "outputs",
+            "emulate_latency": embedded and args.link_latency}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -442,7 +489,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     cluster = RayCluster(args.address)
     metrics, metrics_server = bind_metrics(args)
     controller = Controller(store, cluster=cluster, plan_time_limit_s=args.time_limit, cache_dir=args.cache,
-                            metrics=metrics)
+                            metrics=metrics, serving=serving_options(args, state_dir))
     if args.address:
         try:
             cluster.start({})
@@ -466,7 +513,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"warning: serving plain HTTP on {args.host}: the bearer token crosses the network unencrypted; "
               "put a TLS proxy in front", file=sys.stderr)
     if not args.address:
-        isolate_embedded_ray()  # the API's and the metrics' sockets are bound: they stay reachable
+        isolate_embedded_ray(state_dir, serving_options(args, state_dir)["bind_host"])  # the API's and the
+        # metrics' sockets are bound: they stay reachable
     if metrics_server is not None:
         from jellybean.runtime.metrics import start as serve_metrics
 
@@ -574,6 +622,17 @@ def _render_workflow(status: dict) -> str:
         lines.append("")
         lines.append(f"Frames: sent {frames.get('sent', 0)}, completed {frames.get('completed', 0)}, "
                      f"failed {frames.get('failed', 0)}, in flight {frames.get('in_flight', 0)}, lost {frames.get('lost', 0)}")
+        measured = []
+        if status.get("throughput_per_s") is not None:
+            measured.append(f"{status['throughput_per_s']:.1f} frames/s")
+        if status.get("accuracy_measured") is not None:
+            measured.append(f"accuracy {status['accuracy_measured']:.2f}")
+        if measured:
+            lines.append("Measured: " + ", ".join(measured))
+    endpoints = status.get("endpoints") or []
+    if endpoints:
+        lines += ["", table(["ENDPOINT", "NAME", "SITE", "WHERE"],
+                            [[e["kind"], e["name"], e["site"], e.get("url") or e.get("path") or "-"] for e in endpoints])]
     events = status.get("events") or []
     if events:
         lines += ["", "Events"]
@@ -790,6 +849,20 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return _write_generated("the CRDs", write_crds, args.out)
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from jellybean.cli.data import cmd_send as send
+
+    return send(args)
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from jellybean.cli.data import cmd_results as results
+
+    return results(args)
+
+
+COMMANDS["send"] = cmd_send
+COMMANDS["results"] = cmd_results
 COMMANDS["dashboards"] = cmd_dashboards
 COMMANDS["crds"] = cmd_crds
 

@@ -22,9 +22,13 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-pin-cpus", dest="pin_cpus", action="store_false",
                    help="on one machine, let the OS move replicas across cores instead of giving each planned "
                         "instance cores of its own")
-    from jellybean.cli import add_metrics_arguments
+    p.add_argument("--state-dir", type=Path, metavar="DIR",
+                   help="where the data token (for the ingest and stream endpoints) is kept (default $JELLYBEAN_HOME "
+                   "or ~/.jellybean)")
+    from jellybean.cli import add_metrics_arguments, add_serving_arguments
 
     add_metrics_arguments(p)
+    add_serving_arguments(p)
 
 
 def _progress(pipeline, started: float, duration: float) -> None:
@@ -39,7 +43,8 @@ def _progress(pipeline, started: float, duration: float) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jellybean.cli import UsageError, bind_metrics, isolate_embedded_ray
+    from jellybean.cli import UsageError, bind_metrics, isolate_embedded_ray, serving_options
+    from jellybean.runtime.state import StateError, default_state_dir, ensure_state_dir
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec.bundle import load_bundle
 
@@ -53,21 +58,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         from jellybean.spec.errors import SpecError
 
         raise SpecError(problems)
+    try:
+        state_dir = ensure_state_dir(args.state_dir or default_state_dir())
+    except StateError as exc:
+        raise UsageError(str(exc)) from None
+    serving = serving_options(args, state_dir)
     metrics, metrics_server = bind_metrics(args)
     if not args.address:
-        isolate_embedded_ray()  # before the planner's and Ray's threads; the metrics socket stays reachable
+        # Before the planner's and Ray's threads; the metrics socket stays reachable.
+        isolate_embedded_ray(state_dir, serving["bind_host"])
     if metrics_server is not None:
         from jellybean.runtime.metrics import start as serve_metrics
 
         serve_metrics(metrics_server)
     try:
-        return _serve(args, bundle, make_plan, metrics)
+        return _serve(args, bundle, make_plan, metrics, serving)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
 
 
-def _serve(args: argparse.Namespace, bundle, make_plan, metrics) -> int:  # noqa: ANN001
+def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) -> int:  # noqa: ANN001
     from jellybean.cli import UsageError
 
     started = time.time()
@@ -79,7 +90,7 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics) -> int:  # noqa
         return 1
 
     from jellybean.runtime.controller import RayCluster
-    from jellybean.runtime.dataplane import ServingError, site_resources
+    from jellybean.runtime.deployment import ServingError, site_resources
     from jellybean.runtime.supervisor import Supervisor
     from jellybean.zoo.build import build_zoo, default_cache_dir
 
@@ -90,10 +101,13 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics) -> int:  # noqa
     cluster.start(site_resources(bundle.topology))
     try:
         try:
-            pipeline = Supervisor(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus, metrics=metrics)
+            pipeline = Supervisor(bundle, plan, cache_dir=cache, pin_cpus=args.pin_cpus, metrics=metrics, **serving)
+            pipeline.start()
         except ServingError as exc:
             raise UsageError(str(exc)) from None
-        pipeline.start()
+        for endpoint in pipeline.endpoints():
+            where = endpoint.url or endpoint.path
+            print(f"{endpoint.kind} {endpoint.name} at {endpoint.site}: {where}", file=sys.stderr)
         until = time.time() + args.duration
         while time.time() < until:
             _progress(pipeline, pipeline.started_at or time.time(), args.duration)

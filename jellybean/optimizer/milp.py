@@ -641,8 +641,10 @@ def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_n
 
 
 def _latency_of(problem: Problem):
+    """An option's latency for the bound: its profile's (p90 or mean) plus the runtime's overhead
+    bound (the hop into it, and the longest wait for a batch to fill)."""
     use_p90 = problem.latency_percentile == "p90"
-    return lambda o: o.latency_ms_p90 if use_p90 else o.latency_ms
+    return lambda o: (o.latency_ms_p90 if use_p90 else o.latency_ms) + o.overhead_ms
 
 
 def prune_by_latency(problem: Problem, usable: list) -> list:

@@ -113,8 +113,12 @@ class Plan(_Out):
     accuracy: float | None = None
     accuracy_target: float
     accuracy_method: str = ""
-    latency_ms: float | None = Field(default=None, description="Worst-path end-to-end latency (mean profiles).")
+    latency_ms: float | None = Field(default=None, description="Worst-path end-to-end latency (mean profiles, plus "
+                                     "the runtime's hop and batching-wait bounds).")
     latency_ms_p90: float | None = Field(default=None, description="Worst path with p90 profiles where known.")
+    latency_ms_expected: float | None = Field(
+        default=None, description="Expected end-to-end latency under the planned load (batches as they form, their "
+        "wait, queueing, the runtime's hops): the prediction a measured median compares with.")
     latency_bound_ms: float | None = None
     rate_per_s: dict[str, float] = Field(default_factory=dict, description="Total request rate per stage.")
     solver: SolverStats

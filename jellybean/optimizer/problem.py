@@ -92,6 +92,9 @@ class Option:
     latency_ms: float
     latency_ms_p90: float
     throughput_per_s: float  # one instance, fully busy
+    #: What the runtime adds at most, per request: the hop into the stage and, for a batch of more
+    #: than one, the longest wait for the batch to fill (an upper bound, for latency constraints).
+    overhead_ms: float = 0.0
 
 
 @dataclass
@@ -162,6 +165,8 @@ class Problem:
     latency_bound_ms: float | None
     latency_percentile: str
     warnings: list[str] = field(default_factory=list)
+    hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
+    batch_wait_ms: float = 0.0  # the runtime's dynamic batching wait (Topology.batch_wait_ms)
     #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
     #: downward flows a site only ever sees data produced in its own subtree.
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -476,7 +481,8 @@ def compile_problem(
                     p90 = (profile.latency_ms_p90 or {}).get(batch, latency)
                     candidates.append((batch, latency, p90, batch * 1000.0 / latency))
                 for batch, latency, p90, mu in _pareto(candidates, wf.slo.latency_ms is not None):
-                    option = Option(len(options), name, variant.name, group.index, batch, latency, p90, mu)
+                    overhead = topo.hop_latency_ms + (topo.batch_wait_ms if batch > 1 else 0.0)
+                    option = Option(len(options), name, variant.name, group.index, batch, latency, p90, mu, overhead)
                     options.append(option)
                     by_stage[name].append(option.index)
 
@@ -490,5 +496,5 @@ def compile_problem(
         source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
-        warnings=warnings,
+        warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
     )

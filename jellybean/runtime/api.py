@@ -28,7 +28,7 @@ Routes:
 ``GET  /v1/controller``                     the controller: state directory, Ray, counts
 ``POST /v1/apply?wait=SECONDS``             submit documents (``{"files": [{"name", "text"}]}``)
 ``GET  /v1/workflows``                      every workflow: phase, generation, cost, replicas
-``GET  /v1/workflows/{name}``               plan vs actual per stage and site, frames, events
+``GET  /v1/workflows/{name}``               plan vs actual per stage and site, frames, endpoints, events
 ``GET  /v1/workflows/{name}/plan``          the current Plan (the ``plan --format json`` object)
 ``GET  /v1/workflows/{name}/history``       revisions (digest, cost, models) and events
 ``DELETE /v1/workflows/{name}?wait=SECONDS`` tear a workflow down
@@ -63,6 +63,7 @@ from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
 from jellybean.runtime.parsing import IsolatedParser
 from jellybean.runtime.state import DamagedRecord
+from jellybean.runtime.status import Endpoint, OutputStatus
 from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import MAX_LOAD_BYTES
 
@@ -187,7 +188,14 @@ class WorkflowStatus(BaseModel):
     started_at: float | None
     plan: PlanSummary | None
     stages: list[StageRow]
-    frames: dict[str, int] | None = Field(description="`sent`, `completed`, `failed`, `lost` (running only).")
+    frames: dict[str, int] | None = Field(description="`sent`, `completed`, `failed`, `in_flight`, `lost` (running "
+                                          "only).")
+    endpoints: list[Endpoint] = Field(default_factory=list, description="Where data enters (an ingest URL per source "
+                                      "and site) and results leave (stream URLs, webhooks, files).")
+    outputs: list[OutputStatus] = Field(default_factory=list, description="Results at each output: accepted, "
+                                        "delivered, failed, dropped, backlog.")
+    accuracy_measured: float | None = Field(default=None, description="On the completed frames that carry a ground truth.")
+    throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
     events: list[EventOut]
 
 

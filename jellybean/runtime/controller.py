@@ -24,7 +24,7 @@ so an infeasible plan is refused with its explanation and the running version st
 new revision; changing a zoo or a topology re-plans every stored workflow that uses it.
 
 Ray. On an embedded Ray (``ray.init``) every site of every stored topology is a custom resource
-``site:<name>`` of the one node (:func:`jellybean.runtime.dataplane.site_resources`), with
+``site:<name>`` of the one node (:func:`jellybean.runtime.deployment.site_resources`), with
 ``num_cpus = os.cpu_count()``. Ray's resources are fixed at ``ray.init``: when a newly applied
 topology adds sites (or needs more of a site), the controller stops every pipeline, restarts Ray
 with the union of all stored topologies' resources and redeploys (so a rollover across a Ray
@@ -278,13 +278,13 @@ class RayCluster:
 
 
 def default_site_resources(topology: Topology) -> dict[str, float]:
-    from jellybean.runtime.dataplane import site_resources
+    from jellybean.runtime.deployment import site_resources
 
     return site_resources(topology)
 
 
 def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | None = None,
-                             detached: bool = False) -> PipelineFactory:
+                             detached: bool = False, serving: Mapping[str, Any] | None = None) -> PipelineFactory:
     """The data plane's Pipeline; the model zoo is built into the cache once, before the first one."""
     built = threading.Lock()
     done: list[bool] = []
@@ -302,26 +302,23 @@ def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | N
                     build_zoo(Path(cache_dir) if cache_dir else default_cache_dir())
                 done.append(True)
         # Supervised: re-planned when sites fail or return and when load drifts (jellybean.runtime.supervisor).
-        return Supervisor(bundle, plan, cache_dir=cache_dir, metrics=metrics, detached=detached)
+        return Supervisor(bundle, plan, cache_dir=cache_dir, metrics=metrics, detached=detached, **dict(serving or {}))
 
     return factory
 
 
 def default_servability_check(bundle: Bundle, plan: Plan) -> None:
     """Refuse at apply time what the data plane could plan but never serve (it would fail at start)."""
-    from jellybean.runtime.dataplane import ServingError, replica_specs
+    from jellybean.runtime.deployment import ServingError, build_deployment
     from jellybean.zoo.checks import unservable
 
     problems = unservable(bundle)
     if problems:
         raise NotServable("; ".join(f"{i.path}: {i.message}" for i in problems))
     try:
-        replica_specs(bundle, plan)
+        build_deployment(bundle, plan)
     except ServingError as exc:
         raise NotServable(str(exc)) from None
-    for source in bundle.workflow.spec.sources:
-        if "dataset" in type(source).model_fields and not getattr(source, "dataset", None):
-            raise NotServable(f"source {source.name!r} names no `dataset` to replay (e.g. digits-frames)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,6 +388,7 @@ class Controller:
         retry_max_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        serving: Mapping[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.metrics = metrics
@@ -398,7 +396,8 @@ class Controller:
             # On a cluster that outlives the controller, replicas are detached: a restarted
             # controller adopts them instead of loading the models again.
             pipeline_factory = default_pipeline_factory(cache_dir, metrics,
-                                                        detached=cluster is not None and not cluster.embedded)
+                                                        detached=cluster is not None and not cluster.embedded,
+                                                        serving=serving)
             check_servable = check_servable or default_servability_check
         self.pipeline_factory = pipeline_factory
         self.check_servable = check_servable
@@ -822,7 +821,7 @@ class Controller:
 
     def _continue_counts(self, name: str, digest: str, pipeline: PipelineLike) -> None:
         """A workflow started again after a controller shutdown continues its frame counts."""
-        ledger = getattr(pipeline, "ledger", None)
+        ledger = getattr(pipeline, "carried", None)
         if ledger is None:
             return
         last = self.store.events(name, limit=1)
@@ -993,6 +992,10 @@ class Controller:
             },
             "stages": compare_stages(plan, actual),
             "frames": (actual or {}).get("frames"),
+            "endpoints": (actual or {}).get("endpoints", []),
+            "outputs": (actual or {}).get("outputs", []),
+            "accuracy_measured": (actual or {}).get("accuracy_measured"),
+            "throughput_per_s": (actual or {}).get("throughput_per_s"),
             "events": [e.as_dict() for e in self.store.events(name, limit=events)],
         }
 

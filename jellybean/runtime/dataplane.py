@@ -1,669 +1,552 @@
-"""The data plane: a Plan becomes Ray actors pinned to their sites, and frames flow through them.
+"""The data plane's control side: a Plan becomes actors at their sites, wired to each other.
 
-Shape. Each placement of the plan (stage, variant, site, instance group) becomes
-``ceil(instances)`` replicas: Ray actors that hold the variant's runner (a registered loader from
-:mod:`jellybean.zoo.registry`), reserve the instance's CPU share (``num_cpus``; torch threads to
-match) and require the custom resource ``site:<name>``, so Ray places them on the node that is that
-site (on an embedded single-node Ray every site is a resource of the one node). Replicas are
-actors rather than Ray Serve deployments: one actor call per *batch* costs about a millisecond here,
-the routing by plan shares and the frame-level accounting need to live in our code anyway, and a
-deployment's HTTP ingress would add a hop we do not need (measured: ``bench/runtime.py``).
+What runs where. :func:`~jellybean.runtime.deployment.build_deployment` says what the plan means
+(replicas, sources, outputs, routes); :class:`Pipeline` creates one actor per replica (the stage's
+runner, or a fused chain), per (source, site) (an ingest endpoint or a replay loop) and per output
+and site, each pinned to its site by the Ray resource ``site:<name>``; then it gives every sender its
+routing table (the replicas of the next stages it may reach, with the plan's shares) and starts the
+sources. From then on frames go from actor to actor (:mod:`jellybean.runtime.worker`): this process
+is not on the data path. It reads the actors' reports every ``report_interval_s`` (the ledger of
+every source, what each replica ran, the bytes each actor sent to each site) for status, metrics
+and the supervisor, and changes the wiring when the world changes: a re-plan (:meth:`reconfigure`:
+replicas the new plan keeps stay, new ones start first, the tables switch, replaced ones finish what
+they hold), a dead actor, a cut uplink (:meth:`set_uplink`).
 
-Flow. An asyncio loop in a background thread drives everything. Sources replay their dataset at the
-configured rate. A message for a stage is routed to one of its replicas by the plan's shares
-(:mod:`jellybean.runtime.routing`), among the replicas it can reach without flowing down the tiers;
-stateful stages (joins) route by frame id so one frame's parts meet. Each replica has a bounded
-queue and a sender that forms dynamic batches up to the plan's batch size
-(:mod:`jellybean.runtime.flow`); a full queue makes the router wait, which slows the stage before
-it, and so on back to the sources. A batch that fails is retried request by request on other
-replicas; what still fails is recorded with its reason. At the sink the frame's result is checked
-against the ground truth it carried.
+Replicas are Ray actors rather than Ray Serve deployments: one actor call per batch costs about a
+millisecond here, the routing by plan shares and the frame accounting need to live in our code
+anyway, and Serve's handles route through its own router (measured: ``bench/runtime.py``).
 
-Two measured optimisations keep Ray's per-call cost (about 1-2 ms here) from dominating tiny models:
-consecutive stateless stages placed on the same instance, one replica each, run *fused* in one actor
-(:func:`plan_fusion`; the plan is unchanged, only the hop between them moves inside the process),
-and each replica keeps two batch calls outstanding so the next batch waits at the actor while the
-current one runs (the slot is freed as soon as the call returns, before its outputs are routed).
-On one machine, ``pin_cpus`` gives each planned instance cores of its own and keeps this process off
-the busy ones (:mod:`jellybean.runtime.affinity`); ``jellybean run`` turns it on. The controller
-leaves it off, because several workflows deployed side by side would each claim the same cores.
+Every Ray call is behind a :class:`~jellybean.runtime.replicas.Backend`: :class:`RayBackend` in use,
+:class:`~jellybean.runtime.replicas.InProcessBackend` in the tests.
+
+On one machine, ``pin_cpus`` gives each planned instance cores of its own and puts the sources and
+outputs on the cores left (:mod:`jellybean.runtime.affinity`); ``jellybean run`` turns it on. The
+controller leaves it off, because several workflows deployed side by side would claim the same cores.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
-from itertools import count
 from pathlib import Path
-
-from pydantic import BaseModel
+from typing import Any
 
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_process, usable_cores
-from jellybean.runtime.flow import (
-    LATENCY_SAMPLES, Ledger, RetryPolicy, collect_batch, percentile, queue_capacity,
+from jellybean.runtime.deployment import (
+    Deployment, OutputPlan, ReplicaPlan, ReplicaSpec, ServingError, SourcePlan, build_deployment,
 )
+from jellybean.runtime.flow import LATENCY_SAMPLES, percentile
 from jellybean.runtime.metrics import Metrics
-from jellybean.runtime.routing import AffinityRouter, WeightedRouter, uplinks_between
+from jellybean.runtime.replicas import ActorSpec, Backend, RayBackend, ReplicaState, is_death
+from jellybean.runtime.status import (
+    Endpoint, Frames, Measured, OutputStatus, PipelineStatus, Predicted, RunSummary, StageStatus,
+)
 from jellybean.runtime.telemetry import Telemetry
 from jellybean.spec.bundle import Bundle
-from jellybean.spec.topology import Topology
 
-SITE_RESOURCE_PREFIX = "site:"
-#: Ray namespace of detached (adoptable) replicas.
-ACTOR_NAMESPACE = "jellybean"
-#: Each replica asks for this much of its site's resource; a site offers SITE_CAPACITY of it.
-SITE_SLOT = 0.001
-SITE_CAPACITY = 1000.0
+__all__ = ["Pipeline", "ServingError", "local_cpus"]
 
 
-def site_resource(site: str) -> str:
-    return f"{SITE_RESOURCE_PREFIX}{site}"
-
-
-def site_resources(topology: Topology) -> dict[str, float]:
-    """The custom resources an embedded single-node Ray needs so that every site exists."""
-    return {site_resource(s.name): SITE_CAPACITY for s in topology.spec.sites}
-
-
-class ServingError(Exception):
-    """The plan cannot be served as written (no loader, no dataset): a user error, said in words."""
-
-
-# --------------------------------------------------------------------------------------------------
-# what to deploy
-
-
-@dataclass(frozen=True)
-class ReplicaSpec:
+@dataclass
+class _Actor:
+    kind: str  # replica | source | output
     key: str
-    stage: str
-    variant: str
-    loader: str
-    site: str
-    tier: str
-    instance: str
-    batch_size: int
-    weight: float  # planned requests/s for this replica
-    num_cpus: float
-    threads: int
-    #: Which instance the replica runs on, ``(site, instance group, index)``: replicas of one shared
-    #: instance have the same key.
-    instance_key: tuple = ()
-    instance_cpus: float = 1.0
-    utilization: float = 0.0  # planned busy fraction of its instance that this replica accounts for
+    plan: Any  # ReplicaPlan | SourcePlan | OutputPlan
+    handle: Any
+    state: ReplicaState = ReplicaState.STARTING
+    info: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    adopted: bool = False
 
     @property
-    def instance_label(self) -> str:
-        """The ``instance`` label of metrics: the group's name and the instance's index (``hub-cpu-0``)."""
-        return f"{self.instance_key[1]}-{self.instance_key[2]}" if len(self.instance_key) == 3 else self.instance
+    def site(self) -> str:
+        return self.plan.site
 
+    @property
+    def alive(self) -> bool:
+        return self.state in (ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.DRAINING)
 
-def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
-    """Expand the plan's placements into replicas with their CPU shares."""
-    if not plan.feasible:
-        raise ServingError(f"workflow {plan.workflow} has no feasible plan: " + "; ".join(plan.explanation))
-    zoo = bundle.zoo.spec
-    stage_task = {s.name: s.task for s in bundle.workflow.spec.stages}
-    groups = {(site.name, inst.name): inst for site in bundle.topology.spec.sites for inst in site.instances}
-    # Busy instance-equivalents of each stage on each group, to split a shared instance's CPUs.
-    busy: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
-    for a in plan.assignments:
-        load = a.utilization * a.instances
-        busy[(a.site, a.instance)][a.stage] = busy[(a.site, a.instance)].get(a.stage, 0.0) + load
-    specs: list[ReplicaSpec] = []
-    next_index: dict[tuple[str, str], int] = defaultdict(int)  # exclusive mode: instances handed out per group
-    for a in plan.assignments:
-        task = zoo.task(stage_task[a.stage])
-        variant = task.variant(a.variant) if task else None
-        if variant is None or not variant.loader:
-            raise ServingError(f"variant {a.variant!r} of stage {a.stage!r} names no `loader`: it can be planned "
-                               "but not served (see `jellybean zoo list` for registered loaders)")
-        replicas = max(1, math.ceil(a.instances - 1e-9))
-        for site in a.sites or [a.site]:
-            group = groups[(site, a.instance)]
-            cpus = group.cpus or 1.0
-            if plan.sharing == "shared":
-                loads = busy[(a.site, a.instance)]
-                share = loads[a.stage] / sum(loads.values()) if sum(loads.values()) > 0 else 1.0 / len(loads)
-                cpus = cpus * share
-            for k in range(replicas):
-                # Shared instances host every stage placed on their group; exclusive ones one stage each.
-                if plan.sharing == "shared":
-                    index = k
-                else:
-                    index = next_index[(site, a.instance)]
-                    next_index[(site, a.instance)] += 1
-                instance_key = (site, a.instance, index)
-                specs.append(ReplicaSpec(
-                    key=f"{a.stage}/{site}/{a.instance}/{a.variant}/{k}", stage=a.stage, variant=a.variant,
-                    loader=variant.loader, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
-                    weight=a.rate_per_s / replicas, num_cpus=_cpu_amount(cpus),
-                    threads=max(1, int(cpus + 1e-9)), instance_key=instance_key,
-                    instance_cpus=group.cpus or 1.0, utilization=a.utilization,
-                ))
-    return specs
-
-
-def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dict[str, list[str]],
-                inputs: dict[str, int], stateful) -> dict[str, list[ReplicaSpec]]:
-    """Chains of consecutive stages to run inside one replica: head replica key -> the chain.
-
-    Stage ``s`` joins the chain of ``u`` when ``u`` feeds only ``s``, ``s`` reads only from ``u``,
-    each has a single replica, both sit on the same instance of the same site, and neither keeps
-    state (a join must see every part of a frame, so it is routed, never fused). The plan is
-    unchanged (same placement, same CPU shares, same batch sizes); only the hop between the two
-    stages moves inside the process."""
-    by_stage: dict[str, list[ReplicaSpec]] = defaultdict(list)
-    for spec in specs:
-        by_stage[spec.stage].append(spec)
-    chains: dict[str, list[ReplicaSpec]] = {}
-    absorbed: set[str] = set()
-    for stage in stage_order:
-        if stage in absorbed or len(by_stage[stage]) != 1:
-            continue
-        chain = [by_stage[stage][0]]
-        while True:
-            tail = chain[-1]
-            following = consumers.get(tail.stage, [])
-            if len(following) != 1:
-                break
-            nxt_stage = following[0]
-            if inputs.get(nxt_stage, 0) != 1 or len(by_stage[nxt_stage]) != 1:
-                break
-            nxt = by_stage[nxt_stage][0]
-            if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.loader) or stateful(tail.loader):
-                break
-            chain.append(nxt)
-            absorbed.add(nxt_stage)
-        if len(chain) > 1:
-            chains[chain[0].key] = chain
-    return chains
-
-
-# --------------------------------------------------------------------------------------------------
-# the summary (`jellybean run --format json`)
-
-
-class Predicted(BaseModel):
-    throughput_per_s: float
-    accuracy: float | None
-    latency_ms_p50: float | None
-    cost_per_hour: float | None
-
-
-class Measured(BaseModel):
-    throughput_per_s: float
-    accuracy: float | None
-    latency_ms_p50: float | None
-    latency_ms_p99: float | None
-    hop_overhead_ms_p50: float | None = None
-    hop_overhead_ms_p99: float | None = None
-
-
-class Frames(BaseModel):
-    sent: int
-    completed: int
-    failed: int
-    lost: int
-
-
-class StageStatus(BaseModel):
-    stage: str
-    site: str
-    variant: str
-    replicas_planned: int
-    replicas_alive: int
-    rate_planned_per_s: float
-    rate_measured_per_s: float
-    batches: int
-    mean_batch_size: float | None
-
-
-class RunSummary(BaseModel):
-    workflow: str
-    duration_s: float
-    predicted: Predicted
-    measured: Measured
-    frames: Frames
-    failures: dict[str, int] = {}
-    stages: list[StageStatus] = []
-    time_to_first_result_s: float | None = None
-    first_result_at_unix: float | None = None
-    #: Which cores each instance and the data plane were given (see jellybean.runtime.affinity).
-    cpu_pinning: dict = {}
-    plan: dict = {}
-
-
-# --------------------------------------------------------------------------------------------------
-# the engine
+    @property
+    def spec(self) -> ReplicaSpec:
+        """A replica's head stage spec (the supervisor asks for its site)."""
+        return self.plan.head
 
 
 @dataclass
-class _Replica:
-    spec: ReplicaSpec
-    actor: object
-    chain: list[ReplicaSpec] = field(default_factory=list)  # the stages it runs, first is `spec`
-    queue: asyncio.Queue | None = None
-    alive: bool = True
-    stateful: bool = False
-    node_id: str = ""
-    pid: int = 0
-    requests: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # per stage of the chain
-    batches: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    task: asyncio.Task | None = None
-    calls: set = field(default_factory=set)  # outstanding batch calls
-    busy_ms: float = 0.0  # time spent inside the models, as the replica measured it
-    retired: bool = False  # replaced by a re-plan: finishes what it holds, takes nothing new
-    in_hand: list = field(default_factory=list)  # taken from the queue by the sender, not yet sent
+class LedgerView:
+    """The frame totals: the sum of every source's ledger (each exact), plus the frames of sources
+    whose actor died (counted failed, with the reason)."""
 
-    def same_actor(self, chain: list[ReplicaSpec]) -> bool:
-        """Whether this live replica can serve ``chain`` as it is: same stages, placement, models and
-        batch sizes. Its traffic share and its CPU share may differ: Ray cannot resize a running actor's
-        reservation, and restarting a replica only to change a share would need room for both
-        (on a full node, none) and drop what the replica keeps (a join's partial frames)."""
-        def shape(c: ReplicaSpec) -> tuple:
-            return (c.key, c.loader, c.batch_size)
+    sent: int = 0
+    completed: int = 0
+    failed: int = 0
+    correct: int = 0
+    in_flight: int = 0
+    reasons: Counter = field(default_factory=Counter)
 
-        return self.alive and not self.retired and [shape(c) for c in self.chain] == [shape(c) for c in chain]
-
-
-@dataclass
-class _Item:
-    payload: dict
-    origin: str  # site the message comes from
-    attempts: int = 0
-    excluded: set = field(default_factory=set)
-    size_bytes: float = 0.0  # declared size (source payload_kb, variant output_kb), for link accounting
-
-
-def _ancestors(topology: Topology) -> dict[str, list[str]]:
-    parent = {s.name: s.parent for s in topology.spec.sites}
-    out = {}
-    for name in parent:
-        chain, cursor = [name], parent[name]
-        while cursor is not None:
-            chain.append(cursor)
-            cursor = parent[cursor]
-        out[name] = chain
-    return out
+    @property
+    def lost(self) -> int:
+        return self.sent - self.completed - self.failed - self.in_flight
 
 
 class Pipeline:
-    """One deployed workflow. Ray must be initialised by the caller (``jellybean run``, the controller)."""
+    """One deployed workflow. Ray must be initialised by the caller (``jellybean run``, the
+    controller) unless another ``backend`` is given."""
 
-    def __init__(self, bundle: Bundle, plan: Plan, *, cache_dir: Path | None = None, max_wait_ms: float = 2.0,
-                 retry: RetryPolicy | None = None, seed: int = 0, drain_timeout_s: float = 30.0,
-                 fuse: bool = True, in_flight_batches: int = 2, pin_cpus: bool = False,
-                 metrics: Metrics | None = None, overload: str = "backpressure", shed_after_ms: float = 50.0,
-                 hold_s: float = 0.0, hold_capacity: int = 10_000, link_buffer_capacity: int = 10_000,
-                 frame_timeout_s: float = 120.0, detached: bool = False) -> None:
+    def __init__(self, bundle: Bundle, plan: Plan, *, backend: Backend | None = None, cache_dir: Path | None = None,
+                 metrics: Metrics | None = None, pin_cpus: bool = False, overload: str = "backpressure",
+                 shed_after_ms: float = 50.0, hold_s: float = 0.0, hold_capacity: int = 10_000,
+                 frame_timeout_s: float = 120.0, drain_timeout_s: float = 30.0, detached: bool = False,
+                 link_buffer_capacity: int = 10_000,
+                 fuse: bool = True, window: int = 16, max_in_flight: int = 256, max_wait_ms: float | None = None,
+                 data_token: str | None = None, bind_host: str = "127.0.0.1", advertise_host: str | None = None,
+                 output_dir: Path | None = None, report_interval_s: float = 0.5, seed: int = 0,
+                 stateful=None, threaded: bool = False, emulate_latency: bool = False) -> None:  # noqa: ANN001
         if overload not in ("backpressure", "shed"):
             raise ValueError(f"overload must be 'backpressure' or 'shed', not {overload!r}")
-        from jellybean.zoo.build import default_cache_dir
-
         self.bundle = bundle
         self.plan = plan
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.max_wait_s = max_wait_ms / 1000.0
-        self.retry = retry or RetryPolicy()
-        self.seed = seed
-        self.drain_timeout_s = drain_timeout_s
+        self.backend = backend or RayBackend()
+        self._stateful = stateful
         self.fuse = fuse
-        self.in_flight_batches = in_flight_batches
+        self.deployment: Deployment = build_deployment(bundle, plan, fuse=fuse, stateful=stateful)
+        if cache_dir is None and isinstance(self.backend, RayBackend):
+            from jellybean.zoo.build import default_cache_dir
+
+            cache_dir = default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir else None
         self.pin_cpus = pin_cpus
-        self.cpu_layout: CpuLayout | None = None
-        self._driver_cores: list[int] | None = None  # this process's cores before pinning, to restore
-        self.specs = replica_specs(bundle, plan)
-        self.ledger = Ledger()
-        self.hop_overhead_ms: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.replicas: dict[str, _Replica] = {}
-        self.by_stage: dict[str, list[str]] = defaultdict(list)
-        self.consumers: dict[str, list[str]] = defaultdict(list)
-        self.source_consumers: dict[str, list[str]] = defaultdict(list)
-        for stage in bundle.workflow.spec.stages:
-            for inp in stage.input_specs():
-                target = self.source_consumers if inp.from_ in {s.name for s in bundle.workflow.spec.sources} \
-                    else self.consumers
-                target[inp.from_].append(stage.name)
-        self.sink = bundle.workflow.spec.sink
-        self.reach = _ancestors(bundle.topology)
-        if bundle.topology.spec.allow_downward_flows:
-            every = [s.name for s in bundle.topology.spec.sites]
-            self.reach = {name: every for name in every}
-        self._routers: dict[tuple[str, str], object] = {}
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread: threading.Thread | None = None
-        self.source_tasks: list = []
-        self.started_at: float | None = None
-        self.first_result_at: float | None = None
-        self.last_result_at: float | None = None
-        self.last_result_sent_at: float | None = None  # when the latest completed frame left its source
-        self.stopped_at: float | None = None
-        self._frame_ids = count()
-        self._summary: RunSummary | None = None
-        self._flusher: asyncio.Task | None = None
-        self._housekeeper: asyncio.Task | None = None
-        self._sources_stopping = False
-        self.telemetry = Telemetry(self, metrics) if metrics is not None else None
-        # Resilience (see the module docstring): overload policy, messages held for a re-plan, uplinks.
         self.overload = overload
-        self.shed_after_s = shed_after_ms / 1000.0
-        self.hold_s = hold_s
-        self.hold_capacity = hold_capacity
-        self.held: deque[tuple[float, str, _Item]] = deque()  # (deadline, stage, item)
-        self.link_buffer_capacity = link_buffer_capacity
-        self.links_down: set[str] = set()  # child sites whose uplink is cut
-        self.link_buffers: dict[str, deque[tuple[str, _Item]]] = defaultdict(deque)
-        self.parent = {site.name: site.parent for site in bundle.topology.spec.sites}
-        self.frame_timeout_s = frame_timeout_s
-        self.source_rates = {source.name: source.rate_per_s for source in bundle.workflow.spec.sources}
-        self.generated: dict[str, int] = defaultdict(int)  # frames each source produced (sent or shed)
-        self.shed = 0
+        if max_wait_ms is None:  # the batching wait the plan counted (Topology.batch_wait_ms)
+            max_wait_ms = bundle.topology.spec.batch_wait_ms
+        self.options = {"window": window, "max_wait_ms": max_wait_ms, "hold_s": hold_s, "hold_capacity": hold_capacity,
+                        "max_in_flight": max_in_flight, "frame_timeout_s": frame_timeout_s, "overload": overload,
+                        "shed_after_ms": shed_after_ms, "seed": seed, "threaded": threaded,
+                        "link_buffer_capacity": link_buffer_capacity}
+        self.drain_timeout_s = drain_timeout_s
+        self.detached = detached
+        self.data_token = data_token or ""
+        self.bind_host = bind_host
+        self.advertise_host = advertise_host
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.report_interval_s = report_interval_s
+        #: Sites that are processes of one machine: emulate the links' latency (their bandwidth is not
+        #: emulated; the test bed shapes it for real, :mod:`bench.sites`).
+        self.emulate_latency = emulate_latency
+        self.actors: dict[str, _Actor] = {}  # replicas by their key, sources and outputs by theirs
+        self.links_down: set[str] = set()
         self.dead: set[str] = set()  # replica keys whose actor died
         self.attention = threading.Event()  # set when something needs the supervisor (a death, a hold)
         self.reconfigurations = 0
-        # Detached replicas outlive this process (a controller restart on a cluster that outlives it):
-        # named by workflow and replica shape, so the next controller adopts them instead of
-        # loading the models again (see _spawn).
-        self.detached = detached
         self.adopted: list[str] = []
+        self.cpu_layout: CpuLayout | None = None
+        self._driver_cores: list[int] | None = None
+        self.telemetry = Telemetry(self.deployment, plan, metrics) if metrics is not None else None
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self._summary: RunSummary | None = None
+        self._lock = threading.RLock()
+        self._monitor: threading.Thread | None = None
+        self._stop_monitor = threading.Event()
+        self._lost_sources: Counter = Counter()  # frames in flight at sources whose actor died
+        #: Counts a previous run of the same workflow left (a controller restarted): added to the ledger.
+        self.carried = LedgerView()
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._hops: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self._rates: deque[tuple[float, int]] = deque(maxlen=64)  # (time, completed) for the recent throughput
 
-    # --- lifecycle ----------------------------------------------------------------------------
+    # --- what runs --------------------------------------------------------------------------------------
+    @property
+    def replicas(self) -> dict[str, _Actor]:
+        return {k: a for k, a in self.actors.items() if a.kind == "replica" and a.state != ReplicaState.STOPPED}
+
+    @property
+    def specs(self) -> list[ReplicaSpec]:
+        return self.deployment.specs
+
+    def _sources(self) -> list[_Actor]:
+        return [a for a in self.actors.values() if a.kind == "source"]
+
+    def _outputs(self) -> list[_Actor]:
+        return [a for a in self.actors.values() if a.kind == "output"]
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self, *, timeout_s: float = 120.0) -> None:
-        """Deploy the replicas and start the sources. Raises :class:`ServingError` (after removing
-        what it created) when the replicas cannot be placed or loaded within ``timeout_s``."""
-        import ray
-
-        self.replicas = self._spawn(list(self._chains(self.specs).values()), timeout_s)
-        self._index()
+        """Deploy, wire and start. Raises :class:`ServingError` (after removing what it created) when
+        the actors cannot be placed or set up within ``timeout_s``."""
+        deployment = self.deployment
+        made = [self._create_output(o) for o in deployment.outputs]
+        made += [self._create_replica(r) for r in deployment.replicas]
+        made += [self._create_source(s) for s in deployment.sources]
+        self._setup(made, timeout_s)
         if self.pin_cpus:
-            self._pin(ray.get_runtime_context().get_node_id())
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="jellybean-dataplane", daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_async(), self.loop).result()
+            self._pin()
+        self._wire()
+        self.started_at = time.time()
+        if self.telemetry is not None:
+            self.telemetry.started(self)
+        for result, actor in zip(self.backend.call_all([(a.handle, "start", ()) for a in self._sources()], 30),
+                                 self._sources()):
+            if isinstance(result, Exception):
+                self._kill(list(self.actors.values()))
+                raise ServingError(f"source {actor.key} did not start: {type(result).__name__}: {result}")
+        self._monitor = threading.Thread(target=self._watch, name="jellybean-dataplane", daemon=True)
+        self._monitor.start()
 
-    def _chains(self, specs: list[ReplicaSpec]) -> dict[str, list[ReplicaSpec]]:
-        """Head replica key -> the stages its actor runs (fused chains, or the replica alone)."""
-        from jellybean.zoo.registry import is_stateful
+    def _host_spec(self, extra: dict) -> dict:
+        return {"workflow": self.deployment.workflow, "transport": self.backend.transport,
+                "options": dict(self.options), **extra}
 
-        chains: dict[str, list[ReplicaSpec]] = {}
-        if self.fuse:
-            inputs = {s.name: len(s.inputs) for s in self.bundle.workflow.spec.stages}
-            order = [s.name for s in self.bundle.workflow.spec.stages]
-            chains = plan_fusion(specs, order, self.consumers, inputs, is_stateful)
-        absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
-        return {spec.key: chains.get(spec.key, [spec]) for spec in specs if spec.key not in absorbed}
+    def _create_replica(self, replica: ReplicaPlan) -> _Actor:
+        deployment = self.deployment
+        spec = self._host_spec({
+            "key": replica.key, "site": replica.site, "stages": [c.stage for c in replica.chain],
+            "loaders": [c.loader for c in replica.chain], "batch_sizes": [c.batch_size for c in replica.chain],
+            "threads": replica.threads, "consumers": {k: list(v) for k, v in deployment.consumers.items()},
+            "sink": deployment.sink, "stateful": replica.stateful,
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None})
+        name = replica.name(deployment.workflow) if self.detached else None
+        handle = self.backend.adopt(name) if name else None
+        actor = _Actor("replica", replica.key, replica, handle, adopted=handle is not None)
+        if handle is None:
+            actor.handle = self.backend.create(ActorSpec("replica", replica.site, spec, replica.num_cpus, name))
+        else:
+            self.adopted.append(replica.key)
+        self.actors[replica.key] = actor
+        return actor
 
-    def _spawn(self, chains: list[list[ReplicaSpec]], timeout_s: float) -> dict[str, _Replica]:
-        """Start one actor per chain and wait until each has loaded its models."""
-        import ray
+    def _create_source(self, source: SourcePlan) -> _Actor:
+        spec = self._host_spec({
+            "source": source.source, "site": source.site, "mode": source.mode, "dataset": source.dataset,
+            "rate_per_s": source.rate_per_s, "count": source.count, "array": source.array, "dtype": source.dtype,
+            "shape": list(source.shape) if source.shape else None, "consumers": list(source.consumers),
+            "token": self.data_token, "bind_host": self.bind_host, "advertise_host": self.advertise_host})
+        spec["options"]["offset"] = len(self._sources())
+        actor = _Actor("source", source.key, source, self.backend.create(ActorSpec("source", source.site, spec, 0.0)))
+        self.actors[source.key] = actor
+        return actor
 
-        from jellybean.runtime.replica import StageReplica
+    def _create_output(self, output: OutputPlan) -> _Actor:
+        spec = self._host_spec({
+            "name": output.name, "kind": output.kind, "site": output.site, "url": output.url,
+            "token": self.data_token, "bind_host": self.bind_host, "advertise_host": self.advertise_host,
+            "output_dir": str(self.output_dir) if self.output_dir else None})
+        spec["options"] = {**spec["options"], **output.options}
+        actor = _Actor("output", output.key, output, self.backend.create(ActorSpec("output", output.site, spec, 0.0)))
+        self.actors[output.key] = actor
+        return actor
 
-        made: dict[str, _Replica] = {}
-        for chain in chains:
-            head = chain[0]
-            cpus = sum(c.num_cpus for c in chain)
-            name = self._actor_name(chain) if self.detached else None
-            actor = self._adopt(name) if name else None
-            if actor is not None:
-                self.adopted.append(head.key)
+    def _setup(self, actors: list[_Actor], timeout_s: float) -> None:
+        results = self.backend.call_all([(a.handle, "info" if a.adopted else "setup", ()) for a in actors], timeout_s)
+        failed = [(a, r) for a, r in zip(actors, results) if isinstance(r, Exception)]
+        if failed:
+            self._kill(actors)
+            for actor in actors:
+                self.actors.pop(actor.key, None)
+            actor, exc = failed[0]
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ServingError(f"{len(failed)} actor(s) of {self.plan.workflow} could not start within {timeout_s:g} s "
+                               f"(first: {actor.kind} {actor.key}: {type(exc).__name__}: {first[:300]}); are the "
+                               "sites' resources and CPUs available?")
+        for actor, info in zip(actors, results):
+            actor.info = info
+            actor.state = ReplicaState.RUNNING
+
+    def _table(self, actor: _Actor) -> dict:
+        """The routing table of one sender: the replicas of the stages it feeds that it may reach."""
+        deployment = self.deployment
+        if actor.kind == "source":
+            origin, stages = actor.site, actor.plan.consumers
+        else:
+            origin, stages = actor.site, deployment.consumers.get(actor.plan.tail.stage, ())
+        table: dict[str, Any] = {"stages": {}, "outputs": [], "blocked": {}}
+        if actor.kind == "replica":
+            table["batch_sizes"] = [c.batch_size for c in actor.plan.chain]
+        for stage in stages:
+            weights = deployment.route_weights(stage, origin, dead=self.dead, links_down=self.links_down)
+            if not weights and self.links_down:
+                beyond = deployment.route_weights(stage, origin, dead=self.dead)
+                cut = [link for key in beyond for link, _ in deployment.path(origin, self.actors[key].site)
+                       if link in self.links_down] if beyond else []
+                if cut:
+                    table["blocked"][stage] = cut[0]
+            peers = []
+            for key, weight in weights.items():
+                target = self.actors.get(key)
+                if target is None or target.state != ReplicaState.RUNNING:
+                    continue
+                peers.append({"key": key, "site": target.site, "weight": weight, "handle": target.handle,
+                              "stateful": target.plan.stateful, "batch_size": target.plan.head.batch_size,
+                              "delay_ms": deployment.delay_ms(origin, target.site) if self.emulate_latency else 0.0})
+            table["stages"][stage] = peers
+        if actor.kind == "replica" and actor.plan.tail.stage == deployment.sink:
+            for output in deployment.outputs_for(actor.site):
+                target = self.actors.get(output.key)
+                if target is not None and target.alive:
+                    delay = deployment.delay_ms(actor.site, output.site) if self.emulate_latency else 0.0
+                    table["outputs"].append({"key": output.key, "site": output.site, "handle": target.handle,
+                                             "delay_ms": delay})
+        return table
+
+    def _wire(self) -> None:
+        """Give every sender its routing table (after any change of what runs or what it can reach)."""
+        senders = [a for a in self.actors.values() if a.kind in ("source", "replica") and a.alive]
+        results = self.backend.call_all([(a.handle, "configure", (self._table(a),)) for a in senders], 30)
+        for actor, result in zip(senders, results):
+            if isinstance(result, Exception) and is_death(result):
+                self._died(actor)
+
+    def _died(self, actor: _Actor) -> None:
+        if actor.state == ReplicaState.DEAD:
+            return
+        actor.state = ReplicaState.DEAD
+        if actor.kind == "replica":
+            self.dead.add(actor.key)
+        elif actor.kind == "source":
+            last = actor.report
+            if last.get("in_flight"):
+                self._lost_sources[f"lost with the source {actor.key} (its actor or node died)"] += last["in_flight"]
+        self.attention.set()
+
+    # --- watching --------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._stop_monitor.wait(self.report_interval_s):
+            try:
+                self.poll()
+            except Exception:  # noqa: BLE001 - the monitor must survive; the next poll retries
+                import logging
+
+                logging.getLogger(__name__).exception("polling the actors failed")
+
+    def poll(self) -> None:
+        """Read every live actor's report once; note deaths; retire drained replicas."""
+        with self._lock:
+            live = [a for a in self.actors.values() if a.alive]
+            results = self.backend.call_all([(a.handle, "report", ()) for a in live], 10)
+            for actor, result in zip(live, results):
+                if isinstance(result, Exception):
+                    if is_death(result):
+                        self._died(actor)
+                    continue
+                actor.report = result
+                self._latencies.extend(result.get("latencies_ms", ()))
+                self._hops.extend(result.get("hop_ms", ()))
+                if result.get("held"):
+                    self.attention.set()
+                if actor.state == ReplicaState.DRAINING and result.get("idle"):
+                    self._kill([actor])
+                    actor.state = ReplicaState.STOPPED
+            self._rates.append((time.time(), self.ledger.completed))
+            if self.telemetry is not None:
+                self.telemetry.update(self, [a.report for a in live if a.report])
+
+    @property
+    def ledger(self) -> LedgerView:
+        carried = self.carried
+        view = LedgerView(carried.sent, carried.completed, carried.failed, carried.correct, 0, Counter(carried.reasons))
+        for actor in self._sources():
+            r = actor.report
+            view.sent += r.get("sent", 0)
+            view.completed += r.get("completed", 0)
+            view.correct += r.get("correct", 0)
+            view.reasons.update(r.get("failures", {}))
+            if actor.state == ReplicaState.DEAD:
+                view.failed += r.get("failed", 0) + r.get("in_flight", 0)
             else:
-                options = {"lifetime": "detached", "namespace": ACTOR_NAMESPACE} if name else {}
-                actor = StageReplica.options(
-                    num_cpus=_cpu_amount(cpus), resources={site_resource(head.site): SITE_SLOT},
-                    name=name, max_concurrency=1, **options,
-                ).remote([c.loader for c in chain], str(self.cache_dir), max(1, int(cpus + 1e-9)),
-                         [c.batch_size for c in chain])
-            made[head.key] = _Replica(head, actor, chain=chain)
-        try:
-            infos = ray.get([r.actor.info.remote() for r in made.values()], timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - GetTimeoutError, an actor that failed to load, ...
-            self._kill_actors(made.values())
-            raise ServingError(f"replicas of {self.plan.workflow} could not start within {timeout_s:g} s "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); are the "
-                               "sites' resources and CPUs available?") from None
-        for replica, info in zip(made.values(), infos):
-            replica.node_id = info["node_id"]
-            replica.stateful = info["stateful"]
-            replica.pid = info["pid"]
-        return made
+                view.failed += r.get("failed", 0)
+                view.in_flight += r.get("in_flight", 0)
+        view.reasons.update(self._lost_sources)
+        return view
 
-    def _actor_name(self, chain: list[ReplicaSpec]) -> str:
-        """A detached replica's name: its workflow and a digest of what it runs, so only a replica
-        that serves exactly this chain (stages, placement, models, batch sizes) is ever adopted."""
-        import hashlib
+    @property
+    def generated(self) -> dict[str, int]:
+        """Frames each source group produced (sent or shed), for the supervisor's load measurement."""
+        out: dict[str, int] = defaultdict(int)
+        for actor in self._sources():
+            out[actor.plan.source] += actor.report.get("generated", 0)
+        return dict(out)
 
-        shape = "|".join(f"{c.key}:{c.loader}:{c.batch_size}" for c in chain)
-        return f"{self.plan.workflow}/{hashlib.sha256(shape.encode()).hexdigest()[:16]}"
+    @property
+    def held(self) -> int:
+        return sum(a.report.get("held", 0) for a in self.actors.values() if a.alive)
 
-    @staticmethod
-    def _adopt(name: str):  # noqa: ANN205 - a Ray actor handle or None
-        import ray
+    @property
+    def link_buffers(self) -> dict[str, int]:
+        """Messages waiting for each cut uplink (summed over the senders)."""
+        out: dict[str, int] = defaultdict(int)
+        for actor in self.actors.values():
+            if actor.alive:
+                for link, n in actor.report.get("link_buffered", {}).items():
+                    out[link] += n
+        return dict(out)
 
-        try:
-            actor = ray.get_actor(name, namespace=ACTOR_NAMESPACE)
-            ray.get(actor.info.remote(), timeout=10)
-            return actor
-        except Exception:  # noqa: BLE001 - no such actor, or one that no longer answers
-            return None
+    @property
+    def shed(self) -> int:
+        return sum(a.report.get("shed", 0) for a in self._sources())
+
+    @property
+    def first_result_at(self) -> float | None:
+        times = [a.report.get("first_completed_at") for a in self._sources() if a.report.get("first_completed_at")]
+        return min(times) if times else None
+
+    @property
+    def last_result_sent_at(self) -> float | None:
+        """When the latest completed frame entered its source (a re-plan has recovered once a frame
+        sent after the failure comes out)."""
+        times = [a.report.get("last_completed_sent_at") for a in self._sources() if a.report.get("last_completed_sent_at")]
+        return max(times) if times else None
+
+    @property
+    def last_result_at(self) -> float | None:
+        times = [a.report.get("last_completed_at") for a in self._sources() if a.report.get("last_completed_at")]
+        return max(times) if times else None
+
+    # --- changes -------------------------------------------------------------------------------------------
+    def reconfigure(self, plan: Plan, bundle: Bundle | None = None, *, timeout_s: float = 120.0) -> dict:
+        """Move the running pipeline to ``plan`` without stopping the flow or losing a frame.
+
+        Replicas the new plan keeps unchanged (same stage chain, site, instance, model and batch size)
+        stay, with the new shares; the others are started first, then every sender's routing table
+        switches, and the replaced ones finish what they hold (they are stopped once idle). Raises
+        :class:`ServingError` when the new replicas cannot start (the old plan keeps running then)."""
+        with self._lock:
+            bundle = bundle or self.bundle
+            deployment = build_deployment(bundle, plan, fuse=self.fuse, stateful=self._stateful)
+            current = {k: a for k, a in self.replicas.items() if a.state == ReplicaState.RUNNING}
+            kept = {r.key: current[r.key] for r in deployment.replicas
+                    if r.key in current and current[r.key].plan.shape == r.shape}
+            old_deployment, self.deployment = self.deployment, deployment
+            new_actors = []
+            try:
+                new_actors = [self._create_replica(r) for r in deployment.replicas if r.key not in kept]
+                self._setup(new_actors, timeout_s)
+            except ServingError:
+                self.deployment = old_deployment
+                raise
+            for replica in deployment.replicas:
+                if replica.key in kept:
+                    kept[replica.key].plan = replica
+            retiring = [a for k, a in current.items() if k not in kept]
+            for actor in retiring:
+                actor.state = ReplicaState.DRAINING
+            self.plan, self.bundle = plan, bundle
+            self.dead -= {a.key for a in new_actors}
+            self._wire()
+            self.reconfigurations += 1
+            if self.pin_cpus:
+                self._pin()
+            if self.telemetry is not None:
+                self.telemetry.replace(deployment, plan, self)
+        return {"kept": sorted(kept), "started": sorted(a.key for a in new_actors)}
+
+    def set_uplink(self, site: str, up: bool) -> None:
+        """Mark ``site``'s uplink cut (``up=False``) or restored: senders stop routing across it (what
+        must cross is held, bounded, for the hold time) and route across it again when it returns."""
+        if self.deployment.parent.get(site) is None:
+            raise ValueError(f"{site!r} is not a site with an uplink")
+        with self._lock:
+            (self.links_down.discard if up else self.links_down.add)(site)
+            self._wire()
+
+    def set_source_rate(self, source: str, rate_per_s: float) -> None:
+        """Change how fast a replayed source group sends (per source), leaving the plan as it is."""
+        actors = [a for a in self._sources() if a.plan.source == source]
+        if not actors or not rate_per_s > 0:
+            raise ValueError(f"unknown source {source!r} or non-positive rate")
+        self.backend.call_all([(a.handle, "set_rate", (rate_per_s * a.plan.count,)) for a in actors], 10)
+
+    def restart_dead(self, timeout_s: float = 30.0) -> list[str]:
+        """Start again, under the same plan, the replicas whose actor died."""
+        with self._lock:
+            dead = [a for a in self.actors.values() if a.kind == "replica" and a.state == ReplicaState.DEAD]
+            made = [self._create_replica(a.plan) for a in dead]
+            self._setup(made, timeout_s)
+            self.dead -= {a.key for a in made}
+            self._wire()
+        return [a.key for a in made]
+
+    # --- stopping --------------------------------------------------------------------------------------
+    def stop(self, *, drain: bool = True, keep_replicas: bool = False) -> RunSummary:
+        if self._summary is not None:
+            return self._summary
+        if self.started_at is None:  # never started, or a start that failed: just clean up
+            self._kill(list(self.actors.values()))
+            self._summary = self.summary()
+            return self._summary
+        sources = [a for a in self._sources() if a.alive]
+        self.backend.call_all([(a.handle, "stop_sending", ()) for a in sources], 30)
+        self.stopped_at = time.time()
+        deadline = time.time() + (self.drain_timeout_s if drain else 0.0)
+        while True:
+            self.poll()
+            if self.ledger.in_flight == 0 or time.time() >= deadline:
+                break
+            time.sleep(0.05)
+        self.backend.call_all([(a.handle, "fail_in_flight", ("still in flight when the pipeline stopped (drain "
+                                                             "timeout)",)) for a in sources if a.alive], 10)
+        self._stop_monitor.set()
+        if self._monitor is not None:
+            self._monitor.join(10)
+        self.poll()
+        if self.telemetry is not None:
+            self.telemetry.stopped(self)
+        summary = self.summary()
+        closing = [a for a in self.actors.values() if a.alive and a.kind in ("source", "output")]
+        self.backend.call_all([(a.handle, "close", ()) for a in closing], 10)
+        keep = [a for a in self.replicas.values()] if keep_replicas else []
+        self._kill([a for a in self.actors.values() if a not in keep])
+        for actor in self.actors.values():
+            if actor.alive and actor not in keep:
+                actor.state = ReplicaState.STOPPED
+        self._unpin_driver()
+        self._summary = summary
+        return summary
 
     def release(self) -> RunSummary:
         """Stop the flow here (draining what is in flight) but leave detached replicas running for the
         next controller to adopt."""
         return self.stop(drain=True, keep_replicas=self.detached)
 
-    def _index(self) -> None:
-        self.by_stage = defaultdict(list)
-        for key, replica in self.replicas.items():
-            self.by_stage[replica.spec.stage].append(key)
-        self._routers = {}
+    def _kill(self, actors: list[_Actor]) -> None:
+        for actor in actors:
+            if actor.handle is not None:
+                self.backend.kill(actor.handle)
 
-    def reconfigure(self, plan: Plan, bundle: Bundle | None = None, *, timeout_s: float = 120.0) -> dict:
-        """Move the running pipeline to ``plan`` without stopping the flow or losing a frame.
-
-        Replicas the new plan keeps unchanged (same stage, site, instance, model, batch size, CPUs)
-        stay; the others are started first, then the routing switches over in one step, and the
-        replaced ones finish the batches they hold and stop. Messages queued at a replaced replica and
-        messages held because no replica could take them are routed again under the new plan.
-        Call from any thread but the data plane's; raises :class:`ServingError` when the new
-        replicas cannot start (the old plan keeps running then)."""
-        import ray
-
-        bundle = bundle or self.bundle
-        specs = replica_specs(bundle, plan)
-        wanted = self._chains(specs)
-        kept = {key: self.replicas[key] for key, chain in wanted.items()
-                if key in self.replicas and self.replicas[key].same_actor(chain)}
-        started = self._spawn([chain for key, chain in wanted.items() if key not in kept], timeout_s)
-        for key, replica in kept.items():
-            replica.chain = wanted[key]
-            replica.spec = wanted[key][0]
-        asyncio.run_coroutine_threadsafe(self._swap(plan, bundle, specs, {**kept, **started}), self.loop).result()
-        if self.pin_cpus:
-            self._pin(ray.get_runtime_context().get_node_id())
-        return {"kept": sorted(kept), "started": sorted(started)}
-
-    async def _swap(self, plan: Plan, bundle: Bundle, specs: list[ReplicaSpec], replicas: dict[str, _Replica]) -> None:
-        retiring = [r for key, r in self.replicas.items() if replicas.get(key) is not r]
-        for replica in replicas.values():
-            if replica.queue is None:
-                replica.queue = asyncio.Queue(maxsize=queue_capacity(replica.spec.batch_size))
-                replica.task = asyncio.ensure_future(self._sender(replica))
-        self.plan, self.bundle, self.specs = plan, bundle, specs
-        self.replicas = replicas
-        self._index()
-        self.dead -= set(replicas)
-        self.reconfigurations += 1
-        again: list[tuple[str, _Item]] = []
-        for replica in retiring:
-            replica.retired = True
-            replica.alive = False
-            while replica.queue is not None and not replica.queue.empty():
-                again.append((replica.spec.stage, replica.queue.get_nowait()))
-            asyncio.ensure_future(self._retire(replica))
-        while self.held:
-            _, stage, item = self.held.popleft()
-            again.append((stage, item))
-        if self.telemetry is not None:
-            self.telemetry.started()
-        if again:
-            asyncio.ensure_future(self._resubmit(again))
-
-    async def _resubmit(self, items: list[tuple[str, _Item]]) -> None:
-        for stage, item in items:
-            item.excluded.clear()
-            await self._submit(stage, item)
-
-    async def _retire(self, replica: _Replica) -> None:
-        """Let a replaced replica finish its outstanding batches, then stop it."""
-        if replica.calls:
-            await asyncio.gather(*list(replica.calls), return_exceptions=True)
-        if replica.task is not None:
-            await _cancel_all([replica.task])
-        if replica.queue is not None:  # what it held or what arrived meanwhile goes to the new replicas
-            left = [(replica.spec.stage, item) for item in replica.in_hand]
-            replica.in_hand = []
-            while not replica.queue.empty():
-                left.append((replica.spec.stage, replica.queue.get_nowait()))
-            if left:
-                await self._resubmit(left)
-        self._kill_actors([replica])
-
-    # --- resilience hooks (called from any thread) ------------------------------------------------------
-    def set_source_rate(self, source: str, rate_per_s: float) -> None:
-        """Change how fast a source really sends (a busier camera), leaving the plan as it is."""
-        if source not in self.source_rates or not rate_per_s > 0:
-            raise ValueError(f"unknown source {source!r} or non-positive rate")
-        self.source_rates[source] = rate_per_s
-
-    def set_uplink(self, site: str, up: bool) -> None:
-        """Mark ``site``'s uplink cut (``up=False``) or restored. While it is cut, stages on both sides
-        keep serving what they can reach; messages that must cross it wait in a bounded buffer (beyond
-        it they fail with the reason) and are sent when it returns."""
-        if site not in self.parent or self.parent[site] is None:
-            raise ValueError(f"{site!r} is not a site with an uplink")
-        self.loop.call_soon_threadsafe(self._set_uplink, site, up)
-
-    def _set_uplink(self, site: str, up: bool) -> None:
-        if up:
-            self.links_down.discard(site)
-        else:
-            self.links_down.add(site)
-        self._routers = {}
-        if up:
-            waiting = self.link_buffers.pop(site, deque())
-            if waiting:
-                asyncio.ensure_future(self._resubmit(list(waiting)))
-
-    def _crosses_down_link(self, origin: str, destination: str) -> str | None:
-        if not self.links_down:
-            return None
-        for site, _direction in uplinks_between(self.parent, origin, destination):
-            if site in self.links_down:
-                return site
-        return None
-
-    async def _start_async(self) -> None:
-        for replica in self.replicas.values():
-            replica.queue = asyncio.Queue(maxsize=queue_capacity(replica.spec.batch_size))
-            replica.task = asyncio.ensure_future(self._sender(replica))
-        self.started_at = time.time()
-        if self.telemetry is not None:
-            self.telemetry.started()
-            self._flusher = asyncio.ensure_future(self._flush_telemetry())
-        self._housekeeper = asyncio.ensure_future(self._housekeeping())
-        for source in self.bundle.workflow.spec.sources:
-            frames = self._dataset(source)
-            per_site = source.count_per_site
-            for site in source.sites:
-                for k in range(per_site):
-                    self.source_tasks.append(asyncio.ensure_future(
-                        self._source(source.name, site, frames, offset=len(self.source_tasks))))
-
-    async def _flush_telemetry(self, every_s: float = 0.5) -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            self.telemetry.flush()
-
-    async def _housekeeping(self, every_s: float = 0.2) -> None:
-        """Fail, with their reason, messages held too long for a replica and frames in flight too long."""
-        while True:
-            await asyncio.sleep(every_s)
-            now = time.monotonic()
-            while self.held and self.held[0][0] <= now:
-                _, stage, item = self.held.popleft()
-                self._fail(item.payload.get("frame_id"), f"no live replica of stage {stage} for {self.hold_s:g} s "
-                                                          "(no re-plan could serve it)")
-            for frame_id in self.ledger.older_than(time.time() - self.frame_timeout_s):
-                self._fail(frame_id, f"in flight for more than {self.frame_timeout_s:g} s (its parts were held by a "
-                                     "replica that was replaced or lost)")
-
-    def _fail(self, frame_id, reason: str) -> None:
-        if self.ledger.fail(frame_id, reason) and self.telemetry is not None:
-            self.telemetry.frame_failed()
-
-    def _dataset(self, source) -> list[dict]:
-        from jellybean.zoo.datasets import load_dataset
-
-        if not source.dataset:
-            raise ServingError(f"source {source.name!r} names no `dataset` to replay (e.g. digits-frames)")
-        return load_dataset(source.dataset, seed=self.seed)
-
-    def stop(self, *, drain: bool = True, keep_replicas: bool = False) -> RunSummary:
-        if self._summary is not None:
-            return self._summary
-        if self.loop is None:  # never started, or a start that failed: nothing flows, just clean up
-            self._kill_actors()
-            self._summary = self.summary()
-            return self._summary
-        asyncio.run_coroutine_threadsafe(self._stop_sources(), self.loop).result()
-        deadline = time.time() + (self.drain_timeout_s if drain else 0.0)
-        while self.ledger.in_flight and time.time() < deadline:
-            time.sleep(0.02)
-        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result()
-        if self.telemetry is not None:
-            self.telemetry.stopped()
-        summary = self.summary()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        if self.thread:
-            self.thread.join(timeout=5)
-        if keep_replicas:
-            self._unpin_driver()  # the replicas stay for the next controller
-        else:
-            self._kill_actors()
-        self._summary = summary
-        return summary
-
-    def _pin(self, driver_node: str) -> None:
-        """Pin replicas and this process to cores (:mod:`jellybean.runtime.affinity`) when every
-        replica runs on this machine; otherwise record why not."""
-        if any(r.node_id != driver_node for r in self.replicas.values()):
-            self.cpu_layout = CpuLayout(reason="replicas run on other nodes: each node schedules its own cores")
+    # --- CPU pinning ---------------------------------------------------------------------------------------
+    def _pin(self) -> None:
+        """Pin each instance's replicas to cores of their own, and the sources and outputs to the rest
+        (:mod:`jellybean.runtime.affinity`), when every actor runs on this machine."""
+        nodes = {a.info.get("node_id") for a in self.actors.values() if a.alive}
+        if len(nodes) > 1:
+            self.cpu_layout = CpuLayout(reason="actors run on several nodes: each node schedules its own cores")
             return
         loads: dict[tuple, InstanceLoad] = {}
         for spec in self.specs:
             known = loads.get(spec.instance_key)
             utilization = spec.utilization + (known.utilization if known else 0.0)
             loads[spec.instance_key] = InstanceLoad(spec.instance_key, spec.instance_cpus, utilization)
-        cores = self._driver_cores or usable_cores()  # a re-plan lays out the cores this process started with
+        cores = self._driver_cores or usable_cores()
         layout = cpu_layout(loads.values(), cores)
         self.cpu_layout = layout
         if not layout.pinned:
             return
-        for replica in self.replicas.values():
-            pin_process(layout.instances[replica.spec.instance_key], pid=replica.pid)
+        for actor in self.replicas.values():
+            if actor.info.get("pid"):
+                pin_process(layout.instances[actor.plan.head.instance_key], pid=actor.info["pid"])
+        for actor in self.actors.values():
+            if actor.kind in ("source", "output") and actor.info.get("pid"):
+                pin_process(layout.driver, pid=actor.info["pid"])
         if self._driver_cores is None and pin_process(layout.driver):
             self._driver_cores = cores
-        elif self._driver_cores is not None:
-            pin_process(layout.driver)
+
+    def _unpin_driver(self) -> None:
+        if self._driver_cores is not None:
+            pin_process(self._driver_cores)
+            self._driver_cores = None
 
     def _pinning_report(self) -> dict:
         layout = self.cpu_layout
@@ -674,290 +557,79 @@ class Pipeline:
         return {"pinned": True, "instances": {"/".join(map(str, key)): cores for key, cores in layout.instances.items()},
                 "driver": layout.driver}
 
-    def _unpin_driver(self) -> None:
-        if self._driver_cores is not None:
-            pin_process(self._driver_cores)
-            self._driver_cores = None
-
-    def _kill_actors(self, replicas=None) -> None:  # noqa: ANN001 - an iterable of _Replica
-        import ray
-
-        for replica in self.replicas.values() if replicas is None else replicas:
-            try:
-                ray.kill(replica.actor)
-            except Exception:  # noqa: BLE001 - already dead is fine
-                pass
-            replica.alive = False
-        if replicas is None:  # the whole pipeline goes: this process gets its cores back
-            self._unpin_driver()
-
-    async def _stop_sources(self) -> None:
-        self._sources_stopping = True
-        await _cancel_all(self.source_tasks)
-        self.stopped_at = time.time()
-
-    async def _close(self) -> None:
-        for frame_id in list(self.ledger._open):
-            self._fail(frame_id, "still in flight when the pipeline stopped (drain timeout)")
-        pending = [task for task in (self._flusher, self._housekeeper) if task]
-        while self.held:
-            _, stage, item = self.held.popleft()
-            self._fail(item.payload.get("frame_id"), f"held for stage {stage} when the pipeline stopped")
-        for replica in self.replicas.values():
-            pending += [task for task in [replica.task, *replica.calls] if task]
-        await _cancel_all(pending)
-
-    # --- sources ----------------------------------------------------------------------------------
-    async def _source(self, name: str, site: str, frames: list[dict], offset: int) -> None:
-        """Replay ``frames`` at the source's current rate (:meth:`set_source_rate` may change it).
-
-        Overload: with ``backpressure`` a source that cannot hand a frame over waits, and so sends
-        fewer frames (right for measuring capacity); with ``shed`` it waits at most
-        ``shed_after_ms`` and then drops the frame *explicitly*: recorded as failed with the reason and
-        counted as shed, as a camera that cannot be served would (right for serving)."""
-        next_at = time.monotonic()
-        telemetry = self.telemetry
-        size_bytes = telemetry.source_bytes.get(name, 0.0) if telemetry is not None else 0.0
-        position = offset * 7919 % len(frames)
-        shed = self.overload == "shed"
-        # The flag, not only the cancellation, ends the loop: Python 3.11's asyncio.wait_for (the shed
-        # path) can swallow a cancellation that arrives as its inner put completes.
-        while not self._sources_stopping:
-            interval = 1.0 / self.source_rates[name]
-            now = time.monotonic()
-            if next_at > now:
-                await asyncio.sleep(next_at - now)
-            frame = dict(frames[position % len(frames)])
-            position += 1
-            frame_id = next(self._frame_ids)
-            frame["frame_id"] = frame_id
-            frame["sent_at"] = time.time()
-            self.ledger.send(frame_id)
-            self.generated[name] += 1
-            consumers = self.source_consumers[name]
-            for n, stage in enumerate(consumers):
-                try:
-                    taken = await self._submit(stage, _Item(dict(frame), origin=site, size_bytes=size_bytes),
-                                               shed_after_s=self.shed_after_s if shed else None)
-                    if not taken:  # shed: recorded as failed, the rest of the frame is not sent
-                        self.shed += 1
-                        if telemetry is not None:
-                            telemetry.frame_shed(name, site)
-                        self._fail(frame_id, f"shed at the source: stage {stage} could not take it within "
-                                             f"{self.shed_after_s * 1000:g} ms (overload)")
-                        break
-                    if n == 0 and telemetry is not None:  # in the pipeline now (a withdrawn frame never was)
-                        telemetry.frame_sent(name, site)
-                except asyncio.CancelledError:
-                    # Stopped while waiting for room (backpressure): if no stage got the frame it
-                    # was never sent; if some did, the rest of it cannot follow.
-                    if n == 0:
-                        self.ledger.withdraw(frame_id)
-                        self.generated[name] -= 1
-                    else:
-                        self._fail(frame_id, "source stopped while handing the frame to its stages")
-                    raise
-            # A source that fell behind (backpressure) does not burst to catch up: it sends at the rate
-            # it can; a shedding one keeps its own pace.
-            next_at = max(next_at + interval, time.monotonic() - interval)
-
-    # --- routing --------------------------------------------------------------------------------------
-    def _router(self, stage: str, origin: str):
-        """The router for ``stage`` from ``origin`` over the live replicas it can reach (up the tiers,
-        and not across a cut uplink); None when there is none."""
-        key = (stage, origin)
-        router = self._routers.get(key)
-        if router is None:
-            reachable = set(self.reach.get(origin, [origin]))
-            weights = {k: self.replicas[k].spec.weight for k in self.by_stage[stage]
-                       if self.replicas[k].spec.site in reachable and self.replicas[k].alive
-                       and self._crosses_down_link(origin, self.replicas[k].spec.site) is None}
-            if not weights:
-                return None
-            stateful = any(self.replicas[k].stateful for k in weights)
-            router = AffinityRouter(weights) if stateful else WeightedRouter(weights)
-            self._routers[key] = router
-        return router
-
-    async def _submit(self, stage: str, item: _Item, *, shed_after_s: float | None = None) -> bool:
-        """Route ``item`` to a replica of ``stage`` and queue it. Returns False only when
-        ``shed_after_s`` is given and the chosen queue stayed full that long (the caller sheds)."""
-        router = self._router(stage, item.origin)
-        choice = None
-        if router is not None:
-            if isinstance(router, AffinityRouter):
-                choice = router.pick(item.payload.get("frame_id"), exclude=item.excluded)
+    # --- reporting ---------------------------------------------------------------------------------------
+    def endpoints(self) -> list[Endpoint]:
+        out = []
+        for actor in self._sources():
+            if actor.plan.mode == "http":
+                out.append(Endpoint(kind="ingest", name=actor.plan.source, site=actor.site,
+                                    url=actor.info.get("endpoint")))
+        for actor in self._outputs():
+            plan = actor.plan
+            if plan.kind == "stream":
+                out.append(Endpoint(kind="stream", name=plan.name, site=plan.site, url=actor.info.get("endpoint")))
+            elif plan.kind == "webhook":
+                out.append(Endpoint(kind="webhook", name=plan.name, site=plan.site, url=plan.url))
             else:
-                choice = router.pick(exclude=item.excluded)
-        if choice is None:
-            self._unroutable(stage, item)
-            return True
-        replica = self.replicas[choice]
-        if self.telemetry is not None:
-            self.telemetry.routed(item.origin, replica.spec.site, item.size_bytes)
-        queue = replica.queue
-        if not queue.full():
-            queue.put_nowait(item)  # the common case, without a coroutine round trip
-            return True
-        if shed_after_s is None:
-            await queue.put(item)  # backpressure: wait for room
-            return True
-        try:
-            await asyncio.wait_for(queue.put(item), shed_after_s)
-        except asyncio.TimeoutError:
-            return False
-        return True
+                out.append(Endpoint(kind="file", name=plan.name, site=plan.site,
+                                    path=actor.report.get("path") or (str(self.output_dir / self.deployment.workflow /
+                                                                          f"{plan.name}.jsonl") if self.output_dir else None)))
+        return out
 
-    def _unroutable(self, stage: str, item: _Item) -> None:
-        """No live replica of ``stage`` can take ``item`` now. Behind a cut uplink it waits in that
-        link's bounded buffer; while a re-plan may still come (``hold_s``) it is held; else it fails."""
-        frame_id = item.payload.get("frame_id")
-        beyond = [k for k in self.by_stage[stage] if self.replicas[k].alive
-                  and self.replicas[k].spec.site in self.reach.get(item.origin, [item.origin])]
-        link = next((self._crosses_down_link(item.origin, self.replicas[k].spec.site) for k in beyond), None)
-        if link is not None:
-            buffer = self.link_buffers[link]
-            if len(buffer) < self.link_buffer_capacity:
-                buffer.append((stage, item))
-                return
-            self._fail(frame_id, f"uplink of {link} is down and its buffer ({self.link_buffer_capacity} messages) "
-                                 "is full")
-        elif self.hold_s > 0 and len(self.held) < self.hold_capacity:
-            self.held.append((time.monotonic() + self.hold_s, stage, item))
-            self.attention.set()
-            return
-        else:
-            self._fail(frame_id, f"no live replica of stage {stage} reachable from {item.origin}")
-        if self.telemetry is not None:
-            self.telemetry.dropped(stage)
-
-    def _drop_replica(self, key: str) -> None:
-        self.replicas[key].alive = False
-        self.dead.add(key)
-        self.attention.set()
-        for router in self._routers.values():
-            router.remove(key)
-
-    # --- replicas ---------------------------------------------------------------------------------------
-    async def _sender(self, replica: _Replica) -> None:
-        """Form batches for one replica and keep up to ``in_flight_batches`` calls outstanding: the
-        actor runs them one at a time, but the next batch is already waiting at it, which hides the
-        round trip (with one call at a time a tiny model would spend most of its time idle)."""
-        spec = replica.spec
-        window = asyncio.Semaphore(self.in_flight_batches)
-        while True:
-            # What the sender holds between the queue and the call is kept on the replica, so a
-            # retired replica's sender can be cancelled without dropping it (see _retire).
-            replica.in_hand = []
-            items = await collect_batch(replica.queue, spec.batch_size, self.max_wait_s, into=replica.in_hand)
-            await window.acquire()
-            replica.in_hand = []
-            call = asyncio.ensure_future(self._call(replica, items, window))
-            replica.calls.add(call)
-            call.add_done_callback(replica.calls.discard)
-
-    async def _call(self, replica: _Replica, items: list[_Item], window: asyncio.Semaphore) -> None:
-        spec = replica.spec
-        if not replica.alive:
-            window.release()
-            await self._retry(spec.stage, items, spec.key, "replica is down")
-            return
-        started = time.perf_counter()
-        try:
-            outputs, model_ms, report = await replica.actor.process.remote([i.payload for i in items])
-        except asyncio.CancelledError:
-            window.release()
-            raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the call is retried elsewhere
-            window.release()
-            if self.telemetry is not None:
-                self.telemetry.batch_failed(replica, len(items))
-            reason = f"{type(exc).__name__} on {spec.key}"
-            if _is_actor_death(exc):
-                self._drop_replica(spec.key)
-            await self._retry(spec.stage, items, spec.key, reason)
-            return
-        window.release()  # the replica is free for the next batch while these outputs are routed
-        rtt_ms = (time.perf_counter() - started) * 1000.0
-        overhead_ms = max(0.0, rtt_ms - model_ms)
-        self.hop_overhead_ms.append(overhead_ms)
-        replica.busy_ms += model_ms
-        for stage_spec, (requests, batches, _outputs, _timings) in zip(replica.chain, report):
-            replica.requests[stage_spec.stage] += requests
-            replica.batches[stage_spec.stage] += batches
-        if self.telemetry is not None:
-            self.telemetry.batch_done(replica, report, model_ms, overhead_ms)
-        last = replica.chain[-1]
-        if last.stage == self.sink:
-            for produced in outputs:
-                for message in produced:
-                    self._finish(message)
-            return
-        consumers = self.consumers[last.stage]
-        size_bytes = self.telemetry.output_bytes.get(last.stage, 0.0) if self.telemetry is not None else 0.0
-        for produced in outputs:
-            for message in produced:
-                # Messages arrive freshly deserialised from the replica: no copy needed, except
-                # when several stages consume the same output.
-                for n, consumer in enumerate(consumers):
-                    await self._submit(consumer, _Item(message if n == 0 else dict(message), origin=last.site,
-                                                       size_bytes=size_bytes))
-
-    async def _retry(self, stage: str, items: list[_Item], failed_on: str, reason: str) -> None:
-        for item in items:
-            item.attempts += 1
-            item.excluded.add(failed_on)
-            if self.retry.retry(item.attempts):
-                await self._submit(stage, item)
-            else:
-                self._fail(item.payload.get("frame_id"), f"stage {stage}: {reason}")
-                if self.telemetry is not None:
-                    self.telemetry.dropped(stage)
-
-    def _finish(self, message: dict) -> None:
-        now = time.time()
-        latency_ms = (now - message.get("sent_at", now)) * 1000.0
-        correct = bool(message.get("correct", False))
-        if self.ledger.complete(message["frame_id"], correct=correct, latency_ms=latency_ms):
-            if self.telemetry is not None:
-                self.telemetry.frame_completed(correct, latency_ms)
-            if self.first_result_at is None:
-                self.first_result_at = now
-            self.last_result_at = now
-            self.last_result_sent_at = message.get("sent_at", now)
-
-    # --- reporting --------------------------------------------------------------------------------------
-    def status(self) -> dict:
+    def _stage_rows(self) -> list[StageStatus]:
         elapsed = max(1e-9, (self.stopped_at or time.time()) - (self.started_at or time.time()))
+        grouped: dict[tuple[str, str, str], list[tuple[ReplicaSpec, _Actor]]] = defaultdict(list)
+        for actor in self.replicas.values():
+            for spec in actor.plan.chain:
+                grouped[(spec.stage, spec.site, spec.variant)].append((spec, actor))
         rows = []
-        grouped: dict[tuple[str, str, str], list[tuple[ReplicaSpec, _Replica]]] = defaultdict(list)
-        for replica in self.replicas.values():
-            for stage_spec in replica.chain:
-                grouped[(stage_spec.stage, stage_spec.site, stage_spec.variant)].append((stage_spec, replica))
         for (stage, site, variant), members in grouped.items():
-            batches = sum(r.batches[stage] for _, r in members)
-            requests = sum(r.requests[stage] for _, r in members)
+            counts = [a.report.get("stages", {}).get(stage, {}) for _, a in members]
+            batches = sum(c.get("batches", 0) for c in counts)
+            requests = sum(c.get("requests", 0) for c in counts)
             rows.append(StageStatus(
                 stage=stage, site=site, variant=variant, replicas_planned=len(members),
-                replicas_alive=sum(r.alive for _, r in members),
+                replicas_alive=sum(a.state == ReplicaState.RUNNING for _, a in members),
                 rate_planned_per_s=sum(spec.weight for spec, _ in members), rate_measured_per_s=requests / elapsed,
-                batches=batches, mean_batch_size=(requests / batches) if batches else None,
-            ).model_dump())
+                batches=batches, mean_batch_size=(requests / batches) if batches else None))
+        order = {s: i for i, s in enumerate(self.deployment.stage_order)}
+        return sorted(rows, key=lambda r: (order.get(r.stage, 0), r.site))
+
+    def _output_rows(self) -> list[OutputStatus]:
+        rows = []
+        for actor in self._outputs():
+            r = actor.report
+            rows.append(OutputStatus(output=actor.plan.name, site=actor.site, kind=actor.plan.kind,
+                                     accepted=r.get("accepted", 0), delivered=r.get("delivered"),
+                                     failed=r.get("failed", 0), dropped=r.get("dropped", 0),
+                                     backlog=r.get("backlog", 0), last_error=r.get("last_error", "")))
+        return rows
+
+    def _state(self) -> str:
+        if self._summary is not None or self.started_at is None:
+            return "stopped"
+        alive_by_stage: dict[str, bool] = defaultdict(bool)
+        for actor in self.replicas.values():
+            alive_by_stage[actor.plan.head.stage] |= actor.state == ReplicaState.RUNNING
+        if not all(alive_by_stage.values()) or any(a.state == ReplicaState.DEAD for a in self._sources()):
+            return "failed"
+        if any(a.state == ReplicaState.DEAD for a in self.actors.values()):
+            return "degraded"
+        return "running"
+
+    def status(self) -> dict:
         ledger = self.ledger
-        alive_by_stage = {stage: any(self.replicas[k].alive for k in keys) for stage, keys in self.by_stage.items()
-                          if keys}
-        if self._summary is not None or self.loop is None:
-            state = "stopped"
-        elif not all(alive_by_stage.values()):
-            state = "failed"
-        elif any(not r.alive for r in self.replicas.values()):
-            state = "degraded"
-        else:
-            state = "running"
-        # While running, frames in flight are not lost: lost counts only the unaccounted rest.
-        return {"state": state, "stages": rows,
-                "frames": {"sent": ledger.sent, "completed": ledger.completed, "failed": ledger.failed,
-                           "in_flight": ledger.in_flight, "lost": ledger.lost - ledger.in_flight}}
+        throughput = None
+        if len(self._rates) >= 2 and self._rates[-1][0] > self._rates[0][0]:
+            throughput = (self._rates[-1][1] - self._rates[0][1]) / (self._rates[-1][0] - self._rates[0][0])
+        status = PipelineStatus(
+            state=self._state(), stages=self._stage_rows(),
+            frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
+                          in_flight=ledger.in_flight, lost=ledger.lost),
+            failures=dict(ledger.reasons), endpoints=self.endpoints(), outputs=self._output_rows(),
+            accuracy_measured=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
+            throughput_per_s=throughput, held_messages=self.held, shed=self.shed)
+        return status.model_dump()
 
     def summary(self) -> RunSummary:
         ledger = self.ledger
@@ -965,57 +637,27 @@ class Pipeline:
         started = self.started_at or time.time()
         end = self.last_result_at or time.time()
         duration = (self.stopped_at or time.time()) - started
-        source_rate = sum(s.rate_per_s * s.count_per_site * len(s.sites) for s in self.bundle.workflow.spec.sources)
-        # Served rate in steady state: completions between the first and the last result (the
-        # start-up before the first result is reported separately as time to first result).
         first = self.first_result_at or started
         if ledger.completed > 1 and end > first:
             served = (ledger.completed - 1) / (end - first)
         else:
             served = ledger.completed / max(1e-9, end - started)
-        status = self.status()
+        latencies, hops = list(self._latencies), list(self._hops)
         return RunSummary(
             workflow=plan.workflow, duration_s=duration,
-            predicted=Predicted(throughput_per_s=source_rate, accuracy=plan.accuracy, latency_ms_p50=plan.latency_ms,
-                                cost_per_hour=plan.cost.total_per_hour if plan.cost else None),
-            measured=Measured(
-                throughput_per_s=served,
-                accuracy=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
-                latency_ms_p50=percentile(ledger.latencies_ms, 50), latency_ms_p99=percentile(ledger.latencies_ms, 99),
-                hop_overhead_ms_p50=percentile(self.hop_overhead_ms, 50),
-                hop_overhead_ms_p99=percentile(self.hop_overhead_ms, 99),
-            ),
-            frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed, lost=ledger.lost),
-            failures=dict(ledger.reasons),
-            stages=[StageStatus(**row) for row in status["stages"]],
+            predicted=Predicted(throughput_per_s=self.deployment.planned_frames_per_s, accuracy=plan.accuracy,
+                                latency_ms_p50=plan.latency_ms_expected, cost_per_hour=plan.cost.total_per_hour if plan.cost else None),
+            measured=Measured(throughput_per_s=served,
+                              accuracy=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
+                              latency_ms_p50=percentile(latencies, 50), latency_ms_p99=percentile(latencies, 99),
+                              hop_overhead_ms_p50=percentile(hops, 50), hop_overhead_ms_p99=percentile(hops, 99)),
+            frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
+                          in_flight=ledger.in_flight, lost=ledger.lost),
+            failures=dict(ledger.reasons), stages=self._stage_rows(), endpoints=self.endpoints(),
+            outputs=self._output_rows(),
             time_to_first_result_s=(self.first_result_at - started) if self.first_result_at else None,
-            first_result_at_unix=self.first_result_at,
-            cpu_pinning=self._pinning_report(),
-            plan=plan.model_dump(mode="json", by_alias=True),
-        )
-
-
-async def _cancel_all(tasks: list, rounds: int = 5, wait_s: float = 1.0) -> None:
-    """Cancel ``tasks`` and wait for them to end. A task that swallowed its cancellation (Python
-    3.11's asyncio.wait_for can, when the awaited result arrives with the cancel) is cancelled again,
-    a few times, instead of being waited for forever."""
-    pending = {task for task in tasks if not task.done()}
-    for _ in range(rounds):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=wait_s)
-
-
-def _cpu_amount(cpus: float) -> float:
-    """A CPU reservation Ray accepts (granularity 1e-4), rounded *down* so that shares which add up to
-    an instance's cores never ask for more than the node has."""
-    return max(0.01, math.floor(cpus * 10_000 + 1e-6) / 10_000)
-
-
-def _is_actor_death(exc: Exception) -> bool:
-    return type(exc).__name__ in {"RayActorError", "ActorDiedError", "ActorUnavailableError"}
+            first_result_at_unix=self.first_result_at, cpu_pinning=self._pinning_report(),
+            plan=plan.model_dump(mode="json", by_alias=True))
 
 
 def local_cpus() -> int:

@@ -13,7 +13,9 @@ As root this is ``unshare(CLONE_NEWNET)``; otherwise an unprivileged user namesp
 it (one's own uid and gid mapped to themselves), which the kernel allows only while the process has
 a single thread, hence the call comes before any thread starts. Where neither is possible (not
 Linux, user namespaces disabled) Ray runs as it always does and the reason is said in one line.
-With ``--address`` nothing is isolated: the process joins a cluster over the network.
+With ``--address`` nothing is isolated: the process joins a cluster over the network. The
+endpoints the isolated actors serve (ingest, stream) and the connections they open (webhooks) go
+through doors opened from outside: :func:`start_broker`.
 
 The Ray token. Ray writes ``~/.ray/auth_token`` with the process's umask (0644 by default): any user
 of the machine could read it and drive the cluster. :func:`private_ray_token` creates it 0600 in a
@@ -124,3 +126,120 @@ def private_ray_token(home: Path | None = None) -> Path | None:
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(secrets.token_hex(32))
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# the doors: sockets in the machine's namespace, for actors inside the private one
+
+#: Where actors find the socket broker (set for the embedded Ray's processes when it is isolated).
+BROKER_ENV = "JELLYBEAN_SOCKET_BROKER"
+#: Addresses the broker binds for an actor: loopback, and whatever the process was told to serve on.
+_BINDABLE = {"127.0.0.1", "::1", "localhost"}
+
+
+def start_broker(folder: Path, bind_hosts: set[str] | None = None):  # noqa: ANN201 - a subprocess.Popen
+    """Start the socket broker *before* :func:`isolate_network`: a small process that stays in the
+    machine's network namespace and, over a Unix socket in ``folder`` (0700, the socket 0600), binds
+    listening sockets for the actors of the isolated Ray (ingest and stream endpoints) and opens
+    connections for them (webhooks), handing the file descriptors over (``SCM_RIGHTS``). Only
+    loopback and ``bind_hosts`` may be bound, ports 0 or 1024 and up; it exits with its parent."""
+    import subprocess
+    import time
+
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"broker-{os.getpid()}.sock"
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    allowed = ",".join(sorted(_BINDABLE | set(bind_hosts or ())))
+    process = subprocess.Popen([sys.executable, "-m", "jellybean.runtime.localray", str(path), allowed,
+                                str(os.getpid())], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the socket broker did not start")
+        time.sleep(0.01)
+    os.environ[BROKER_ENV] = str(path)
+    return process
+
+
+def _ask(request: dict) -> socket.socket | None:
+    import json
+
+    path = os.environ.get(BROKER_ENV)
+    if not path:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as channel:
+        channel.settimeout(30)
+        channel.connect(path)
+        channel.sendall(json.dumps(request).encode() + b"\n")
+        message, fds, _flags, _addr = socket.recv_fds(channel, 4096, 1)
+        answer = json.loads(message.decode() or "{}")
+        if not fds:
+            raise OSError(answer.get("error", "the socket broker refused"))
+    sock = socket.socket(fileno=fds[0])
+    sock.setblocking(False)
+    return sock
+
+
+def bound_socket(host: str, port: int = 0) -> socket.socket | None:
+    """A listening socket on ``host:port`` in the machine's network namespace, from the broker; None
+    when there is no broker (not isolated: bind it here)."""
+    return _ask({"op": "bind", "host": host, "port": port})
+
+
+def connected_socket(host: str, port: int) -> socket.socket | None:
+    """A TCP connection to ``host:port`` opened from the machine's namespace; None without a broker."""
+    return _ask({"op": "connect", "host": host, "port": port})
+
+
+def _serve_broker(path: str, allowed: set[str], parent: int) -> None:
+    import json
+    import select
+
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old)
+    server.listen(64)
+    while True:
+        if os.getppid() != parent:
+            break
+        ready, _, _ = select.select([server], [], [], 1.0)
+        if not ready:
+            continue
+        conn, _ = server.accept()
+        with conn:
+            try:
+                conn.settimeout(10)
+                request = json.loads(conn.recv(4096).decode())
+                host, port = str(request["host"]), int(request["port"])
+                if request.get("op") == "bind":
+                    if host not in allowed or not (port == 0 or 1024 <= port <= 65535):
+                        raise PermissionError(f"binding {host}:{port} is not allowed")
+                    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((host, port))
+                    sock.listen(512)
+                elif request.get("op") == "connect":
+                    sock = socket.create_connection((host, port), timeout=10)
+                else:
+                    raise ValueError("unknown request")
+                with sock:
+                    socket.send_fds(conn, [json.dumps({"ok": True}).encode()], [sock.fileno()])
+            except Exception as exc:  # noqa: BLE001 - the actor gets the reason
+                try:
+                    conn.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
+                except OSError:
+                    pass
+    server.close()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":  # the socket broker: python -m jellybean.runtime.localray PATH ALLOWED PARENT
+    _serve_broker(sys.argv[1], set(sys.argv[2].split(",")), int(sys.argv[3]))

@@ -110,8 +110,8 @@ class Metrics:
             "jellybean_instance_planned_utilization_ratio", "Busy fraction the plan expects of an instance.",
             ("workflow", "site", "tier", "instance"), registry=r)
         self.link_bytes = Counter(
-            "jellybean_link_bytes_total", "Bytes sent over a site's uplink, by direction: messages routed across "
-            "the link times their size (the source's payload_kb, the producing variant's output_kb).",
+            "jellybean_link_bytes_total", "Bytes sent over a site's uplink, by direction: the serialised batches "
+            "the actors sent to sites across the link (counted by the senders).",
             ("workflow", "site", "tier", "direction"), registry=r)
         self.link_messages = Counter(
             "jellybean_link_messages_total", "Messages sent over a site's uplink, by direction.",
@@ -128,6 +128,15 @@ class Metrics:
         self.link_capacity_bytes_per_second = Gauge(
             "jellybean_link_capacity_bytes_per_second", "A site uplink's bandwidth, by direction.",
             ("workflow", "site", "tier", "direction"), registry=r)
+
+        # --- outputs ------------------------------------------------------------------------------------
+        self.output_results = Counter(
+            "jellybean_output_results_total", "Results at an output, by outcome: accepted (in the output's hands), "
+            "delivered (a webhook's receiver answered 2xx), failed (given up after retries), dropped (refused or "
+            "evicted unread).", ("workflow", "output", "site", "outcome"), registry=r)
+        self.output_backlog = Gauge(
+            "jellybean_output_backlog", "Results an output holds, not yet delivered.", ("workflow", "output", "site"),
+            registry=r)
 
         # --- the plan ------------------------------------------------------------------------------
         self.plan_cost = Gauge(

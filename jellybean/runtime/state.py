@@ -20,7 +20,8 @@ What is stored:
 - ``events``: the history (applied, started, replaced, stopped, failed, deleted, Ray restarted).
 
 Layout of the state directory (created 0700): ``state.db`` (0600), ``token`` (0600, written by
-``jellybean up``) and ``controller.json`` (the URL of the running controller).
+``jellybean up``), ``data-token`` (0600: the ingest and stream endpoints' token), ``outputs/`` (file
+outputs) and ``controller.json`` (the URL of the running controller).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ if TYPE_CHECKING:  # the client side of the CLI reads the token without importin
 SCHEMA_VERSION = 1
 DB_NAME = "state.db"
 TOKEN_NAME = "token"
+#: The data token: what cameras and readers of results present to the ingest and stream endpoints
+#: (never the API token, which administers the controller).
+DATA_TOKEN_NAME = "data-token"
 CONTROLLER_NAME = "controller.json"
 #: The kinds, in the order their digests enter a workflow's digest.
 BUNDLE_KINDS = ("Workflow", "ModelZoo", "Topology")
@@ -299,10 +303,19 @@ def write_token(state_dir: Path, token: str) -> Path:
     return path
 
 
-def read_token(state_dir: Path) -> str | None:
+def data_token(state_dir: Path) -> str:
+    """The data token of the state directory, created (0600) on first use."""
+    token = read_token(state_dir, DATA_TOKEN_NAME)
+    if token is None:
+        token = new_token()
+        write_private(Path(state_dir) / DATA_TOKEN_NAME, token + "\n")
+    return token
+
+
+def read_token(state_dir: Path, name: str = TOKEN_NAME) -> str | None:
     """The API token ``jellybean up`` wrote, or None when there is none."""
     try:
-        return (Path(state_dir) / TOKEN_NAME).read_text(encoding="utf-8").strip() or None
+        return (Path(state_dir) / name).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 

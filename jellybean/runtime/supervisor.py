@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jellybean.optimizer.plan import Plan
-from jellybean.runtime.dataplane import SITE_RESOURCE_PREFIX, Pipeline, ServingError
+from jellybean.runtime.dataplane import Pipeline
+from jellybean.runtime.deployment import SITE_RESOURCE_PREFIX, ServingError
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.topology import Topology
 

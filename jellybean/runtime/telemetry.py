@@ -1,51 +1,38 @@
 """What one deployed pipeline tells Prometheus (the metrics themselves: :mod:`jellybean.runtime.metrics`).
 
-The driver's event loop calls these hooks: per batch (a reply from a replica carries, per stage of
-its chain, requests, batches, outputs and each batch's size and model time), per frame at the sink,
-and per message only to add to plain counters that a periodic flush hands to Prometheus (a message
-costs a dictionary update, not a locked metric update). Gauges that describe the moment (queue depth,
-frames in flight, replicas alive, measured accuracy) are read when Prometheus scrapes.
+The numbers come from the actors themselves: each replica, source and output keeps its own counters
+(cumulative) and samples (since its last report), and the data plane's control side reads their
+reports every half second (:meth:`jellybean.runtime.dataplane.Pipeline.poll`) and hands them here,
+so metrics keep working with no process on the data path. Counters move by the difference between
+two reports of one actor; samples are observed as they come.
 
-Bytes per link: a message routed from site ``a`` to a replica at site ``b`` crosses the uplinks on
-the tree path between them (up from ``a`` to their lowest common ancestor, then down to ``b``), each
-counted with the message's declared size: the source's ``payload_kb`` for frames, the producing
-variant's ``output_kb`` for stage outputs (1 KB = 1024 bytes, as the planner counts). These are the
-sizes the plan priced, so measured and planned bytes compare like for like.
+Bytes per link: each actor counts the bytes it sent to each site (the serialised batches, as they
+were handed to the transport) and this maps them onto the uplinks on the tree path between the
+actor's site and that site (up from the sender to their lowest common ancestor, then down). The
+plan's own figures (``jellybean_link_planned_bytes_per_second``) are priced from the documents'
+message sizes; both are there to compare.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from jellybean.runtime.deployment import Deployment, ReplicaSpec
 from jellybean.runtime.metrics import Metrics
-from jellybean.runtime.routing import uplinks_between
 
 if TYPE_CHECKING:
-    from jellybean.runtime.dataplane import Pipeline, ReplicaSpec, _Replica
-
-KB = 1024.0
+    from jellybean.optimizer.plan import Plan
 
 
 class Telemetry:
-    def __init__(self, pipeline: Pipeline, metrics: Metrics) -> None:
-        self.pipeline = pipeline
+    def __init__(self, deployment: Deployment, plan: Plan, metrics: Metrics) -> None:
+        self.deployment = deployment
+        self.plan = plan
         self.metrics = metrics
-        bundle = pipeline.bundle
-        self.workflow = bundle.workflow.metadata.name
-        sites = bundle.topology.spec.sites
-        self.tier = {s.name: str(getattr(s.tier, "value", s.tier)) for s in sites}
-        self.parent = {s.name: s.parent for s in sites}
-        stage_task = {s.name: s.task for s in bundle.workflow.spec.stages}
-        zoo = bundle.zoo.spec
-        self.output_bytes: dict[str, float] = {}
-        for spec in pipeline.specs:
-            variant = zoo.task(stage_task[spec.stage]).variant(spec.variant)
-            self.output_bytes[spec.stage] = float(variant.output_kb) * KB
-        self.source_bytes = {s.name: float(s.payload_kb) * KB for s in bundle.workflow.spec.sources}
+        self.workflow = deployment.workflow
+        self._last: dict[tuple[str, str], float] = defaultdict(float)  # (actor, counter) -> last cumulative value
         self._paths: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        self._links: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])  # messages, bytes
-        self._sent: dict[tuple[str, str], int] = defaultdict(int)
 
     # --- labels ------------------------------------------------------------------------------------
     def labels(self, spec: ReplicaSpec) -> tuple[str, ...]:
@@ -55,87 +42,84 @@ class Telemetry:
         return (self.workflow, spec.site, spec.tier, spec.instance_label)
 
     def path(self, origin: str, destination: str) -> list[tuple[str, str]]:
-        """The uplinks (child site, direction) a message from ``origin`` to ``destination`` crosses."""
         key = (origin, destination)
         found = self._paths.get(key)
         if found is None:
-            found = self._paths[key] = uplinks_between(self.parent, origin, destination)
+            found = self._paths[key] = self.deployment.path(origin, destination)
         return found
 
-    # --- start / stop ------------------------------------------------------------------------------------
-    def started(self) -> None:
-        """Describe the plan and hook the gauges read at scrape time (queues exist by now)."""
-        m, pipeline, plan, wf = self.metrics, self.pipeline, self.pipeline.plan, self.workflow
-        for replica in pipeline.replicas.values():
+    def _delta(self, actor: str, counter: str, value: float) -> float:
+        key = (actor, counter)
+        delta = value - self._last[key]
+        self._last[key] = value
+        return max(0.0, delta)
+
+    # --- the plan, when it is deployed or replaced ----------------------------------------------------------
+    def started(self, pipeline: Any) -> None:
+        m, d, wf = self.metrics, self.deployment, self.workflow
+        for replica in d.replicas:
             for spec in replica.chain:
                 labels = self.labels(spec)
                 m.planned_rate.labels(*labels).set(spec.weight)
                 for metric in (m.stage_requests, m.stage_outputs, m.stage_failed):
-                    metric.labels(*labels)  # present from the start, at zero
-            head = self.labels(replica.spec)
-            queue = replica.queue
-            m.queue_depth.labels(*head).set_function(lambda q=queue: q.qsize() if q is not None else 0)
-            m.queue_capacity.labels(*head).set(queue.maxsize if queue is not None else 0)
+                    metric.labels(*labels)
+            m.queue_capacity.labels(*self.labels(replica.head)).set(0)
+            m.queue_depth.labels(*self.labels(replica.head)).set(0)
         instances: dict[tuple, list[ReplicaSpec]] = defaultdict(list)
-        for spec in pipeline.specs:
+        for spec in d.specs:
             instances[self.instance_labels(spec)].append(spec)
         for labels, specs in instances.items():
             m.instance_cpus.labels(*labels).set(specs[0].instance_cpus)
             m.instance_planned_utilization.labels(*labels).set(sum(s.utilization for s in specs))
             m.instance_busy_seconds.labels(*labels)
-        groups: dict[tuple, list[str]] = defaultdict(list)
-        for key, replica in pipeline.replicas.items():
-            for spec in replica.chain:
-                groups[(spec.stage, spec.site, spec.tier)].append(key)
-        for (stage, site, tier), keys in groups.items():
-            m.replicas.labels(wf, stage, site, tier, "planned").set(len(keys))
-            m.replicas.labels(wf, stage, site, tier, "alive").set_function(
-                lambda keys=keys: sum(pipeline.replicas[k].alive for k in keys))
+        groups: dict[tuple, int] = defaultdict(int)
+        for spec in d.specs:
+            groups[(spec.stage, spec.site, spec.tier)] += 1
+        for (stage, site, tier), count in groups.items():
+            m.replicas.labels(wf, stage, site, tier, "planned").set(count)
+            m.replicas.labels(wf, stage, site, tier, "alive").set(count)
             m.stage_dropped.labels(wf, stage)
-        for source in pipeline.bundle.workflow.spec.sources:
-            for site in source.sites:
-                m.frames_sent.labels(wf, source.name, site, self.tier.get(site, ""))
-        ledger = pipeline.ledger
+        for source in d.sources:
+            m.frames_sent.labels(wf, source.source, source.site, source.tier)
+            m.frames_shed.labels(wf, source.source, source.site, source.tier)
         for metric in (m.frames_completed, m.frames_correct, m.frames_failed):
             metric.labels(wf)
-        m.frames_in_flight.labels(wf).set_function(lambda: ledger.in_flight)
-        m.held_messages.labels(wf).set_function(lambda: len(pipeline.held))
-        for source in pipeline.bundle.workflow.spec.sources:
-            for site in source.sites:
-                m.frames_shed.labels(wf, source.name, site, self.tier.get(site, ""))
-        m.accuracy_measured.labels(wf).set_function(
-            lambda: 100.0 * ledger.correct / ledger.completed if ledger.completed else float("nan"))
-        self._describe_links()
+        m.frames_in_flight.labels(wf).set(0)
+        m.held_messages.labels(wf).set(0)
+        for output in d.outputs:
+            for outcome in ("accepted", "delivered", "failed", "dropped"):
+                m.output_results.labels(wf, output.name, output.site, outcome)
+            m.output_backlog.labels(wf, output.name, output.site).set(0)
+        self._describe_links(pipeline)
         self._describe_plan()
 
-    def _describe_links(self) -> None:
-        m, wf = self.metrics, self.workflow
-        topology = {s.name: s for s in self.pipeline.bundle.topology.spec.sites}
+    def replace(self, deployment: Deployment, plan: Plan, pipeline: Any) -> None:
+        """A re-plan: the new deployment's series (old series keep their last values)."""
+        self.deployment, self.plan = deployment, plan
+        self._paths = {}
+        self.started(pipeline)
+
+    def _describe_links(self, pipeline: Any) -> None:
+        m, wf, d = self.metrics, self.workflow, self.deployment
+        topology = {s.name: s for s in pipeline.bundle.topology.spec.sites}
         for site in topology.values():
             if site.parent is None or site.uplink is None:
                 continue
+            tier = d.tiers[site.name]
             for direction in ("up", "down"):
                 link = getattr(site.uplink, direction)
-                labels = (wf, site.name, self.tier[site.name], direction)
-                if link.bandwidth_mbps is not None:  # unlimited links have no capacity series
+                labels = (wf, site.name, tier, direction)
+                if link.bandwidth_mbps is not None:
                     m.link_capacity_bytes_per_second.labels(*labels).set(link.bandwidth_mbps * 1e6 / 8.0)
-                m.link_planned_bytes_per_second.labels(*labels).set(0.0)
+                m.link_planned_bytes_per_second.labels(*labels).set(d.planned_link_bytes_per_s.get((site.name, direction),
+                                                                                                   0.0))
                 m.link_bytes.labels(*labels)
                 m.link_messages.labels(*labels)
-            pipeline = self.pipeline
-            m.link_up.labels(wf, site.name, self.tier[site.name]).set_function(
-                lambda name=site.name: 0.0 if name in pipeline.links_down else 1.0)
-            m.link_buffered_messages.labels(wf, site.name, self.tier[site.name]).set_function(
-                lambda name=site.name: len(pipeline.link_buffers.get(name, ())))
-        for flow in self.pipeline.plan.links:
-            child = flow.from_ if flow.direction == "up" else flow.to
-            for site in flow.sites or [child]:
-                m.link_planned_bytes_per_second.labels(wf, site, self.tier.get(site, flow.tier), flow.direction).set(
-                    flow.mbps * 1e6 / 8.0)
+            m.link_up.labels(wf, site.name, tier).set(0.0 if site.name in pipeline.links_down else 1.0)
+            m.link_buffered_messages.labels(wf, site.name, tier).set(0)
 
     def _describe_plan(self) -> None:
-        m, wf, plan = self.metrics, self.workflow, self.pipeline.plan
-        workflow = self.pipeline.bundle.workflow.spec
+        m, wf, plan, d = self.metrics, self.workflow, self.plan, self.deployment
         if plan.cost is not None:
             for tier, cost in plan.cost.by_tier.items():
                 m.plan_cost.labels(wf, tier, "compute").set(cost.compute_per_hour)
@@ -143,12 +127,11 @@ class Telemetry:
         if plan.accuracy is not None:
             m.accuracy_predicted.labels(wf).set(plan.accuracy)
         m.accuracy_target.labels(wf).set(plan.accuracy_target)
-        m.throughput_planned.labels(wf).set(sum(s.rate_per_s * s.count_per_site * len(s.sites)
-                                                for s in workflow.sources))
+        m.throughput_planned.labels(wf).set(d.planned_frames_per_s)
         if plan.latency_ms is not None:
             m.latency_predicted.labels(wf).set(plan.latency_ms / 1000.0)
-        if workflow.slo.latency_ms is not None:
-            m.latency_target.labels(wf).set(workflow.slo.latency_ms / 1000.0)
+        if plan.latency_bound_ms is not None:
+            m.latency_target.labels(wf).set(plan.latency_bound_ms / 1000.0)
         m.plan_changes.labels(wf).inc()
         m.solve_seconds.labels(wf).observe(plan.solver.seconds)
         if plan.solver.gap is not None:
@@ -158,72 +141,101 @@ class Telemetry:
                 m.plan_info.remove(wf, sample.labels["status"], sample.labels["strategy"])
         m.plan_info.labels(wf, plan.solver.status, plan.strategy).set(1)
 
-    def stopped(self) -> None:
-        """Final flush; the moment's gauges keep their last value (the pipeline is gone)."""
-        self.flush()
-        m, ledger, wf = self.metrics, self.pipeline.ledger, self.workflow
-        m.frames_in_flight.labels(wf).set(0)
+    # --- every poll ---------------------------------------------------------------------------------------
+    def update(self, pipeline: Any, reports: list[dict]) -> None:
+        m, wf, d = self.metrics, self.workflow, self.deployment
+        site_of = {a.key: a.site for a in pipeline.actors.values()}
+        held = 0
+        buffered: dict[str, int] = defaultdict(int)
+        for report in reports:
+            key, kind = report.get("key", ""), report.get("kind")
+            site = site_of.get(key)
+            held += report.get("held", 0)
+            if site is not None:
+                for destination, size in report.get("link_bytes", {}).items():
+                    delta = self._delta(key, f"bytes:{destination}", size)
+                    messages = self._delta(key, f"messages:{destination}", report["link_messages"].get(destination, 0))
+                    for link, direction in self.path(site, destination):
+                        labels = (wf, link, d.tiers.get(link, ""), direction)
+                        m.link_bytes.labels(*labels).inc(delta)
+                        m.link_messages.labels(*labels).inc(messages)
+                for link, n in report.get("link_buffered", {}).items():
+                    buffered[link] += n
+            if kind == "replica":
+                self._replica(pipeline, key, report)
+            elif kind == "source":
+                self._source(key, report)
+            elif kind == "output":
+                labels = (wf, report["output"], report["site"])
+                for outcome in ("accepted", "delivered", "failed", "dropped"):
+                    if report.get(outcome) is not None:
+                        m.output_results.labels(*labels, outcome).inc(self._delta(key, outcome, report[outcome]))
+                m.output_backlog.labels(*labels).set(report.get("backlog", 0))
+        ledger = pipeline.ledger
+        m.frames_in_flight.labels(wf).set(ledger.in_flight)
+        m.held_messages.labels(wf).set(held)
         if ledger.completed:
             m.accuracy_measured.labels(wf).set(100.0 * ledger.correct / ledger.completed)
-        for replica in self.pipeline.replicas.values():
-            m.queue_depth.labels(*self.labels(replica.spec)).set(0)
+        for site, tier in d.tiers.items():
+            if d.parent.get(site) is not None:
+                m.link_up.labels(wf, site, tier).set(0.0 if site in pipeline.links_down else 1.0)
+                m.link_buffered_messages.labels(wf, site, tier).set(buffered.get(site, 0))
+        alive: dict[tuple, int] = defaultdict(int)
+        for actor in pipeline.replicas.values():
+            for spec in actor.plan.chain:
+                alive[(spec.stage, spec.site, spec.tier)] += actor.state.value == "running"
+        for (stage, site, tier), count in alive.items():
+            m.replicas.labels(wf, stage, site, tier, "alive").set(count)
 
-    # --- hot path ------------------------------------------------------------------------------------
-    def frame_sent(self, source: str, site: str) -> None:
-        self._sent[(source, site)] += 1
+    def _replica(self, pipeline: Any, key: str, report: dict) -> None:
+        m = self.metrics
+        actor = pipeline.actors.get(key)
+        if actor is None:
+            return
+        busy = 0.0
+        for spec in actor.plan.chain:
+            counts = report.get("stages", {}).get(spec.stage, {})
+            labels = self.labels(spec)
+            m.stage_requests.labels(*labels).inc(self._delta(key, f"requests:{spec.stage}", counts.get("requests", 0)))
+            m.stage_outputs.labels(*labels).inc(self._delta(key, f"outputs:{spec.stage}", counts.get("outputs", 0)))
+            m.stage_failed.labels(*labels).inc(self._delta(key, f"failed:{spec.stage}", counts.get("failed", 0)))
+            busy += self._delta(key, f"busy:{spec.stage}", counts.get("busy_ms", 0.0))
+            processing, batch = m.processing_seconds.labels(*labels), m.batch_size.labels(*labels)
+            for size, ms in counts.get("samples", ()):
+                processing.observe(ms / 1000.0)
+                batch.observe(size)
+        head = self.labels(actor.plan.head)
+        m.instance_busy_seconds.labels(*self.instance_labels(actor.plan.head)).inc(busy / 1000.0)
+        m.queue_depth.labels(*head).set(report.get("queue_depth", 0))
+        m.queue_capacity.labels(*head).set(report.get("queue_capacity", 0))
+        hop = m.hop_overhead_seconds.labels(*head)
+        for ms in report.get("hop_ms", ()):
+            hop.observe(ms / 1000.0)
+        unroutable = self._delta(key, "unroutable", report.get("unroutable", 0))
+        if unroutable:
+            for stage in self.deployment.consumers.get(actor.plan.tail.stage, ()):
+                m.stage_dropped.labels(self.workflow, stage).inc(unroutable)
 
-    def frame_shed(self, source: str, site: str) -> None:
-        self.metrics.frames_shed.labels(self.workflow, source, site, self.tier.get(site, "")).inc()
+    def _source(self, key: str, report: dict) -> None:
+        m, wf = self.metrics, self.workflow
+        site, source = report["site"], report["source"]
+        tier = self.deployment.tiers.get(site, "")
+        m.frames_sent.labels(wf, source, site, tier).inc(self._delta(key, "sent", report.get("sent", 0)))
+        m.frames_shed.labels(wf, source, site, tier).inc(self._delta(key, "shed", report.get("shed", 0)))
+        m.frames_completed.labels(wf).inc(self._delta(key, "completed", report.get("completed", 0)))
+        m.frames_correct.labels(wf).inc(self._delta(key, "correct", report.get("correct", 0)))
+        m.frames_failed.labels(wf).inc(self._delta(key, "failed", report.get("failed", 0)))
+        latency = m.end_to_end_latency.labels(wf)
+        for ms in report.get("latencies_ms", ()):
+            latency.observe(ms / 1000.0)
 
     def replanned(self, reason: str, sites_down: int) -> None:
         self.metrics.replans.labels(self.workflow, reason).inc()
         self.metrics.sites_down.labels(self.workflow).set(sites_down)
 
-    def routed(self, origin: str, destination: str, size_bytes: float) -> None:
-        if origin == destination:
-            return
-        for link in self.path(origin, destination):
-            counts = self._links[link]
-            counts[0] += 1
-            counts[1] += size_bytes
-
-    def flush(self) -> None:
-        """Hand the per-message counts to Prometheus (called periodically from the driver's loop)."""
+    def stopped(self, pipeline: Any) -> None:
+        """The moment's gauges go to zero; counters keep their totals."""
         m, wf = self.metrics, self.workflow
-        sent, self._sent = self._sent, defaultdict(int)
-        for (source, site), n in sent.items():
-            m.frames_sent.labels(wf, source, site, self.tier.get(site, "")).inc(n)
-        links, self._links = self._links, defaultdict(lambda: [0, 0.0])
-        for (site, direction), (messages, size) in links.items():
-            labels = (wf, site, self.tier.get(site, ""), direction)
-            m.link_messages.labels(*labels).inc(messages)
-            m.link_bytes.labels(*labels).inc(size)
-
-    def batch_done(self, replica: _Replica, report: list, model_ms: float, overhead_ms: float) -> None:
-        m = self.metrics
-        m.hop_overhead_seconds.labels(*self.labels(replica.spec)).observe(overhead_ms / 1000.0)
-        m.instance_busy_seconds.labels(*self.instance_labels(replica.spec)).inc(model_ms / 1000.0)
-        for spec, (requests, _batches, outputs, timings) in zip(replica.chain, report):
-            labels = self.labels(spec)
-            m.stage_requests.labels(*labels).inc(requests)
-            m.stage_outputs.labels(*labels).inc(outputs)
-            processing, batch = m.processing_seconds.labels(*labels), m.batch_size.labels(*labels)
-            for size, ms in timings:
-                processing.observe(ms / 1000.0)
-                batch.observe(size)
-
-    def batch_failed(self, replica: _Replica, requests: int) -> None:
-        self.metrics.stage_failed.labels(*self.labels(replica.spec)).inc(requests)
-
-    def dropped(self, stage: str, requests: int = 1) -> None:
-        self.metrics.stage_dropped.labels(self.workflow, stage).inc(requests)
-
-    def frame_completed(self, correct: bool, latency_ms: float) -> None:
-        m, wf = self.metrics, self.workflow
-        m.frames_completed.labels(wf).inc()
-        if correct:
-            m.frames_correct.labels(wf).inc()
-        m.end_to_end_latency.labels(wf).observe(latency_ms / 1000.0)
-
-    def frame_failed(self) -> None:
-        self.metrics.frames_failed.labels(self.workflow).inc()
+        m.frames_in_flight.labels(wf).set(0)
+        for replica in self.deployment.replicas:
+            m.queue_depth.labels(*self.labels(replica.head)).set(0)

@@ -115,6 +115,10 @@ def cross_check(bundle: Bundle) -> list[Issue]:
                 if site not in site_names:
                     add(("spec", "stages", i, "placement", "sites", j), f"unknown site {site!r}",
                         "name a site of the topology")
+    for i, output in enumerate(wf.outputs):
+        if output.site is not None and output.site not in site_names:
+            add(("spec", "outputs", i, "site"), f"unknown site {output.site!r}",
+                f"sites of topology {bundle.topology.metadata.name!r}: {', '.join(sorted(site_names)[:8])}")
     table = wf.slo.accuracy_table
     if table is not None and table not in {t.name for t in zoo.accuracy_tables}:
         add(("spec", "slo", "accuracy_table"), f"zoo has no accuracy table {table!r}",

@@ -84,6 +84,12 @@ class TopologySpec(StrictModel):
         description="`shared`: an instance may host several stages whose summed utilisation and memory fit; "
         "`exclusive`: each instance serves at most one stage (JellyBean's semantics).",
     )
+    hop_latency_ms: float = Field(
+        default=1.0, ge=0, description="What the runtime adds per hop (a call from one actor to the next: "
+        "serialisation, the call, its acknowledgement), for the plan's latency; `python bench/runtime.py` measures it.")
+    batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="Longest a replica waits for a batch to fill once a request is there (dynamic "
+        "batching); the runtime uses it, and the plan's latency counts the wait.")
     max_utilization: float = Field(
         default=0.8, gt=0, le=1, description="Headroom: the highest planned utilisation of any instance."
     )

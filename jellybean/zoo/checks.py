@@ -35,15 +35,16 @@ def zoo_issues(zoo: ModelZoo, where: SourceMap) -> list[Issue]:
 
 
 def workflow_issues(workflow: Workflow, where: SourceMap) -> list[Issue]:
-    """Every source whose ``dataset`` is not a registered one."""
+    """Every source whose replayed dataset (``replay``, or its older name ``dataset``) is not registered."""
     from jellybean.zoo.datasets import DATASETS
 
     issues = []
     for s, source in enumerate(workflow.spec.sources):
-        dataset = getattr(source, "dataset", None)
+        dataset = source.replay_dataset
         if dataset is not None and dataset not in DATASETS:
-            loc = ("spec", "sources", s, "dataset")
-            issues.append(Issue(where.file, where.line_for(loc), f"spec.sources[{s}].dataset",
+            field = "replay" if source.replay is not None else "dataset"
+            loc = ("spec", "sources", s, field)
+            issues.append(Issue(where.file, where.line_for(loc), f"spec.sources[{s}].{field}",
                                 f"unknown dataset {dataset!r} (registered: {_listed(list(DATASETS))})",
                                 "name a registered dataset for the source to replay"))
     return issues

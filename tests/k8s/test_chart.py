@@ -38,7 +38,7 @@ import yaml
 from helm_python.errors import HelmError, HelmRenderError, HelmValuesError
 
 from jellybean.k8s.names import API_PORT, GROUP, KINDS, LABEL_SITE, LABEL_TIER, METRICS_PORT
-from jellybean.runtime.dataplane import SITE_CAPACITY, SITE_RESOURCE_PREFIX
+from jellybean.runtime.deployment import SITE_CAPACITY, SITE_RESOURCE_PREFIX
 from tests.k8s.k8s_schema import crd_schema, errors, validator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,19 +1,21 @@
-"""The data plane on a real local Ray: the digits plan deployed, frames streamed, every frame accounted."""
+"""The data plane on a real local Ray: the digits plan deployed as actors that hand frames to each
+other, every frame accounted, metrics that agree with the ledger, and the behaviours that need real
+processes (an actor killed by Ray, CPU pinning, replay at the planned rate, overload shed)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
 from jellybean.optimizer import plan as make_plan
-from jellybean.runtime.dataplane import Pipeline, ServingError, replica_specs
+from jellybean.runtime.dataplane import Pipeline
 from jellybean.runtime.metrics import Metrics
+from jellybean.runtime.replicas import ReplicaState
 from jellybean.spec import load_bundle
+from tests.runtime.inprocess import eventually, split
 
 pytest.importorskip("ray")
 pytest.importorskip("torch")
@@ -27,47 +29,15 @@ def digits():
     return bundle, make_plan(bundle, baselines=False)
 
 
-def test_replicas_follow_the_plan(digits) -> None:
-    bundle, plan = digits
-    specs = replica_specs(bundle, plan)
-    assert {(s.stage, s.site) for s in specs} == {(a.stage, a.site) for a in plan.assignments}
-    for a in plan.assignments:
-        mine = [s for s in specs if s.stage == a.stage and s.site == a.site]
-        assert len(mine) == max(1, math.ceil(a.instances - 1e-9))
-        assert sum(s.weight for s in mine) == pytest.approx(a.rate_per_s)
-        assert all(s.batch_size == a.batch_size and s.loader for s in mine)
-    # The CPU shares of the stages sharing an instance add up to the instance's cores.
-    by_instance: dict[tuple[str, str], float] = {}
-    for s in specs:
-        by_instance[(s.site, s.instance)] = by_instance.get((s.site, s.instance), 0.0) + s.num_cpus
-    for value in by_instance.values():
-        assert value == pytest.approx(1.0, abs=0.01)
-
-
-def test_a_variant_without_loader_cannot_be_served() -> None:
-    bundle = load_bundle(["workflows/vqa-medium"])
-    with pytest.raises(ServingError, match="names no `loader`"):
-        replica_specs(bundle, make_plan(bundle, baselines=False))
-
-
-def split_in_two(pipeline: Pipeline, stage: str) -> None:
-    """Replace the stage's single replica by two that share its CPUs and traffic."""
-    one = next(s for s in pipeline.specs if s.stage == stage)
-    half = dataclasses.replace(one, num_cpus=one.num_cpus / 2, weight=one.weight / 2)
-    pipeline.specs = [s for s in pipeline.specs if s is not one] + [
-        dataclasses.replace(half, key=one.key + "-a"), dataclasses.replace(half, key=one.key + "-b")]
-
-
-def stream(pipeline: Pipeline, seconds: float):
-    pipeline.start()
-    time.sleep(seconds)
-    return pipeline.stop(drain=True)
+def pause(seconds: float) -> None:
+    """Let frames flow for a while (the sources replay at their planned rate)."""
+    threading.Event().wait(seconds)
 
 
 def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
     bundle, plan = digits
     metrics = Metrics()
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, pin_cpus=True, metrics=metrics)
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, pin_cpus=True, metrics=metrics, report_interval_s=0.2)
     before = os.sched_getaffinity(0)
     pipeline.start()
     layout = pipeline.cpu_layout
@@ -76,20 +46,29 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
         given = [tuple(cores) for cores in layout.instances.values()]
         assert len(given) == 2 and len(set(given)) == 2
         for replica in pipeline.replicas.values():
-            assert os.sched_getaffinity(replica.pid) == set(layout.instances[replica.spec.instance_key])
-        assert os.sched_getaffinity(0) == set(layout.driver)
+            assert os.sched_getaffinity(replica.info["pid"]) == set(layout.instances[replica.plan.head.instance_key])
+        for actor in pipeline.actors.values():
+            if actor.kind != "replica":
+                assert os.sched_getaffinity(actor.info["pid"]) == set(layout.driver)
     else:
         assert not layout.pinned and "need 2 cores" in layout.reason
-    time.sleep(5.0)
+    # The served rate in steady state (after the start-up's backlog has cleared) is the planned one.
+    eventually(lambda: pipeline.ledger.completed >= 100, 30, p=pipeline)
+    import time
+
+    start, done = time.monotonic(), pipeline.ledger.completed
+    eventually(lambda: pipeline.ledger.completed >= done + 300, 30, p=pipeline)
+    steady = (pipeline.ledger.completed - done) / (time.monotonic() - start)
+    assert steady == pytest.approx(80.0, rel=0.15)
     summary = pipeline.stop(drain=True)
     assert os.sched_getaffinity(0) == before  # the test process gets its cores back
     assert summary.cpu_pinning["pinned"] == layout.pinned
     frames = summary.frames
-    assert frames.sent >= 300  # 2 cameras x 40 frames/s x 5 s, less start-up
-    assert frames.lost == 0 and frames.failed == 0 and frames.completed == frames.sent
+    assert frames.lost == 0 and frames.failed == 0 and frames.completed == frames.sent >= 300
     # Measured on the frames that flowed, against the profile measured on 2,000 held-out frames.
     assert summary.measured.accuracy == pytest.approx(plan.accuracy, abs=3.0)
-    assert summary.measured.throughput_per_s == pytest.approx(summary.predicted.throughput_per_s, rel=0.15)
+    # Between the first and the last result, the start-up's backlog included.
+    assert summary.measured.throughput_per_s == pytest.approx(summary.predicted.throughput_per_s, rel=0.3)
     assert summary.measured.latency_ms_p50 > 0 and summary.measured.latency_ms_p99 >= summary.measured.latency_ms_p50
     stages = {(s.stage, s.site): s for s in summary.stages}
     for a in plan.assignments:
@@ -98,10 +77,10 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
         assert row.rate_measured_per_s > 0
         assert 1 <= row.mean_batch_size <= a.batch_size
     assert pipeline.status()["state"] == "stopped"
-    assert_metrics_agree(metrics, summary, bundle, plan)
+    assert_metrics_agree(metrics, summary, pipeline, plan)
 
 
-def assert_metrics_agree(metrics: Metrics, summary, bundle, plan) -> None:  # noqa: ANN001
+def assert_metrics_agree(metrics: Metrics, summary, pipeline: Pipeline, plan) -> None:  # noqa: ANN001
     """What Prometheus would scrape agrees with the run's own accounting and with the plan."""
     value = metrics.registry.get_sample_value
     wf = {"workflow": "digits"}
@@ -123,16 +102,19 @@ def assert_metrics_agree(metrics: Metrics, summary, bundle, plan) -> None:  # no
         assert value("jellybean_stage_processing_seconds_count", labels) == by_stage[a.stage].batches
         assert value("jellybean_stage_batch_size_sum", labels) == requests
         assert value("jellybean_stage_planned_requests_per_second", labels) == pytest.approx(a.rate_per_s)
-    # Every frame crossed its camera's uplink at the source's declared size; every prediction the
-    # hub's uplink at the classifier's output size (the aggregator runs in the cloud).
+    # The bytes the actors sent, on the links between their sites: every camera's frames crossed its
+    # uplink; the hub's predictions crossed the hub's; nothing went down the tiers.
+    sent_by = {}
+    for actor in pipeline.actors.values():
+        for site, size in actor.report.get("link_bytes", {}).items():
+            sent_by[(actor.site, site)] = sent_by.get((actor.site, site), 0) + size
     cam = {**wf, "site": "cam-1", "tier": "device", "direction": "up"}
-    payload_bytes = bundle.workflow.spec.sources[0].payload_kb * 1024
-    assert value("jellybean_link_bytes_total", cam) == pytest.approx(value("jellybean_link_messages_total", cam)
-                                                                     * payload_bytes)
+    assert value("jellybean_link_bytes_total", cam) == sent_by[("cam-1", "hub")] > 0
     hub = {**wf, "site": "hub", "tier": "hub", "direction": "up"}
-    classify = next(a for a in plan.assignments if a.stage == "classify")
+    assert value("jellybean_link_bytes_total", hub) == sent_by[("hub", "cloud")] > 0
+    assert not value("jellybean_link_bytes_total", {**hub, "direction": "down"})
     assert value("jellybean_link_messages_total", hub) == value(
-        "jellybean_stage_outputs_total", {**wf, "stage": "classify", "variant": classify.variant, "site": "hub",
+        "jellybean_stage_outputs_total", {**wf, "stage": "classify", "variant": plan.models["classify"], "site": "hub",
                                           "tier": "hub", "instance": "hub-cpu-0"})
     assert value("jellybean_instance_busy_seconds_total", {**wf, "site": "hub", "tier": "hub",
                                                            "instance": "hub-cpu-0"}) > 0
@@ -142,115 +124,21 @@ def assert_metrics_agree(metrics: Metrics, summary, bundle, plan) -> None:  # no
     assert value("jellybean_accuracy_measured_percent", wf) == pytest.approx(summary.measured.accuracy)
 
 
-def test_a_replica_dies_and_its_frames_are_retried_elsewhere(ray_local, digits, digits_zoo) -> None:
+def test_an_actor_killed_by_ray_is_routed_around(ray_local, digits, digits_zoo) -> None:
     bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
-    split_in_two(pipeline, "classify")  # two replicas of the classifier, so that one can fail
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, fuse=False, report_interval_s=0.2)
+    pipeline.deployment = split(pipeline.deployment, "classify", [1.0, 1.0])
     pipeline.start()
-    time.sleep(1.5)
-    victim = next(r for r in pipeline.replicas.values() if r.spec.stage == "classify")
-    ray_local.kill(victim.actor)
-    time.sleep(2.5)
+    eventually(lambda: pipeline.ledger.completed > 50, 30, p=pipeline)
+    victim = next(a for a in pipeline.replicas.values() if a.plan.head.stage == "classify")
+    ray_local.kill(victim.handle)
+    eventually(lambda: victim.state == ReplicaState.DEAD, 30, p=pipeline)
+    done = pipeline.ledger.completed
+    eventually(lambda: pipeline.ledger.completed > done + 100, 30, p=pipeline)
     assert pipeline.status()["state"] == "degraded"
     summary = pipeline.stop(drain=True)
-    assert summary.frames.lost == 0
-    assert summary.frames.completed + summary.frames.failed == summary.frames.sent
-    # The survivor took over: the frames after the failure completed, none is missing.
-    assert summary.frames.failed == 0, summary.failures
-    assert not victim.alive
-
-
-def test_backpressure_slows_the_sources_instead_of_losing_frames(ray_local, digits, digits_zoo) -> None:
-    """Ten times the planned rate: sources fall behind, queues stay bounded, every frame is served."""
-    bundle, plan = digits
-    fast = bundle.workflow.model_copy(deep=True)
-    fast.spec.sources[0].rate_per_s = 4000.0
-    bundle_fast = type(bundle)(fast, bundle.zoo, bundle.topology, bundle.sources)
-    pipeline = Pipeline(bundle_fast, plan, cache_dir=digits_zoo)
-    pipeline.start()
-    peak_queued = 0
-    for _ in range(20):
-        time.sleep(0.1)
-        peak_queued = max(peak_queued, sum(r.queue.qsize() for r in pipeline.replicas.values()))
-    summary = pipeline.stop(drain=True)
-    capacity = sum(r.queue.maxsize for r in pipeline.replicas.values())
-    assert peak_queued <= capacity
-    assert summary.frames.sent < 4000 * 2 * 2  # the sources were held back
-    assert summary.frames.lost == 0 and summary.frames.failed == 0
-
-
-def test_a_stateful_join_gets_all_of_a_frame_on_one_replica(ray_local, digits, digits_zoo) -> None:
-    """Two aggregator replicas: crops are routed by frame id, so every frame still completes."""
-    bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
-    split_in_two(pipeline, "aggregate")
-    summary = stream(pipeline, 3.0)
-    joins = [r for r in pipeline.replicas.values() if r.spec.stage == "aggregate"]
-    assert all(r.stateful and r.requests["aggregate"] > 0 for r in joins)
-    assert summary.frames.sent > 100
-    assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent
-
-
-def test_fusion_joins_co_located_stateless_stages_only(digits) -> None:
-    from jellybean.runtime.dataplane import plan_fusion
-    from jellybean.zoo.registry import is_stateful
-
-    bundle, plan = digits
-    specs = replica_specs(bundle, plan)
-    order = ["detect", "classify", "aggregate"]
-    consumers = {"detect": ["classify"], "classify": ["aggregate"]}
-    inputs = {"detect": 1, "classify": 1, "aggregate": 1}
-    chains = plan_fusion(specs, order, consumers, inputs, is_stateful)
-    assert [[s.stage for s in chain] for chain in chains.values()] == [["detect", "classify"]]
-    # A stateful stage is never fused, even onto the same instance.
-    same_place = [dataclasses.replace(s, site="hub", instance="hub-cpu") for s in specs]
-    chains = plan_fusion(same_place, order, consumers, inputs, is_stateful)
-    assert [[s.stage for s in chain] for chain in chains.values()] == [["detect", "classify"]]
-    everything = plan_fusion(same_place, order, consumers, inputs, lambda loader: False)
-    assert [[s.stage for s in chain] for chain in everything.values()] == [["detect", "classify", "aggregate"]]
-    # Two replicas of a stage: routing by shares is needed, so no fusion.
-    one = next(s for s in specs if s.stage == "classify")
-    doubled = [s for s in specs if s is not one] + [dataclasses.replace(one, key="a"), dataclasses.replace(one, key="b")]
-    assert plan_fusion(doubled, order, consumers, inputs, is_stateful) == {}
-
-
-def test_a_hub_cut_off_from_the_cloud_keeps_serving_and_buffers_what_must_go_up(ray_local, digits,
-                                                                                 digits_zoo) -> None:
-    bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, link_buffer_capacity=100_000)
-    pipeline.start()
-    time.sleep(1.0)
-    pipeline.set_uplink("hub", False)
-    time.sleep(0.5)
-    completed, detected = pipeline.ledger.completed, pipeline.status()["stages"]
-    time.sleep(2.0)
-    # Edge autonomy: the hub's stages keep running, the cloud's aggregator gets nothing meanwhile.
-    requests = {row["stage"]: row for row in pipeline.status()["stages"]}
-    assert requests["detect"]["rate_measured_per_s"] > 0
-    assert pipeline.ledger.completed == completed
-    assert len(pipeline.link_buffers["hub"]) > 100
-    pipeline.set_uplink("hub", True)
-    time.sleep(1.5)
-    summary = pipeline.stop(drain=True)
-    assert not pipeline.link_buffers.get("hub")
     assert summary.frames.lost == 0 and summary.frames.failed == 0, summary.failures
     assert summary.frames.completed == summary.frames.sent
-    assert detected  # the status had rows while cut off
-
-
-def test_a_full_uplink_buffer_fails_frames_with_the_reason_and_loses_none(ray_local, digits, digits_zoo) -> None:
-    bundle, plan = digits
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, link_buffer_capacity=50)
-    pipeline.start()
-    time.sleep(0.5)
-    pipeline.set_uplink("hub", False)
-    time.sleep(2.0)
-    pipeline.set_uplink("hub", True)
-    time.sleep(1.0)
-    summary = pipeline.stop(drain=True)
-    assert summary.frames.lost == 0
-    assert summary.frames.failed > 0
-    assert all("uplink of hub is down" in reason or "in flight" in reason for reason in summary.failures)
 
 
 def test_overload_is_shed_at_the_sources_explicitly_and_counted(ray_local, digits, digits_zoo) -> None:
@@ -261,14 +149,36 @@ def test_overload_is_shed_at_the_sources_explicitly_and_counted(ray_local, digit
     bundle_flood = type(bundle)(flood, bundle.zoo, bundle.topology, bundle.sources)
     metrics = Metrics()
     pipeline = Pipeline(bundle_flood, plan, cache_dir=digits_zoo, overload="shed", shed_after_ms=5.0,
-                        metrics=metrics)
-    summary = stream(pipeline, 3.0)
+                        metrics=metrics, report_interval_s=0.2)
+    pipeline.start()
+    eventually(lambda: pipeline.shed > 0 and pipeline.ledger.completed > 1000, 60, p=pipeline)
+    summary = pipeline.stop(drain=True)
     frames = summary.frames
-    assert pipeline.shed > 0 and frames.lost == 0
+    assert frames.lost == 0
     shed = sum(n for reason, n in summary.failures.items() if reason.startswith("shed at the source"))
     assert shed == pipeline.shed == frames.failed  # every failure is a shed frame, with its reason
     counted = sum(metrics.registry.get_sample_value(
         "jellybean_frames_shed_total", {"workflow": "digits", "source": "cameras", "site": s, "tier": "device"})
         for s in ("cam-1", "cam-2"))
     assert counted == shed
-    assert frames.completed > 1000  # what could be served was served
+
+
+def test_backpressure_paces_the_sources_and_loses_nothing(ray_local, digits, digits_zoo) -> None:
+    """Sources far faster than the hub: they send only as fast as the pipeline takes frames."""
+    bundle, plan = digits
+    fast = bundle.workflow.model_copy(deep=True)
+    fast.spec.sources[0].rate_per_s = 100_000.0
+    bundle_fast = type(bundle)(fast, bundle.zoo, bundle.topology, bundle.sources)
+    pipeline = Pipeline(bundle_fast, plan, cache_dir=digits_zoo, max_in_flight=64, report_interval_s=0.2)
+    pipeline.start()
+    peak = 0
+
+    def watch() -> bool:
+        nonlocal peak
+        peak = max(peak, max(a.report.get("in_flight", 0) for a in pipeline.actors.values() if a.kind == "source"))
+        return pipeline.ledger.completed > 2000
+
+    eventually(watch, 60, p=pipeline)
+    summary = pipeline.stop(drain=True)
+    assert 0 < peak <= 64  # no source ever had more in flight than its room
+    assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent

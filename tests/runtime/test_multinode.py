@@ -1,16 +1,18 @@
 """Several Ray nodes, one per site, each advertising its site as a custom resource
-(`ray.cluster_utils.Cluster`): every replica must run on the node of the site the plan named."""
+(`ray.cluster_utils.Cluster`): every actor (replica, source, output) must run on the node of the site
+the plan named, and frames flow from node to node."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from jellybean.optimizer import plan as make_plan
-from jellybean.runtime.dataplane import SITE_CAPACITY, Pipeline, site_resource
+from jellybean.runtime.dataplane import Pipeline
+from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 from jellybean.spec import load_bundle
+from tests.runtime.inprocess import eventually
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
@@ -39,11 +41,11 @@ def test_each_replica_runs_on_its_sites_node(cluster, digits_zoo) -> None:
     bundle = load_bundle([DIGITS])
     plan = make_plan(bundle, baselines=False)
     assert {a.site for a in plan.assignments} == {"hub", "cloud"}  # the plan really spans two nodes
-    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo)
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, report_interval_s=0.2)
     pipeline.start()
-    time.sleep(3.0)
+    eventually(lambda: pipeline.ledger.completed > 100, 30, p=pipeline)
     summary = pipeline.stop(drain=True)
-    for replica in pipeline.replicas.values():
-        assert replica.node_id == cluster[replica.spec.site], replica.spec.key
-    assert summary.frames.sent > 100
-    assert summary.frames.lost == 0 and summary.frames.failed == 0
+    for actor in pipeline.actors.values():
+        assert actor.info["node_id"] == cluster[actor.site], actor.key
+    assert {a.kind for a in pipeline.actors.values()} == {"replica", "source"}
+    assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent

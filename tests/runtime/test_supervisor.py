@@ -60,7 +60,7 @@ pytest.importorskip("torch")
 def two_sites(_ray_session):
     from ray.cluster_utils import Cluster
 
-    from jellybean.runtime.dataplane import SITE_CAPACITY, site_resource
+    from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 
     if ray.is_initialized():
         ray.shutdown()
@@ -84,7 +84,7 @@ def wait_until(condition, timeout_s: float) -> bool:
 
 
 def test_a_site_fails_and_returns_while_frames_flow(two_sites, digits_zoo) -> None:
-    from jellybean.runtime.dataplane import SITE_CAPACITY, site_resource
+    from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 
     cluster, hub = two_sites
     bundle = load_bundle(DRILLS)

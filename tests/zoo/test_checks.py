@@ -27,8 +27,8 @@ def unregistered(tmp_path: Path) -> Path:
     assert "loader: digits-detector-tiny" in zoo
     (folder / "zoo.yaml").write_text(zoo.replace("loader: digits-detector-tiny", "loader: my-detector", 1))
     workflow = (folder / "workflow.yaml").read_text()
-    assert "dataset: digits-frames" in workflow
-    (folder / "workflow.yaml").write_text(workflow.replace("dataset: digits-frames", "dataset: my-frames", 1))
+    assert "replay: digits-frames" in workflow
+    (folder / "workflow.yaml").write_text(workflow.replace("replay: digits-frames", "replay: my-frames", 1))
     return folder
 
 
@@ -45,7 +45,7 @@ def test_validate_and_run_refuse_unregistered_names_at_their_lines(unregistered:
     zoo, workflow = unregistered / "zoo.yaml", unregistered / "workflow.yaml"
     assert (f"{zoo}:{line_of(zoo, 'my-detector')}: spec.tasks[0].variants[0].loader: unknown model loader "
             f"'my-detector' (registered: {', '.join(sorted(LOADERS))})") in err
-    assert (f"{workflow}:{line_of(workflow, 'my-frames')}: spec.sources[0].dataset: unknown dataset 'my-frames' "
+    assert (f"{workflow}:{line_of(workflow, 'my-frames')}: spec.sources[0].replay: unknown dataset 'my-frames' "
             f"(registered: {', '.join(sorted(DATASETS))})") in err
 
 

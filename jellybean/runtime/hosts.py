@@ -1,0 +1,262 @@
+"""What each actor of a deployed workflow is: a replica, a source or an output, as plain classes.
+
+:mod:`jellybean.runtime.replicas` makes them Ray actors (``ray.remote(ReplicaHost)``) or runs them in
+this process (the tests' backend); nothing here imports Ray. Each host builds its objects in
+``setup`` (called once, on the actor's own event loop), then takes calls: ``configure`` (a routing
+table from the control plane), ``push``/``deliver`` (the data path, from its peers), ``report``
+(telemetry and the ledger, read by the control plane: it is never on the data path) and the few
+controls of its kind. Runners and datasets are built from registered *names* only (a loader, a
+dataset), never from code or paths in user documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from jellybean.runtime.worker import Forwarder, Peer, StageWorker, dumps, loads
+
+
+def transport_for(kind: str) -> Any:
+    if kind == "ray":
+        from jellybean.runtime.replicas import RayTransport
+
+        return RayTransport()
+    from jellybean.runtime.replicas import InProcessTransport
+
+    return InProcessTransport()
+
+
+def _node() -> dict:
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():  # never starts a Ray (the in-process backend has none)
+        context = ray.get_runtime_context()
+        return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    return {"node_id": "local", "node_ip": "127.0.0.1"}
+
+
+def _peers(table: dict) -> dict[str, list[Peer]]:
+    return {stage: [Peer(p["key"], p["site"], p["weight"], p["handle"], p.get("stateful", False),
+                         p.get("batch_size", 1), p.get("delay_ms", 0.0)) for p in peers]
+            for stage, peers in table.get("stages", {}).items()}
+
+
+def _forwarder(transport: str, options: dict) -> Forwarder:
+    return Forwarder(transport_for(transport), window=options.get("window", 16), coalesce=options.get("coalesce", 64),
+                     max_wait_s=options.get("max_wait_ms", 2.0) / 1000.0, hold_s=options.get("hold_s", 0.0),
+                     hold_capacity=options.get("hold_capacity", 10_000),
+                     link_buffer_capacity=options.get("link_buffer_capacity", 10_000))
+
+
+def _forwarder_report(forwarder: Forwarder) -> dict:
+    links = forwarder.links
+    hops = list(forwarder.hop_ms)
+    forwarder.hop_ms.clear()
+    return {"link_messages": dict(links.messages), "link_bytes": dict(links.bytes), "hop_ms": hops,
+            "held": forwarder.held_messages, "link_buffered": dict(forwarder.link_buffered), "dead_peers": sorted(forwarder.dead), "unroutable": forwarder.unroutable}
+
+
+class _Housekeeping:
+    """Held messages and old frames expire on their own loop, not on the control plane's say."""
+
+    async def _housekeep(self, every_s: float = 0.2) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            self.forwarder.expire_held()
+            source = getattr(self, "source", None)
+            if source is not None:
+                source.expire()
+
+
+class ReplicaHost(_Housekeeping):
+    def __init__(self, spec: dict) -> None:
+        #: {"key", "site", "stages", "loaders", "batch_sizes", "threads", "consumers", "sink", "stateful",
+        #:  "cache_dir", "transport", "options", "runners" (in-process only)}
+        self.spec = spec
+        self.worker: StageWorker | None = None
+        self.outputs: list[Peer] = []
+
+    async def setup(self) -> dict:
+        spec = self.spec
+        runners = spec.get("runners")
+        if runners is None:
+            from jellybean.zoo.registry import load_runner
+
+            runners = [load_runner(name, Path(spec["cache_dir"]), threads=spec["threads"]) for name in spec["loaders"]]
+        stateful = spec.get("stateful", any(bool(getattr(r, "stateful", False)) for r in runners))
+        options = spec.get("options", {})
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options)
+        self.transport = self.forwarder.transport
+        self.worker = StageWorker(spec["stages"], spec["batch_sizes"], runners, self.forwarder,
+                                  consumers={k: tuple(v) for k, v in spec["consumers"].items()}, sink=spec["sink"],
+                                  stateful=stateful, max_wait_s=options.get("max_wait_ms", 2.0) / 1000.0,
+                                  max_forwarding=options.get("max_forwarding", 8), deliver=self._deliver,
+                                  threaded=options.get("threaded", False))
+        self._keeper = asyncio.ensure_future(self._housekeep())
+        return {**_node(), "pid": os.getpid(), "stateful": stateful, "key": spec["key"], "site": spec["site"]}
+
+    async def configure(self, table: dict) -> None:
+        self.forwarder.configure(_peers(table), table.get("blocked"))
+        if table.get("batch_sizes"):  # a re-plan that kept this replica may change its batch sizes
+            self.worker.batch_sizes = list(table["batch_sizes"])
+        self.outputs = [Peer(o["key"], o["site"], 1.0, o["handle"], delay_ms=o.get("delay_ms", 0.0))
+                        for o in table.get("outputs", [])]
+
+    async def _deliver(self, results: list[dict]) -> None:
+        if not self.outputs:
+            return
+        blob = dumps(results)
+        for output in self.outputs:
+            self.forwarder.links.messages[output.site] += len(results)
+            self.forwarder.links.bytes[output.site] += len(blob)
+            if output.delay_ms > 0:
+                await asyncio.sleep(output.delay_ms / 1000.0)
+            await self.transport.deliver(output.handle, blob)
+
+    async def push(self, blob: bytes) -> dict:
+        return await self.worker.push(loads(blob))
+
+    async def report(self) -> dict:
+        return {"kind": "replica", "key": self.spec["key"], **self.worker.report(), **_forwarder_report(self.forwarder),
+                "idle": self.worker.idle and self.forwarder.in_flight == 0, "at": time.time()}
+
+    async def info(self) -> dict:
+        return {**_node(), "pid": os.getpid(), "key": self.spec["key"]}
+
+
+class SourceHost(_Housekeeping):
+    def __init__(self, spec: dict) -> None:
+        #: {"workflow", "source", "site", "mode", "dataset", "rate_per_s", "count", "array", "dtype", "shape",
+        #:  "consumers", "transport", "options", "token", "bind_host", "port", "frames" (in-process only)}
+        self.spec = spec
+        self.loops: list = []
+        self.endpoint: str | None = None
+        self.accepting = {"open": False}
+        self._runner = None
+
+    async def setup(self) -> dict:
+        from jellybean.runtime.sources import FrameSource, ReplayLoop
+
+        spec, options = self.spec, self.spec.get("options", {})
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options)
+        self.source = FrameSource(spec["source"], spec["site"], self.forwarder, tuple(spec["consumers"]),
+                                  max_in_flight=options.get("max_in_flight", 256),
+                                  frame_timeout_s=options.get("frame_timeout_s", 120.0))
+        if spec["mode"] == "replay":
+            frames = spec.get("frames")
+            if frames is None:
+                from jellybean.zoo.datasets import load_dataset
+
+                frames = load_dataset(spec["dataset"], seed=options.get("seed", 0))
+            per_source = spec["rate_per_s"] / max(1, spec["count"])
+            self.loops = [ReplayLoop(frames, self.source, per_source, overload=options.get("overload", "backpressure"),
+                                     shed_after_s=options.get("shed_after_ms", 50.0) / 1000.0,
+                                     offset=options.get("offset", 0) + k) for k in range(spec["count"])]
+        else:
+            from jellybean.runtime.endpoints import ingest_app, listening_socket, serve
+            from jellybean.runtime.localray import bound_socket
+
+            sock = bound_socket(spec.get("bind_host", "127.0.0.1"), spec.get("port", 0)) or listening_socket(
+                spec.get("bind_host", "127.0.0.1"), spec.get("port", 0))
+            app = ingest_app(self.source, workflow=spec["workflow"], token=spec["token"], array=spec["array"],
+                             dtype=spec.get("dtype"), shape=tuple(spec["shape"]) if spec.get("shape") else None,
+                             accepting=self.accepting)
+            self._runner = await serve(app, sock)
+            host = spec.get("advertise_host") or _advertised(spec.get("bind_host", "127.0.0.1"))
+            port = sock.getsockname()[1]
+            self.endpoint = (f"http://{host}:{port}/v1/ingest/{spec['workflow']}/{spec['source']}")
+        self._keeper = asyncio.ensure_future(self._housekeep())
+        return {**_node(), "pid": os.getpid(), "key": f"{spec['source']}@{spec['site']}", "endpoint": self.endpoint}
+
+    async def configure(self, table: dict) -> None:
+        self.forwarder.configure(_peers(table), table.get("blocked"))
+
+    async def start(self) -> None:
+        self.accepting["open"] = True
+        for loop in self.loops:
+            loop.start()
+
+    async def set_rate(self, rate_per_s: float) -> None:
+        for loop in self.loops:
+            loop.rate_per_s = rate_per_s / max(1, len(self.loops))
+
+    async def pause(self, paused: bool) -> None:
+        for loop in self.loops:
+            loop.paused = paused
+
+    async def stop_sending(self) -> None:
+        """No new frames (replay loops end, the endpoint answers 503); what is in flight goes on."""
+        self.accepting["open"] = False
+        self.source.stopping = True
+        for loop in self.loops:
+            await loop.stop()
+
+    async def fail_in_flight(self, reason: str) -> int:
+        failed = 0
+        for frame_id in list(self.source.ledger._open):
+            failed += self.source.fail(frame_id, reason)
+        return failed
+
+    async def report(self) -> dict:
+        return {"kind": "source", "key": f"{self.spec['source']}@{self.spec['site']}", **self.source.report(),
+                **_forwarder_report(self.forwarder), "endpoint": self.endpoint, "at": time.time()}
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class OutputHost:
+    def __init__(self, spec: dict) -> None:
+        #: {"workflow", "name", "kind", "site", "url", "options", "token", "bind_host", "port", "output_dir", "post"}
+        self.spec = spec
+        self.endpoint: str | None = None
+        self._runner = None
+
+    async def setup(self) -> dict:
+        from jellybean.runtime.outputs import make_output
+
+        spec = self.spec
+        output_dir = Path(spec["output_dir"]) if spec.get("output_dir") else None
+        self.output = make_output(spec["kind"], workflow=spec["workflow"], name=spec["name"], url=spec.get("url"),
+                                  options=spec.get("options", {}), output_dir=output_dir, post=spec.get("post"))
+        if spec["kind"] == "stream":
+            from jellybean.runtime.endpoints import listening_socket, serve, stream_app
+            from jellybean.runtime.localray import bound_socket
+
+            sock = bound_socket(spec.get("bind_host", "127.0.0.1"), spec.get("port", 0)) or listening_socket(
+                spec.get("bind_host", "127.0.0.1"), spec.get("port", 0))
+            self._runner = await serve(stream_app(self.output, workflow=spec["workflow"], output=spec["name"],
+                                                  token=spec["token"]), sock)
+            host = spec.get("advertise_host") or _advertised(spec.get("bind_host", "127.0.0.1"))
+            self.endpoint = f"http://{host}:{sock.getsockname()[1]}/v1/results/{spec['workflow']}/{spec['name']}"
+        return {**_node(), "pid": os.getpid(), "key": f"{spec['name']}@{spec['site']}", "endpoint": self.endpoint}
+
+    async def deliver(self, blob: bytes) -> dict:
+        self.output.accept(loads(blob))
+        return {}
+
+    async def report(self) -> dict:
+        return {"kind": "output", "key": f"{self.spec['name']}@{self.spec['site']}", "output": self.spec["name"],
+                "site": self.spec["site"], "type": self.spec["kind"], **self.output.report(),
+                "endpoint": self.endpoint, "at": time.time()}
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        closer = getattr(self.output, "close", None)
+        if closer is not None:
+            await closer()
+
+
+def _advertised(bind_host: str) -> str:
+    """The address clients use for an endpoint bound at ``bind_host``: the node's own address when it
+    listens on every interface."""
+    if bind_host not in ("0.0.0.0", "::", ""):
+        return bind_host
+    return _node()["node_ip"]

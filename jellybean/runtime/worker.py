@@ -1,0 +1,701 @@
+"""The data path inside every actor: receive, batch, run, route, send, acknowledge. No Ray here.
+
+Every replica, source and output actor hosts these objects on its own asyncio loop; the actors
+themselves (:mod:`jellybean.runtime.actors`) are thin. Messages go from actor to actor directly: no
+driver is on the path. What the engine needs of the world is a :class:`Transport` (send a batch to a
+peer and await its outcome; tell a peer's death from other failures), so the same code runs on Ray
+and, in the tests, on an in-process fake (:mod:`jellybean.runtime.replicas`).
+
+The protocol, per hop. A sender hands a *batch* of messages to one replica of the next stage with
+``push``; the call returns the batch's **outcome** once the receiver has run its models on every
+message of the batch and the outputs have been pushed on in turn (recursively, to the sink and on to
+the outputs): ``{"completed": [frame ids], "failed": [[frame id, reason], ...], "pending": [frame
+ids], "results": {frame id: result}, "handler_ms": ...}``. So custody of a message stays with its
+sender until everything downstream of it is done, which gives three properties:
+
+- **No frame vanishes.** A replica that dies takes nothing with it: its senders' calls fail, and they
+  route the batch again to another replica of the stage (the plan's other shares, or the ones a
+  re-plan starts; meanwhile bounded *held* messages wait for a route). What cannot be routed ends
+  as failed *with a reason*, in the outcome. Every frame's end reaches its source, whose ledger
+  (:class:`~jellybean.runtime.flow.Ledger`) is the one place frames are counted: sent, completed,
+  failed; a source's ledger is exact, and the totals are their sums.
+- **Backpressure is end to end.** Each sender keeps at most ``window`` batches outstanding per peer;
+  a receiver whose queue is full leaves its callers' calls open; their windows fill, their own
+  queues fill, and so on back to the ingest endpoint (429) or the replay loop (which slows down, or
+  sheds explicitly).
+- **A waiting client gets its result** (``POST ...?wait=``): results of frames marked ``reply`` travel
+  back in the outcomes; no other result ever travels down the tiers.
+
+A join (a stateful runner: a frame's parts meet at one replica, routed by frame id) reports the parts
+it holds as ``pending``; the part that completes the frame carries ``completed``.
+
+Batching happens twice, both dynamic (:func:`~jellybean.runtime.flow.collect_batch`: whatever is
+there, up to the size, waiting at most ``max_wait_s`` for company): a sender coalesces messages for
+one peer into one call (calls cost about a millisecond), and a replica forms its model's batches from
+everything its callers pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pickle
+import time
+from collections import OrderedDict, defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jellybean.runtime.flow import RetryPolicy, collect_batch, queue_capacity
+from jellybean.runtime.routing import AffinityRouter, WeightedRouter
+
+#: Message fields every runner's outputs inherit from their input (the frame's identity and timing).
+META = ("frame_id", "source", "site", "received_at", "sent_at", "reply", "truth")
+#: Fields of a message that are the runtime's, not a model's (left out of results).
+INTERNAL = {"reply", "truth", "sent_at"}
+
+
+def dumps(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=5)
+
+
+def loads(blob: bytes) -> Any:
+    return pickle.loads(blob)  # noqa: S301 - blobs only ever come from our own actors
+
+
+COMPLETED, FAILED, PENDING = "completed", "failed", "pending"
+_RANK = {PENDING: 1, FAILED: 2, COMPLETED: 3}
+
+
+def new_outcome() -> dict:
+    return {"ends": {}}
+
+
+def mark(outcome: dict, frame_id: Any, state: str, detail: Any = None, correct: bool = False,
+         latency_ms: float | None = None) -> dict:
+    """Record ``state`` for ``frame_id`` unless the outcome already holds a stronger one. A completed
+    frame also says whether its result was right (``correct``: frames that carry their ground truth)
+    and how long it took from its source to its result (``latency_ms``, measured at the sink), so
+    accuracy and latency are measured at the sources without sending results back."""
+    ends = outcome["ends"]
+    known = ends.get(frame_id)
+    if known is None or _RANK[state] > _RANK[known[0]]:
+        ends[frame_id] = [state, detail, correct, latency_ms]
+    return outcome
+
+
+def merge_into(total: dict, part: dict, only: Any = None) -> dict:
+    """Merge ``part``'s ends into ``total`` (only ``only``'s, when given)."""
+    ends = part.get("ends", {})
+    if only is not None:
+        end = ends.get(only)
+        if end is not None:
+            mark(total, only, *end)
+        return total
+    for frame_id, end in ends.items():
+        mark(total, frame_id, *end)
+    return total
+
+
+def failure(frame_id: Any, reason: str) -> dict:
+    return mark(new_outcome(), frame_id, FAILED, reason)
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy arrays and scalars to lists and numbers, recursively (results are JSON)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def result_of(message: dict, completed_at: float) -> dict:
+    """What an output receives for one frame: its identity and timing, then the sink's fields."""
+    out = {"frame_id": message.get("frame_id"), "source": message.get("source"), "site": message.get("site"),
+           "received_at": message.get("received_at"), "completed_at": completed_at}
+    for key, value in message.items():
+        if key not in out and key not in INTERNAL:
+            out[key] = to_jsonable(value)
+    if message.get("truth") is None:
+        out.pop("correct", None)  # nothing to be right about without a ground truth
+    return out
+
+
+class Transport(Protocol):
+    """How an actor reaches its peers: the one place that knows what a peer handle is."""
+
+    async def push(self, handle: Any, blob: bytes) -> dict: ...
+
+    async def deliver(self, handle: Any, blob: bytes) -> dict: ...
+
+    def is_death(self, exc: BaseException) -> bool: ...
+
+
+@dataclass
+class Peer:
+    key: str
+    site: str
+    weight: float
+    handle: Any
+    stateful: bool = False
+    batch_size: int = 1
+    delay_ms: float = 0.0  # emulated one-way latency of the links to it (sites on one machine)
+
+
+@dataclass
+class LinkCounts:
+    """Bytes and messages this actor sent to each site (the control plane maps them onto uplinks)."""
+
+    messages: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class NoRoute(Exception):
+    """No live replica of a stage is reachable now."""
+
+
+def _settle(future: asyncio.Future, outcome: dict) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def merged(futures: list[asyncio.Future]) -> asyncio.Future:
+    """One future of the outcomes of ``futures``, merged (no task: a callback counts them down)."""
+    loop = asyncio.get_running_loop()
+    if len(futures) == 1:
+        return futures[0]
+    result = loop.create_future()
+    total = new_outcome()
+    if not futures:
+        result.set_result(total)
+        return result
+    left = [len(futures)]
+
+    def done(future: asyncio.Future) -> None:
+        merge_into(total, future.result())
+        left[0] -= 1
+        if left[0] == 0:
+            _settle(result, total)
+
+    for future in futures:
+        future.add_done_callback(done)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# sending
+
+
+@dataclass
+class _Unit:
+    """Messages for one stage that travel together, and the future of their outcome."""
+
+    stage: str
+    messages: list[dict]
+    done: asyncio.Future
+    attempts: int = 0
+    excluded: set = field(default_factory=set)
+
+
+class _Channel:
+    """Everything on its way to one peer: units waiting, a coalescing sender, a window of
+    outstanding calls. The queue needs no bound of its own: what can be in it is bounded by its
+    callers (a replica's ``max_forwarding`` batches, a source's room)."""
+
+    def __init__(self, peer: Peer, owner: Forwarder) -> None:
+        self.peer = peer
+        self.owner = owner
+        self.units: deque[_Unit] = deque()
+        self.arrived = asyncio.Event()
+        self.window = asyncio.Semaphore(owner.window)
+        self.calls: set[asyncio.Task] = set()
+        self.task = asyncio.ensure_future(self._run())
+
+    def put(self, unit: _Unit) -> None:
+        self.units.append(unit)
+        self.arrived.set()
+
+    @property
+    def queued(self) -> int:
+        return sum(len(u.messages) for u in self.units)
+
+    async def _run(self) -> None:
+        owner = self.owner
+        while True:
+            while not self.units:
+                self.arrived.clear()
+                await self.arrived.wait()
+            await self.window.acquire()
+            if owner.max_wait_s > 0 and self.queued < owner.coalesce and len(self.calls) > 0:
+                # Calls are outstanding anyway: wait a moment for company before the next one.
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), owner.max_wait_s)
+                except asyncio.TimeoutError:
+                    pass
+            taken: list[_Unit] = []
+            count = 0
+            while self.units and (not taken or count + len(self.units[0].messages) <= owner.coalesce):
+                unit = self.units.popleft()
+                taken.append(unit)
+                count += len(unit.messages)
+            if not taken:
+                self.window.release()
+                continue
+            call = asyncio.ensure_future(self._call(taken))
+            self.calls.add(call)
+            call.add_done_callback(self.calls.discard)
+
+    async def _call(self, units: list[_Unit]) -> None:
+        owner = self.owner
+        try:
+            messages = [m for u in units for m in u.messages]
+            blob = dumps(messages)
+            site = self.peer.site
+            owner.links.messages[site] += len(messages)
+            owner.links.bytes[site] += len(blob)
+            started = time.perf_counter()
+            try:
+                if self.peer.delay_ms > 0:  # the links' propagation delay, emulated (the window stays taken)
+                    await asyncio.sleep(self.peer.delay_ms / 1000.0)
+                outcome = await owner.transport.push(self.peer.handle, blob)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed call is routed again
+                if owner.transport.is_death(exc):
+                    owner.peer_died(self.peer.key)
+                reason = f"{type(exc).__name__} on {self.peer.key}"
+                for unit in units:
+                    unit.attempts += 1
+                    unit.excluded.add(self.peer.key)
+                    owner.resend(unit, reason)
+                return
+            if len(owner.hop_ms) < 10_000:
+                elapsed = (time.perf_counter() - started) * 1000.0 - self.peer.delay_ms
+                owner.hop_ms.append(max(0.0, elapsed - outcome.get("handler_ms", 0.0)))
+            for unit in units:
+                _settle(unit.done, outcome)
+        finally:
+            self.window.release()
+
+    def close(self) -> list[_Unit]:
+        """Stop sending; the units still waiting are returned (to be routed elsewhere)."""
+        self.task.cancel()
+        left = list(self.units)
+        self.units.clear()
+        return left
+
+
+class Forwarder:
+    """Routes messages to the replicas of the next stages, by the plan's shares, and sends them.
+
+    ``send(stage, messages)`` returns a future of the messages' outcome (which may hold other
+    frames too: a caller picks out its own). Routing: :class:`WeightedRouter` (smooth weighted round
+    robin; deterministic, exact over every prefix) or, for a stateful stage, :class:`AffinityRouter`
+    (rendezvous hashing of the frame id: every part of a frame, from any sender, meets at one replica).
+    A call that fails is routed again, excluding the replica that failed, up to ``retry``; a dead
+    replica leaves the routes at once. With no route, messages are *held* (at most ``hold_capacity``,
+    for ``hold_s``) until a new routing table arrives, else they fail with the reason."""
+
+    def __init__(self, transport: Transport, *, window: int = 16, coalesce: int = 64, max_wait_s: float = 0.002,
+                 retry: RetryPolicy | None = None, hold_s: float = 0.0, hold_capacity: int = 10_000,
+                 link_buffer_capacity: int = 10_000) -> None:
+        self.transport = transport
+        #: stage -> the cut uplink behind which its replicas are: messages wait for the link, bounded.
+        self.blocked: dict[str, str] = {}
+        self.link_buffer_capacity = link_buffer_capacity
+        self.link_buffered: dict[str, int] = defaultdict(int)
+        self.window = window
+        self.coalesce = coalesce
+        self.max_wait_s = max_wait_s
+        self.retry = retry or RetryPolicy()
+        self.hold_s = hold_s
+        self.hold_capacity = hold_capacity
+        self.peers: dict[str, dict[str, Peer]] = {}  # stage -> key -> peer
+        self.routers: dict[str, Any] = {}
+        self.channels: dict[str, _Channel] = {}
+        self.dead: set[str] = set()
+        self.held: deque[tuple[float, _Unit]] = deque()
+        self.held_messages = 0
+        self.links = LinkCounts()
+        self.hop_ms: list[float] = []
+        self.unroutable = 0  # messages that failed for want of a route
+        self.on_death: Callable[[str], None] | None = None
+
+    # --- configuration --------------------------------------------------------------------------------
+    def configure(self, stages: dict[str, list[Peer]], blocked: dict[str, str] | None = None) -> None:
+        """A new routing table (a re-plan, a death, a cut or restored uplink). Channels to replicas no
+        longer listed are closed and their messages routed again; held messages are retried.
+        ``blocked`` names, per stage, the cut uplink its replicas are behind: messages for it wait
+        (at most ``link_buffer_capacity`` per link) until a table without the cut arrives."""
+        wanted = {p.key for peers in stages.values() for p in peers}
+        self.peers = {stage: {p.key: p for p in peers} for stage, peers in stages.items()}
+        self.blocked = dict(blocked or {})
+        self.link_buffered = defaultdict(int)
+        self.routers = {}
+        self.dead -= wanted  # a replica listed again (a restart under the same key) is alive
+        moved: list[_Unit] = []
+        for key in list(self.channels):
+            if key not in wanted:
+                moved += self.channels.pop(key).close()
+        while self.held:
+            moved.append(self.held.popleft()[1])
+        self.held_messages = 0
+        for unit in moved:
+            unit.excluded.clear()
+            self._route(unit)
+
+    def _router(self, stage: str):  # noqa: ANN202 - a router or None
+        router = self.routers.get(stage)
+        if router is None:
+            peers = self.peers.get(stage, {})
+            weights = {k: p.weight for k, p in peers.items() if k not in self.dead}
+            if not weights:
+                return None
+            stateful = any(p.stateful for p in peers.values())
+            router = AffinityRouter(weights) if stateful else WeightedRouter(weights)
+            self.routers[stage] = router
+        return router
+
+    def peer_died(self, key: str) -> None:
+        if key in self.dead:
+            return
+        self.dead.add(key)
+        for router in self.routers.values():
+            router.remove(key)
+        channel = self.channels.pop(key, None)
+        if channel is not None:
+            for unit in channel.close():
+                unit.excluded.add(key)
+                self._route(unit)
+        if self.on_death is not None:
+            self.on_death(key)
+
+    # --- sending ------------------------------------------------------------------------------------
+    def send(self, stage: str, messages: list[dict]) -> asyncio.Future:
+        unit = _Unit(stage, messages, asyncio.get_running_loop().create_future())
+        self._route(unit)
+        return unit.done
+
+    def resend(self, unit: _Unit, reason: str) -> None:
+        if not self.retry.retry(unit.attempts):
+            self._fail(unit, f"stage {unit.stage}: {reason}")
+            return
+        self._route(unit)
+
+    def _route(self, unit: _Unit) -> None:
+        router = self._router(unit.stage)
+        if router is None:
+            self._no_route(unit)
+            return
+        if len(router.weights) == 1 and not unit.excluded:  # the common case: one replica, one unit
+            self._enqueue(next(iter(router.weights)), unit)
+            return
+        groups: dict[str | None, list[dict]] = defaultdict(list)
+        if isinstance(router, AffinityRouter):
+            for message in unit.messages:
+                groups[router.pick(message.get("frame_id"), exclude=unit.excluded)].append(message)
+        else:
+            for message in unit.messages:
+                groups[router.pick(exclude=unit.excluded)].append(message)
+        if len(groups) == 1 and None not in groups:
+            self._enqueue(next(iter(groups)), unit)
+            return
+        parts = []
+        for choice, messages in groups.items():
+            part = _Unit(unit.stage, messages, asyncio.get_running_loop().create_future(), unit.attempts,
+                         set(unit.excluded))
+            if choice is None:
+                self._no_route(part)
+            else:
+                self._enqueue(choice, part)
+            parts.append(part.done)
+        merged(parts).add_done_callback(lambda f, u=unit: _settle(u.done, f.result()))
+
+    def _enqueue(self, key: str, unit: _Unit) -> None:
+        channel = self.channels.get(key)
+        if channel is None:
+            channel = self.channels[key] = _Channel(self.peers[unit.stage][key], self)
+        channel.put(unit)
+
+    def _no_route(self, unit: _Unit) -> None:
+        link = self.blocked.get(unit.stage)
+        if link is not None:
+            if self.link_buffered[link] + len(unit.messages) <= self.link_buffer_capacity:
+                self.held.append((math.inf, unit))
+                self.held_messages += len(unit.messages)
+                self.link_buffered[link] += len(unit.messages)
+                return
+            self._fail(unit, f"uplink of {link} is down and its buffer ({self.link_buffer_capacity} messages) is full")
+            return
+        if self.hold_s > 0 and self.held_messages + len(unit.messages) <= self.hold_capacity:
+            self.held.append((time.monotonic() + self.hold_s, unit))
+            self.held_messages += len(unit.messages)
+            return
+        self.unroutable += len(unit.messages)
+        self._fail(unit, f"no live replica of stage {unit.stage} reachable from here")
+
+    def _fail(self, unit: _Unit, reason: str) -> None:
+        outcome = new_outcome()
+        for message in unit.messages:
+            mark(outcome, message.get("frame_id"), FAILED, reason)
+        _settle(unit.done, outcome)
+
+    def expire_held(self, now: float | None = None) -> int:
+        """Fail held messages whose time is up; how many."""
+        now = time.monotonic() if now is None else now
+        expired = 0
+        keep: deque[tuple[float, _Unit]] = deque()
+        while self.held:
+            deadline, unit = self.held.popleft()
+            if deadline > now:
+                keep.append((deadline, unit))
+                continue
+            self.held_messages -= len(unit.messages)
+            self._fail(unit, f"no live replica of stage {unit.stage} for {self.hold_s:g} s (no re-plan could serve it)")
+            expired += len(unit.messages)
+        self.held = keep
+        return expired
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.queued + len(c.calls) for c in self.channels.values()) + self.held_messages
+
+    async def close(self) -> None:
+        for channel in list(self.channels.values()):
+            for unit in channel.close():
+                self._fail(unit, "the sender stopped")
+            for call in list(channel.calls):
+                call.cancel()
+        self.channels.clear()
+
+
+# --------------------------------------------------------------------------------------------------
+# a replica
+
+
+Runner = Callable[[list[dict]], list[list[dict]]]
+
+
+@dataclass
+class StageCounts:
+    requests: int = 0
+    batches: int = 0
+    outputs: int = 0
+    failed: int = 0
+    busy_ms: float = 0.0
+    samples: list = field(default_factory=list)  # (batch size, ms) since the last report
+
+
+class StageWorker:
+    """One replica: its runners (a fused chain), its inbound queue, its batches, its outputs.
+
+    ``push(messages)`` is what a sender calls; it returns the outcome of the messages once they are
+    done (see the module docstring). The loop takes what senders pushed (whole pushes, at least the
+    first stage's batch size when there is that much, waiting at most ``max_wait_s`` for company),
+    runs the chain's models over it in batches of each stage's size, and sends the outputs on; at most
+    ``max_forwarding`` of those sends are outstanding at once, so a slow downstream slows this
+    replica instead of piling its outputs up in memory. A full inbound queue (``capacity`` messages)
+    keeps its callers waiting: that is the backpressure a sender feels."""
+
+    def __init__(self, stages: list[str], batch_sizes: list[int], runners: list[Runner], forwarder: Forwarder, *,
+                 consumers: dict[str, tuple[str, ...]], sink: str, stateful: bool = False, max_wait_s: float = 0.002,
+                 max_forwarding: int = 8, deliver: Callable[[list[dict]], Any] | None = None,
+                 threaded: bool = False, capacity: int | None = None, max_take: int = 64) -> None:
+        self.stages = stages
+        self.batch_sizes = batch_sizes
+        self.runners = runners
+        self.forwarder = forwarder
+        self.consumers = consumers
+        self.sink = sink
+        self.stateful = stateful
+        self.max_wait_s = max_wait_s
+        self.deliver = deliver
+        self.threaded = threaded
+        self.counts = {stage: StageCounts() for stage in stages}
+        self.capacity = capacity or queue_capacity(max(batch_sizes[0], max_take))
+        self.max_take = max(max_take, batch_sizes[0])
+        self.inbound: deque[tuple[list[dict], asyncio.Future]] = deque()
+        self.queued = 0
+        self.arrived = asyncio.Event()
+        self.space = asyncio.Event()
+        self.forwarding = asyncio.Semaphore(max_forwarding)
+        self.completed_recently: OrderedDict = OrderedDict()  # frame ids completed at the sink (dedupe)
+        self.completed = 0
+        self.busy = 0  # batches taken and not yet done
+        self.task = asyncio.ensure_future(self._run())
+
+    async def push(self, messages: list[dict]) -> dict:
+        started = time.perf_counter()
+        while self.queued >= self.capacity:
+            self.space.clear()
+            await self.space.wait()
+        future = asyncio.get_running_loop().create_future()
+        self.inbound.append((messages, future))
+        self.queued += len(messages)
+        self.arrived.set()
+        outcome = await future
+        return {"ends": outcome["ends"], "handler_ms": (time.perf_counter() - started) * 1000.0}
+
+    async def _run(self) -> None:
+        while True:
+            while not self.inbound:
+                self.arrived.clear()
+                await self.arrived.wait()
+            if self.queued < self.batch_sizes[0] and self.max_wait_s > 0:
+                self.arrived.clear()
+                try:
+                    await asyncio.wait_for(self.arrived.wait(), self.max_wait_s)
+                except asyncio.TimeoutError:
+                    pass
+            entries: list[tuple[list[dict], asyncio.Future]] = []
+            taken = 0
+            while self.inbound and (not entries or taken + len(self.inbound[0][0]) <= self.max_take):
+                entry = self.inbound.popleft()
+                entries.append(entry)
+                taken += len(entry[0])
+            self.queued -= taken
+            self.space.set()
+            messages = entries[0][0] if len(entries) == 1 else [m for batch, _ in entries for m in batch]
+            self.busy += 1
+            if self.threaded:
+                outputs, error = await asyncio.get_running_loop().run_in_executor(None, self._run_chain, messages)
+            else:
+                outputs, error = self._run_chain(messages)
+            if error is not None:
+                for batch, future in entries:
+                    outcome = new_outcome()
+                    for message in batch:
+                        mark(outcome, message.get("frame_id"), FAILED, error)
+                    _settle(future, outcome)
+                self.busy -= 1
+                continue
+            await self.forwarding.acquire()
+            task = asyncio.ensure_future(self._forward(entries, messages, outputs))
+            task.add_done_callback(self._forwarded)
+
+    def _forwarded(self, task: asyncio.Task) -> None:
+        self.forwarding.release()
+        self.busy -= 1
+        if not task.cancelled() and task.exception() is not None:  # never expected: fail, never lose
+            import logging
+
+            logging.getLogger(__name__).error("forwarding failed: %r", task.exception())
+
+    def _run_chain(self, payloads: list[dict]) -> tuple[list[list[dict]], str | None]:
+        """The chain's runners over the messages: the last stage's outputs per message, or an error."""
+        outputs: list[list[dict]] = [[p] for p in payloads]
+        for stage, runner, batch_size in zip(self.stages, self.runners, self.batch_sizes):
+            flat: list[dict] = []
+            owner: list[int] = []
+            for index, produced in enumerate(outputs):
+                flat.extend(produced)
+                owner.extend([index] * len(produced))
+            following: list[list[dict]] = [[] for _ in outputs]
+            counts = self.counts[stage]
+            for start in range(0, len(flat), max(1, batch_size)):
+                chunk = flat[start:start + batch_size]
+                began = time.perf_counter()
+                try:
+                    produced_all = runner(chunk)
+                except Exception as exc:  # noqa: BLE001 - a model that fails fails its batch, with the reason
+                    counts.failed += len(chunk)
+                    return [], f"stage {stage}: {type(exc).__name__}: {str(exc)[:200]}"
+                ms = (time.perf_counter() - began) * 1000.0
+                counts.requests += len(chunk)
+                counts.batches += 1
+                counts.busy_ms += ms
+                if len(counts.samples) < 10_000:
+                    counts.samples.append((len(chunk), ms))
+                for offset, produced in enumerate(produced_all):
+                    source = chunk[offset]
+                    for out in produced:
+                        for key in META:
+                            if key not in out and key in source:
+                                out[key] = source[key]
+                    following[owner[start + offset]].extend(produced)
+                    counts.outputs += len(produced)
+            outputs = following
+        return outputs, None
+
+    async def _forward(self, entries: list[tuple[list[dict], asyncio.Future]], messages: list[dict],
+                       outputs: list[list[dict]]) -> None:
+        tail = self.stages[-1]
+        own = new_outcome()
+        sends: list[asyncio.Future] = []
+        if self.stateful:
+            for message, produced in zip(messages, outputs):
+                if not produced:
+                    mark(own, message.get("frame_id"), PENDING)  # a join holds the part for the frame's others
+        if tail == self.sink:
+            results: list[dict] = []
+            now = time.time()
+            for produced in outputs:
+                for out in produced:
+                    frame_id = out.get("frame_id")
+                    known = self.completed_recently.get(frame_id)
+                    if known is not None:
+                        # A frame sent again (its first outcome was lost with a replica that died after
+                        # the sink had it): it did complete, once; its result is not delivered twice.
+                        mark(own, frame_id, COMPLETED, None, *known)
+                        continue
+                    latency = (now - out["received_at"]) * 1000.0 if out.get("received_at") else None
+                    correct = bool(out.get("correct", False))
+                    self.completed_recently[frame_id] = (correct, latency)
+                    if len(self.completed_recently) > 100_000:
+                        self.completed_recently.popitem(last=False)
+                    self.completed += 1
+                    result = result_of(out, now)
+                    results.append(result)
+                    mark(own, frame_id, COMPLETED, result if out.get("reply") else None, correct, latency)
+            if results and self.deliver is not None:
+                try:
+                    await self.deliver(results)
+                except Exception as exc:  # noqa: BLE001 - an output that cannot take results fails them
+                    reason = f"output: {type(exc).__name__}: {str(exc)[:200]}"
+                    for frame_id, end in list(own["ends"].items()):
+                        if end[0] == COMPLETED:
+                            own["ends"][frame_id] = [FAILED, reason, False, None]
+        else:
+            flat = [out for produced in outputs for out in produced]
+            if flat:
+                for n, consumer in enumerate(self.consumers.get(tail, ())):
+                    sends.append(self.forwarder.send(consumer, flat if n == 0 else [dict(m) for m in flat]))
+        downstream = await merged(sends) if sends else new_outcome()
+        ends, mine = downstream["ends"], own["ends"]
+        for batch, future in entries:
+            outcome = new_outcome()
+            for message in batch:
+                frame_id = message.get("frame_id")
+                end = ends.get(frame_id)
+                if end is not None:
+                    mark(outcome, frame_id, *end)
+                end = mine.get(frame_id)
+                if end is not None:
+                    mark(outcome, frame_id, *end)
+            _settle(future, outcome)
+
+    def report(self) -> dict:
+        out = {}
+        for stage, counts in self.counts.items():
+            out[stage] = {"requests": counts.requests, "batches": counts.batches, "outputs": counts.outputs,
+                          "failed": counts.failed, "busy_ms": counts.busy_ms, "samples": counts.samples}
+            counts.samples = []
+        return {"stages": out, "queue_depth": self.queued, "queue_capacity": self.capacity,
+                "busy": self.busy, "completed": self.completed}
+
+    @property
+    def idle(self) -> bool:
+        return not self.inbound and self.busy == 0
+
+    async def close(self) -> None:
+        self.task.cancel()
+        while self.inbound:
+            batch, future = self.inbound.popleft()
+            outcome = new_outcome()
+            for message in batch:
+                mark(outcome, message.get("frame_id"), FAILED, "the replica stopped")
+            _settle(future, outcome)
