@@ -132,35 +132,43 @@ def route_min_cost(problem: Problem, solution: Solution) -> None:
     down: dict[tuple[str, int], pulp.LpVariable] = {}
     cost = []
     nodes = problem.nodes
-    for s in problem.order:
-        for edge in problem.stages[s].inputs:
-            kb = message_kb(problem, solution.models, edge.src)
-            for node in nodes:
-                if node.parent is None:
-                    continue
-                up[(edge.key, node.index)] = lp.add_variable(f"u_{len(up)}", lowBound=0)
-                link = node.up
+    consumed: dict[tuple[str, int], float] = {}
+    for edge in problem.flow_edges():
+        if hasattr(edge, "node"):  # a pinned output: its node takes every result
+            total = sum(rate * nodes[i].total for i, rate in produced[edge.key].items())
+            consumed.update({(edge.key, node.index): (total / node.total if node.index == edge.node else 0.0)
+                             for node in nodes})
+        else:
+            consumed.update({(edge.key, node.index): rates.get((edge.dst, node.index), 0.0) for node in nodes})
+    for edge in problem.flow_edges():
+        declared = problem.output_kb(edge.key)
+        kb = declared if declared is not None else message_kb(problem, solution.models, edge.src)
+        for node in nodes:
+            if node.parent is None:
+                continue
+            up[(edge.key, node.index)] = lp.add_variable(f"u_{len(up)}", lowBound=0)
+            link = node.up
+            price = (link.cost_per_gb if link else 0.0) + 1e-6
+            cost.append(node.total * price * kb * SECONDS_PER_HOUR / KB_PER_GB * up[(edge.key, node.index)])
+            if problem.allow_downward:
+                down[(edge.key, node.index)] = lp.add_variable(f"d_{len(down)}", lowBound=0)
+                link = node.down
                 price = (link.cost_per_gb if link else 0.0) + 1e-6
-                cost.append(node.total * price * kb * SECONDS_PER_HOUR / KB_PER_GB * up[(edge.key, node.index)])
-                if problem.allow_downward:
-                    down[(edge.key, node.index)] = lp.add_variable(f"d_{len(down)}", lowBound=0)
-                    link = node.down
-                    price = (link.cost_per_gb if link else 0.0) + 1e-6
-                    cost.append(node.total * price * kb * SECONDS_PER_HOUR / KB_PER_GB * down[(edge.key, node.index)])
-            for node in nodes:
-                i = node.index
-                inflow = [produced[edge.key].get(i, 0.0)]
-                outflow = [rates.get((s, i), 0.0)]
-                if (edge.key, i) in up:
-                    outflow.append(up[(edge.key, i)])
-                if (edge.key, i) in down:
-                    inflow.append(down[(edge.key, i)])
-                for j in node.children:
-                    m = nodes[j].multiplicity
-                    inflow.append(m * up[(edge.key, j)])
-                    if (edge.key, j) in down:
-                        outflow.append(m * down[(edge.key, j)])
-                lp += pulp.lpSum(inflow) == pulp.lpSum(outflow)
+                cost.append(node.total * price * kb * SECONDS_PER_HOUR / KB_PER_GB * down[(edge.key, node.index)])
+        for node in nodes:
+            i = node.index
+            inflow = [produced[edge.key].get(i, 0.0)]
+            outflow = [consumed[(edge.key, i)]]
+            if (edge.key, i) in up:
+                outflow.append(up[(edge.key, i)])
+            if (edge.key, i) in down:
+                inflow.append(down[(edge.key, i)])
+            for j in node.children:
+                m = nodes[j].multiplicity
+                inflow.append(m * up[(edge.key, j)])
+                if (edge.key, j) in down:
+                    outflow.append(m * down[(edge.key, j)])
+            lp += pulp.lpSum(inflow) == pulp.lpSum(outflow)
     lp += pulp.lpSum(cost)
     from jellybean.optimizer.milp import silence_highs_banner
 

@@ -48,52 +48,58 @@ def message_kb(problem: Problem, models: dict[str, str], src: str) -> float:
 
 
 def production(problem: Problem, solution: Solution, rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
-    """Edge key -> node -> messages/s produced per member site."""
+    """Edge key -> node -> messages/s produced per member site (outputs' edges included)."""
     out: dict[str, dict[int, float]] = {}
-    for s in problem.order:
-        for edge in problem.stages[s].inputs:
-            per_node: dict[int, float] = {}
-            if edge.from_source:
-                for i, rate in problem.source_rates[edge.src].items():
-                    per_node[i] = edge.ratio * rate
-            else:
-                ratio = edge.ratio_for(solution.models[edge.src])
-                for (stage, i), rate in rates.items():
-                    if stage == edge.src:
-                        per_node[i] = per_node.get(i, 0.0) + ratio * rate
-            out[edge.key] = per_node
+    for edge in problem.flow_edges():
+        per_node: dict[int, float] = {}
+        if edge.from_source:
+            for i, rate in problem.source_rates[edge.src].items():
+                per_node[i] = edge.ratio * rate
+        else:
+            ratio = edge.ratio_for(solution.models[edge.src])
+            for (stage, i), rate in rates.items():
+                if stage == edge.src:
+                    per_node[i] = per_node.get(i, 0.0) + ratio * rate
+        out[edge.key] = per_node
     return out
+
+
+def consumers_of(problem: Problem, edge, rates: dict[tuple[str, int], float]) -> dict[int, float]:  # noqa: ANN001
+    """Node -> the share (in requests/s over all members) of an edge's messages consumed there: the
+    consuming stage's rate, or everything at a pinned output's node."""
+    if hasattr(edge, "node"):
+        return {edge.node: 1.0}
+    return {i: rate * problem.nodes[i].total for (stage, i), rate in rates.items() if stage == edge.dst}
 
 
 def route_proportionally(problem: Problem, solution: Solution) -> None:
     """Fill ``flows_up``/``flows_down``: each producing site sends to each consuming site in
-    proportion to the consumer's share of the stage's total rate; identical member sites serve
-    their own traffic locally."""
+    proportion to the consumer's share of the stage's total rate (a pinned output's node takes all
+    of its edge); identical member sites serve their own traffic locally."""
     rates = stage_rates(problem, solution)
     produced = production(problem, solution, rates)
     up: dict[tuple[str, int], float] = {}
     down: dict[tuple[str, int], float] = {}
-    for s in problem.order:
-        consumers = {i: rate * problem.nodes[i].total for (stage, i), rate in rates.items() if stage == s}
+    for edge in problem.flow_edges():
+        consumers = consumers_of(problem, edge, rates)
         total = sum(consumers.values())
         if total <= 0:
             continue
-        for edge in problem.stages[s].inputs:
-            for i, per_member in produced[edge.key].items():
-                amount_i = per_member * problem.nodes[i].total
-                for j, consumed in consumers.items():
-                    amount = amount_i * consumed / total
-                    if amount <= 0 or i == j:
-                        continue
-                    route = problem.path(i, j)
-                    if route is None:
-                        continue
-                    for n in route[0]:
-                        key = (edge.key, n)
-                        up[key] = up.get(key, 0.0) + amount / problem.nodes[n].total
-                    for n in route[1]:
-                        key = (edge.key, n)
-                        down[key] = down.get(key, 0.0) + amount / problem.nodes[n].total
+        for i, per_member in produced[edge.key].items():
+            amount_i = per_member * problem.nodes[i].total
+            for j, consumed in consumers.items():
+                amount = amount_i * consumed / total
+                if amount <= 0 or i == j:
+                    continue
+                route = problem.path(i, j)
+                if route is None:
+                    continue
+                for n in route[0]:
+                    key = (edge.key, n)
+                    up[key] = up.get(key, 0.0) + amount / problem.nodes[n].total
+                for n in route[1]:
+                    key = (edge.key, n)
+                    down[key] = down.get(key, 0.0) + amount / problem.nodes[n].total
     solution.flows_up = up
     solution.flows_down = down
 
@@ -124,7 +130,8 @@ def link_loads(problem: Problem, solution: Solution) -> list[_LinkLoad]:
         mb = 0.0
         for edge_key, value in messages.items():
             src = edge_key.split("->")[0]
-            kb = message_kb(problem, solution.models, src)
+            declared = problem.output_kb(edge_key)
+            kb = declared if declared is not None else message_kb(problem, solution.models, src)
             gb += gb_per_hour(value, kb)
             mb += mbps(value, kb)
         cost = gb * (link.cost_per_gb if link else 0.0) * node.total
@@ -382,6 +389,18 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
                 outflow += sum(nodes[j].multiplicity * down.get((edge.key, j), 0.0) for j in node.children)
                 if abs(inflow - outflow) > tol * max(1.0, inflow):
                     problems.append(f"edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
+    for edge in problem.outputs:  # a pinned output's node takes all its results; every other node passes them on
+        produced_total = sum(rate * nodes[i].total for i, rate in produced[edge.key].items())
+        for node in nodes:
+            i = node.index
+            inflow = produced[edge.key].get(i, 0.0) + down.get((edge.key, i), 0.0)
+            inflow += sum(nodes[j].multiplicity * up.get((edge.key, j), 0.0) for j in node.children)
+            outflow = up.get((edge.key, i), 0.0) + sum(nodes[j].multiplicity * down.get((edge.key, j), 0.0)
+                                                       for j in node.children)
+            if i == edge.node:
+                outflow += produced_total / node.total
+            if abs(inflow - outflow) > tol * max(1.0, inflow):
+                problems.append(f"output edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
     if not problem.allow_downward and any(v > tol for v in down.values()):
         problems.append("traffic flows down the tiers, which the topology does not allow")
     for load in link_loads(problem, solution):

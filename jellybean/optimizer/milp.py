@@ -92,10 +92,11 @@ EPS = 1e-7
 class Commodity:
     edge: str
     src: str
-    dst: str
+    dst: str  # a stage, or ``output:NAME`` for results carried to a pinned output
     from_source: bool
     kb: float
     variants: list[str]  # upstream variants with this message size (empty for sources)
+    ratio: float | None = None  # an output's results per request of the sink
 
 
 @dataclass
@@ -128,6 +129,16 @@ def commodities(problem: Problem) -> list[Commodity]:
                 by_kb.setdefault(v.output_kb, []).append(v.name)
             for kb, names in by_kb.items():
                 out.append(Commodity(edge.key, edge.src, s, False, kb, names))
+    for output in problem.outputs:
+        if output.kb is not None:
+            out.append(Commodity(output.key, output.src, output.dst, False, output.kb,
+                                 [v.name for v in problem.stages[output.src].variants], output.ratio))
+            continue
+        by_kb = {}
+        for v in problem.stages[output.src].variants:
+            by_kb.setdefault(v.output_kb, []).append(v.name)
+        for kb, names in by_kb.items():
+            out.append(Commodity(output.key, output.src, output.dst, False, kb, names, output.ratio))
     return out
 
 
@@ -328,6 +339,8 @@ def _build(
     subtree_has_consumer: dict[int, set[int]] = {}
     producer_nodes: dict[int, set[int]] = {}
     consumer_nodes: dict[str, set[int]] = {s: {groups[o.group].node for o in opts_by_stage[s]} for s in problem.order}
+    for output in problem.outputs:
+        consumer_nodes[output.dst] = {output.node}
     for k, c in enumerate(comms):
         if c.from_source:
             producer_nodes[k] = {i for i, rate in problem.source_rates[c.src].items() if rate > 0}
@@ -369,6 +382,9 @@ def _build(
                     slack_unserved[(c.src, i)] = drop
                     penalty_terms.append(SLACK_PENALTY * 10 * drop)
                     production = production - drop
+            elif c.ratio is not None:  # results carried to a pinned output
+                production = pulp.lpSum(c.ratio * r[o.index] for o in rate_at.get((c.src, i), [])
+                                        if o.variant in c.variants)
             else:
                 edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
                 production = pulp.lpSum(

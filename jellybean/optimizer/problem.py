@@ -118,6 +118,30 @@ class Edge:
 
 
 @dataclass
+class OutputEdge:
+    """Results of the sink carried to an output pinned at a site (``node``): priced like any flow.
+    ``ratio`` results per request of the sink, ``kb`` each (None: the sink variant's ``output_kb``)."""
+
+    name: str
+    src: str  # the sink
+    node: int
+    ratio: float
+    kb: float | None
+    from_source: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.src}->output:{self.name}"
+
+    @property
+    def dst(self) -> str:
+        return f"output:{self.name}"
+
+    def ratio_for(self, variant: str | None) -> float:
+        return self.ratio
+
+
+@dataclass
 class StageInfo:
     name: str
     task: str
@@ -165,6 +189,8 @@ class Problem:
     latency_bound_ms: float | None
     latency_percentile: str
     warnings: list[str] = field(default_factory=list)
+    #: Outputs pinned to a site: the sink's results flow there (see :class:`OutputEdge`).
+    outputs: list[OutputEdge] = field(default_factory=list)
     hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
     batch_wait_ms: float = 0.0  # the runtime's dynamic batching wait (Topology.batch_wait_ms)
     #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
@@ -212,6 +238,14 @@ class Problem:
             link = self.nodes[n].down
             total += _link_ms(link, kb)
         return total
+
+    def flow_edges(self) -> list:
+        """Every edge messages flow on: the stages' inputs, then the sink's results to pinned outputs."""
+        return [edge for s in self.order for edge in self.stages[s].inputs] + list(self.outputs)
+
+    def output_kb(self, edge_key: str) -> float | None:
+        """The declared result size of an output edge (None: not an output edge, or none declared)."""
+        return next((o.kb for o in self.outputs if o.key == edge_key), None)
 
     def group_of(self, option: Option) -> Group:
         return self.groups[option.group]
@@ -326,12 +360,15 @@ def compile_problem(
             site_sources.setdefault(site, {})
             site_sources[site][source.name] = site_sources[site].get(source.name, 0) + source.count_per_site
 
-    # Sites named by a stage's placement must stay distinguishable.
+    # Sites named by a stage's placement, or where an output is delivered, must stay distinguishable.
     pinned_sites: dict[str, tuple[str, ...]] = {}
     for stage in wf.stages:
         if stage.placement and stage.placement.sites:
             for site in stage.placement.sites:
                 pinned_sites[site] = pinned_sites.get(site, ()) + (stage.name,)
+    for output in wf.outputs:
+        if output.site is not None:
+            pinned_sites[output.site] = pinned_sites.get(output.site, ()) + (f"output:{output.name}",)
 
     # --- symmetry classes, bottom-up ------------------------------------------------------------
     sites = {s.name: s for s in topo.sites}
@@ -487,6 +524,8 @@ def compile_problem(
                     by_stage[name].append(option.index)
 
     member_bound = _member_rate_bounds(nodes, order, stages, source_rates, topo.allow_downward_flows)
+    outputs = [OutputEdge(o.name, wf.sink, site_node[o.site], o.ratio, o.result_kb)
+               for o in wf.outputs if o.site is not None]
 
     sharing_mode = sharing or topo.sharing
     return Problem(
@@ -496,5 +535,5 @@ def compile_problem(
         source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
-        warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
+        warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
     )
