@@ -5,16 +5,17 @@ What runs where. :func:`~jellybean.runtime.deployment.build_deployment` says wha
 runner, or a fused chain), per (source, site) (an ingest endpoint or a replay loop) and per output
 and site, each pinned to its site by the Ray resource ``site:<name>``; then it gives every sender its
 routing table (the replicas of the next stages it may reach, with the plan's shares) and starts the
-sources. From then on frames go from actor to actor (:mod:`jellybean.runtime.worker`): this process
-is not on the data path. It reads the actors' reports every ``report_interval_s`` (the ledger of
+sources. From then on frames go from actor to actor (:mod:`jellybean.runtime.worker`), over each
+replica's and output's own port (:mod:`jellybean.runtime.wire`; Ray actor calls with
+``transport="ray"``): this process is not on the data path. It reads the actors' reports every ``report_interval_s`` (the ledger of
 every source, what each replica ran, the bytes each actor sent to each site) for status, metrics
 and the supervisor, and changes the wiring when the world changes: a re-plan (:meth:`reconfigure`:
 replicas the new plan keeps stay, new ones start first, the tables switch, replaced ones finish what
 they hold), a dead actor, a cut uplink (:meth:`set_uplink`).
 
-Replicas are Ray actors rather than Ray Serve deployments: one actor call per batch costs about a
-millisecond here, the routing by plan shares and the frame accounting need to live in our code
-anyway, and Serve's handles route through its own router (measured: ``bench/runtime.py``).
+Replicas are Ray actors rather than Ray Serve deployments: the routing by plan shares and the frame
+accounting need to live in our code anyway, and Serve's handles route through its own router and
+make a Ray call per request (measured against it: ``bench/runtime.py``).
 
 Every Ray call is behind a :class:`~jellybean.runtime.replicas.Backend`: :class:`RayBackend` in use,
 :class:`~jellybean.runtime.replicas.InProcessBackend` in the tests.
@@ -26,7 +27,10 @@ controller leaves it off, because several workflows deployed side by side would 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -39,7 +43,7 @@ from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_
 from jellybean.runtime.deployment import (
     Deployment, OutputPlan, ReplicaPlan, ReplicaSpec, ServingError, SourcePlan, build_deployment,
 )
-from jellybean.runtime.flow import LATENCY_SAMPLES, percentile
+from jellybean.runtime.flow import Sketch
 from jellybean.runtime.metrics import Metrics
 from jellybean.runtime.replicas import ActorSpec, Backend, RayBackend, ReplicaState, is_death
 from jellybean.runtime.status import (
@@ -93,6 +97,15 @@ class LedgerView:
         return self.sent - self.completed - self.failed - self.in_flight
 
 
+def wire_secret(data_token: str | None, workflow: str) -> str:
+    """The data plane's shared secret (:mod:`jellybean.runtime.wire`): derived from the data token when
+    there is one, so that a restarted controller's new actors and the detached replicas it adopts
+    agree; random otherwise."""
+    if data_token:
+        return hmac.new(data_token.encode(), f"jellybean-wire/{workflow}".encode(), hashlib.sha256).hexdigest()
+    return secrets.token_hex(32)
+
+
 class Pipeline:
     """One deployed workflow. Ray must be initialised by the caller (``jellybean run``, the
     controller) unless another ``backend`` is given."""
@@ -105,12 +118,19 @@ class Pipeline:
                  fuse: bool = True, window: int = 16, max_in_flight: int = 256, max_wait_ms: float | None = None,
                  data_token: str | None = None, bind_host: str = "127.0.0.1", advertise_host: str | None = None,
                  output_dir: Path | None = None, report_interval_s: float = 0.5, seed: int = 0,
-                 stateful=None, threaded: bool = False, emulate_latency: bool = False) -> None:  # noqa: ANN001
+                 stateful=None, threaded: bool = False, emulate_latency: bool = False,
+                 transport: str | None = None) -> None:  # noqa: ANN001
         if overload not in ("backpressure", "shed"):
             raise ValueError(f"overload must be 'backpressure' or 'shed', not {overload!r}")
         self.bundle = bundle
         self.plan = plan
         self.backend = backend or RayBackend()
+        #: The data path: ``socket`` (each replica and output listens on its node, :mod:`.wire`; the
+        #: default on Ray), ``ray`` (actor calls) or the backend's own (``inprocess``).
+        self.transport = transport or ("socket" if isinstance(self.backend, RayBackend) else self.backend.transport)
+        if self.transport not in ("socket", "ray", "inprocess"):
+            raise ValueError(f"transport must be 'socket', 'ray' or 'inprocess', not {self.transport!r}")
+        self.wire_secret = wire_secret(data_token, plan.workflow)
         self._stateful = stateful
         self.fuse = fuse
         self.deployment: Deployment = build_deployment(bundle, plan, fuse=fuse, stateful=stateful)
@@ -155,8 +175,6 @@ class Pipeline:
         self._lost_sources: Counter = Counter()  # frames in flight at sources whose actor died
         #: Counts a previous run of the same workflow left (a controller restarted): added to the ledger.
         self.carried = LedgerView()
-        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self._hops: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._rates: deque[tuple[float, int]] = deque(maxlen=64)  # (time, completed) for the recent throughput
 
     # --- what runs --------------------------------------------------------------------------------------
@@ -198,8 +216,17 @@ class Pipeline:
         self._monitor.start()
 
     def _host_spec(self, extra: dict) -> dict:
-        return {"workflow": self.deployment.workflow, "transport": self.backend.transport,
+        return {"workflow": self.deployment.workflow, "transport": self.transport, "wire_secret": self.wire_secret,
                 "options": dict(self.options), **extra}
+
+    def _data_handle(self, actor: _Actor) -> Any:
+        """What a sender needs to reach ``actor`` on the data path: its address, or its handle."""
+        if self.transport == "socket":
+            from jellybean.runtime.wire import Address
+
+            host, port = actor.info["data_address"]
+            return Address(host, port)
+        return actor.handle
 
     def _create_replica(self, replica: ReplicaPlan) -> _Actor:
         deployment = self.deployment
@@ -279,7 +306,7 @@ class Pipeline:
                 target = self.actors.get(key)
                 if target is None or target.state != ReplicaState.RUNNING:
                     continue
-                peers.append({"key": key, "site": target.site, "weight": weight, "handle": target.handle,
+                peers.append({"key": key, "site": target.site, "weight": weight, "handle": self._data_handle(target),
                               "stateful": target.plan.stateful, "batch_size": target.plan.head.batch_size,
                               "delay_ms": deployment.delay_ms(origin, target.site) if self.emulate_latency else 0.0})
             table["stages"][stage] = peers
@@ -288,7 +315,7 @@ class Pipeline:
                 target = self.actors.get(output.key)
                 if target is not None and target.alive:
                     delay = deployment.delay_ms(actor.site, output.site) if self.emulate_latency else 0.0
-                    table["outputs"].append({"key": output.key, "site": output.site, "handle": target.handle,
+                    table["outputs"].append({"key": output.key, "site": output.site, "handle": self._data_handle(target),
                                              "delay_ms": delay})
         return table
 
@@ -333,8 +360,6 @@ class Pipeline:
                         self._died(actor)
                     continue
                 actor.report = result
-                self._latencies.extend(result.get("latencies_ms", ()))
-                self._hops.extend(result.get("hop_ms", ()))
                 if result.get("held"):
                     self.attention.set()
                 if actor.state == ReplicaState.DRAINING and result.get("idle"):
@@ -458,6 +483,11 @@ class Pipeline:
         if not actors or not rate_per_s > 0:
             raise ValueError(f"unknown source {source!r} or non-positive rate")
         self.backend.call_all([(a.handle, "set_rate", (rate_per_s * a.plan.count,)) for a in actors], 10)
+
+    def pause_sources(self, paused: bool = True) -> None:
+        """Hold (or resume) every replayed source: no new frames while the pipeline stays deployed
+        (what is in flight goes on). The test bed measures the links' idle traffic this way."""
+        self.backend.call_all([(a.handle, "pause", (paused,)) for a in self._sources() if a.alive], 10)
 
     def restart_dead(self, timeout_s: float = 30.0) -> list[str]:
         """Start again, under the same plan, the replicas whose actor died."""
@@ -631,6 +661,12 @@ class Pipeline:
             throughput_per_s=throughput, held_messages=self.held, shed=self.shed)
         return status.model_dump()
 
+    def distribution(self, series: str) -> dict:
+        """A distribution over every actor that reports it (``latency``: the sources' end-to-end
+        latencies; ``hop``: every sender's per-call overhead), from their latest reports, the dead
+        ones' included (a sketch is cumulative)."""
+        return Sketch.merge(a.report.get(series) for a in self.actors.values())
+
     def summary(self) -> RunSummary:
         ledger = self.ledger
         plan = self.plan
@@ -642,15 +678,16 @@ class Pipeline:
             served = (ledger.completed - 1) / (end - first)
         else:
             served = ledger.completed / max(1e-9, end - started)
-        latencies, hops = list(self._latencies), list(self._hops)
+        latencies, hops = self.distribution("latency"), self.distribution("hop")
         return RunSummary(
             workflow=plan.workflow, duration_s=duration,
             predicted=Predicted(throughput_per_s=self.deployment.planned_frames_per_s, accuracy=plan.accuracy,
                                 latency_ms_p50=plan.latency_ms_expected, cost_per_hour=plan.cost.total_per_hour if plan.cost else None),
             measured=Measured(throughput_per_s=served,
                               accuracy=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
-                              latency_ms_p50=percentile(latencies, 50), latency_ms_p99=percentile(latencies, 99),
-                              hop_overhead_ms_p50=percentile(hops, 50), hop_overhead_ms_p99=percentile(hops, 99)),
+                              latency_ms_p50=Sketch.quantile(latencies, 50),
+                              latency_ms_p99=Sketch.quantile(latencies, 99),
+                              hop_overhead_ms_p50=Sketch.quantile(hops, 50), hop_overhead_ms_p99=Sketch.quantile(hops, 99)),
             frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
                           in_flight=ledger.in_flight, lost=ledger.lost),
             failures=dict(ledger.reasons), stages=self._stage_rows(), endpoints=self.endpoints(),

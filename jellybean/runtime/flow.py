@@ -16,13 +16,78 @@ These are the decisions, kept free of Ray so they can be tested on their own:
 from __future__ import annotations
 
 import asyncio
+import bisect
+import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Iterable
 
-#: Latency samples kept for percentiles: the most recent ones, so memory stays bounded however long
-#: a workflow runs.
-LATENCY_SAMPLES = 100_000
+#: The end-to-end, processing and hop histograms' buckets (ms), as exported (jellybean.runtime.metrics).
+LATENCY_BOUNDS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+#: Sketch buckets grow by this ratio: a quantile read from a sketch is within ±2% of the true one.
+SKETCH_RATIO = 1.04
+_LOG_RATIO = math.log(SKETCH_RATIO)
+#: Values at or below this (ms) share the first bucket.
+SKETCH_FLOOR = 0.001
+
+
+class Sketch:
+    """The distribution of a series of values (milliseconds) in constant space, cumulative since the
+    actor started, so that its state can be reported as often as the control plane likes at a size
+    that does not grow with the traffic (a report that carried every sample would put the frame rate
+    onto every uplink, on top of the frames).
+
+    Two views: log buckets of ratio :data:`SKETCH_RATIO` (``fine``: bucket ``i`` holds values in
+    ``(FLOOR * r**(i-1), FLOOR * r**i]``; quantiles from it are within ±2%), and exact counts per
+    ``bounds`` (``coarse``: the Prometheus histogram's buckets, ``le`` each bound, then +Inf), with the
+    count and the sum. :meth:`merge` adds states; :meth:`quantile` reads one."""
+
+    def __init__(self, bounds: tuple[float, ...] = ()) -> None:
+        self.bounds = tuple(bounds)
+        self.fine: dict[int, int] = {}
+        self.coarse = [0] * (len(self.bounds) + 1)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        index = 0 if value <= SKETCH_FLOOR else math.ceil(math.log(value / SKETCH_FLOOR) / _LOG_RATIO)
+        self.fine[index] = self.fine.get(index, 0) + 1
+        self.coarse[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.total += value
+
+    def state(self) -> dict:
+        return {"n": self.count, "sum": self.total, "fine": dict(self.fine), "coarse": list(self.coarse)}
+
+    @staticmethod
+    def merge(states: Iterable[dict]) -> dict:
+        fine: dict[int, int] = {}
+        count, total, coarse = 0, 0.0, None
+        for state in states:
+            if not state:
+                continue
+            count += state["n"]
+            total += state["sum"]
+            for index, n in state["fine"].items():
+                fine[index] = fine.get(index, 0) + n
+            coarse = list(state["coarse"]) if coarse is None else [a + b for a, b in zip(coarse, state["coarse"])]
+        return {"n": count, "sum": total, "fine": fine, "coarse": coarse or []}
+
+    @staticmethod
+    def quantile(state: dict | None, q: float) -> float | None:
+        """The ``q``-th percentile (0..100) of a state: the geometric middle of the bucket that holds it."""
+        if not state or not state["n"]:
+            return None
+        rank = max(1, math.ceil(state["n"] * q / 100.0))
+        seen = 0
+        for index in sorted(state["fine"]):
+            seen += state["fine"][index]
+            if seen >= rank:
+                if index == 0:
+                    return SKETCH_FLOOR
+                return SKETCH_FLOOR * SKETCH_RATIO ** (index - 0.5)
+        return None
 
 
 def queue_capacity(batch_size: int, *, batches: int = 4) -> int:
@@ -71,7 +136,7 @@ class Ledger:
     failed: int = 0
     correct: int = 0
     reasons: Counter = field(default_factory=Counter)
-    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    latency_ms: Sketch = field(default_factory=lambda: Sketch(LATENCY_BOUNDS_MS))
     _open: dict = field(default_factory=dict)  # frame id -> when it was sent, in sending order
 
     def send(self, frame_id, at: float | None = None) -> None:
@@ -99,7 +164,7 @@ class Ledger:
         del self._open[frame_id]
         self.completed += 1
         self.correct += bool(correct)
-        self.latencies_ms.append(latency_ms)
+        self.latency_ms.add(latency_ms)
         return True
 
     def fail(self, frame_id, reason: str) -> bool:

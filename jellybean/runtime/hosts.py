@@ -17,10 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jellybean.runtime.wire import DELIVER, PUSH
 from jellybean.runtime.worker import Forwarder, Peer, StageWorker, dumps, loads
 
 
-def transport_for(kind: str) -> Any:
+def transport_for(kind: str, secret: str = "") -> Any:
+    """The data path to peers: ``socket`` (our own connections, :mod:`jellybean.runtime.wire`),
+    ``ray`` (actor calls) or ``inprocess`` (the tests' backend, direct calls)."""
+    if kind == "socket":
+        from jellybean.runtime.wire import SocketTransport
+
+        return SocketTransport(secret)
     if kind == "ray":
         from jellybean.runtime.replicas import RayTransport
 
@@ -28,6 +35,30 @@ def transport_for(kind: str) -> Any:
     from jellybean.runtime.replicas import InProcessTransport
 
     return InProcessTransport()
+
+
+async def _listen(host: Any, spec: dict, kind: int) -> dict:
+    """For the socket transport: take calls (``kind``: PUSH or DELIVER) on a port of this node;
+    returns the info to add."""
+    if spec.get("transport") != "socket":
+        return {}
+    from jellybean.runtime.wire import WireServer
+
+    if kind == DELIVER:
+        output = host.output
+
+        async def handle(blob: bytes) -> dict:
+            output.accept(loads(blob))
+            return {}
+    else:
+        worker = host.worker
+
+        async def handle(blob: bytes) -> dict:
+            return await worker.push(loads(blob))
+
+    host.wire = WireServer({kind: handle}, spec.get("wire_secret", ""))
+    address = await host.wire.start(spec.get("data_host") or _node()["node_ip"])
+    return {"data_address": [address.host, address.port]}
 
 
 def _node() -> dict:
@@ -46,8 +77,8 @@ def _peers(table: dict) -> dict[str, list[Peer]]:
             for stage, peers in table.get("stages", {}).items()}
 
 
-def _forwarder(transport: str, options: dict) -> Forwarder:
-    return Forwarder(transport_for(transport), window=options.get("window", 16), coalesce=options.get("coalesce", 64),
+def _forwarder(transport: str, options: dict, secret: str = "") -> Forwarder:
+    return Forwarder(transport_for(transport, secret), window=options.get("window", 16), coalesce=options.get("coalesce", 64),
                      max_wait_s=options.get("max_wait_ms", 2.0) / 1000.0, hold_s=options.get("hold_s", 0.0),
                      hold_capacity=options.get("hold_capacity", 10_000),
                      link_buffer_capacity=options.get("link_buffer_capacity", 10_000))
@@ -55,9 +86,7 @@ def _forwarder(transport: str, options: dict) -> Forwarder:
 
 def _forwarder_report(forwarder: Forwarder) -> dict:
     links = forwarder.links
-    hops = list(forwarder.hop_ms)
-    forwarder.hop_ms.clear()
-    return {"link_messages": dict(links.messages), "link_bytes": dict(links.bytes), "hop_ms": hops,
+    return {"link_messages": dict(links.messages), "link_bytes": dict(links.bytes), "hop": forwarder.hop_ms.state(),
             "held": forwarder.held_messages, "link_buffered": dict(forwarder.link_buffered), "dead_peers": sorted(forwarder.dead), "unroutable": forwarder.unroutable}
 
 
@@ -90,7 +119,7 @@ class ReplicaHost(_Housekeeping):
             runners = [load_runner(name, Path(spec["cache_dir"]), threads=spec["threads"]) for name in spec["loaders"]]
         stateful = spec.get("stateful", any(bool(getattr(r, "stateful", False)) for r in runners))
         options = spec.get("options", {})
-        self.forwarder = _forwarder(spec.get("transport", "ray"), options)
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""))
         self.transport = self.forwarder.transport
         self.worker = StageWorker(spec["stages"], spec["batch_sizes"], runners, self.forwarder,
                                   consumers={k: tuple(v) for k, v in spec["consumers"].items()}, sink=spec["sink"],
@@ -98,7 +127,9 @@ class ReplicaHost(_Housekeeping):
                                   max_forwarding=options.get("max_forwarding", 8), deliver=self._deliver,
                                   threaded=options.get("threaded", False))
         self._keeper = asyncio.ensure_future(self._housekeep())
-        return {**_node(), "pid": os.getpid(), "stateful": stateful, "key": spec["key"], "site": spec["site"]}
+        self.listening = await _listen(self, spec, PUSH)
+        return {**_node(), "pid": os.getpid(), "stateful": stateful, "key": spec["key"], "site": spec["site"],
+                **self.listening}
 
     async def configure(self, table: dict) -> None:
         self.forwarder.configure(_peers(table), table.get("blocked"))
@@ -126,7 +157,12 @@ class ReplicaHost(_Housekeeping):
                 "idle": self.worker.idle and self.forwarder.in_flight == 0, "at": time.time()}
 
     async def info(self) -> dict:
-        return {**_node(), "pid": os.getpid(), "key": self.spec["key"]}
+        return {**_node(), "pid": os.getpid(), "key": self.spec["key"], **getattr(self, "listening", {})}
+
+    async def close(self) -> None:
+        wire = getattr(self, "wire", None)
+        if wire is not None:
+            wire.close()
 
 
 class SourceHost(_Housekeeping):
@@ -143,7 +179,7 @@ class SourceHost(_Housekeeping):
         from jellybean.runtime.sources import FrameSource, ReplayLoop
 
         spec, options = self.spec, self.spec.get("options", {})
-        self.forwarder = _forwarder(spec.get("transport", "ray"), options)
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""))
         self.source = FrameSource(spec["source"], spec["site"], self.forwarder, tuple(spec["consumers"]),
                                   max_in_flight=options.get("max_in_flight", 256),
                                   frame_timeout_s=options.get("frame_timeout_s", 120.0))
@@ -235,7 +271,9 @@ class OutputHost:
                                                   token=spec["token"]), sock)
             host = spec.get("advertise_host") or _advertised(spec.get("bind_host", "127.0.0.1"))
             self.endpoint = f"http://{host}:{sock.getsockname()[1]}/v1/results/{spec['workflow']}/{spec['name']}"
-        return {**_node(), "pid": os.getpid(), "key": f"{spec['name']}@{spec['site']}", "endpoint": self.endpoint}
+        self.listening = await _listen(self, spec, DELIVER)
+        return {**_node(), "pid": os.getpid(), "key": f"{spec['name']}@{spec['site']}", "endpoint": self.endpoint,
+                **self.listening}
 
     async def deliver(self, blob: bytes) -> dict:
         self.output.accept(loads(blob))
@@ -247,6 +285,9 @@ class OutputHost:
                 "endpoint": self.endpoint, "at": time.time()}
 
     async def close(self) -> None:
+        wire = getattr(self, "wire", None)
+        if wire is not None:
+            wire.close()
         if self._runner is not None:
             await self._runner.cleanup()
         closer = getattr(self.output, "close", None)

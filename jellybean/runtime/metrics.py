@@ -23,10 +23,27 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from jellybean.runtime.flow import LATENCY_BOUNDS_MS
+
 #: Labels of a stage's replica (its placement).
 STAGE_LABELS = ("workflow", "stage", "variant", "site", "tier", "instance")
 
-LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+LATENCY_BUCKETS_S = tuple(ms / 1000.0 for ms in LATENCY_BOUNDS_MS)
+
+
+def observe_counts(child: Histogram, counts: list[float], total: float) -> None:
+    """Add to one histogram series what many observations added: ``counts[i]`` of them in bucket
+    ``i`` (its buckets, then +Inf) summing to ``total``. prometheus_client observes one value at a
+    time; the actors report their distributions already bucketed (their sketches), so this adds to
+    the series' buckets and sum directly (its ``_buckets`` and ``_sum``, which ``observe`` itself
+    increments; a test compares the two ways)."""
+    buckets = child._buckets  # noqa: SLF001 - see the docstring
+    if len(counts) != len(buckets):
+        raise ValueError(f"{len(counts)} bucket counts for a histogram of {len(buckets)} buckets")
+    for bucket, n in zip(buckets, counts):
+        if n:
+            bucket.inc(n)
+    child._sum.inc(total)  # noqa: SLF001
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SOLVE_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -111,7 +128,8 @@ class Metrics:
             ("workflow", "site", "tier", "instance"), registry=r)
         self.link_bytes = Counter(
             "jellybean_link_bytes_total", "Bytes sent over a site's uplink, by direction: the serialised batches "
-            "the actors sent to sites across the link (counted by the senders).",
+            "the actors sent to sites across the link, with the data transport's framing and TCP/IP headers "
+            "(counted by the senders).",
             ("workflow", "site", "tier", "direction"), registry=r)
         self.link_messages = Counter(
             "jellybean_link_messages_total", "Messages sent over a site's uplink, by direction.",

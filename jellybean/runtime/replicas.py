@@ -86,6 +86,9 @@ class RayTransport:
     def is_death(self, exc: BaseException) -> bool:
         return is_death(exc)
 
+    def wire_bytes(self, payload_bytes: int) -> int:
+        return payload_bytes  # Ray's own framing (its task specification) is not known here
+
 
 _RAY_CLASSES: dict[str, Any] = {}
 
@@ -97,7 +100,10 @@ def _ray_class(kind: str) -> Any:
         from jellybean.runtime.hosts import OutputHost, ReplicaHost, SourceHost
 
         host = {"replica": ReplicaHost, "source": SourceHost, "output": OutputHost}[kind]
-        _RAY_CLASSES[kind] = ray.remote(max_restarts=0, max_concurrency=1000)(host)
+        # No task events: every batch is an actor task, and Ray would report each one's state changes
+        # to the head (CPU on the hot path, and bytes on every uplink the plan did not price), as
+        # Ray Serve turns them off for its replicas.
+        _RAY_CLASSES[kind] = ray.remote(max_restarts=0, max_concurrency=1000, enable_task_events=False)(host)
     return _RAY_CLASSES[kind]
 
 
@@ -185,6 +191,9 @@ class InProcessTransport:
     def is_death(self, exc: BaseException) -> bool:
         return is_death(exc)
 
+    def wire_bytes(self, payload_bytes: int) -> int:
+        return payload_bytes  # Ray's own framing (its task specification) is not known here
+
 
 class InProcessBackend:
     """The hosts in this process, on one event loop in a thread of its own. Runners and datasets are
@@ -253,6 +262,12 @@ class InProcessBackend:
             worker = getattr(handle.host, "worker", None)
             if worker is not None:
                 worker.task.cancel()
+            wire = getattr(handle.host, "wire", None)  # its port closes with it, as a process's would
+            if wire is not None:
+                wire.close()
+            forwarder = getattr(handle.host, "forwarder", None)
+            if forwarder is not None and hasattr(forwarder.transport, "close"):
+                forwarder.transport.close()
 
         self.loop.call_soon_threadsafe(die)
 

@@ -275,13 +275,11 @@ class FrameSource:
 
     def report(self) -> dict:
         ledger = self.ledger
-        samples = list(ledger.latencies_ms)
-        ledger.latencies_ms.clear()  # each report carries the samples since the last one
         return {"source": self.source, "site": self.site, "sent": ledger.sent, "completed": ledger.completed,
                 "failed": ledger.failed, "correct": ledger.correct, "in_flight": ledger.in_flight,
                 "generated": self.generated, "shed": self.shed, "failures": dict(ledger.reasons),
                 "refused_full": self.refused_full, "refused_bad": self.refused_bad,
-                "latencies_ms": samples, "first_completed_at": self.first_completed_at,
+                "latency": ledger.latency_ms.state(), "first_completed_at": self.first_completed_at,
                 "last_completed_at": self.last_completed_at, "last_completed_sent_at": self.last_completed_sent_at}
 
 

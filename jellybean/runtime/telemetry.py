@@ -1,10 +1,11 @@
 """What one deployed pipeline tells Prometheus (the metrics themselves: :mod:`jellybean.runtime.metrics`).
 
 The numbers come from the actors themselves: each replica, source and output keeps its own counters
-(cumulative) and samples (since its last report), and the data plane's control side reads their
-reports every half second (:meth:`jellybean.runtime.dataplane.Pipeline.poll`) and hands them here,
-so metrics keep working with no process on the data path. Counters move by the difference between
-two reports of one actor; samples are observed as they come.
+and distributions (:class:`~jellybean.runtime.flow.Sketch`: constant size, whatever the traffic),
+all cumulative, and the data plane's control side reads their reports every half second
+(:meth:`jellybean.runtime.dataplane.Pipeline.poll`) and hands them here, so metrics keep working with
+no process on the data path. Counters and histogram buckets move by the difference between two
+reports of one actor.
 
 Bytes per link: each actor counts the bytes it sent to each site (the serialised batches, as they
 were handed to the transport) and this maps them onto the uplinks on the tree path between the
@@ -15,11 +16,12 @@ message sizes; both are there to compare.
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from jellybean.runtime.deployment import Deployment, ReplicaSpec
-from jellybean.runtime.metrics import Metrics
+from jellybean.runtime.metrics import BATCH_BUCKETS, Metrics, observe_counts
 
 if TYPE_CHECKING:
     from jellybean.optimizer.plan import Plan
@@ -53,6 +55,27 @@ class Telemetry:
         delta = value - self._last[key]
         self._last[key] = value
         return max(0.0, delta)
+
+    def _histogram(self, child: Any, actor: str, series: str, state: dict | None, scale: float = 1.0) -> None:
+        """Move a histogram by what a sketch's state gained since the actor's last report (its exact
+        per-bucket counts; ``scale`` converts its unit, ms, to the metric's, seconds)."""
+        if not state:
+            return
+        counts = [self._delta(actor, f"{series}:{i}", n) for i, n in enumerate(state["coarse"])]
+        observe_counts(child, counts, self._delta(actor, f"{series}:sum", state["sum"]) * scale)
+
+    def _batch_sizes(self, child: Any, actor: str, series: str, sizes: dict) -> None:
+        deltas: dict[int, float] = {}
+        for size, n in sizes.items():
+            delta = self._delta(actor, f"{series}:{size}", n)
+            if delta:
+                deltas[int(size)] = delta
+        if deltas:
+            bounds = BATCH_BUCKETS
+            counts = [0.0] * (len(bounds) + 1)
+            for size, n in deltas.items():
+                counts[bisect.bisect_left(bounds, size)] += n
+            observe_counts(child, counts, float(sum(size * n for size, n in deltas.items())))
 
     # --- the plan, when it is deployed or replaced ----------------------------------------------------------
     def started(self, pipeline: Any) -> None:
@@ -200,17 +223,14 @@ class Telemetry:
             m.stage_outputs.labels(*labels).inc(self._delta(key, f"outputs:{spec.stage}", counts.get("outputs", 0)))
             m.stage_failed.labels(*labels).inc(self._delta(key, f"failed:{spec.stage}", counts.get("failed", 0)))
             busy += self._delta(key, f"busy:{spec.stage}", counts.get("busy_ms", 0.0))
-            processing, batch = m.processing_seconds.labels(*labels), m.batch_size.labels(*labels)
-            for size, ms in counts.get("samples", ()):
-                processing.observe(ms / 1000.0)
-                batch.observe(size)
+            self._histogram(m.processing_seconds.labels(*labels), key, f"processing:{spec.stage}",
+                            counts.get("processing_ms"), 1e-3)
+            self._batch_sizes(m.batch_size.labels(*labels), key, f"batch:{spec.stage}", counts.get("batch_sizes", {}))
         head = self.labels(actor.plan.head)
         m.instance_busy_seconds.labels(*self.instance_labels(actor.plan.head)).inc(busy / 1000.0)
         m.queue_depth.labels(*head).set(report.get("queue_depth", 0))
         m.queue_capacity.labels(*head).set(report.get("queue_capacity", 0))
-        hop = m.hop_overhead_seconds.labels(*head)
-        for ms in report.get("hop_ms", ()):
-            hop.observe(ms / 1000.0)
+        self._histogram(m.hop_overhead_seconds.labels(*head), key, "hop", report.get("hop"), 1e-3)
         unroutable = self._delta(key, "unroutable", report.get("unroutable", 0))
         if unroutable:
             for stage in self.deployment.consumers.get(actor.plan.tail.stage, ()):
@@ -225,9 +245,7 @@ class Telemetry:
         m.frames_completed.labels(wf).inc(self._delta(key, "completed", report.get("completed", 0)))
         m.frames_correct.labels(wf).inc(self._delta(key, "correct", report.get("correct", 0)))
         m.frames_failed.labels(wf).inc(self._delta(key, "failed", report.get("failed", 0)))
-        latency = m.end_to_end_latency.labels(wf)
-        for ms in report.get("latencies_ms", ()):
-            latency.observe(ms / 1000.0)
+        self._histogram(m.end_to_end_latency.labels(wf), key, "latency", report.get("latency"), 1e-3)
 
     def replanned(self, reason: str, sites_down: int) -> None:
         self.metrics.replans.labels(self.workflow, reason).inc()

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jellybean.runtime.flow import RetryPolicy, collect_batch, queue_capacity
+from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, collect_batch, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 
 #: Message fields every runner's outputs inherit from their input (the frame's identity and timing).
@@ -132,6 +132,10 @@ class Transport(Protocol):
     async def deliver(self, handle: Any, blob: bytes) -> dict: ...
 
     def is_death(self, exc: BaseException) -> bool: ...
+
+    def wire_bytes(self, payload_bytes: int) -> int:
+        """What sending ``payload_bytes`` costs on a link, framing included (as far as it is known)."""
+        ...
 
 
 @dataclass
@@ -256,7 +260,7 @@ class _Channel:
             blob = dumps(messages)
             site = self.peer.site
             owner.links.messages[site] += len(messages)
-            owner.links.bytes[site] += len(blob)
+            owner.links.bytes[site] += owner.transport.wire_bytes(len(blob))
             started = time.perf_counter()
             try:
                 if self.peer.delay_ms > 0:  # the links' propagation delay, emulated (the window stays taken)
@@ -273,9 +277,8 @@ class _Channel:
                     unit.excluded.add(self.peer.key)
                     owner.resend(unit, reason)
                 return
-            if len(owner.hop_ms) < 10_000:
-                elapsed = (time.perf_counter() - started) * 1000.0 - self.peer.delay_ms
-                owner.hop_ms.append(max(0.0, elapsed - outcome.get("handler_ms", 0.0)))
+            elapsed = (time.perf_counter() - started) * 1000.0 - self.peer.delay_ms
+            owner.hop_ms.add(max(0.0, elapsed - outcome.get("handler_ms", 0.0)))
             for unit in units:
                 _settle(unit.done, outcome)
         finally:
@@ -321,7 +324,7 @@ class Forwarder:
         self.held: deque[tuple[float, _Unit]] = deque()
         self.held_messages = 0
         self.links = LinkCounts()
-        self.hop_ms: list[float] = []
+        self.hop_ms = Sketch(LATENCY_BOUNDS_MS)  # a call's round trip less the peer's handling
         self.unroutable = 0  # messages that failed for want of a route
         self.on_death: Callable[[str], None] | None = None
 
@@ -487,7 +490,8 @@ class StageCounts:
     outputs: int = 0
     failed: int = 0
     busy_ms: float = 0.0
-    samples: list = field(default_factory=list)  # (batch size, ms) since the last report
+    processing_ms: Sketch = field(default_factory=lambda: Sketch(LATENCY_BOUNDS_MS))
+    batch_sizes: dict = field(default_factory=dict)  # size -> batches run at that size
 
 
 class StageWorker:
@@ -608,8 +612,8 @@ class StageWorker:
                 counts.requests += len(chunk)
                 counts.batches += 1
                 counts.busy_ms += ms
-                if len(counts.samples) < 10_000:
-                    counts.samples.append((len(chunk), ms))
+                counts.processing_ms.add(ms)
+                counts.batch_sizes[len(chunk)] = counts.batch_sizes.get(len(chunk), 0) + 1
                 for offset, produced in enumerate(produced_all):
                     source = chunk[offset]
                     for out in produced:
@@ -682,8 +686,8 @@ class StageWorker:
         out = {}
         for stage, counts in self.counts.items():
             out[stage] = {"requests": counts.requests, "batches": counts.batches, "outputs": counts.outputs,
-                          "failed": counts.failed, "busy_ms": counts.busy_ms, "samples": counts.samples}
-            counts.samples = []
+                          "failed": counts.failed, "busy_ms": counts.busy_ms,
+                          "processing_ms": counts.processing_ms.state(), "batch_sizes": dict(counts.batch_sizes)}
         return {"stages": out, "queue_depth": self.queued, "queue_capacity": self.capacity,
                 "busy": self.busy, "completed": self.completed}
 

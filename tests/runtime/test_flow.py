@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jellybean.runtime.flow import Ledger, RetryPolicy, collect_batch, percentile, queue_capacity
+from jellybean.runtime.flow import Ledger, RetryPolicy, Sketch, collect_batch, percentile, queue_capacity
 
 
 def run(coro):
@@ -111,3 +111,21 @@ def test_a_withdrawn_frame_was_never_sent() -> None:
     ledger.withdraw(2)
     ledger.withdraw(99)  # unknown: nothing happens
     assert (ledger.sent, ledger.in_flight, ledger.lost) == (1, 1, 1)
+
+
+def test_a_sketch_reads_quantiles_within_two_percent_in_constant_space() -> None:
+    import random
+
+    rng = random.Random(7)
+    values = [rng.lognormvariate(1.0, 1.2) for _ in range(20_000)]
+    halves = [Sketch((1.0, 10.0)), Sketch((1.0, 10.0))]
+    for i, v in enumerate(values):
+        halves[i % 2].add(v)
+    state = Sketch.merge(h.state() for h in halves)
+    assert state["n"] == len(values) and state["sum"] == pytest.approx(sum(values))
+    assert state["coarse"] == [sum(v <= 1.0 for v in values), sum(1.0 < v <= 10.0 for v in values),
+                               sum(v > 10.0 for v in values)]
+    for q in (1, 50, 90, 99, 99.9):
+        assert Sketch.quantile(state, q) == pytest.approx(percentile(values, q), rel=0.02)
+    assert len(state["fine"]) < 400  # buckets, not samples
+    assert Sketch.quantile(Sketch().state(), 50) is None

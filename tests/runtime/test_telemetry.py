@@ -1,5 +1,5 @@
 """Telemetry without Ray: which uplinks a message crosses, and how the actors' reports (cumulative
-counters, samples since the last report) become Prometheus series."""
+counters and distributions) become Prometheus series."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from jellybean.optimizer import plan as make_plan
 from jellybean.runtime.deployment import build_deployment
+from jellybean.runtime.flow import LATENCY_BOUNDS_MS, Sketch
 from jellybean.runtime.metrics import Metrics
 from jellybean.runtime.telemetry import Telemetry
 from jellybean.spec import load_bundle
@@ -45,9 +46,13 @@ def test_reports_move_counters_by_their_difference(telemetry) -> None:  # noqa: 
     hub = {"workflow": "digits", "site": "hub", "tier": "hub", "direction": "up"}
     cam = {**hub, "site": "cam-1", "tier": "device"}
 
+    latency = Sketch(LATENCY_BOUNDS_MS)
+
     def report(size: int, sent: int) -> dict:
+        while latency.count < sent:
+            latency.add(5.0)
         return {"kind": "source", "key": "cameras@cam-1", "source": "cameras", "site": "cam-1", "sent": sent,
-                "completed": sent, "failed": 0, "correct": sent, "shed": 0, "latencies_ms": [5.0],
+                "completed": sent, "failed": 0, "correct": sent, "shed": 0, "latency": latency.state(),
                 "link_bytes": {"cloud": size}, "link_messages": {"cloud": sent}}
 
     t.update(pipeline, [report(1000, 10)])
@@ -56,5 +61,30 @@ def test_reports_move_counters_by_their_difference(telemetry) -> None:  # noqa: 
     assert value("jellybean_link_bytes_total", hub) == 1500 and value("jellybean_link_messages_total", hub) == 12
     sent = {"workflow": "digits", "source": "cameras", "site": "cam-1", "tier": "device"}
     assert value("jellybean_frames_sent_total", sent) == 12
-    assert value("jellybean_end_to_end_latency_seconds_count", {"workflow": "digits"}) == 2  # samples: as they come
+    e2e = {"workflow": "digits"}
+    assert value("jellybean_end_to_end_latency_seconds_count", e2e) == 12  # the sketch's gain, once
+    assert value("jellybean_end_to_end_latency_seconds_bucket", {**e2e, "le": "0.005"}) == 12
+    assert value("jellybean_end_to_end_latency_seconds_bucket", {**e2e, "le": "0.002"}) == 0
+    assert value("jellybean_end_to_end_latency_seconds_sum", e2e) == pytest.approx(12 * 0.005)
     assert value("jellybean_link_planned_bytes_per_second", cam) > 0  # the plan's figure, beside it
+
+
+def test_bucketed_counts_add_up_as_single_observations_would() -> None:
+    """observe_counts writes prometheus_client's internals: if a new version changes them, this fails."""
+    from jellybean.runtime.metrics import observe_counts
+
+    values = [0.0001, 0.0007, 0.003, 0.003, 0.04, 0.9, 42.0]
+    one, many = Metrics(), Metrics()
+    for v in values:
+        one.end_to_end_latency.labels("w").observe(v)
+    sketch = Sketch(LATENCY_BOUNDS_MS)
+    for v in values:
+        sketch.add(v * 1000.0)
+    observe_counts(many.end_to_end_latency.labels("w"), sketch.state()["coarse"], sketch.state()["sum"] / 1000.0)
+    samples = lambda m: {(s.name, tuple(sorted(s.labels.items()))): s.value  # noqa: E731
+                         for family in m.registry.collect() if family.name == "jellybean_end_to_end_latency_seconds"
+                         for s in family.samples if not s.name.endswith("_created")}
+    got, want = samples(many), samples(one)
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key] == pytest.approx(want[key])

@@ -16,11 +16,14 @@ from tests.runtime.inprocess import Gate, Runners, ends, eventually, host, injec
 FRAMES = [{"image": i, "digits": 1 + i % 3} for i in range(60)]
 
 
-@pytest.fixture
-def served():  # noqa: ANN201
+@pytest.fixture(params=["inprocess", "socket"])
+def served(request):  # noqa: ANN001, ANN201
+    """Pipelines on the in-process backend, their actors calling each other directly or over their
+    own sockets on 127.0.0.1 (the data path Ray deployments use, :mod:`jellybean.runtime.wire`)."""
     made = []
 
     def make(**options):  # noqa: ANN003, ANN202
+        options.setdefault("transport", request.param)
         p, backend, runners = pipeline(**options)
         made.append((p, backend))
         return p, backend, runners

@@ -1,0 +1,141 @@
+"""The actors' own connections (jellybean.runtime.wire) over real sockets on 127.0.0.1: the secret,
+calls matched to replies, errors that leave the connection usable, and a peer that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from jellybean.runtime.wire import (
+    DELIVER, HEADER, MAGIC, MAX_PAYLOAD_BYTES, PUSH, Address, PeerGone, RemoteError, SocketTransport, WireServer,
+)
+from jellybean.runtime.worker import dumps, loads
+
+SECRET = "s3cret"
+
+
+def run(coroutine):  # noqa: ANN001, ANN201
+    return asyncio.run(asyncio.wait_for(coroutine, 20))
+
+
+async def _server(handlers=None) -> tuple[WireServer, Address]:  # noqa: ANN001
+    async def echo(blob: bytes) -> dict:
+        value = loads(blob)
+        if value.get("boom"):
+            raise ValueError("a bad batch")
+        return {"got": value["n"]}
+
+    server = WireServer(handlers or {PUSH: echo}, SECRET)
+    return server, await server.start("127.0.0.1")
+
+
+def test_calls_get_their_own_replies_even_out_of_order() -> None:
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def handler(blob: bytes) -> dict:
+            n = loads(blob)["n"]
+            if n == 0:
+                await release.wait()  # the first call finishes last
+            return {"got": n}
+
+        server, address = await _server({PUSH: handler})
+        client = SocketTransport(SECRET)
+        first = asyncio.ensure_future(client.push(address, dumps({"n": 0})))
+        rest = await asyncio.gather(*(client.push(address, dumps({"n": n})) for n in range(1, 20)))
+        assert [r["got"] for r in rest] == list(range(1, 20))
+        assert not first.done()
+        release.set()
+        assert (await first) == {"got": 0}
+        assert len(client.connections) == 1  # one connection per peer, multiplexed
+        client.close()
+        server.close()
+
+    run(main())
+
+
+def test_an_error_in_the_handler_is_a_failed_call_not_a_dead_peer() -> None:
+    async def main() -> None:
+        server, address = await _server()
+        client = SocketTransport(SECRET)
+        with pytest.raises(RemoteError, match="ValueError: a bad batch") as caught:
+            await client.push(address, dumps({"n": 1, "boom": True}))
+        assert not client.is_death(caught.value)
+        assert (await client.push(address, dumps({"n": 2}))) == {"got": 2}  # the connection is still good
+        client.close()
+        server.close()
+
+    run(main())
+
+
+def test_a_peer_that_goes_away_fails_its_calls_as_a_death() -> None:
+    async def main() -> None:
+        entered, never = asyncio.Event(), asyncio.Event()
+
+        async def stuck(blob: bytes) -> dict:
+            entered.set()
+            await never.wait()
+            return {}
+
+        server, address = await _server({PUSH: stuck})
+        client = SocketTransport(SECRET)
+        call = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
+        await entered.wait()
+        server.close()  # what a dying process does to its sockets
+        with pytest.raises(PeerGone) as caught:
+            await call
+        assert client.is_death(caught.value)
+        with pytest.raises(PeerGone, match="cannot connect"):
+            await client.push(address, dumps({"n": 2}))  # nobody listens any more
+        client.close()
+
+    run(main())
+
+
+def test_a_connection_without_the_secret_is_closed_unheard() -> None:
+    async def main() -> None:
+        handled = []
+
+        async def handler(blob: bytes) -> dict:
+            handled.append(blob)
+            return {}
+
+        server, address = await _server({PUSH: handler})
+        wrong = SocketTransport("not-the-secret")
+        with pytest.raises(PeerGone):
+            await wrong.push(address, dumps({"n": 1}))
+        reader, writer = await asyncio.open_connection(address.host, address.port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not our protocol at all
+        assert await reader.read() == b""
+        assert handled == [] and server.refused == 2
+        wrong.close()
+        server.close()
+
+    run(main())
+
+
+def test_an_oversized_or_unknown_request_closes_the_connection() -> None:
+    async def main() -> None:
+        server, address = await _server()
+        for header in (HEADER.pack(MAX_PAYLOAD_BYTES + 1, PUSH, 1), HEADER.pack(3, DELIVER, 1)):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(MAGIC + struct.pack("!H", len(SECRET)) + SECRET.encode() + header + b"abc")
+            assert await reader.read() == b""  # closed, nothing allocated for the claimed size
+        server.close()
+
+    run(main())
+
+
+def test_nothing_listens_on_a_closed_port() -> None:
+    async def main() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        client = SocketTransport(SECRET)
+        with pytest.raises(PeerGone, match="cannot connect"):
+            await client.push(Address("127.0.0.1", port), dumps({"n": 1}))
+
+    run(main())
