@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo plan-demo bench-plan bench-runtime bench-resilience lint clean prometheus dashboards crds
+.PHONY: install test demo plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
 
 install: $(STAMP)
 
@@ -48,6 +48,12 @@ bench-plan: install
 
 bench-runtime: install
 	$(BIN)/python bench/runtime.py
+
+# The digits workflow across emulated sites (network namespaces, tc-shaped uplinks; needs root):
+# link bytes against the plan, a degraded and an under-shaped link, scaling over 1, 2 and 4 hubs
+# (QUICK=1: the link measurement only, about a minute, written nowhere unless OUT=DIR).
+bench-sites: install
+	$(BIN)/python bench/sites.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 # Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min).
 bench-resilience: install

@@ -86,7 +86,7 @@ def _forwarder(transport: str, options: dict, secret: str = "") -> Forwarder:
 
 def _forwarder_report(forwarder: Forwarder) -> dict:
     links = forwarder.links
-    return {"link_messages": dict(links.messages), "link_bytes": dict(links.bytes), "hop": forwarder.hop_ms.state(),
+    return {"link_messages": dict(links.messages), "link_bytes": forwarder.link_bytes(), "hop": forwarder.hop_ms.state(),
             "held": forwarder.held_messages, "link_buffered": dict(forwarder.link_buffered), "dead_peers": sorted(forwarder.dead), "unroutable": forwarder.unroutable}
 
 
@@ -143,8 +143,7 @@ class ReplicaHost(_Housekeeping):
             return
         blob = dumps(results)
         for output in self.outputs:
-            self.forwarder.links.messages[output.site] += len(results)
-            self.forwarder.links.bytes[output.site] += len(blob)
+            self.forwarder.count_sent(output.handle, output.site, len(results), len(blob))
             if output.delay_ms > 0:
                 await asyncio.sleep(output.delay_ms / 1000.0)
             await self.transport.deliver(output.handle, blob)

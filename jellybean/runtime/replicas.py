@@ -89,6 +89,9 @@ class RayTransport:
     def wire_bytes(self, payload_bytes: int) -> int:
         return payload_bytes  # Ray's own framing (its task specification) is not known here
 
+    def sent_bytes(self) -> None:
+        return None
+
 
 _RAY_CLASSES: dict[str, Any] = {}
 
@@ -192,7 +195,10 @@ class InProcessTransport:
         return is_death(exc)
 
     def wire_bytes(self, payload_bytes: int) -> int:
-        return payload_bytes  # Ray's own framing (its task specification) is not known here
+        return payload_bytes  # in process: nothing crosses a wire
+
+    def sent_bytes(self) -> None:
+        return None
 
 
 class InProcessBackend:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
 import struct
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -76,6 +77,26 @@ class Address:
     port: int
 
 
+_TCP_INFO_BYTES = 232  # struct tcp_info up to tcpi_snd_wnd (Linux 5.4 and later)
+_SEGS_OUT = struct.Struct("=I")  # tcpi_segs_out, at byte 136
+_BYTES_SENT = struct.Struct("=Q")  # tcpi_bytes_sent, at byte 200 (Linux 4.19 and later)
+
+
+def tcp_sent_bytes(sock: socket.socket | None) -> int | None:
+    """What the kernel put on the wire for this connection so far: ``tcpi_bytes_sent`` (payload, with
+    retransmissions) plus ``SEGMENT_HEADER_BYTES`` per segment sent (``tcpi_segs_out``, ACKs
+    included). ``None`` where ``TCP_INFO`` does not say (not Linux, an older kernel)."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    except OSError:
+        return None
+    if len(info) < 208:
+        return None
+    return _BYTES_SENT.unpack_from(info, 200)[0] + SEGMENT_HEADER_BYTES * _SEGS_OUT.unpack_from(info, 136)[0]
+
+
 def _hello(secret: str) -> bytes:
     token = secret.encode()
     return MAGIC + struct.pack("!H", len(token)) + token
@@ -89,7 +110,14 @@ class _Connection:
         self.pending: dict[int, asyncio.Future] = {}
         self.next_id = 0
         self.closed: str | None = None
+        self.sock = writer.get_extra_info("socket")
+        self.sent_bytes: int | None = 0  # the kernel's count, refreshed by sent() and on closing
         self.task = asyncio.ensure_future(self._read())
+
+    def sent(self) -> int | None:
+        if self.closed is None:
+            self.sent_bytes = tcp_sent_bytes(self.sock)
+        return self.sent_bytes
 
     async def call(self, kind: int, blob: bytes) -> dict:
         if self.closed is not None:
@@ -133,6 +161,7 @@ class _Connection:
     def _close(self, reason: str) -> None:
         if self.closed is not None:
             return
+        self.sent()
         self.closed = reason
         for future in self.pending.values():
             if not future.done():
@@ -152,6 +181,7 @@ class SocketTransport:
         self.hello = _hello(secret)
         self.connections: dict[Address, _Connection] = {}
         self._opening: dict[Address, asyncio.Future] = {}
+        self._retired: dict[Address, int] = {}  # bytes sent on connections that have closed
 
     async def _connection(self, address: Address) -> _Connection:
         conn = self.connections.get(address)
@@ -170,6 +200,9 @@ class SocketTransport:
                 raise PeerGone(f"cannot connect to {address.host}:{address.port}: {type(exc).__name__}: {exc}") from exc
             writer.write(self.hello)
             conn = _Connection(reader, writer, address)
+            old = self.connections.get(address)
+            if old is not None:
+                self._retired[address] = self._retired.get(address, 0) + (old.sent() or 0)
             self.connections[address] = conn
             future.set_result(conn)
             return conn
@@ -188,6 +221,17 @@ class SocketTransport:
 
     def wire_bytes(self, payload_bytes: int) -> int:
         return wire_bytes(payload_bytes)
+
+    def sent_bytes(self) -> dict[Address, int] | None:
+        """Bytes on the wire to each peer so far, as the kernel counted them (:func:`tcp_sent_bytes`);
+        ``None`` where the kernel does not say."""
+        out = dict(self._retired)
+        for address, conn in self.connections.items():
+            sent = conn.sent()
+            if sent is None:
+                return None
+            out[address] = out.get(address, 0) + sent
+        return out
 
     def is_death(self, exc: BaseException) -> bool:
         return isinstance(exc, PeerGone)

@@ -137,6 +137,10 @@ class Transport(Protocol):
         """What sending ``payload_bytes`` costs on a link, framing included (as far as it is known)."""
         ...
 
+    def sent_bytes(self) -> dict[Any, int] | None:
+        """Bytes on the wire to each peer handle so far, where the transport can measure them."""
+        ...
+
 
 @dataclass
 class Peer:
@@ -260,7 +264,7 @@ class _Channel:
             blob = dumps(messages)
             site = self.peer.site
             owner.links.messages[site] += len(messages)
-            owner.links.bytes[site] += owner.transport.wire_bytes(len(blob))
+            owner.count_sent(self.peer.handle, site, len(messages), len(blob))
             started = time.perf_counter()
             try:
                 if self.peer.delay_ms > 0:  # the links' propagation delay, emulated (the window stays taken)
@@ -324,11 +328,34 @@ class Forwarder:
         self.held: deque[tuple[float, _Unit]] = deque()
         self.held_messages = 0
         self.links = LinkCounts()
+        self.measured = transport.sent_bytes() is not None  # the kernel counts this transport's bytes
+        self.handle_sites: dict[Any, str] = {}  # peer handle -> its site, for the measured counts
         self.hop_ms = Sketch(LATENCY_BOUNDS_MS)  # a call's round trip less the peer's handling
         self.unroutable = 0  # messages that failed for want of a route
         self.on_death: Callable[[str], None] | None = None
 
     # --- configuration --------------------------------------------------------------------------------
+    def count_sent(self, handle: Any, site: str, messages: int, payload_bytes: int) -> None:
+        """A call to ``handle`` (at ``site``) carried ``messages`` in ``payload_bytes``."""
+        self.links.messages[site] += messages
+        self.links.bytes[site] += self.transport.wire_bytes(payload_bytes)
+        if self.measured:
+            self.handle_sites[handle] = site
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes sent to each site so far: the kernel's count of what this actor's connections put on
+        the wire where the transport measures it (headers, ACKs and retransmissions included), else
+        the transport's estimate of each call's bytes."""
+        counts = self.transport.sent_bytes() if self.measured else None
+        if counts is None:
+            return dict(self.links.bytes)
+        out: dict[str, int] = defaultdict(int)
+        for handle, sent in counts.items():
+            site = self.handle_sites.get(handle)
+            if site is not None:
+                out[site] += sent
+        return dict(out)
+
     def configure(self, stages: dict[str, list[Peer]], blocked: dict[str, str] | None = None) -> None:
         """A new routing table (a re-plan, a death, a cut or restored uplink). Channels to replicas no
         longer listed are closed and their messages routed again; held messages are retried.

@@ -139,3 +139,27 @@ def test_nothing_listens_on_a_closed_port() -> None:
             await client.push(Address("127.0.0.1", port), dumps({"n": 1}))
 
     run(main())
+
+
+def test_the_kernel_counts_what_a_connection_put_on_the_wire() -> None:
+    """``sent_bytes`` is TCP_INFO's count: at least every request's header and payload plus a
+    segment header each, and no more than that plus the ACKs and the hello; a reconnect keeps what
+    the old connection sent."""
+    async def main() -> None:
+        server, address = await _server()
+        client = SocketTransport(SECRET)
+        blobs = [dumps({"n": n, "pad": b"x" * (100 * n)}) for n in range(30)]
+        for blob in blobs:
+            await client.push(address, blob)
+        framed = sum(HEADER.size + len(b) for b in blobs)
+        sent = client.sent_bytes()
+        assert sent is not None, "TCP_INFO is there on Linux"
+        assert framed + 66 * len(blobs) <= sent[address] <= framed + 66 * 3 * len(blobs) + 200
+        assert client.wire_bytes(1000) == HEADER.size + 1000 + 66
+        client.connections[address].close()  # the connection goes; its count stays
+        await client.push(address, blobs[1])
+        assert client.sent_bytes()[address] > sent[address]
+        client.close()
+        server.close()
+
+    run(main())

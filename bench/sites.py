@@ -1,0 +1,158 @@
+"""Sites benchmark: the digits workflow served across emulated sites, each a Ray node in its own
+network namespace behind a ``tc``-shaped uplink (:mod:`jellybean.testbed`).
+
+Measures, in one run on this machine (as root):
+
+1. **links** (``--quick`` does only this, on two hubs): per uplink and direction, the bytes the plan
+   priced, the bytes the sending interface counted, the bytes our metrics counted, and Ray's own idle
+   traffic; frames sent/completed/failed/lost; planned against measured throughput;
+2. **degraded link**: one hub's uplink re-shaped to half of what the plan sends over it for a while,
+   then restored: the backlog (frames in flight, messages buffered for the link) stays bounded and
+   counted, and every frame still ends;
+3. **refused link**: a camera uplink shaped below what its frames need is refused by the planner,
+   with the reason;
+4. **scaling**: 1, 2 and 4 hubs, each with its own camera at the same rate: aggregate throughput
+   against 1-hub throughput times the number of hubs.
+
+    python bench/sites.py [--quick] [--format json|markdown] [--out DIR]
+
+The full run writes ``bench/results/sites.json`` and ``sites.md``; a quick run writes nothing unless
+``--out`` is given (a quick run never overwrites the committed full results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from plan import machine  # noqa: E402  (the same machine description as bench/plan.py)
+
+ZOO = ROOT / "workflows" / "digits" / "zoo.yaml"
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def links(folder: Path, cache: Path, *, hubs: int, window_s: float, degrade: bool, rate_per_s: float) -> dict:
+    from jellybean.testbed.measure import judge, measure_links
+    from jellybean.testbed.scenario import write
+
+    documents = write(folder / f"hubs-{hubs}", ZOO, hubs, rate_per_s=rate_per_s)
+    spec = {"site": "hub-1", "direction": "up", "fraction": 0.5, "seconds": 8.0} if degrade else None
+    result = measure_links(documents, cache, window_s=window_s, degrade=spec, log=_log)
+    result["problems"] = judge(result)
+    return result
+
+
+def refused(folder: Path) -> dict:
+    """Plan the scenario with the camera uplink at a third of what its frames need."""
+    from jellybean.optimizer import plan as make_plan
+    from jellybean.spec import load_bundle
+    from jellybean.testbed.scenario import write
+
+    documents = write(folder / "refused", ZOO, 1, camera_uplink_mbps=0.7)
+    result = make_plan(load_bundle(documents), baselines=False)
+    return {"camera_uplink_mbps": 0.7, "needed_mbps": round(1.69e3 * 8 * 150 / 1e6, 2),
+            "status": result.solver.status, "message": result.solver.message,
+            "refused": result.solver.status not in ("optimal", "feasible")}
+
+
+def scaling(folder: Path, cache: Path, *, window_s: float, rate_per_s: float) -> dict:
+    runs = {}
+    for hubs in (1, 2, 4):
+        _log(f"scaling: {hubs} hub(s)")
+        r = links(folder, cache, hubs=hubs, window_s=window_s, degrade=False, rate_per_s=rate_per_s)
+        runs[hubs] = {"throughput_per_s": r["throughput_per_s"], "frames": r["frames"],
+                      "problems": r["problems"]}
+    one = runs[1]["throughput_per_s"]["measured"]
+    return {"rate_per_camera_per_s": rate_per_s,
+            "runs": {str(h): v for h, v in runs.items()},
+            "vs_linear": {str(h): round(v["throughput_per_s"]["measured"] / (h * one), 3) if one else None
+                          for h, v in runs.items()}}
+
+
+def markdown(result: dict) -> str:
+    out = ["# Sites benchmark", "", f"Machine: {result['machine']}", "",
+           "Command: `python bench/sites.py" + (" --quick" if result["quick"] else "") + "`", "",
+           "## Links (two hubs)", "",
+           "| link | direction | shaped Mbit/s | planned B | interface B | idle B | interface - idle vs planned "
+           "| ours B | ours vs interface - idle |", "|---|---|---|---|---|---|---|---|---|"]
+    for lk in result["links"]:
+        wire = lk["interface_bytes"] - lk["idle_bytes"]
+        ratio = f"{wire / lk['planned_bytes']:.3f}" if lk["planned_bytes"] else "-"
+        ours = f"{lk['jellybean_bytes'] / wire:.3f}" if lk["planned_bytes"] and wire > 0 else "-"
+        out.append(f"| {lk['link']} | {lk['direction']} | {lk['bandwidth_mbps']} | {lk['planned_bytes']} | "
+                   f"{lk['interface_bytes']} | {lk['idle_bytes']} | {ratio} | {lk['jellybean_bytes']} | {ours} |")
+    r = result
+    out += ["", f"Window {r['window_s']} s. Throughput: planned {r['throughput_per_s']['planned']:.1f}, measured "
+            f"{r['throughput_per_s']['measured']:.1f} frames/s. Frames: {r['frames']}.",
+            f"Problems: {r['problems'] or 'none'}.", ""]
+    if "degraded" in r:
+        d = r["degraded"]
+        out += ["## Degraded link", "",
+                f"{d['link']} {d['direction']} shaped to {d['shaped_mbps']} Mbit/s (the plan sends "
+                f"{d['planned_mbps']}) for {d['seconds']} s: peak {d['peak_in_flight']} frames in flight, "
+                f"peak {d['peak_link_buffered']} messages buffered for links, {d['shed']} shed; "
+                f"{d['completed_per_s_during']} frames/s during, {d['completed_per_s_after']} after; "
+                f"{d['in_flight_after']} in flight once restored.", ""]
+    if "refused" in result:
+        f = result["refused"]
+        out += ["## Under-shaped link", "", f"Camera uplink {f['camera_uplink_mbps']} Mbit/s where the frames need "
+                f"{f['needed_mbps']}: planner status `{f['status']}`: {f['message']}", ""]
+    if "scaling" in result:
+        s = result["scaling"]
+        out += ["## Scaling", "", f"Each camera at {s['rate_per_camera_per_s']} frames/s.", "",
+                "| hubs | planned frames/s | measured frames/s | vs linear | lost |", "|---|---|---|---|---|"]
+        for h, run in s["runs"].items():
+            out.append(f"| {h} | {run['throughput_per_s']['planned']:.1f} | {run['throughput_per_s']['measured']:.1f} "
+                       f"| {s['vs_linear'][h]} | {run['frames']['lost']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the two-hub link measurement only (about 1 minute)")
+    parser.add_argument("--format", choices=["json", "markdown"], default="markdown")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write sites.json and sites.md (default: bench/results for a full run, "
+                             "nowhere for a quick one)")
+    parser.add_argument("--window", type=float, default=None, help="seconds of the serving window")
+    args = parser.parse_args()
+
+    from jellybean.testbed.bed import unavailable
+    from jellybean.zoo.build import default_cache_dir
+
+    why = unavailable()
+    if why:
+        print(f"bench/sites.py: the test bed cannot run here: {why}", file=sys.stderr)
+        return 2
+    cache = default_cache_dir()
+    window = args.window or (15.0 if args.quick else 30.0)
+    result: dict = {"machine": machine(), "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="jb-sites-") as tmp:
+        folder = Path(tmp)
+        # the two-hub measurement's keys (links, idle_baseline_bytes_per_s, frames, throughput_per_s, ...)
+        # are the result's own
+        result.update(links(folder, cache, hubs=2, window_s=window, degrade=not args.quick, rate_per_s=150.0))
+        if not args.quick:
+            result["refused"] = refused(folder)
+            result["scaling"] = scaling(folder, cache, window_s=20.0, rate_per_s=60.0)
+    out = args.out or (None if args.quick else ROOT / "bench" / "results")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "sites.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "sites.md").write_text(markdown(result))
+    print(json.dumps(result, indent=1) if args.format == "json" else markdown(result))
+    return 0 if not result["problems"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
