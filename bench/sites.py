@@ -60,7 +60,7 @@ def refused(folder: Path) -> dict:
     documents = write(folder / "refused", ZOO, 1, camera_uplink_mbps=0.7)
     result = make_plan(load_bundle(documents), baselines=False)
     return {"camera_uplink_mbps": 0.7, "needed_mbps": round(1.69e3 * 8 * 150 / 1e6, 2),
-            "status": result.solver.status, "message": result.solver.message,
+            "status": result.solver.status, "message": " ".join(result.explanation),
             "refused": result.solver.status not in ("optimal", "feasible")}
 
 

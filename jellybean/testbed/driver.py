@@ -81,7 +81,7 @@ class Driver:
                                self.config.get("nodes_timeout_s", 120.0))
         plan = make_plan(bundle, baselines=False)
         if plan.solver.status not in ("optimal", "feasible"):
-            return {"ok": False, "error": f"no plan: {plan.solver.status}: {plan.solver.message}"}
+            return {"ok": False, "error": f"no plan: {plan.solver.status}: {' '.join(plan.explanation)}"}
         self.metrics = Metrics()
         self.pipeline = Pipeline(bundle, plan, cache_dir=Path(self.config["cache_dir"]), metrics=self.metrics,
                                  bind_host="0.0.0.0", **self.config.get("options", {}))
