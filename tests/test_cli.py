@@ -403,3 +403,12 @@ def test_subprocess_invalid_input_exit_code(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}:2: kind: unknown kind 'Nope'" in result.stderr
     assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_send_takes_its_payload_files_after_its_options() -> None:
+    from jellybean.cli import build_parser, parse
+
+    args = parse(build_parser(), ["send", "digits-live", "--site", "cam-1", "a.npy", "--wait", "5", "b.npy"])
+    assert args.payloads == ["a.npy", "b.npy"] and args.site == "cam-1" and args.wait == 5
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["plan", "-f", "x", "stray"])

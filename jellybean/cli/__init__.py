@@ -867,11 +867,23 @@ COMMANDS["dashboards"] = cmd_dashboards
 COMMANDS["crds"] = cmd_crds
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``send``'s payload files may come after its options
+    (``send digits-live --site cam-1 frame.npy``): argparse hands the files to no positional once
+    an option has come between them and the workflow's name."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "send" and all(e == "-" or not e.startswith("-") for e in extra):
+        args.payloads = [*args.payloads, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     from jellybean.spec.errors import SpecError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     try:
         return COMMANDS[args.command](args)
     except SpecError as exc:

@@ -956,6 +956,7 @@ class Controller:
         try:
             return deployed, deployed.pipeline.status(), ""
         except Exception as exc:  # noqa: BLE001
+            log.debug("status of %s unavailable", name, exc_info=True)
             return deployed, None, f"status unavailable: {_message(exc)}"
 
     def workflow_status(self, name: str, *, events: int = 10) -> dict:

@@ -290,7 +290,10 @@ class Pipeline:
             origin, stages = actor.site, actor.plan.consumers
         else:
             origin, stages = actor.site, deployment.consumers.get(actor.plan.tail.stage, ())
-        table: dict[str, Any] = {"stages": {}, "outputs": [], "blocked": {}}
+        table: dict[str, Any] = {"stages": {}, "outputs": [], "blocked": {},
+                                 "gone": [self._data_handle(a) for a in self.actors.values()
+                                          if self.transport == "socket" and a.state == ReplicaState.DEAD
+                                          and a.kind == "replica" and "data_address" in a.info]}
         if actor.kind == "replica":
             table["batch_sizes"] = [c.batch_size for c in actor.plan.chain]
         for stage in stages:
@@ -354,10 +357,12 @@ class Pipeline:
         with self._lock:
             live = [a for a in self.actors.values() if a.alive]
             results = self.backend.call_all([(a.handle, "report", ()) for a in live], 10)
+            died = False
             for actor, result in zip(live, results):
                 if isinstance(result, Exception):
                     if is_death(result):
                         self._died(actor)
+                        died = True
                     continue
                 actor.report = result
                 if result.get("held"):
@@ -365,6 +370,8 @@ class Pipeline:
                 if actor.state == ReplicaState.DRAINING and result.get("idle"):
                     self._kill([actor])
                     actor.state = ReplicaState.STOPPED
+            if died and self.started_at is not None and self._summary is None:
+                self._wire()  # a death is a routing change: the senders hear of it now, not at the next re-plan
             self._rates.append((time.time(), self.ledger.completed))
             if self.telemetry is not None:
                 self.telemetry.update(self, [a.report for a in live if a.report])

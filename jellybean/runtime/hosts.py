@@ -132,7 +132,7 @@ class ReplicaHost(_Housekeeping):
                 **self.listening}
 
     async def configure(self, table: dict) -> None:
-        self.forwarder.configure(_peers(table), table.get("blocked"))
+        self.forwarder.configure(_peers(table), table.get("blocked"), gone=table.get("gone", ()))
         if table.get("batch_sizes"):  # a re-plan that kept this replica may change its batch sizes
             self.worker.batch_sizes = list(table["batch_sizes"])
         self.outputs = [Peer(o["key"], o["site"], 1.0, o["handle"], delay_ms=o.get("delay_ms", 0.0))
@@ -209,7 +209,7 @@ class SourceHost(_Housekeeping):
         return {**_node(), "pid": os.getpid(), "key": f"{spec['source']}@{spec['site']}", "endpoint": self.endpoint}
 
     async def configure(self, table: dict) -> None:
-        self.forwarder.configure(_peers(table), table.get("blocked"))
+        self.forwarder.configure(_peers(table), table.get("blocked"), gone=table.get("gone", ()))
 
     async def start(self) -> None:
         self.accepting["open"] = True

@@ -92,6 +92,9 @@ class RayTransport:
     def sent_bytes(self) -> None:
         return None
 
+    def forget(self, handle: Any) -> None:
+        pass  # calls to a dead actor fail on their own (ActorDiedError, or the fake's death event)
+
 
 _RAY_CLASSES: dict[str, Any] = {}
 
@@ -199,6 +202,9 @@ class InProcessTransport:
 
     def sent_bytes(self) -> None:
         return None
+
+    def forget(self, handle: Any) -> None:
+        pass  # calls to a dead actor fail on their own (ActorDiedError, or the fake's death event)
 
 
 class InProcessBackend:

@@ -175,7 +175,7 @@ class Supervisor:
         status = self.pipeline.status()
         status["supervisor"] = {"sites_down": sorted(self.down), "planned_rates_per_s": dict(self.planned_rates),
                                 "reconfigurations": self.pipeline.reconfigurations,
-                                "held": len(self.pipeline.held), "shed": self.pipeline.shed,
+                                "held": self.pipeline.held, "shed": self.pipeline.shed,
                                 "events": [e.__dict__ for e in self.events[-10:]]}
         return status
 

@@ -222,6 +222,12 @@ class SocketTransport:
     def wire_bytes(self, payload_bytes: int) -> int:
         return wire_bytes(payload_bytes)
 
+    def forget(self, handle: Address) -> None:
+        conn = self.connections.get(handle)
+        if conn is not None and conn.closed is None:
+            conn.task.cancel()
+            conn._close(f"the peer at {handle.host}:{handle.port} is dead (said the control plane)")
+
     def sent_bytes(self) -> dict[Address, int] | None:
         """Bytes on the wire to each peer so far, as the kernel counted them (:func:`tcp_sent_bytes`);
         ``None`` where the kernel does not say."""

@@ -44,7 +44,7 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, collect_batch, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
@@ -139,6 +139,11 @@ class Transport(Protocol):
 
     def sent_bytes(self) -> dict[Any, int] | None:
         """Bytes on the wire to each peer handle so far, where the transport can measure them."""
+        ...
+
+    def forget(self, handle: Any) -> None:
+        """The control plane says this peer is dead: fail the calls waiting on it now (they are routed
+        again), whatever its connection still looks like (a killed process can linger)."""
         ...
 
 
@@ -263,7 +268,6 @@ class _Channel:
             messages = [m for u in units for m in u.messages]
             blob = dumps(messages)
             site = self.peer.site
-            owner.links.messages[site] += len(messages)
             owner.count_sent(self.peer.handle, site, len(messages), len(blob))
             started = time.perf_counter()
             try:
@@ -356,9 +360,12 @@ class Forwarder:
                 out[site] += sent
         return dict(out)
 
-    def configure(self, stages: dict[str, list[Peer]], blocked: dict[str, str] | None = None) -> None:
+    def configure(self, stages: dict[str, list[Peer]], blocked: dict[str, str] | None = None,
+                  gone: Iterable[Any] = ()) -> None:
         """A new routing table (a re-plan, a death, a cut or restored uplink). Channels to replicas no
-        longer listed are closed and their messages routed again; held messages are retried.
+        longer listed are closed and their messages routed again; held messages are retried; calls
+        waiting on a peer in ``gone`` (handles the control plane knows dead) fail now, and are routed
+        again, instead of waiting for a connection that a lingering process may keep open.
         ``blocked`` names, per stage, the cut uplink its replicas are behind: messages for it wait
         (at most ``link_buffer_capacity`` per link) until a table without the cut arrives."""
         wanted = {p.key for peers in stages.values() for p in peers}
@@ -367,6 +374,8 @@ class Forwarder:
         self.link_buffered = defaultdict(int)
         self.routers = {}
         self.dead -= wanted  # a replica listed again (a restart under the same key) is alive
+        for handle in gone:
+            self.transport.forget(handle)
         moved: list[_Unit] = []
         for key in list(self.channels):
             if key not in wanted:

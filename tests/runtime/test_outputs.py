@@ -17,8 +17,9 @@ from jellybean.runtime.outputs import FileOutput, StreamOutput, WebhookOutput
 class Receiver:
     """A webhook receiver on 127.0.0.1 that answers 500 to every ``fail_every``-th POST."""
 
-    def __init__(self, fail_every: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, *, workflow: str = "wf", output: str = "hook") -> None:
         self.fail_every = fail_every
+        self.problems: list[str] = []
         self.posts = 0
         self.results: list[dict] = []
         outer = self
@@ -35,7 +36,8 @@ class Receiver:
                     self.end_headers()
                     return
                 outer.results.extend(body["results"])
-                assert body["workflow"] == "wf" and body["output"] == "hook"
+                if (body["workflow"], body["output"]) != (workflow, output):
+                    outer.problems.append(f"{body['workflow']}/{body['output']}")
                 self.send_response(204)
                 self.end_headers()
 
@@ -148,3 +150,33 @@ def test_a_stream_read_past_the_end_waits_at_most_wait(wait_s: float) -> None:
         return items
 
     assert asyncio.run(main()) == []
+
+
+def test_a_running_pipeline_delivers_every_result_to_a_webhook_that_fails_now_and_then() -> None:
+    """digits-live with a webhook output next to its stream, on the in-process backend: every frame's
+    result reaches the receiver exactly once although every third POST fails, and the output's
+    status counts the retries."""
+    from jellybean.spec.workflow import Output
+    from tests.runtime.inprocess import ends, eventually, inject, live, pipeline
+
+    receiver = Receiver(fail_every=3, workflow="digits-live", output="hook")
+    bundle, plan = live()
+    workflow = bundle.workflow.model_copy(deep=True)
+    workflow.spec.outputs.append(Output(name="hook", kind="webhook", url=receiver.url, batch_max=5, flush_ms=5))
+    p, backend, _runners = pipeline(bundle=type(bundle)(workflow, bundle.zoo, bundle.topology, bundle.sources), plan=plan)
+    try:
+        p.start()
+        answers = ends(p, inject(p, [{"image": i, "digits": 2} for i in range(30)]))
+        assert all(state == "completed" for state, _ in answers.values())
+
+        def hook() -> dict:
+            return next(row for row in p.status()["outputs"] if row["output"] == "hook")
+
+        eventually(lambda: hook()["delivered"] == 30, timeout_s=30, p=p)
+        assert sorted(r["frame_id"] for r in receiver.results) == sorted(answers)  # each once
+        assert receiver.problems == [] and receiver.posts > len(receiver.results) / 5
+        assert hook()["failed"] == 0 and hook()["backlog"] == 0 and hook()["last_error"] == "HTTP 500"
+    finally:
+        p.stop(drain=False)
+        backend.close()
+        receiver.close()

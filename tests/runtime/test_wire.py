@@ -163,3 +163,27 @@ def test_the_kernel_counts_what_a_connection_put_on_the_wire() -> None:
         server.close()
 
     run(main())
+
+
+def test_a_peer_the_control_plane_declares_dead_fails_its_waiting_calls_at_once() -> None:
+    """A killed process can keep its sockets open for a while: ``forget`` fails what waits on it
+    (as a death, so that it is routed again) without waiting for the connection to break."""
+    async def main() -> None:
+        async def hang(blob: bytes) -> dict:
+            await asyncio.Event().wait()
+            return {}
+
+        server, address = await _server({PUSH: hang})
+        client = SocketTransport(SECRET)
+        waiting = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
+        while address not in client.connections:
+            await asyncio.sleep(0)
+        client.forget(address)
+        with pytest.raises(PeerGone, match="dead"):
+            await asyncio.wait_for(waiting, 5)
+        assert client.is_death(waiting.exception())
+        client.forget(Address("127.0.0.1", 9))  # a peer never connected to: nothing to do
+        client.close()
+        server.close()
+
+    run(main())

@@ -3,7 +3,7 @@ uplinks, the digits workflow served across them (cameras at two hubs, an edge DC
 the bytes each uplink carried held against the plan and our metrics. Everything it built is gone
 afterwards, failures included.
 
-The bounds here are looser (15%) than the benchmark's targets (10%, ``bench/sites.py``) because a
+The bounds here are looser (20%) than the benchmark's targets (10%, ``bench/sites.py``) because a
 test's window is shorter and CI machines differ; the figures themselves are in bench/results."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_frames_cross_exactly_the_planned_links_and_all_end(tmp_path: Path, quic
 
     before = _namespaces()
     documents = write(tmp_path, ZOO, 2)
-    result = measure_links(documents, quick_zoo, warmup_s=5.0, idle_s=5.0, window_s=10.0, log=lambda _m: None)
+    result = measure_links(documents, quick_zoo, warmup_s=5.0, idle_s=10.0, window_s=15.0, log=lambda _m: None)
     assert _namespaces() == before
 
     assert result["actors"]["count"] >= 6 and result["actors"]["misplaced"] == []
@@ -58,4 +58,4 @@ def test_frames_cross_exactly_the_planned_links_and_all_end(tmp_path: Path, quic
         assert links[key]["planned_bytes"] > 0 and links[key]["jellybean_bytes"] > 0
     assert all(lk["planned_bytes"] == 0 for (_, d), lk in links.items() if d == "down")
     assert all(lk["drops"] == 0 for lk in links.values())
-    assert judge(result, tolerance=0.15) == []
+    assert judge(result, tolerance=0.20) == []
