@@ -84,8 +84,7 @@ def _placed_worker(args: tuple) -> dict:
     os.sched_setaffinity(0, {core})
     torch.set_num_threads(1)
     runners = [load_runner(name, Path(cache), threads=1) for name in loaders]
-    while time.time() < start_at:  # both sites start together, so each has the other's load throughout
-        time.sleep(0.001)
+    time.sleep(max(0.0, start_at - time.time()))  # both sites start together: each has the other's load throughout
     done, position, started = 0, 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         batch = [dict(m) for m in items[position:position + batches[0]]] or [dict(m) for m in items[:batches[0]]]

@@ -55,11 +55,11 @@ def refused(folder: Path) -> dict:
     """Plan the scenario with the camera uplink at a third of what its frames need."""
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec import load_bundle
-    from jellybean.testbed.scenario import write
+    from jellybean.testbed.scenario import CAMERA_RATE_PER_S, PAYLOAD_KB, write
 
     documents = write(folder / "refused", ZOO, 1, camera_uplink_mbps=0.7)
     result = make_plan(load_bundle(documents), baselines=False)
-    return {"camera_uplink_mbps": 0.7, "needed_mbps": round(1.69e3 * 8 * 150 / 1e6, 2),
+    return {"camera_uplink_mbps": 0.7, "needed_mbps": round(PAYLOAD_KB * 1e3 * 8 * CAMERA_RATE_PER_S / 1e6, 2),
             "status": result.solver.status, "message": " ".join(result.explanation),
             "refused": result.solver.status not in ("optimal", "feasible")}
 

@@ -231,12 +231,14 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
     add_metrics_arguments(p)
     add_serving_arguments(p)
 
-    def client(p: argparse.ArgumentParser) -> None:
+    def controller(p: argparse.ArgumentParser, state_dir_help: str) -> None:
         p.add_argument("--controller", metavar="URL",
                        help="the controller's URL (default: the one `jellybean up` recorded in the state directory)")
-        p.add_argument("--state-dir", type=Path, metavar="DIR",
-                       help="where `jellybean up` wrote controller.json and the token "
-                       "(default $JELLYBEAN_HOME or ~/.jellybean; JELLYBEAN_TOKEN overrides the token)")
+        p.add_argument("--state-dir", type=Path, metavar="DIR", help=state_dir_help)
+
+    def client(p: argparse.ArgumentParser) -> None:
+        controller(p, "where `jellybean up` wrote controller.json and the token "
+                   "(default $JELLYBEAN_HOME or ~/.jellybean; JELLYBEAN_TOKEN overrides the token)")
         p.add_argument("--format", default="table", choices=["table", "json"])
 
     p = sub.add_parser("apply", help="submit documents to the controller (same documents twice: no change)")
@@ -258,11 +260,8 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
     from jellybean.cli.data import add_data_parsers
 
     def data_client(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--controller", metavar="URL",
-                       help="the controller's URL (default: the one `jellybean up` recorded in the state directory)")
-        p.add_argument("--state-dir", type=Path, metavar="DIR",
-                       help="where the controller (or `jellybean run`) keeps the data token (default $JELLYBEAN_HOME "
-                       "or ~/.jellybean; JELLYBEAN_DATA_TOKEN overrides it)")
+        controller(p, "where the controller (or `jellybean run`) keeps the data token (default $JELLYBEAN_HOME "
+                   "or ~/.jellybean; JELLYBEAN_DATA_TOKEN overrides it)")
 
     add_data_parsers(sub, data_client)
 

@@ -44,19 +44,7 @@ async def _listen(host: Any, spec: dict, kind: int) -> dict:
         return {}
     from jellybean.runtime.wire import WireServer
 
-    if kind == DELIVER:
-        output = host.output
-
-        async def handle(blob: bytes) -> dict:
-            output.accept(loads(blob))
-            return {}
-    else:
-        worker = host.worker
-
-        async def handle(blob: bytes) -> dict:
-            return await worker.push(loads(blob))
-
-    host.wire = WireServer({kind: handle}, spec.get("wire_secret", ""))
+    host.wire = WireServer({kind: host.deliver if kind == DELIVER else host.push}, spec.get("wire_secret", ""))
     address = await host.wire.start(spec.get("data_host") or _node()["node_ip"])
     return {"data_address": [address.host, address.port]}
 

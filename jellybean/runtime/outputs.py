@@ -150,6 +150,7 @@ class WebhookOutput:
         self.accepted = self.delivered = self.failed = self.dropped = self.retries = self.posts = 0
         self.last_error = ""
         self._arrived = asyncio.Event()
+        self.settled = asyncio.Event()  # set each time a batch ends, delivered or failed
         self._session: dict = {}
         self.task = asyncio.ensure_future(self._run())
 
@@ -189,6 +190,7 @@ class WebhookOutput:
                 status = await self.post(self.url, body)
                 if 200 <= status < 300:
                     self.delivered += len(batch)
+                    self.settled.set()
                     return
                 self.last_error = f"HTTP {status}"
             except asyncio.CancelledError:
@@ -197,6 +199,7 @@ class WebhookOutput:
                 self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             if time.monotonic() - started + delay > self.give_up_s:
                 self.failed += len(batch)
+                self.settled.set()
                 return
             self.retries += 1
             await asyncio.sleep(delay)

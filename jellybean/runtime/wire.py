@@ -169,9 +169,9 @@ class _Connection:
         self.pending.clear()
         self.writer.close()
 
-    def close(self) -> None:
+    def close(self, reason: str = "closed") -> None:
         self.task.cancel()
-        self._close("closed")
+        self._close(reason)
 
 
 class SocketTransport:
@@ -225,8 +225,7 @@ class SocketTransport:
     def forget(self, handle: Address) -> None:
         conn = self.connections.get(handle)
         if conn is not None and conn.closed is None:
-            conn.task.cancel()
-            conn._close(f"the peer at {handle.host}:{handle.port} is dead (said the control plane)")
+            conn.close(f"the peer at {handle.host}:{handle.port} is dead (said the control plane)")
 
     def sent_bytes(self) -> dict[Address, int] | None:
         """Bytes on the wire to each peer so far, as the kernel counted them (:func:`tcp_sent_bytes`);

@@ -30,22 +30,21 @@ from typing import Any
 #: Every command's reply carries ``ok``; a failed one carries ``error`` (one line).
 
 
-def wait_for_nodes(ray: Any, resources: list[str], timeout_s: float = 120.0) -> dict[str, str]:
-    """Until a live node offers each of ``resources``; returns resource -> node id."""
+def wait_for_nodes(ray: Any, sites: list[str], timeout_s: float = 120.0) -> dict[str, str]:
+    """Until a live node offers each site's resource; returns site -> node id."""
+    from jellybean.runtime.deployment import site_resource
+    from jellybean.runtime.supervisor import sites_down
+
     deadline = time.monotonic() + timeout_s
     waiter = threading.Event()
     while True:
-        found = {}
-        for node in ray.nodes():
-            if node.get("Alive"):
-                for name in node.get("Resources", {}):
-                    if name in resources:
-                        found[name] = node["NodeID"]
-        if len(found) == len(resources):
-            return found
+        nodes = ray.nodes()
+        missing = sites_down(nodes, sites)
+        if not missing:
+            return {site: node["NodeID"] for site in sites for node in nodes
+                    if node.get("Alive") and site_resource(site) in (node.get("Resources") or {})}
         if time.monotonic() > deadline:
-            missing = sorted(set(resources) - set(found))
-            raise TimeoutError(f"no node offers {', '.join(missing)} after {timeout_s:.0f} s")
+            raise TimeoutError(f"no node offers site {', '.join(sorted(missing))} after {timeout_s:.0f} s")
         waiter.wait(0.25)
 
 
@@ -71,13 +70,12 @@ class Driver:
 
         from jellybean.optimizer import plan as make_plan
         from jellybean.runtime.dataplane import Pipeline
-        from jellybean.runtime.deployment import site_resource
         from jellybean.runtime.metrics import Metrics
         from jellybean.spec import load_bundle
 
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
         bundle = load_bundle([Path(p) for p in self.config["documents"]])
-        nodes = wait_for_nodes(ray, [site_resource(s.name) for s in bundle.topology.spec.sites],
+        nodes = wait_for_nodes(ray, [s.name for s in bundle.topology.spec.sites],
                                self.config.get("nodes_timeout_s", 120.0))
         plan = make_plan(bundle, baselines=False)
         if plan.solver.status not in ("optimal", "feasible"):
@@ -89,7 +87,7 @@ class Driver:
         d = self.pipeline.deployment
         where = {a.key: {"site": a.site, "node_id": a.info.get("node_id"), "node_ip": a.info.get("node_ip")}
                  for a in self.pipeline.actors.values()}
-        return {"ok": True, "nodes": {k.split(":", 1)[1]: v for k, v in nodes.items()}, "actors": where,
+        return {"ok": True, "nodes": nodes, "actors": where,
                 "planned_link_bytes_per_s": {f"{s}/{direction}": v
                                              for (s, direction), v in d.planned_link_bytes_per_s.items()},
                 "planned_frames_per_s": d.planned_frames_per_s,

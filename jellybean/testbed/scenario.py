@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CAMERA_RATE_PER_S = 150.0
+PAYLOAD_KB = 1.69  # one pickled 8 x 48 float32 frame with its truth
 
 
 def topology_yaml(hubs: int, *, hub_uplink_mbps: float = 4.0, edge_uplink_mbps: float | None = None,
@@ -77,7 +78,7 @@ spec:
       kind: camera
       replay: digits-frames
       rate_per_s: {rate_per_s}
-      payload_kb: 1.69
+      payload_kb: {PAYLOAD_KB}
       sites: [{cams}]
   stages:
     - name: detect

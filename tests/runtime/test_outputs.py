@@ -57,7 +57,8 @@ def results(n: int, start: int = 0) -> list[dict]:
 async def settle(output: WebhookOutput, done, timeout_s: float = 20.0) -> None:  # noqa: ANN001
     async def wait() -> None:
         while not done():
-            await asyncio.sleep(0.01)
+            output.settled.clear()
+            await output.settled.wait()  # the next batch that ends
 
     await asyncio.wait_for(wait(), timeout_s)
 

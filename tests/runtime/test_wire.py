@@ -169,15 +169,17 @@ def test_a_peer_the_control_plane_declares_dead_fails_its_waiting_calls_at_once(
     """A killed process can keep its sockets open for a while: ``forget`` fails what waits on it
     (as a death, so that it is routed again) without waiting for the connection to break."""
     async def main() -> None:
+        arrived = asyncio.Event()
+
         async def hang(blob: bytes) -> dict:
+            arrived.set()
             await asyncio.Event().wait()
             return {}
 
         server, address = await _server({PUSH: hang})
         client = SocketTransport(SECRET)
         waiting = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
-        while address not in client.connections:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(arrived.wait(), 5)  # the call is in the peer's hands
         client.forget(address)
         with pytest.raises(PeerGone, match="dead"):
             await asyncio.wait_for(waiting, 5)
