@@ -120,7 +120,8 @@ class RayBackend:
         options: dict[str, Any] = {"num_cpus": actor.num_cpus, "resources": {site_resource(actor.site): SITE_SLOT}}
         if actor.name:
             options.update(name=actor.name, lifetime="detached", namespace=ACTOR_NAMESPACE)
-        return _ray_class(actor.kind).options(**options).remote(actor.spec)
+        # An actor has a process of its own: its host may tune that process (hosts.settle_heap).
+        return _ray_class(actor.kind).options(**options).remote({**actor.spec, "own_process": True})
 
     def adopt(self, name: str) -> Any | None:
         import ray

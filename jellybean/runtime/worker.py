@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
+import numpy as np
+
 from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, collect_batch, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 
@@ -61,6 +63,38 @@ def dumps(value: Any) -> bytes:
 
 def loads(blob: bytes) -> Any:
     return pickle.loads(blob)  # noqa: S301 - blobs only ever come from our own actors
+
+
+def pack_messages(messages: list[dict]) -> bytes:
+    """A batch of messages as one blob, each field that holds an array of one shape and dtype in
+    every message stacked into one array (a column).
+
+    Why. A pickled array costs a few microseconds to rebuild whatever its size (its reduce, its
+    header, its allocation), and a batch of camera frames is one such array per message: 16 digits
+    frames unpickle in 41 us as rows and in 10 us as one column, and the receiving replica's core is
+    the one the plan loads most. The rows get their arrays back as views of the column
+    (:func:`unpack_messages`), so nothing is copied twice."""
+    columns: dict[str, np.ndarray] = {}
+    if len(messages) > 1:
+        for key, value in messages[0].items():
+            if type(value) is not np.ndarray or value.dtype.hasobject:
+                continue
+            shape, dtype = value.shape, value.dtype
+            if all(type(m.get(key)) is np.ndarray and m[key].shape == shape and m[key].dtype == dtype
+                   for m in messages):
+                columns[key] = np.stack([m[key] for m in messages])
+    if not columns:
+        return dumps((messages, columns))
+    return dumps(([{k: v for k, v in m.items() if k not in columns} for m in messages], columns))
+
+
+def unpack_messages(blob: bytes) -> list[dict]:
+    """The messages of :func:`pack_messages`, each with its rows of the columns."""
+    rows, columns = loads(blob)
+    for key, column in columns.items():
+        for row, value in zip(rows, column):
+            row[key] = value
+    return rows
 
 
 COMPLETED, FAILED, PENDING = "completed", "failed", "pending"
@@ -266,7 +300,7 @@ class _Channel:
         owner = self.owner
         try:
             messages = [m for u in units for m in u.messages]
-            blob = dumps(messages)
+            blob = pack_messages(messages)
             site = self.peer.site
             owner.count_sent(self.peer.handle, site, len(messages), len(blob))
             started = time.perf_counter()
@@ -591,12 +625,8 @@ class StageWorker:
                     await asyncio.wait_for(self.arrived.wait(), self.max_wait_s)
                 except asyncio.TimeoutError:
                     pass
-            entries: list[tuple[list[dict], asyncio.Future]] = []
-            taken = 0
-            while self.inbound and (not entries or taken + len(self.inbound[0][0]) <= self.max_take):
-                entry = self.inbound.popleft()
-                entries.append(entry)
-                taken += len(entry[0])
+            entries = self._take()
+            taken = sum(len(batch) for batch, _ in entries)
             self.queued -= taken
             self.space.set()
             messages = entries[0][0] if len(entries) == 1 else [m for batch, _ in entries for m in batch]
@@ -616,6 +646,37 @@ class StageWorker:
             await self.forwarding.acquire()
             task = asyncio.ensure_future(self._forward(entries, messages, outputs))
             task.add_done_callback(self._forwarded)
+
+    def _take(self) -> list[tuple[list[dict], asyncio.Future]]:
+        """The pushes to run now: whole batches of the first stage when that much is queued.
+
+        Why whole batches. A model's cost per message falls steeply with the batch (the digits
+        detector: 153 us per frame at 2, 33 at 16; the classifier 210 and 45 us), so a take of 50
+        frames run as 16+16+16+2 costs 14% more than 50 frames in full batches. So the take is the
+        largest multiple of the batch size that is queued (at most ``max_take``); a push that straddles
+        the end is split, its rest left first in line, and its caller's outcome is the merge of both
+        parts. With less than one batch queued (after ``max_wait_s``), everything queued is taken."""
+        size = max(1, self.batch_sizes[0])
+        limit = min(self.queued, self.max_take)
+        if limit >= size:
+            limit -= limit % size
+        entries: list[tuple[list[dict], asyncio.Future]] = []
+        taken = 0
+        while self.inbound and taken < limit:
+            batch, future = self.inbound[0]
+            if taken + len(batch) <= limit or (not entries and limit == 0):
+                entries.append(self.inbound.popleft())
+                taken += len(batch)
+                continue
+            cut = limit - taken
+            loop = asyncio.get_running_loop()
+            head, rest = loop.create_future(), loop.create_future()
+            merged([head, rest]).add_done_callback(
+                lambda done, future=future: _settle(future, done.result()) if not done.cancelled() else None)
+            self.inbound[0] = (batch[cut:], rest)
+            entries.append((batch[:cut], head))
+            taken += cut
+        return entries
 
     def _forwarded(self, task: asyncio.Task) -> None:
         self.forwarding.release()
@@ -651,12 +712,11 @@ class StageWorker:
                 counts.processing_ms.add(ms)
                 counts.batch_sizes[len(chunk)] = counts.batch_sizes.get(len(chunk), 0) + 1
                 for offset, produced in enumerate(produced_all):
+                    # The runtime's fields travel with every output its runner left them off (one
+                    # dict merge per output, at C speed: this loop runs for every message).
                     source = chunk[offset]
-                    for out in produced:
-                        for key in META:
-                            if key not in out and key in source:
-                                out[key] = source[key]
-                    following[owner[start + offset]].extend(produced)
+                    carried = {key: source[key] for key in META if key in source}
+                    following[owner[start + offset]].extend([{**carried, **out} for out in produced])
                     counts.outputs += len(produced)
             outputs = following
         return outputs, None

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from jellybean.runtime.replicas import ReplicaState
-from jellybean.runtime.worker import COMPLETED, FAILED, PENDING, mark, merge_into, new_outcome
+from jellybean.runtime.worker import (COMPLETED, FAILED, PENDING, loads, mark, merge_into, new_outcome, pack_messages,
+                                      unpack_messages)
 from tests.runtime.inprocess import Gate, Runners, ends, eventually, host, inject, live, pipeline, split
 
 FRAMES = [{"image": i, "digits": 1 + i % 3} for i in range(60)]
@@ -209,11 +211,14 @@ def test_a_full_link_buffer_fails_frames_with_the_reason(served) -> None:  # noq
     p.start()
     p.set_uplink("hub", False)
     pending = inject(p, [{"image": i, "digits": 1} for i in range(20)])
-    eventually(lambda: p.ledger.failed > 0, p=p)
+    # The hub takes whole batches (16 of the 20): they do not fit the 5-message buffer and fail; the
+    # other 4 wait in it. One push's frames share one outcome, so the source hears once the 4 are through.
+    eventually(lambda: p.link_buffers.get("hub", 0) > 0, p=p)
     p.set_uplink("hub", True)
     answers = ends(p, pending)
     failed = [reason for state, reason in answers.values() if state == FAILED]
-    assert failed and all("uplink of hub is down and its buffer (5 messages) is full" in r for r in failed)
+    assert len(failed) == 16 and all("uplink of hub is down and its buffer (5 messages) is full" in r for r in failed)
+    assert Counter(state for state, _ in answers.values())[COMPLETED] == 4
     p.poll()
     assert p.ledger.lost == 0 and p.ledger.sent == 20
 
@@ -247,3 +252,96 @@ def test_stopping_drains_and_fails_what_is_left_with_the_reason(served) -> None:
     assert summary.frames.sent == 5 and summary.frames.lost == 0
     assert summary.frames.failed == 5
     assert all("still in flight when the pipeline stopped" in r for r in summary.failures)
+
+
+# --- messages on the wire -------------------------------------------------------------------------------
+
+
+def _equal(a: list[dict], b: list[dict]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.keys() != y.keys():
+            return False
+        for key in x:
+            if isinstance(x[key], np.ndarray):
+                if not (isinstance(y[key], np.ndarray) and x[key].dtype == y[key].dtype and np.array_equal(x[key], y[key])):
+                    return False
+            elif x[key] != y[key]:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("messages", [
+    [],
+    [{"frame_id": "a", "image": np.arange(6, dtype=np.float32).reshape(2, 3)}],
+    [{"frame_id": str(k), "image": np.full((8, 48), k, np.float32), "truth": [k]} for k in range(16)],
+    [{"frame_id": "a", "image": np.zeros(3)}, {"frame_id": "b", "image": np.zeros(4)}],  # shapes differ
+    [{"frame_id": "a", "image": np.zeros(3)}, {"frame_id": "b", "image": None}],  # one has none
+    [{"frame_id": "a", "x": np.zeros(2, np.int64)}, {"frame_id": "b", "x": np.zeros(2, np.float64)}],  # dtypes differ
+    [{"frame_id": "a", "x": np.array([1, None], dtype=object)}, {"frame_id": "b", "x": np.array([2, None], dtype=object)}],
+    [{"frame_id": "a", "x": np.zeros(2)}, {"frame_id": "b"}],  # the field is missing from one
+])
+def test_a_batch_of_messages_arrives_as_it_was_sent(messages: list[dict]) -> None:
+    assert _equal(unpack_messages(pack_messages(messages)), messages)
+
+
+def test_arrays_of_one_shape_travel_as_one_column_and_arrive_as_separate_rows() -> None:
+    messages = [{"frame_id": str(k), "image": np.full((8, 48), k, np.float32)} for k in range(16)]
+    rows, columns = loads(pack_messages(messages))
+    assert set(columns) == {"image"} and columns["image"].shape == (16, 8, 48)
+    assert all("image" not in row for row in rows)
+    arrived = unpack_messages(pack_messages(messages))
+    arrived[0]["image"][:] = -1.0  # a model that writes into its input touches its own message only
+    assert float(arrived[1]["image"][0, 0]) == 1.0
+
+
+# --- the collector in an actor's own process ------------------------------------------------------------
+
+
+def test_an_actor_in_its_own_process_freezes_what_setup_built_and_collects_rarely() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gc; from jellybean.runtime.hosts import GC_YOUNG_THRESHOLD, settle_heap; "
+            "kept = [dict(n=n) for n in range(1000)]; settle_heap(); "
+            "print(gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count() >= 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+
+
+def test_hosts_in_the_callers_process_leave_its_collector_alone(served) -> None:  # noqa: ANN001
+    import gc
+
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    p, _backend, _runners = served()
+    p.start()
+    assert Counter(s for s, _ in ends(p, inject(p, FRAMES[:4])).values()) == {COMPLETED: 4}
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+
+
+# --- taking whole batches -------------------------------------------------------------------------------
+
+
+def test_a_replica_runs_whole_batches_and_a_split_push_gets_one_outcome() -> None:
+    import asyncio
+
+    from jellybean.runtime.worker import StageWorker
+
+    sizes: list[int] = []
+
+    def runner(batch: list[dict]) -> list[list[dict]]:
+        sizes.append(len(batch))
+        return [[{"out": m["n"]}] for m in batch]
+
+    async def scenario() -> list[dict]:
+        worker = StageWorker(["s"], [4], [runner], None, consumers={}, sink="s", max_wait_s=0.001)  # type: ignore[arg-type]
+        pushes = [[{"frame_id": f"{p}-{k}", "n": k} for k in range(3)] for p in range(3)]
+        outcomes = await asyncio.gather(*(worker.push(batch) for batch in pushes))
+        await worker.close()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert sizes == [4, 4, 1]  # 9 queued: two whole batches (the third push split 2 + 1), then the rest
+    for p, outcome in enumerate(outcomes):
+        assert {fid: end[0] for fid, end in outcome["ends"].items()} == {f"{p}-{k}": COMPLETED for k in range(3)}
