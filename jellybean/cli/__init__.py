@@ -103,7 +103,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from jellybean.spec.bundle import resolve
     from jellybean.spec.errors import SpecError
     from jellybean.spec.loader import load_documents
-    from jellybean.zoo.checks import workflow_issues, zoo_issues
+    from jellybean.plugins import workflow_issues, zoo_issues
 
     documents = load_documents(args.files)
     issues = []
@@ -762,11 +762,14 @@ def _build_zoo(cache: Path, force: bool) -> float:
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
-    from jellybean.zoo.registry import LOADERS
+    from jellybean.plugins import describe_runner, runner_names
 
-    if args.zoo_command == "list":
-        rows = [("LOADER", "TASK", "PRECISION", "DESCRIPTION")]
-        rows += [(s.name, s.task, s.precision, s.description) for s in LOADERS.values()]
+    if args.zoo_command == "list":  # every runner an installed package registers (jellybean.plugins)
+        rows = [("RUNNER", "TASK", "PACKAGE", "DESCRIPTION")]
+        for name in runner_names():
+            d = describe_runner(name)
+            rows.append((name, d["task"] or "-", d["package"] or "-",
+                         d["description"] + (" (stateful: a join)" if d["stateful"] else "")))
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])

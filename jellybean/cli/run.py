@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.duration > 0:
         raise UsageError("--duration must be positive")
     bundle = load_bundle(args.files, args.workflow)
-    from jellybean.zoo.checks import unservable
+    from jellybean.plugins import unservable
 
     problems = unservable(bundle)
     if problems:
@@ -97,6 +97,9 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
     cache = args.cache or default_cache_dir()
     build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
     sys.stderr.write("\n")
+    from jellybean.plugins import prepare
+
+    prepare(cache)  # every installed plugin's hook (the digits one finds its weights built just above)
     cluster = RayCluster(args.address, namespace=None)
     cluster.start(site_resources(bundle.topology))
     try:

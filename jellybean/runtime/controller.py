@@ -294,12 +294,9 @@ def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | N
 
         with built:
             if not done:
-                try:
-                    from jellybean.zoo.build import build_zoo, default_cache_dir
-                except ImportError:  # no zoo builder in this version: the loaders fetch what they need
-                    pass
-                else:
-                    build_zoo(Path(cache_dir) if cache_dir else default_cache_dir())
+                from jellybean.plugins import default_cache_dir, prepare
+
+                prepare(Path(cache_dir) if cache_dir else default_cache_dir())  # e.g. the digits plugin's weights
                 done.append(True)
         # Supervised: re-planned when sites fail or return and when load drifts (jellybean.runtime.supervisor).
         return Supervisor(bundle, plan, cache_dir=cache_dir, metrics=metrics, detached=detached, **dict(serving or {}))
@@ -310,7 +307,7 @@ def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | N
 def default_servability_check(bundle: Bundle, plan: Plan) -> None:
     """Refuse at apply time what the data plane could plan but never serve (it would fail at start)."""
     from jellybean.runtime.deployment import ServingError, build_deployment
-    from jellybean.zoo.checks import unservable
+    from jellybean.plugins import unservable
 
     problems = unservable(bundle)
     if problems:

@@ -135,7 +135,7 @@ class Pipeline:
         self.fuse = fuse
         self.deployment: Deployment = build_deployment(bundle, plan, fuse=fuse, stateful=stateful)
         if cache_dir is None and isinstance(self.backend, RayBackend):
-            from jellybean.zoo.build import default_cache_dir
+            from jellybean.plugins import default_cache_dir
 
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else None

@@ -360,7 +360,7 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
     ``stateful(loader) -> bool`` says which runners keep state across requests (default: the
     registry's answer)."""
     if stateful is None:
-        from jellybean.zoo.registry import is_stateful as stateful
+        from jellybean.plugins import is_stateful as stateful
     wf, topology = bundle.workflow.spec, bundle.topology
     specs = replica_specs(bundle, plan)
     source_names = {s.name for s in wf.sources}

@@ -131,7 +131,7 @@ class ReplicaHost(_Housekeeping):
         spec = self.spec
         runners = spec.get("runners")
         if runners is None:
-            from jellybean.zoo.registry import load_runner
+            from jellybean.plugins import load_runner
 
             runners = [load_runner(name, Path(spec["cache_dir"]), threads=spec["threads"]) for name in spec["loaders"]]
         stateful = spec.get("stateful", any(bool(getattr(r, "stateful", False)) for r in runners))
@@ -207,7 +207,7 @@ class SourceHost(_Housekeeping):
         if spec["mode"] == "replay":
             frames = spec.get("frames")
             if frames is None:
-                from jellybean.zoo.datasets import load_dataset
+                from jellybean.plugins import load_dataset
 
                 frames = load_dataset(spec["dataset"], seed=options.get("seed", 0))
             per_source = spec["rate_per_s"] / max(1, spec["count"])

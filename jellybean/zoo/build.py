@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from jellybean.plugins import default_cache_dir  # noqa: F401 - one home (jellybean.plugins), named here too
 from jellybean.zoo import digits
 from jellybean.zoo.registry import LOADERS, MANIFEST, ZOO_DIR, file_sha256, read_manifest, weights_path
 
@@ -57,10 +58,6 @@ JITTER = (-1, 0, 1)
 JITTER_P = (0.25, 0.5, 0.25)
 
 
-def default_cache_dir() -> Path:
-    """``$JELLYBEAN_HOME/zoo``, else ``~/.cache/jellybean/zoo``."""
-    home = os.environ.get("JELLYBEAN_HOME")
-    return Path(home) / "zoo" if home else Path.home() / ".cache" / "jellybean" / "zoo"
 
 
 def _settings(architecture: str, quick: bool) -> dict:

@@ -11,8 +11,7 @@ import pytest
 from jellybean.cli import main
 from jellybean.runtime.controller import Controller, Rejected, _message, default_servability_check
 from jellybean.runtime.state import StateStore
-from jellybean.zoo.datasets import DATASETS
-from jellybean.zoo.registry import LOADERS
+from jellybean.plugins import dataset_names, did_you_mean, listed, runner_names
 from tests.runtime.test_controller import Recorder, files_of, sites_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +43,9 @@ def test_validate_and_run_refuse_unregistered_names_at_their_lines(unregistered:
     assert "internal error" not in err and "Traceback" not in err
     zoo, workflow = unregistered / "zoo.yaml", unregistered / "workflow.yaml"
     assert (f"{zoo}:{line_of(zoo, 'my-detector')}: spec.tasks[0].variants[0].loader: unknown model loader "
-            f"'my-detector' (registered: {', '.join(sorted(LOADERS))})") in err
-    assert (f"{workflow}:{line_of(workflow, 'my-frames')}: spec.sources[0].replay: unknown dataset 'my-frames' "
-            f"(registered: {', '.join(sorted(DATASETS))})") in err
+            f"'my-detector'{did_you_mean('my-detector', runner_names())} (registered: {listed(runner_names())})") in err
+    assert (f"{workflow}:{line_of(workflow, 'my-frames')}: spec.sources[0].replay: unknown dataset 'my-frames'"
+            f"{did_you_mean('my-frames', dataset_names())} (registered: {listed(dataset_names())})") in err
 
 
 def test_apply_refuses_them_with_409_and_stores_nothing(unregistered: Path, tmp_path: Path) -> None:

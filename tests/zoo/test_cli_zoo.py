@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 
 from jellybean.cli import main
-from jellybean.zoo.registry import LOADERS
+from jellybean.plugins import runner_names
 
 
 def test_zoo_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
-    for name in LOADERS:
-        assert name in out
+    assert out.splitlines()[0].split()[:3] == ["RUNNER", "TASK", "PACKAGE"]
+    for name in runner_names():
+        assert any(line.startswith(name + " ") and "jellybean" in line for line in out.splitlines())
 
 
 def test_zoo_build_uses_the_cache(quick_zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

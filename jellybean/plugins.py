@@ -1,0 +1,193 @@
+"""Runners and datasets that installed packages register: the only code a document can make a replica run.
+
+A ModelZoo variant names its runner (``loader: NAME``) and a Workflow source names the dataset it
+replays (``replay: NAME``); both are *names*, looked up among the entry points that installed
+packages declare, never import paths or files. The runtime finds every model through this module
+and imports no model package itself (the import-linter contract says so): Jellybean's own digits
+models are one such plugin (:mod:`jellybean.zoo.plugin`), registered the way any package registers
+its own.
+
+A plugin declares, in its package metadata (``pyproject.toml``)::
+
+    [project.entry-points."jellybean.runners"]
+    my-detector = "my_package.jellybean:detector"   # a runner factory
+
+    [project.entry-points."jellybean.datasets"]
+    my-frames = "my_package.jellybean:frames"       # (seed: int) -> list[dict], the messages to replay
+
+    [project.entry-points."jellybean.prepare"]
+    my-package = "my_package.jellybean:prepare"     # (cache_dir: Path) -> None, once before serving
+
+A **runner factory** is a callable ``factory(*, cache_dir: Path, threads: int) -> runner``. It may
+read what it needs from ``cache_dir`` (a directory the operator owns; ``prepare`` can fill it) and
+sets its framework's threads to ``threads`` (the instance's CPU share). Optional attributes:
+``stateful`` (True for a join: it keeps state across requests, so its messages are routed by frame
+id and it is never fused with other stages), ``task`` and ``description`` (shown by ``jellybean zoo
+list``).
+
+A **runner** is ``runner(messages: list[dict]) -> list[list[dict]]``: one list of outputs per input
+message, in order. A message is a dict of named values (numpy arrays, numbers, strings, lists) plus
+the runtime's metadata (``frame_id``, ``source``, ``site``, ``received_at``, ...), which the runtime
+copies onto every output the runner leaves it off. An empty list drops the message (nothing follows
+from it); several outputs are fan-out (a detector's crops), each of which the next stage receives as
+a message of its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+from jellybean.spec.errors import Issue
+from jellybean.spec.loader import SourceMap
+from jellybean.spec.workflow import Workflow
+from jellybean.spec.zoo import ModelZoo
+
+RUNNERS = "jellybean.runners"
+DATASETS = "jellybean.datasets"
+PREPARE = "jellybean.prepare"
+
+Runner = Callable[[list[dict]], list[list[dict]]]
+
+
+class UnknownPlugin(KeyError):
+    """A runner or dataset name that no installed package registers."""
+
+    def __init__(self, kind: str, name: Any, known: list[str]) -> None:
+        super().__init__(name)
+        self.kind, self.name, self.known = kind, name, sorted(known)
+
+    def __str__(self) -> str:
+        return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)} (registered: {listed(self.known)})"
+
+
+def listed(names: list[str], at_most: int = 8) -> str:
+    """Names for a message: at most ``at_most``, then "... and N more" (never cut silently)."""
+    names = sorted(names)
+    if not names:
+        return "none"
+    if len(names) <= at_most:
+        return ", ".join(names)
+    return ", ".join(names[:at_most]) + f", ... and {len(names) - at_most} more"
+
+
+def did_you_mean(name: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) if isinstance(name, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+@lru_cache(maxsize=None)
+def _group(group: str) -> dict[str, EntryPoint]:
+    """The entry points of ``group``, by name (read once per process: the installed packages do not
+    change under a running process)."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+@lru_cache(maxsize=None)
+def _load(group: str, name: str) -> Any:
+    return _group(group)[name].load()
+
+
+def runner_names() -> list[str]:
+    return sorted(_group(RUNNERS))
+
+
+def dataset_names() -> list[str]:
+    return sorted(_group(DATASETS))
+
+
+def runner_factory(name: str) -> Callable[..., Runner]:
+    """The registered factory of runner ``name`` (raises :class:`UnknownPlugin`)."""
+    if not isinstance(name, str) or name not in _group(RUNNERS):
+        raise UnknownPlugin("runner", name, runner_names())
+    return _load(RUNNERS, name)
+
+
+def load_runner(name: str, cache_dir: Path, *, threads: int = 1) -> Runner:
+    """A ready runner for ``name``, built by its plugin's factory."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, not {threads}")
+    return runner_factory(name)(cache_dir=Path(cache_dir), threads=threads)
+
+
+def is_stateful(name: str) -> bool:
+    """Whether runner ``name`` keeps state across requests (unknown names: False)."""
+    try:
+        return bool(getattr(runner_factory(name), "stateful", False))
+    except UnknownPlugin:
+        return False
+
+
+def describe_runner(name: str) -> dict:
+    factory = runner_factory(name)
+    ep = _group(RUNNERS)[name]
+    return {"name": name, "task": getattr(factory, "task", None), "description": getattr(factory, "description", ""),
+            "stateful": bool(getattr(factory, "stateful", False)), "package": ep.dist.name if ep.dist else None}
+
+
+def load_dataset(name: str, *, seed: int = 0) -> list[dict]:
+    """The messages dataset ``name`` replays (raises :class:`UnknownPlugin`)."""
+    if not isinstance(name, str) or name not in _group(DATASETS):
+        raise UnknownPlugin("dataset", name, dataset_names())
+    return list(_load(DATASETS, name)(seed))
+
+
+def prepare(cache_dir: Path) -> None:
+    """Run every installed plugin's ``prepare`` hook on ``cache_dir`` (e.g. the digits plugin trains
+    its weights there once); before the first pipeline of a process starts."""
+    for name in sorted(_group(PREPARE)):
+        _load(PREPARE, name)(Path(cache_dir))
+
+
+def default_cache_dir() -> Path:
+    """Where runners keep what they read: ``$JELLYBEAN_HOME/zoo``, else ``~/.cache/jellybean/zoo``."""
+    home = os.environ.get("JELLYBEAN_HOME")
+    return Path(home) / "zoo" if home else Path.home() / ".cache" / "jellybean" / "zoo"
+
+
+# --- whether documents name only what is installed -------------------------------------------------------
+# A name that no package registers is a user mistake, found when the documents are checked (`jellybean
+# validate`, `jellybean run` before anything starts, the controller's apply: 409), each located at
+# the field that names it, with what is registered, instead of a failure at start-up.
+
+
+def zoo_issues(zoo: ModelZoo, where: SourceMap) -> list[Issue]:
+    """Every variant whose ``loader`` no installed package registers as a runner."""
+    known = runner_names()
+    issues = []
+    for t, task in enumerate(zoo.spec.tasks):
+        for v, variant in enumerate(task.variants):
+            if variant.loader is not None and variant.loader not in known:
+                loc = ("spec", "tasks", t, "variants", v, "loader")
+                issues.append(Issue(where.file, where.line_for(loc), f"spec.tasks[{t}].variants[{v}].loader",
+                                    f"unknown model loader {variant.loader!r}{did_you_mean(variant.loader, known)} "
+                                    f"(registered: {listed(known)})",
+                                    "name a runner an installed package registers (`jellybean zoo list`), or leave "
+                                    "`loader` out to plan without serving"))
+    return issues
+
+
+def workflow_issues(workflow: Workflow, where: SourceMap) -> list[Issue]:
+    """Every source whose replayed dataset (``replay``, or its older name ``dataset``) is not registered."""
+    known = dataset_names()
+    issues = []
+    for s, source in enumerate(workflow.spec.sources):
+        dataset = source.replay_dataset
+        if dataset is not None and dataset not in known:
+            field = "replay" if source.replay is not None else "dataset"
+            loc = ("spec", "sources", s, field)
+            issues.append(Issue(where.file, where.line_for(loc), f"spec.sources[{s}].{field}",
+                                f"unknown dataset {dataset!r}{did_you_mean(dataset, known)} (registered: {listed(known)})",
+                                "name a dataset an installed package registers for the source to replay"))
+    return issues
+
+
+def unservable(bundle) -> list[Issue]:  # noqa: ANN001 - a jellybean.spec.bundle.Bundle
+    """What in a workflow's documents names a runner or a dataset that is not registered."""
+    return (workflow_issues(bundle.workflow, bundle.sources["Workflow"])
+            + zoo_issues(bundle.zoo, bundle.sources["ModelZoo"]))

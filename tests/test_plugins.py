@@ -1,0 +1,93 @@
+"""Runners and datasets come from installed packages' entry points (jellybean.plugins): a package
+installed into a temporary environment registers a runner and a dataset, and validation, the
+replica host and the dataset lookup find them by name, as they find the digits plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from jellybean import plugins
+from jellybean.runtime.hosts import ReplicaHost
+from jellybean.runtime.worker import COMPLETED, pack_messages
+
+PACKAGE = '''
+def doubler(*, cache_dir, threads=1):
+    def run(messages):
+        return [[{"y": 2 * m["x"]}] for m in messages]
+    return run
+
+def joiner(*, cache_dir, threads=1):
+    return lambda messages: [[] for _ in messages]
+joiner.stateful = True
+joiner.task = "joining"
+
+def numbers(seed):
+    return [{"x": seed + k} for k in range(3)]
+'''
+
+ENTRY_POINTS = '''[jellybean.runners]
+test-doubler = my_runners:doubler
+test-joiner = my_runners:joiner
+
+[jellybean.datasets]
+test-numbers = my_runners:numbers
+'''
+
+
+@pytest.fixture
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """``my_runners`` installed into a directory on sys.path, with its distribution metadata (what
+    pip writes: a .dist-info holding METADATA and entry_points.txt)."""
+    (tmp_path / "my_runners.py").write_text(PACKAGE)
+    info = tmp_path / "my_runners-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-runners\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins._group.cache_clear()
+    plugins._load.cache_clear()
+    yield tmp_path
+    sys.modules.pop("my_runners", None)
+    plugins._group.cache_clear()
+    plugins._load.cache_clear()
+
+
+def test_an_installed_package_registers_runners_and_datasets(installed: Path) -> None:
+    assert {"test-doubler", "test-joiner", "digits-detector-small"} <= set(plugins.runner_names())
+    assert plugins.load_runner("test-doubler", installed)([{"x": 3}]) == [[{"y": 6}]]
+    assert plugins.is_stateful("test-joiner") and not plugins.is_stateful("test-doubler")
+    assert plugins.describe_runner("test-joiner")["package"] == "my-runners"
+    assert plugins.load_dataset("test-numbers", seed=10) == [{"x": 10}, {"x": 11}, {"x": 12}]
+
+
+def test_an_unregistered_name_says_what_is_registered_and_what_was_meant(installed: Path) -> None:
+    with pytest.raises(plugins.UnknownPlugin) as info:
+        plugins.load_runner("test-dubler", installed)
+    assert "did you mean 'test-doubler'?" in str(info.value) and "... and 2 more)" in str(info.value)
+    with pytest.raises(plugins.UnknownPlugin, match="unknown dataset 'nope'"):
+        plugins.load_dataset("nope")
+    assert not plugins.is_stateful("nope")
+
+
+def test_a_replica_host_serves_a_plugin_runner_by_name(installed: Path) -> None:
+    spec = {"key": "double/0", "site": "hub", "stages": ["double"], "loaders": ["test-doubler"], "batch_sizes": [4],
+            "threads": 1, "consumers": {}, "sink": "double", "cache_dir": str(installed), "transport": "inprocess"}
+
+    async def serve() -> dict:
+        host = ReplicaHost(spec)
+        await host.setup()
+        outcome = await host.push(pack_messages([{"frame_id": f"f{k}", "x": k} for k in range(3)]))
+        await host.close()
+        return outcome
+
+    outcome = asyncio.run(serve())
+    assert {fid: end[0] for fid, end in outcome["ends"].items()} == {"f0": COMPLETED, "f1": COMPLETED, "f2": COMPLETED}
+
+
+def test_lists_are_cut_with_a_count_never_silently() -> None:
+    assert plugins.listed([f"n{k}" for k in range(10)], at_most=3) == "n0, n1, n2, ... and 7 more"
+    assert plugins.listed([]) == "none"
