@@ -127,6 +127,6 @@ def ingest_bench(cache: Path, seconds: float = 10.0, *, connections: int = 16) -
 
 
 if __name__ == "__main__":
-    from jellybean.zoo.build import default_cache_dir
+    from jellybean.plugins import default_cache_dir
 
     print(json.dumps(ingest_bench(default_cache_dir(), 8.0), indent=1))

@@ -267,7 +267,8 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from jellybean.zoo.build import build_zoo, default_cache_dir
+    from jellybean.plugins import default_cache_dir
+    from jellybean.zoo.build import build_zoo
 
     cache = default_cache_dir()
     build_zoo(cache)

@@ -326,7 +326,8 @@ def main() -> None:
 
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec import load_bundle
-    from jellybean.zoo.build import build_zoo, default_cache_dir
+    from jellybean.plugins import default_cache_dir
+    from jellybean.zoo.build import build_zoo
 
     cache = default_cache_dir()
     build_zoo(cache)

@@ -128,7 +128,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from jellybean.testbed.bed import unavailable
-    from jellybean.zoo.build import default_cache_dir
+    from jellybean.plugins import default_cache_dir
 
     why = unavailable()
     if why:

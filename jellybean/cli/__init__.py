@@ -740,7 +740,7 @@ class _ProgressBar:
 
 
 def _zoo_cache(args: argparse.Namespace) -> Path:
-    from jellybean.zoo.build import default_cache_dir
+    from jellybean.plugins import default_cache_dir
 
     return args.cache if args.cache is not None else default_cache_dir()
 

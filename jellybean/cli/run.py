@@ -92,7 +92,8 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
     from jellybean.runtime.controller import RayCluster
     from jellybean.runtime.deployment import ServingError, site_resources
     from jellybean.runtime.supervisor import Supervisor
-    from jellybean.zoo.build import build_zoo, default_cache_dir
+    from jellybean.plugins import default_cache_dir
+    from jellybean.zoo.build import build_zoo
 
     cache = args.cache or default_cache_dir()
     build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))

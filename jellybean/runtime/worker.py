@@ -664,7 +664,7 @@ class StageWorker:
         taken = 0
         while self.inbound and taken < limit:
             batch, future = self.inbound[0]
-            if taken + len(batch) <= limit or (not entries and limit == 0):
+            if taken + len(batch) <= limit:
                 entries.append(self.inbound.popleft())
                 taken += len(batch)
                 continue

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from jellybean.plugins import default_cache_dir  # noqa: F401 - one home (jellybean.plugins), named here too
 from jellybean.zoo import digits
 from jellybean.zoo.registry import LOADERS, MANIFEST, ZOO_DIR, file_sha256, read_manifest, weights_path
 
@@ -56,8 +55,6 @@ TRAINING: dict[str, dict] = {
 #: Start-column jitter of classifier training crops and its probabilities.
 JITTER = (-1, 0, 1)
 JITTER_P = (0.25, 0.5, 0.25)
-
-
 
 
 def _settings(architecture: str, quick: bool) -> dict:

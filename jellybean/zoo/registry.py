@@ -133,12 +133,6 @@ def loader_names() -> list[str]:
     return list(LOADERS)
 
 
-def is_stateful(name: str) -> bool:
-    """Whether the registered loader ``name`` keeps state across requests (unknown names: False)."""
-    spec = LOADERS.get(name)
-    return bool(spec and spec.stateful)
-
-
 def load_runner(name: str, cache_dir: Path, *, threads: int = 1) -> Runner:
     """A ready runner for the registered loader ``name``, weights from ``cache_dir`` only.
 

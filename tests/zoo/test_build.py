@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from jellybean.plugins import default_cache_dir
 from jellybean.zoo import build
 from jellybean.zoo.registry import LOADERS, read_manifest, weights_path
 
@@ -92,6 +93,6 @@ def test_config_hash_tracks_what_weights_depend_on() -> None:
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("JELLYBEAN_HOME", str(tmp_path))
-    assert build.default_cache_dir() == tmp_path / "zoo"
+    assert default_cache_dir() == tmp_path / "zoo"
     monkeypatch.delenv("JELLYBEAN_HOME")
-    assert build.default_cache_dir() == Path.home() / ".cache" / "jellybean" / "zoo"
+    assert default_cache_dir() == Path.home() / ".cache" / "jellybean" / "zoo"
