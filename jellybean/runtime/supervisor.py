@@ -140,8 +140,10 @@ class Supervisor:
         self.events: list[Event] = []
         self._samples: list[tuple[float, dict[str, int]]] = []
         self.replica_grace_s = 1.0
-        self.spawn_timeout_s = 15.0
+        self.spawn_timeout_s = 30.0  # a replica's start (a process, torch, its model) on a loaded node
         self._lost_since: dict[str, float] = {}
+        self._site_backoff_s = 0.0
+        self._site_retry_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -213,9 +215,21 @@ class Supervisor:
             hosting = [s.name for s in self.base.topology.spec.sites if s.instances]
             down = sites_down(self._node_list(), hosting)
             if down != self.down:
+                if now < self._site_retry_at:
+                    return None
                 reason = "site-down" if down - self.down else "site-up"
-                self.down = down
-                self._replan(reason, f"sites down: {', '.join(sorted(down)) or 'none'}")
+                previous, self.down = self.down, down
+                if self._replan(reason, f"sites down: {', '.join(sorted(down)) or 'none'}"):
+                    self._site_backoff_s = 0.0
+                    self._site_retry_at = 0.0
+                else:
+                    # Not deployed (no plan, or its replicas could not start in time on a loaded
+                    # cluster): the world is looked at again after a backoff (1, 2, 4 ... 30 s),
+                    # and the change re-planned then, rather than forgotten.
+                    self.down = previous
+                    self._site_backoff_s = min(30.0, max(1.0, 2 * self._site_backoff_s))
+                    self._site_retry_at = now + self._site_backoff_s
+                    threading.Timer(self._site_backoff_s, self.pipeline.attention.set).start()
                 return reason
             lost = {k for k in self.pipeline.dead if self.pipeline.replicas.get(k) is not None
                     and self.pipeline.replicas[k].spec.site not in self.down}

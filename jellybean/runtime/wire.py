@@ -90,7 +90,7 @@ def tcp_sent_bytes(sock: socket.socket | None) -> int | None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: the socket was closed under us (its descriptor is -1)
         return None
     if len(info) < 208:
         return None
@@ -115,7 +115,9 @@ class _Connection:
         self.task = asyncio.ensure_future(self._read())
 
     def sent(self) -> int | None:
-        if self.closed is None:
+        """The kernel's count while the socket is open; the last one read once it is gone (asyncio
+        closes a socket whose peer went away before this connection's reader hears of it)."""
+        if self.closed is None and self.sock is not None and self.sock.fileno() >= 0:
             self.sent_bytes = tcp_sent_bytes(self.sock)
         return self.sent_bytes
 
@@ -161,7 +163,7 @@ class _Connection:
     def _close(self, reason: str) -> None:
         if self.closed is not None:
             return
-        self.sent()
+        self.sent()  # never raises: the waiting calls below must hear of the loss whatever happens
         self.closed = reason
         for future in self.pending.values():
             if not future.done():

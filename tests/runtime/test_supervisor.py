@@ -52,6 +52,48 @@ def test_hysteresis_acts_only_after_the_ratio_stays_out_of_band() -> None:
     assert h.observe(1.0, 111.0) is None
 
 
+def test_a_site_change_whose_replicas_cannot_start_is_tried_again_after_a_backoff() -> None:
+    """On a loaded cluster the new plan's replicas may not start in time: the change is not forgotten
+    (the supervisor would otherwise believe the site handled and never re-plan), it is re-planned after
+    1 s, then 2 s... until it deploys."""
+    from jellybean.runtime.deployment import ServingError
+    from tests.runtime.inprocess import InProcessBackend, Runners
+
+    bundle = load_bundle(DRILLS)
+    plan = make_plan(bundle, baselines=False)
+    alive = {"hub": True}
+
+    def nodes() -> list[dict]:
+        return [{"Alive": True, "Resources": {"site:cloud": 1000.0}},
+                {"Alive": alive["hub"], "Resources": {"site:hub": 1000.0}}]
+
+    backend = InProcessBackend(runners=Runners())
+    supervisor = Supervisor(bundle, plan, nodes=nodes, backend=backend)
+    tries: list[set[str]] = []
+
+    def reconfigure(new_plan, new_bundle=None, *, timeout_s=0.0):  # noqa: ANN001, ANN202
+        tries.append({a.site for a in new_plan.assignments})
+        if len(tries) < 3:
+            raise ServingError("1 actor(s) of drills could not start within 15 s")
+        supervisor.pipeline.plan = new_plan
+        return {"kept": [], "started": ["detect/cloud"]}
+
+    supervisor.pipeline.reconfigure = reconfigure
+    try:
+        assert supervisor.check(now=100.0) is None  # all well
+        alive["hub"] = False
+        assert supervisor.check(now=101.0) == "site-down" and supervisor.down == set()  # failed: not taken as done
+        assert supervisor.check(now=101.5) is None  # backing off (1 s)
+        assert supervisor.check(now=102.0) == "site-down" and supervisor.down == set()  # failed again: 2 s
+        assert supervisor.check(now=103.5) is None
+        assert supervisor.check(now=104.0) == "site-down" and supervisor.down == {"hub"}
+        assert tries == [{"cloud"}] * 3
+        assert [e.ok for e in supervisor.events] == [False, False, True]
+        assert supervisor.check(now=105.0) is None  # nothing changed since
+    finally:
+        backend.close()
+
+
 ray = pytest.importorskip("ray")
 pytest.importorskip("torch")
 
@@ -90,7 +132,10 @@ def test_a_site_fails_and_returns_while_frames_flow(two_sites, digits_zoo) -> No
     bundle = load_bundle(DRILLS)
     plan = make_plan(bundle, baselines=False)
     assert {a.site for a in plan.assignments} == {"hub", "cloud"}
-    supervisor = Supervisor(bundle, plan, cache_dir=digits_zoo)
+    # Backpressure and a long hold: on a loaded machine a replica can take tens of seconds to start
+    # (and a start that times out is tried again), and what this test asks is that no frame is lost
+    # or failed across the outage, not how fast it ends (bench/resilience.py measures that).
+    supervisor = Supervisor(bundle, plan, cache_dir=digits_zoo, overload="backpressure", hold_s=90.0)
     supervisor.start()
     try:
         assert wait_until(lambda: supervisor.ledger.completed > 50, 30)
@@ -99,10 +144,11 @@ def test_a_site_fails_and_returns_while_frames_flow(two_sites, digits_zoo) -> No
         # Recovered: a frame sent after the failure has come out of the new plan. How fast is a
         # benchmark's figure (bench/resilience.py); here the deadline only bounds the wait, generously,
         # because Ray notices a removed node later on a loaded machine.
-        assert wait_until(lambda: (supervisor.pipeline.last_result_sent_at or 0) > failed_at, 60)
+        assert wait_until(lambda: (supervisor.pipeline.last_result_sent_at or 0) > failed_at, 90)
         assert supervisor.down == {"hub"}
         assert {a.site for a in supervisor.plan.assignments} == {"cloud"}
-        assert [e.reason for e in supervisor.events] == ["site-down"]
+        # A re-plan whose replicas could not start in time (a loaded machine) is tried again, not forgotten.
+        assert [e.reason for e in supervisor.events if e.ok] == ["site-down"]
         # The site's node returns: the plan uses it again.
         cluster.add_node(num_cpus=1, resources={site_resource("hub"): SITE_CAPACITY})
         assert wait_until(lambda: "hub" in {a.site for a in supervisor.plan.assignments}, 30)
@@ -114,4 +160,4 @@ def test_a_site_fails_and_returns_while_frames_flow(two_sites, digits_zoo) -> No
     assert frames.lost == 0
     assert frames.failed == 0, summary.failures  # in-flight frames were retried, held ones re-routed
     assert frames.completed == frames.sent > 200
-    assert [e.reason for e in supervisor.events] == ["site-down", "site-up"]
+    assert [e.reason for e in supervisor.events if e.ok] == ["site-down", "site-up"]

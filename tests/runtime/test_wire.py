@@ -165,26 +165,53 @@ def test_the_kernel_counts_what_a_connection_put_on_the_wire() -> None:
     run(main())
 
 
+async def _a_call_in_the_peers_hands():  # noqa: ANN202 - (server, address, client, the waiting call)
+    """A peer that never answers, and a call to it that it has received."""
+    arrived = asyncio.Event()
+
+    async def hang(blob: bytes) -> dict:
+        arrived.set()
+        await asyncio.Event().wait()
+        return {}
+
+    server, address = await _server({PUSH: hang})
+    client = SocketTransport(SECRET)
+    waiting = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
+    await asyncio.wait_for(arrived.wait(), 5)
+    return server, address, client, waiting
+
+
 def test_a_peer_the_control_plane_declares_dead_fails_its_waiting_calls_at_once() -> None:
     """A killed process can keep its sockets open for a while: ``forget`` fails what waits on it
     (as a death, so that it is routed again) without waiting for the connection to break."""
     async def main() -> None:
-        arrived = asyncio.Event()
-
-        async def hang(blob: bytes) -> dict:
-            arrived.set()
-            await asyncio.Event().wait()
-            return {}
-
-        server, address = await _server({PUSH: hang})
-        client = SocketTransport(SECRET)
-        waiting = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
-        await asyncio.wait_for(arrived.wait(), 5)  # the call is in the peer's hands
+        server, address, client, waiting = await _a_call_in_the_peers_hands()  # the call is in the peer's hands
         client.forget(address)
         with pytest.raises(PeerGone, match="dead"):
             await asyncio.wait_for(waiting, 5)
         assert client.is_death(waiting.exception())
         client.forget(Address("127.0.0.1", 9))  # a peer never connected to: nothing to do
+        client.close()
+        server.close()
+
+    run(main())
+
+
+def test_a_socket_closed_under_the_connection_still_fails_its_calls_and_keeps_its_count() -> None:
+    """asyncio may close a socket whose peer went away before the connection's reader hears of it:
+    then TCP_INFO cannot be read (the descriptor is -1). The count stays the last one read, reports
+    keep working, and the calls waiting on it fail as a death (a ValueError here once left a source
+    unable to report and its frames waiting forever)."""
+    async def main() -> None:
+        server, address, client, waiting = await _a_call_in_the_peers_hands()
+        conn = client.connections[address]
+        before = client.sent_bytes()[address]
+        conn.sock._sock.close()  # the descriptor goes, as when the transport closes it first
+        assert conn.sock.fileno() == -1
+        assert client.sent_bytes()[address] == before  # no ValueError: the last count stands
+        conn._close("connection lost (the peer's node went away)")
+        with pytest.raises(PeerGone, match="went away"):
+            await asyncio.wait_for(waiting, 5)
         client.close()
         server.close()
 
