@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
+.PHONY: install test demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
 
 install: $(STAMP)
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime]'
 	@touch $(STAMP)
 
-test: install prometheus
+test: install prometheus espeak
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
@@ -21,6 +21,29 @@ test: install prometheus
 # as root on a fresh Debian machine).
 prometheus:
 	@command -v prometheus >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; }
+
+# The speech workflow's labelled audio is synthesised with Debian's espeak-ng (GPL-3, a tool run, not linked).
+espeak:
+	@command -v espeak-ng >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y espeak-ng; }
+
+# The speech workflow's artifacts: Silero VAD's ONNX builds, copied out of the silero-vad wheel into the
+# model store ($(MODEL_STORE)), exactly as a user puts their own files there.
+MODEL_STORE ?= $(or $(JELLYBEAN_MODEL_STORE),$(HOME)/.cache/jellybean/models)
+SILERO = $(shell $(BIN)/python -c 'import pathlib, silero_vad; print(pathlib.Path(silero_vad.__file__).parent / "data")' 2>/dev/null)
+model-store: install
+	$(BIN)/jellybean store add --model-store $(MODEL_STORE) --to silero-vad $(SILERO)/silero_vad.onnx \
+	  $(SILERO)/silero_vad_16k_op15.onnx $(SILERO)/silero_vad_half.onnx $(SILERO)/silero_vad_op18_ifless.onnx
+
+# Voice activity on two microphones with Silero VAD's pretrained builds served from the model store,
+# only speech on to the cloud: validated (every artifact loaded and checked), planned, served 20 s.
+demo-audio: install espeak model-store
+	$(BIN)/jellybean validate -f workflows/speech --model-store $(MODEL_STORE)
+	$(BIN)/jellybean run -f workflows/speech --model-store $(MODEL_STORE) --duration 20
+
+# A network cut across tiers (`jellybean split`): built here into the model store, profiled, split,
+# planned against the unsplit plans, and the split plan served 15 s; figures in bench/results/split.md.
+demo-split: install
+	$(BIN)/python bench/split.py --model-store $(MODEL_STORE)
 
 # Regenerates the Grafana dashboards the Helm chart ships (a test fails when they are stale).
 dashboards: install
@@ -58,6 +81,10 @@ bench-sites: install
 # Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min).
 bench-resilience: install
 	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick)
+
+# Each artifact format's runner against the artifact called directly at the same batch size.
+bench-artifacts: install
+	$(BIN)/python bench/artifacts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

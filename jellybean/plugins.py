@@ -1,6 +1,7 @@
 """Runners and datasets that installed packages register: the only code a document can make a replica run.
 
-A ModelZoo variant names its runner (``loader: NAME``) and a Workflow source names the dataset it
+A ModelZoo variant names its runner (``runner: NAME``; ``loader`` is its older name), or is served
+from an artifact in the model store (:mod:`jellybean.artifacts`), and a Workflow source names the dataset it
 replays (``replay: NAME``); both are *names*, looked up among the entry points that installed
 packages declare, never import paths or files. The runtime finds every model through this module
 and imports no model package itself (the import-linter contract says so): Jellybean's own digits
@@ -46,7 +47,7 @@ from typing import Any
 from jellybean.spec.errors import Issue
 from jellybean.spec.loader import SourceMap
 from jellybean.spec.workflow import Workflow
-from jellybean.spec.zoo import ModelZoo
+from jellybean.spec.zoo import ModelZoo, Variant
 
 RUNNERS = "jellybean.runners"
 DATASETS = "jellybean.datasets"
@@ -115,6 +116,38 @@ def load_runner(name: str, cache_dir: Path, *, threads: int = 1) -> Runner:
     return runner_factory(name)(cache_dir=Path(cache_dir), threads=threads)
 
 
+#: The fields of a variant that say how an artifact serves it (what a replica needs to build its runner).
+ARTIFACT_FIELDS = {"name", "artifact", "signature", "pre", "post", "keep", "accuracy", "output_kb", "profiles"}
+
+
+def serving_ref(variant: Variant) -> dict:
+    """What a replica needs to build the variant's runner: ``{"runner": NAME, "artifact": None}`` for
+    a registered runner; for an artifact, ``runner`` is ``artifact:FORMAT:SHA256`` (two replicas serve
+    the same model exactly when these are equal) and ``artifact`` the JSON of the variant's serving
+    fields, which the replica validates again and builds its runner from."""
+    if variant.artifact is not None:
+        return {"runner": f"artifact:{variant.artifact.format}:{variant.artifact.sha256}",
+                "artifact": variant.model_dump_json(include=ARTIFACT_FIELDS)}
+    return {"runner": variant.runner, "artifact": None}
+
+
+def build_runner(ref: dict, *, cache_dir: Path | str | None, model_store: Path | str | None,
+                 threads: int = 1) -> Runner:
+    """The runner a replica runs for one stage: ``{"runner": NAME, "artifact": None}`` builds the
+    registered runner; ``{"runner": "artifact:...", "artifact": JSON}`` reads, verifies and loads the
+    artifact from the model store (the JSON is validated again here: a replica trusts no caller)."""
+    served = ref.get("artifact")
+    if served is None:
+        if cache_dir is None:
+            cache_dir = default_cache_dir()
+        return load_runner(ref["runner"], Path(cache_dir), threads=threads)
+    from jellybean.artifacts import ModelStore, artifact_runner, default_model_store
+
+    variant = Variant.model_validate_json(served)
+    store = ModelStore(model_store if model_store is not None else default_model_store())
+    return artifact_runner(variant, store, threads=threads)
+
+
 def is_stateful(name: str) -> bool:
     """Whether runner ``name`` keeps state across requests (unknown names: False)."""
     try:
@@ -137,11 +170,23 @@ def load_dataset(name: str, *, seed: int = 0) -> list[dict]:
     return list(_load(DATASETS, name)(seed))
 
 
-def prepare(cache_dir: Path) -> None:
-    """Run every installed plugin's ``prepare`` hook on ``cache_dir`` (e.g. the digits plugin trains
-    its weights there once); before the first pipeline of a process starts."""
+def prepare(cache_dir: Path, runners: set[str] | None = None) -> None:
+    """Run the installed plugins' ``prepare`` hooks on ``cache_dir`` (e.g. the digits plugin trains
+    its weights there once); before the first pipeline of a process starts. A hook that says which
+    runners it prepares (a ``runners`` attribute) runs only when one of ``runners`` (the runners a
+    workflow may use; None: all) is among them."""
     for name in sorted(_group(PREPARE)):
-        _load(PREPARE, name)(Path(cache_dir))
+        hook = _load(PREPARE, name)
+        serves = getattr(hook, "runners", None)
+        if runners is not None and serves is not None and not set(serves) & set(runners):
+            continue
+        hook(Path(cache_dir))
+
+
+def runners_of(bundle) -> set[str]:  # noqa: ANN001 - a jellybean.spec.bundle.Bundle
+    """The registered runners the workflow's stages may use (every variant of their tasks)."""
+    tasks = {s.task for s in bundle.workflow.spec.stages}
+    return {v.runner for t in bundle.zoo.spec.tasks if t.name in tasks for v in t.variants if v.runner}
 
 
 def default_cache_dir() -> Path:
@@ -156,19 +201,35 @@ def default_cache_dir() -> Path:
 # the field that names it, with what is registered, instead of a failure at start-up.
 
 
-def zoo_issues(zoo: ModelZoo, where: SourceMap) -> list[Issue]:
-    """Every variant whose ``loader`` no installed package registers as a runner."""
+def zoo_issues(zoo: ModelZoo, where: SourceMap, store: Any = None, *, tasks: set[str] | None = None) -> list[Issue]:
+    """Every variant that cannot be served: its ``runner`` (or ``loader``) is not registered, or, with
+    a model ``store`` (:class:`jellybean.artifacts.ModelStore`), its artifact is not in the store with
+    that SHA-256, is not the format it claims, or does not match its signature (only the ``tasks``
+    given, when given). Proving artifacts loadable reads and loads each one (the trial run is a batch
+    of one)."""
     known = runner_names()
     issues = []
     for t, task in enumerate(zoo.spec.tasks):
         for v, variant in enumerate(task.variants):
-            if variant.loader is not None and variant.loader not in known:
-                loc = ("spec", "tasks", t, "variants", v, "loader")
-                issues.append(Issue(where.file, where.line_for(loc), f"spec.tasks[{t}].variants[{v}].loader",
-                                    f"unknown model loader {variant.loader!r}{did_you_mean(variant.loader, known)} "
-                                    f"(registered: {listed(known)})",
+            if variant.runner is not None and variant.runner not in known:
+                field = "loader" if variant.loader is not None else "runner"
+                loc = ("spec", "tasks", t, "variants", v, field)
+                issues.append(Issue(where.file, where.line_for(loc), f"spec.tasks[{t}].variants[{v}].{field}",
+                                    f"variant {variant.name!r}: unknown runner {variant.runner!r}"
+                                    f"{did_you_mean(variant.runner, known)} (registered: {listed(known)})",
                                     "name a runner an installed package registers (`jellybean zoo list`), or leave "
-                                    "`loader` out to plan without serving"))
+                                    f"`{field}` out to plan without serving"))
+            if variant.artifact is not None and store is not None and (tasks is None or task.name in tasks):
+                from jellybean.artifacts import ArtifactError, prove_loadable
+
+                try:
+                    prove_loadable(variant, store)
+                except ArtifactError as exc:
+                    loc = ("spec", "tasks", t, "variants", v, "artifact")
+                    issues.append(Issue(where.file, where.line_for(loc), f"spec.tasks[{t}].variants[{v}].artifact",
+                                        f"variant {variant.name!r} ({variant.artifact.format}, {variant.artifact.uri}): "
+                                        f"{exc}", "fix the file, its sha256 or the signature, or name the model store "
+                                        "that holds it (--model-store DIR)"))
     return issues
 
 
@@ -187,7 +248,10 @@ def workflow_issues(workflow: Workflow, where: SourceMap) -> list[Issue]:
     return issues
 
 
-def unservable(bundle) -> list[Issue]:  # noqa: ANN001 - a jellybean.spec.bundle.Bundle
-    """What in a workflow's documents names a runner or a dataset that is not registered."""
+def unservable(bundle, store: Any = None) -> list[Issue]:  # noqa: ANN001 - a jellybean.spec.bundle.Bundle
+    """What in a workflow's documents cannot be served: a runner or a dataset that is not registered,
+    and (with a model ``store``) an artifact that is not loadable as declared. Only the variants the
+    workflow's tasks use are checked for artifacts."""
+    tasks = {s.task for s in bundle.workflow.spec.stages}
     return (workflow_issues(bundle.workflow, bundle.sources["Workflow"])
-            + zoo_issues(bundle.zoo, bundle.sources["ModelZoo"]))
+            + zoo_issues(bundle.zoo, bundle.sources["ModelZoo"], store, tasks=tasks))

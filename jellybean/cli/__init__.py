@@ -39,11 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("validate", help="check documents and the references between them")
+    p = sub.add_parser("validate", help="check documents and the references between them, and that every "
+                       "variant can be served (its runner registered, its artifact loadable)")
     _add_files(p)
+    add_model_store_argument(p)
 
     p = sub.add_parser("plan", help="choose models and placement; show the plan beside every baseline")
     _add_files(p)
+    add_model_store_argument(p, checked="when given, the workflow's artifacts are proved loadable first")
     p.add_argument("--workflow", help="the Workflow to plan when the files hold several")
     p.add_argument("--strategy", default="optimal", choices=STRATEGIES,
                    help="optimal (MILP, default) or a baseline: cloud-only, edge-first, two-stage, jellybean")
@@ -105,11 +108,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from jellybean.spec.loader import load_documents
     from jellybean.plugins import workflow_issues, zoo_issues
 
+    from jellybean.artifacts import ModelStore
+
     documents = load_documents(args.files)
     issues = []
+    store = ModelStore(model_store_of(args))
     for doc in documents:
         if doc.model.kind == "ModelZoo":
-            issues += zoo_issues(doc.model, doc.source)
+            issues += zoo_issues(doc.model, doc.source, store)
         elif doc.model.kind == "Workflow":
             issues += workflow_issues(doc.model, doc.source)
     if issues:
@@ -144,6 +150,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--render: {exc}") from None
     bundle = load_bundle(args.files, args.workflow)
+    if getattr(args, "model_store", None) is not None:  # asked for: the workflow's artifacts, proved loadable
+        from jellybean.artifacts import ModelStore
+        from jellybean.plugins import unservable
+        from jellybean.spec.errors import SpecError
+
+        problems = unservable(bundle, ModelStore(args.model_store))
+        if problems:
+            raise SpecError(problems)
     sharing = "exclusive" if args.exclusive_instances else "shared" if args.shared_instances else None
     if not args.time_limit > 0:  # also refuses nan
         raise UsageError("--time-limit must be positive")
@@ -225,6 +239,7 @@ def _add_controller_parsers(sub) -> None:  # noqa: ANN001 - argparse's private s
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
                    help="solver time limit for each plan (default 60)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
+    add_model_store_argument(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--docs", action="store_true",
                    help="serve Swagger UI at /docs (its files from the swagger-ui-bundle package, never a CDN)")
@@ -432,13 +447,28 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
                    "to messages between sites (they are added by default, so that latency is as on the real links)")
 
 
+def add_model_store_argument(p: argparse.ArgumentParser, checked: str = "") -> None:
+    p.add_argument("--model-store", type=Path, metavar="DIR",
+                   help="the directory artifact variants' `uri`s are inside (nothing outside it is read; default "
+                   "$JELLYBEAN_MODEL_STORE, else $JELLYBEAN_HOME/models or ~/.cache/jellybean/models)"
+                   + (f"; {checked}" if checked else ""))
+
+
+def model_store_of(args: argparse.Namespace) -> Path:
+    from jellybean.artifacts import default_model_store
+
+    store = getattr(args, "model_store", None)
+    return store if store is not None else default_model_store()
+
+
 def serving_options(args: argparse.Namespace, state_dir: Path) -> dict:
-    """The Pipeline's options for endpoints and outputs: the data token, the hosts, the output folder."""
+    """The Pipeline's options for endpoints and outputs: the data token, the hosts, the output folder,
+    the model store."""
     from jellybean.runtime.state import data_token
 
     embedded = not getattr(args, "address", None)
     host = args.endpoint_host or ("127.0.0.1" if embedded else "0.0.0.0")
-    return {"data_token": data_token(state_dir), "bind_host": host,
+    return {"data_token": data_token(state_dir), "bind_host": host, "model_store": model_store_of(args),
             "output_dir": args.output_dir or Path(state_dir) / "outputs",
             "emulate_latency": embedded and args.link_latency}
 
@@ -703,11 +733,28 @@ def _add_zoo_parsers(sub) -> None:  # noqa: ANN001 - argparse's private subparse
     zb.add_argument("--force", action="store_true", help="retrain every model even if cached")
     zoo.add_parser("list", help="the registered model loaders")
 
-    p = sub.add_parser("profile", help="measure the digits zoo here and write its ModelZoo document")
+    from jellybean.cli.profile import add_split_parser, add_store_parser
+
+    add_store_parser(sub)
+    add_split_parser(sub)
+    p = sub.add_parser("profile", help="measure variants of any format here and merge the measurements into "
+                       "their ModelZoo document (-f); without -f, the built-in digits zoo")
+    p.add_argument("-f", "--filename", dest="files", action="append", type=Path, metavar="ZOO",
+                   help="the zoo file whose variants are profiled and which the measurements are merged into")
+    p.add_argument("--variant", action="append", metavar="NAME", help="only this variant (repeatable)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16", metavar="LIST", help="batch sizes (default 1,2,4,8,16)")
+    p.add_argument("--dataset", metavar="NAME", help="a registered dataset to feed the variants and, when "
+                   "labelled, measure accuracy and fan-out on (default: zero inputs of the signature)")
+    p.add_argument("--as", dest="label_as", metavar="NAME", help="file the measurements under this hardware "
+                   "name, whatever kind it says")
+    p.add_argument("--fan-out-into", type=Path, metavar="WORKFLOW",
+                   help="write the measured fan-out ratios into this Workflow file (ratio_by_variant)")
+    add_model_store_argument(p)
     p.add_argument("--cache", type=Path, metavar="DIR",
                    help="weights cache, built first if needed (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
     p.add_argument("--out", type=Path, metavar="FILE", help="write the YAML here (default: standard output)")
-    p.add_argument("--hardware", default="local-cpu-1t", help="hardware name of the profiles (default local-cpu-1t)")
+    p.add_argument("--hardware", help="hardware name of the profiles (default: this machine's, local-cpu-1t "
+                   "with one thread)")
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
     p.add_argument("--repeats", type=int, default=100, metavar="N", help="timed calls per batch size (default 100)")
     p.add_argument("--frames", type=int, default=1000, metavar="N",
@@ -785,6 +832,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from jellybean.zoo.build import is_built
     from jellybean.zoo.profile import dump_zoo, profile_zoo
 
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    if args.files:
+        from jellybean.cli.profile import cmd_profile_zoo
+
+        return cmd_profile_zoo(args)
+    args.hardware = args.label_as or args.hardware or "local-cpu-1t"
+
     if not NAME_RE.match(args.hardware):
         raise UsageError(f"--hardware {args.hardware!r} is not a valid name (letters, digits, '.', '-', '_')")
     for flag, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--frames", args.frames)):
@@ -816,7 +872,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plan": cmd_plan, "schema": cmd_schema, "generate": cmd_generate,
             "import": cmd_import, "up": cmd_up, "apply": cmd_apply, "status": cmd_status, "delete": cmd_delete}
-COMMANDS.update({"zoo": cmd_zoo, "profile": cmd_profile})
+def cmd_store(args: argparse.Namespace) -> int:
+    from jellybean.cli.profile import cmd_store as store
+
+    return store(args)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from jellybean.cli.profile import cmd_split as split
+
+    return split(args)
+
+
+COMMANDS.update({"zoo": cmd_zoo, "profile": cmd_profile, "store": cmd_store, "split": cmd_split})
 
 
 def cmd_operator(args: argparse.Namespace) -> int:

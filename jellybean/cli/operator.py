@@ -16,7 +16,7 @@ from jellybean.k8s.names import API_PORT, METRICS_PORT
 
 
 def add_operator_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
-    from jellybean.cli import add_metrics_arguments
+    from jellybean.cli import add_metrics_arguments, add_model_store_argument
 
     p = sub.add_parser("operator", help="run the in-cluster operator: keep InferenceWorkflow resources planned, "
                                         "served on Ray and reported in their status")
@@ -36,6 +36,7 @@ def add_operator_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpa
     p.add_argument("--resync", type=float, default=30.0, metavar="SECONDS",
                    help="look at every workflow again this often: pipeline health, retries (default 30)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
+    add_model_store_argument(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_metrics_arguments(p, port=METRICS_PORT, host="0.0.0.0")
 
@@ -72,6 +73,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     metrics, metrics_server = start_metrics(args)
     operator = Operator(api, namespace, cluster=cluster, ray_address=args.ray_address,
                         plan_time_limit_s=args.time_limit, cache_dir=args.cache, metrics=metrics,
+                        model_store=args.model_store,
                         resync_s=args.resync, discover_nodes=args.discover_nodes)
     try:
         server = ApiServer(create_app(operator, os.environ.get("JELLYBEAN_TOKEN") or None), args.host, args.port,

@@ -11,12 +11,15 @@ from pathlib import Path
 
 
 def add_run_parser(sub) -> None:
+    from jellybean.cli import add_model_store_argument
+
     p = sub.add_parser("run", help="plan and serve a workflow on an embedded Ray for a while, then report")
     p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH")
     p.add_argument("--workflow", help="the Workflow to run when the files hold several")
     p.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long the sources send")
     p.add_argument("--format", default="table", choices=["table", "json"])
     p.add_argument("--cache", type=Path, help="model cache (default $JELLYBEAN_HOME/zoo or ~/.cache/jellybean/zoo)")
+    add_model_store_argument(p)
     p.add_argument("--strategy", default="optimal")
     p.add_argument("--address", help="join this Ray cluster instead of starting an embedded one")
     p.add_argument("--no-pin-cpus", dest="pin_cpus", action="store_false",
@@ -51,9 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.duration > 0:
         raise UsageError("--duration must be positive")
     bundle = load_bundle(args.files, args.workflow)
+    from jellybean.artifacts import ModelStore
+    from jellybean.cli import model_store_of
     from jellybean.plugins import unservable
 
-    problems = unservable(bundle)
+    problems = unservable(bundle, ModelStore(model_store_of(args)))
     if problems:
         from jellybean.spec.errors import SpecError
 
@@ -96,11 +101,13 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
     from jellybean.zoo.build import build_zoo
 
     cache = args.cache or default_cache_dir()
-    build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
-    sys.stderr.write("\n")
-    from jellybean.plugins import prepare
+    from jellybean.plugins import prepare, runners_of
 
-    prepare(cache)  # every installed plugin's hook (the digits one finds its weights built just above)
+    used = runners_of(bundle)
+    if any(name.startswith("digits-") for name in used):  # the digits models: trained once, with progress
+        build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
+        sys.stderr.write("\n")
+    prepare(cache, used)  # the hooks of the plugins whose runners the workflow may use
     cluster = RayCluster(args.address, namespace=None)
     cluster.start(site_resources(bundle.topology))
     try:

@@ -606,6 +606,7 @@ class Operator:
         ray_address: str | None = None,
         plan_time_limit_s: float = 60.0,
         cache_dir: Path | None = None,
+        model_store: Path | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], str] = utc_now,
@@ -622,8 +623,10 @@ class Operator:
         self.namespace = namespace
         # As the controller does: the data plane's Pipeline unless one is injected, and then the
         # servability check that refuses at plan time what that Pipeline could never start.
-        self.pipeline_factory = pipeline_factory or default_pipeline_factory(cache_dir, metrics)
-        self.check_servable = check_servable or (None if pipeline_factory else default_servability_check)
+        self.pipeline_factory = pipeline_factory or default_pipeline_factory(
+            cache_dir, metrics, serving={"model_store": model_store} if model_store else None)
+        self.check_servable = check_servable or (
+            None if pipeline_factory else partial(default_servability_check, model_store=model_store))
         self.planner = planner or partial(_default_plan, time_limit_s=plan_time_limit_s)
         self.metrics = metrics
         self.cluster = cluster

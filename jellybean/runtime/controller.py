@@ -38,6 +38,8 @@ readable by its owner only, and ``jellybean up`` keeps an embedded Ray off the n
 
 from __future__ import annotations
 
+from functools import partial
+
 import logging
 import math
 import os
@@ -285,31 +287,36 @@ def default_site_resources(topology: Topology) -> dict[str, float]:
 
 def default_pipeline_factory(cache_dir: Path | None = None, metrics: Metrics | None = None,
                              detached: bool = False, serving: Mapping[str, Any] | None = None) -> PipelineFactory:
-    """The data plane's Pipeline; the model zoo is built into the cache once, before the first one."""
+    """The data plane's Pipeline; before each, the hooks of the plugins whose runners the workflow may
+    use prepare the cache (once per set of runners: e.g. the digits plugin trains its weights)."""
     built = threading.Lock()
-    done: list[bool] = []
+    done: set[frozenset] = set()
 
     def factory(bundle: Bundle, plan: Plan) -> PipelineLike:
         from jellybean.runtime.supervisor import Supervisor
 
-        with built:
-            if not done:
-                from jellybean.plugins import default_cache_dir, prepare
+        from jellybean.plugins import default_cache_dir, prepare, runners_of
 
-                prepare(Path(cache_dir) if cache_dir else default_cache_dir())  # e.g. the digits plugin's weights
-                done.append(True)
+        used = frozenset(runners_of(bundle))
+        with built:
+            if used not in done:
+                prepare(Path(cache_dir) if cache_dir else default_cache_dir(), set(used))
+                done.add(used)
         # Supervised: re-planned when sites fail or return and when load drifts (jellybean.runtime.supervisor).
         return Supervisor(bundle, plan, cache_dir=cache_dir, metrics=metrics, detached=detached, **dict(serving or {}))
 
     return factory
 
 
-def default_servability_check(bundle: Bundle, plan: Plan) -> None:
-    """Refuse at apply time what the data plane could plan but never serve (it would fail at start)."""
+def default_servability_check(bundle: Bundle, plan: Plan, model_store: Path | None = None) -> None:
+    """Refuse at apply time what the data plane could plan but never serve (it would fail at start):
+    unregistered runners and datasets, and artifacts not loadable from the model store as declared
+    (each named with its variant and the reason; the API answers 409)."""
+    from jellybean.artifacts import ModelStore, default_model_store
     from jellybean.runtime.deployment import ServingError, build_deployment
     from jellybean.plugins import unservable
 
-    problems = unservable(bundle)
+    problems = unservable(bundle, ModelStore(model_store or default_model_store()))
     if problems:
         raise NotServable("; ".join(f"{i.path}: {i.message}" for i in problems))
     try:
@@ -395,7 +402,8 @@ class Controller:
             pipeline_factory = default_pipeline_factory(cache_dir, metrics,
                                                         detached=cluster is not None and not cluster.embedded,
                                                         serving=serving)
-            check_servable = check_servable or default_servability_check
+            check_servable = check_servable or partial(default_servability_check,
+                                                       model_store=(serving or {}).get("model_store"))
         self.pipeline_factory = pipeline_factory
         self.check_servable = check_servable
         self.cluster = cluster
@@ -833,8 +841,9 @@ class Controller:
         ledger.sent += int(frames.get("sent", 0))
         ledger.completed += int(frames.get("completed", 0))
         ledger.failed += int(frames.get("failed", 0))
-        if accuracy is not None:
+        if accuracy is not None:  # the run's measured accuracy, carried as if over every completed frame
             ledger.correct += round(accuracy * int(frames.get("completed", 0)) / 100.0)
+            ledger.judged += int(frames.get("completed", 0))
 
     def _record_failure(self, name: str, digest: str, generation: int, exc: BaseException) -> None:
         now = self.clock()

@@ -43,7 +43,7 @@ from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_
 from jellybean.runtime.deployment import (
     Deployment, OutputPlan, ReplicaPlan, ReplicaSpec, ServingError, SourcePlan, build_deployment,
 )
-from jellybean.runtime.flow import Sketch
+from jellybean.runtime.flow import Sketch, accuracy_percent
 from jellybean.runtime.metrics import Metrics
 from jellybean.runtime.replicas import ActorSpec, Backend, RayBackend, ReplicaState, is_death
 from jellybean.runtime.status import (
@@ -91,6 +91,14 @@ class LedgerView:
     correct: int = 0
     in_flight: int = 0
     reasons: Counter = field(default_factory=Counter)
+    judged: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+
+    @property
+    def accuracy_percent(self) -> float | None:
+        return accuracy_percent(self)
 
     @property
     def lost(self) -> int:
@@ -111,6 +119,7 @@ class Pipeline:
     controller) unless another ``backend`` is given."""
 
     def __init__(self, bundle: Bundle, plan: Plan, *, backend: Backend | None = None, cache_dir: Path | None = None,
+                 model_store: Path | None = None,
                  metrics: Metrics | None = None, pin_cpus: bool = False, overload: str = "backpressure",
                  shed_after_ms: float = 50.0, hold_s: float = 0.0, hold_capacity: int = 10_000,
                  frame_timeout_s: float = 120.0, drain_timeout_s: float = 30.0, detached: bool = False,
@@ -139,6 +148,12 @@ class Pipeline:
 
             cache_dir = default_cache_dir()
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        #: Where artifact variants' files are read from (``--model-store``; :mod:`jellybean.artifacts`).
+        if model_store is None and isinstance(self.backend, RayBackend):
+            from jellybean.artifacts import default_model_store
+
+            model_store = default_model_store()
+        self.model_store = Path(model_store) if model_store else None
         self.pin_cpus = pin_cpus
         self.overload = overload
         if max_wait_ms is None:  # the batching wait the plan counted (Topology.batch_wait_ms)
@@ -232,10 +247,11 @@ class Pipeline:
         deployment = self.deployment
         spec = self._host_spec({
             "key": replica.key, "site": replica.site, "stages": [c.stage for c in replica.chain],
-            "loaders": [c.loader for c in replica.chain], "batch_sizes": [c.batch_size for c in replica.chain],
+            "runners_of": [{"runner": c.runner, "artifact": c.artifact} for c in replica.chain], "batch_sizes": [c.batch_size for c in replica.chain],
             "threads": replica.threads, "consumers": {k: list(v) for k, v in deployment.consumers.items()},
             "sink": deployment.sink, "stateful": replica.stateful,
-            "cache_dir": str(self.cache_dir) if self.cache_dir else None})
+            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "model_store": str(self.model_store) if self.model_store else None})
         name = replica.name(deployment.workflow) if self.detached else None
         handle = self.backend.adopt(name) if name else None
         actor = _Actor("replica", replica.key, replica, handle, adopted=handle is not None)
@@ -379,12 +395,17 @@ class Pipeline:
     @property
     def ledger(self) -> LedgerView:
         carried = self.carried
-        view = LedgerView(carried.sent, carried.completed, carried.failed, carried.correct, 0, Counter(carried.reasons))
+        view = LedgerView(carried.sent, carried.completed, carried.failed, carried.correct, 0, Counter(carried.reasons),
+                          carried.judged, carried.tp, carried.fp, carried.fn)
         for actor in self._sources():
             r = actor.report
             view.sent += r.get("sent", 0)
             view.completed += r.get("completed", 0)
             view.correct += r.get("correct", 0)
+            view.judged += r.get("judged", 0)
+            view.tp += r.get("tp", 0)
+            view.fp += r.get("fp", 0)
+            view.fn += r.get("fn", 0)
             view.reasons.update(r.get("failures", {}))
             if actor.state == ReplicaState.DEAD:
                 view.failed += r.get("failed", 0) + r.get("in_flight", 0)
@@ -664,7 +685,7 @@ class Pipeline:
             frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
                           in_flight=ledger.in_flight, lost=ledger.lost),
             failures=dict(ledger.reasons), endpoints=self.endpoints(), outputs=self._output_rows(),
-            accuracy_measured=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
+            accuracy_measured=ledger.accuracy_percent,
             throughput_per_s=throughput, held_messages=self.held, shed=self.shed)
         return status.model_dump()
 
@@ -691,7 +712,7 @@ class Pipeline:
             predicted=Predicted(throughput_per_s=self.deployment.planned_frames_per_s, accuracy=plan.accuracy,
                                 latency_ms_p50=plan.latency_ms_expected, cost_per_hour=plan.cost.total_per_hour if plan.cost else None),
             measured=Measured(throughput_per_s=served,
-                              accuracy=(100.0 * ledger.correct / ledger.completed) if ledger.completed else None,
+                              accuracy=ledger.accuracy_percent,
                               latency_ms_p50=Sketch.quantile(latencies, 50),
                               latency_ms_p99=Sketch.quantile(latencies, 99),
                               hop_overhead_ms_p50=Sketch.quantile(hops, 50), hop_overhead_ms_p99=Sketch.quantile(hops, 99)),

@@ -34,6 +34,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jellybean.plugins import serving_ref
+
 if TYPE_CHECKING:
     from jellybean.optimizer.plan import Plan
     from jellybean.spec.bundle import Bundle
@@ -72,7 +74,9 @@ class ReplicaSpec:
     key: str
     stage: str
     variant: str
-    loader: str
+    #: What serves it: a registered runner's name, or ``artifact:FORMAT:SHA256`` for an artifact variant
+    #: (whose description travels in ``artifact``, as the JSON of the variant's serving fields).
+    runner: str
     site: str
     tier: str
     instance: str
@@ -86,6 +90,7 @@ class ReplicaSpec:
     instance_cpus: float = 1.0
     utilization: float = 0.0  # planned busy fraction of its instance that this replica accounts for
     latency_ms: float = 0.0  # the profile's latency of one batch
+    artifact: str | None = None  # the variant's artifact, signature and steps (JSON), for artifact variants
 
     @property
     def instance_label(self) -> str:
@@ -130,12 +135,12 @@ class ReplicaPlan:
         keeps it (its batch sizes and shares change in place; its CPU reservation stays, since Ray
         cannot resize a running actor's, and replacing it would need room for both, and would drop
         what it keeps: a join's partial frames)."""
-        return tuple((c.key, c.loader) for c in self.chain)
+        return tuple((c.key, c.runner) for c in self.chain)
 
     def name(self, workflow: str) -> str:
         """A detached actor's name: the workflow and a digest of its shape, so that only an actor
         running exactly this chain is ever adopted by a later controller."""
-        shape = "|".join(f"{key}:{loader}" for key, loader in self.shape)
+        shape = "|".join(f"{key}:{runner}" for key, runner in self.shape)
         return f"{workflow}/{hashlib.sha256(shape.encode()).hexdigest()[:16]}"
 
 
@@ -274,9 +279,11 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
     for a in plan.assignments:
         task = zoo.task(stage_task[a.stage])
         variant = task.variant(a.variant) if task else None
-        if variant is None or not variant.loader:
-            raise ServingError(f"variant {a.variant!r} of stage {a.stage!r} names no `loader`: it can be planned "
-                               "but not served (see `jellybean zoo list` for registered loaders)")
+        if variant is None or not variant.servable:
+            raise ServingError(f"variant {a.variant!r} of stage {a.stage!r} names no `runner` and no `artifact`: it "
+                               "can be planned but not served (see `jellybean zoo list` for registered runners)")
+        ref = serving_ref(variant)
+        runner, served = ref["runner"], ref["artifact"]
         replicas = max(1, math.ceil(a.instances - 1e-9))
         for site in a.sites or [a.site]:
             group = groups[(site, a.instance)]
@@ -294,7 +301,7 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
                     next_index[(site, a.instance)] += 1
                 specs.append(ReplicaSpec(
                     key=f"{a.stage}/{site}/{a.instance}/{a.variant}/{k}", stage=a.stage, variant=a.variant,
-                    loader=variant.loader, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
+                    runner=runner, artifact=served, site=site, tier=a.tier, instance=a.instance, batch_size=a.batch_size,
                     weight=a.rate_per_s / replicas, num_cpus=cpu_amount(cpus),
                     threads=max(1, int(cpus + 1e-9)), instance_key=(site, a.instance, index),
                     instance_cpus=group.cpus or 1.0, utilization=a.utilization, latency_ms=a.latency_ms,
@@ -303,7 +310,7 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
 
 
 def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dict[str, list[str]],
-                inputs: dict[str, int], stateful) -> dict[str, list[ReplicaSpec]]:  # noqa: ANN001 - loader -> bool
+                inputs: dict[str, int], stateful) -> dict[str, list[ReplicaSpec]]:  # noqa: ANN001 - runner -> bool
     """Chains of consecutive stages to run inside one replica: head replica key -> the chain.
 
     Stage ``s`` joins the chain of ``u`` when ``u`` feeds only ``s``, ``s`` reads only from ``u``,
@@ -329,7 +336,7 @@ def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dic
             if inputs.get(nxt_stage, 0) != 1 or len(by_stage[nxt_stage]) != 1:
                 break
             nxt = by_stage[nxt_stage][0]
-            if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.loader) or stateful(tail.loader):
+            if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.runner) or stateful(tail.runner):
                 break
             chain.append(nxt)
             absorbed.add(nxt_stage)
@@ -357,7 +364,7 @@ def _reach(topology: Topology) -> dict[str, tuple[str, ...]]:
 
 def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=None) -> Deployment:  # noqa: ANN001
     """The Deployment of ``plan`` (raises :class:`ServingError` when it cannot be served as written).
-    ``stateful(loader) -> bool`` says which runners keep state across requests (default: the
+    ``stateful(runner) -> bool`` says which runners keep state across requests (default: the
     registry's answer)."""
     if stateful is None:
         from jellybean.plugins import is_stateful as stateful
@@ -376,7 +383,7 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
         chains = plan_fusion(specs, order, consumers, inputs, stateful)
     absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
     replicas = tuple(ReplicaPlan(tuple(chains.get(spec.key, [spec])),
-                                 stateful=any(stateful(c.loader) for c in chains.get(spec.key, [spec])))
+                                 stateful=any(stateful(c.runner) for c in chains.get(spec.key, [spec])))
                      for spec in specs if spec.key not in absorbed)
     tiers = {s.name: str(getattr(s.tier, "value", s.tier)) for s in topology.spec.sites}
     sources = []

@@ -127,6 +127,15 @@ class RetryPolicy:
         return attempts < self.max_attempts
 
 
+def accuracy_percent(counts) -> float | None:  # noqa: ANN001 - a Ledger or a LedgerView
+    """Measured accuracy, in percent, in the metric the frames' truths call for: F1 = 2 TP / (2 TP +
+    FP + FN) for yes/no truths (a detector that lets through what it should: what the profiler's F1
+    is), else the share of judged frames answered right. None before any frame was judged."""
+    if counts.tp + counts.fp + counts.fn:
+        return 100.0 * 2 * counts.tp / (2 * counts.tp + counts.fp + counts.fn)
+    return 100.0 * counts.correct / counts.judged if counts.judged else None
+
+
 @dataclass
 class Ledger:
     """Every frame sent ends exactly once: completed (with its result) or failed (with a reason)."""
@@ -135,6 +144,12 @@ class Ledger:
     completed: int = 0
     failed: int = 0
     correct: int = 0
+    #: Completions with a verdict (the frame had a ground truth), and, for yes/no truths (is there
+    #: speech?), the confusion counts that F1 is computed from.
+    judged: int = 0
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
     reasons: Counter = field(default_factory=Counter)
     latency_ms: Sketch = field(default_factory=lambda: Sketch(LATENCY_BOUNDS_MS))
     _open: dict = field(default_factory=dict)  # frame id -> when it was sent, in sending order
@@ -158,14 +173,28 @@ class Ledger:
             out.append(frame_id)
         return out
 
-    def complete(self, frame_id, *, correct: bool, latency_ms: float) -> bool:
+    def complete(self, frame_id, *, correct: bool | None, latency_ms: float,
+                 detection: tuple[bool, bool] | None = None) -> bool:
+        """A frame that ended with its result. ``correct`` is None without a ground truth;
+        ``detection`` is ``(predicted, truth)`` for a yes/no truth."""
         if frame_id not in self._open:
             return False  # a duplicate (a retried request that had in fact succeeded): ignored
         del self._open[frame_id]
         self.completed += 1
-        self.correct += bool(correct)
+        if correct is not None:
+            self.judged += 1
+            self.correct += bool(correct)
+        if detection is not None:
+            predicted, truth = detection
+            self.tp += predicted and truth
+            self.fp += predicted and not truth
+            self.fn += truth and not predicted
         self.latency_ms.add(latency_ms)
         return True
+
+    @property
+    def accuracy_percent(self) -> float | None:
+        return accuracy_percent(self)
 
     def fail(self, frame_id, reason: str) -> bool:
         if frame_id not in self._open:

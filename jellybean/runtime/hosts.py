@@ -121,7 +121,7 @@ class _Housekeeping:
 
 class ReplicaHost(_Housekeeping):
     def __init__(self, spec: dict) -> None:
-        #: {"key", "site", "stages", "loaders", "batch_sizes", "threads", "consumers", "sink", "stateful",
+        #: {"key", "site", "stages", "runners_of", "batch_sizes", "threads", "consumers", "sink", "stateful",
         #:  "cache_dir", "transport", "options", "runners" (in-process only)}
         self.spec = spec
         self.worker: StageWorker | None = None
@@ -131,9 +131,10 @@ class ReplicaHost(_Housekeeping):
         spec = self.spec
         runners = spec.get("runners")
         if runners is None:
-            from jellybean.plugins import load_runner
+            from jellybean.plugins import build_runner
 
-            runners = [load_runner(name, Path(spec["cache_dir"]), threads=spec["threads"]) for name in spec["loaders"]]
+            runners = [build_runner(ref, cache_dir=spec.get("cache_dir"), model_store=spec.get("model_store"),
+                                    threads=spec["threads"]) for ref in spec["runners_of"]]
         stateful = spec.get("stateful", any(bool(getattr(r, "stateful", False)) for r in runners))
         options = spec.get("options", {})
         self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""))

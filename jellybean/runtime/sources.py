@@ -228,8 +228,12 @@ class FrameSource:
         for frame in frames:
             frame_id = frame["frame_id"]
             end = outcome.get(frame_id)
+            truth = frame.get("truth")
+            yes_no = isinstance(truth, (bool, np.bool_))
             if end is not None and end[0] == COMPLETED:
-                self._completed(frame_id, sent_at, bool(end[2]), end[3])
+                # A result: the sink's verdict where the frame had a truth (a yes/no one: it said yes).
+                verdict = None if truth is None else bool(end[2]) if end[2] is not None else bool(truth) if yes_no else False
+                self._completed(frame_id, sent_at, verdict, end[3], (True, bool(truth)) if yes_no else None)
                 answers[frame_id] = (COMPLETED, end[1])
                 continue
             if end is not None and end[0] == FAILED:
@@ -237,7 +241,10 @@ class FrameSource:
             elif end is not None and end[0] == PENDING:
                 reason = "a join held parts of the frame and never completed it (its other parts were lost)"
             else:
-                self._completed(frame_id, sent_at, False)  # the models produced no result for it: it ended
+                # The models produced no result for it (a detector found nothing, a VAD heard no
+                # speech): it ended. Right exactly when its truth says there was nothing to find.
+                verdict = None if truth is None else not bool(truth) if yes_no else False
+                self._completed(frame_id, sent_at, verdict, None, (False, bool(truth)) if yes_no else None)
                 answers[frame_id] = (COMPLETED, None)
                 continue
             self.fail(frame_id, reason)
@@ -247,13 +254,14 @@ class FrameSource:
         if not ends.done():
             ends.set_result(answers)
 
-    def _completed(self, frame_id: str, sent_at: float, correct: bool, latency_ms: float | None = None) -> None:
+    def _completed(self, frame_id: str, sent_at: float, correct: bool | None, latency_ms: float | None = None,
+                   detection: tuple[bool, bool] | None = None) -> None:
         """A frame that ended with its result; ``latency_ms`` is source to result, as the sink measured
         it (the time its end took to come back here is not part of it)."""
         now = time.time()
         if latency_ms is None:
             latency_ms = (now - sent_at) * 1000.0
-        if self.ledger.complete(frame_id, correct=correct, latency_ms=latency_ms):
+        if self.ledger.complete(frame_id, correct=correct, latency_ms=latency_ms, detection=detection):
             if self.first_completed_at is None:
                 self.first_completed_at = now
             self.last_completed_at = now
@@ -276,7 +284,8 @@ class FrameSource:
     def report(self) -> dict:
         ledger = self.ledger
         return {"source": self.source, "site": self.site, "sent": ledger.sent, "completed": ledger.completed,
-                "failed": ledger.failed, "correct": ledger.correct, "in_flight": ledger.in_flight,
+                "failed": ledger.failed, "correct": ledger.correct, "judged": ledger.judged, "tp": ledger.tp,
+                "fp": ledger.fp, "fn": ledger.fn, "in_flight": ledger.in_flight,
                 "generated": self.generated, "shed": self.shed, "failures": dict(ledger.reasons),
                 "refused_full": self.refused_full, "refused_bad": self.refused_bad,
                 "latency": ledger.latency_ms.state(), "first_completed_at": self.first_completed_at,

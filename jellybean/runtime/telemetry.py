@@ -197,8 +197,8 @@ class Telemetry:
         ledger = pipeline.ledger
         m.frames_in_flight.labels(wf).set(ledger.in_flight)
         m.held_messages.labels(wf).set(held)
-        if ledger.completed:
-            m.accuracy_measured.labels(wf).set(100.0 * ledger.correct / ledger.completed)
+        if ledger.accuracy_percent is not None:
+            m.accuracy_measured.labels(wf).set(ledger.accuracy_percent)
         for site, tier in d.tiers.items():
             if d.parent.get(site) is not None:
                 m.link_up.labels(wf, site, tier).set(0.0 if site in pipeline.links_down else 1.0)

@@ -52,7 +52,7 @@ from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, colle
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 
 #: Message fields every runner's outputs inherit from their input (the frame's identity and timing).
-META = ("frame_id", "source", "site", "received_at", "sent_at", "reply", "truth")
+META = ("frame_id", "source", "site", "received_at", "sent_at", "reply", "truth", "correct")
 #: Fields of a message that are the runtime's, not a model's (left out of results).
 INTERNAL = {"reply", "truth", "sent_at"}
 
@@ -147,12 +147,19 @@ def to_jsonable(value: Any) -> Any:
 
 
 def result_of(message: dict, completed_at: float) -> dict:
-    """What an output receives for one frame: its identity and timing, then the sink's fields."""
+    """What an output receives for one frame: its identity and timing, the sink model's outputs under
+    ``outputs`` (name -> nested lists), and, as before ``outputs`` existed, the same fields at the top
+    level too (readers of the first results' shape keep working)."""
     out = {"frame_id": message.get("frame_id"), "source": message.get("source"), "site": message.get("site"),
            "received_at": message.get("received_at"), "completed_at": completed_at}
+    produced = {}
     for key, value in message.items():
         if key not in out and key not in INTERNAL:
-            out[key] = to_jsonable(value)
+            value = to_jsonable(value)
+            out[key] = value
+            if key != "correct":
+                produced[key] = value
+    out["outputs"] = produced
     if message.get("truth") is None:
         out.pop("correct", None)  # nothing to be right about without a ground truth
     return out
@@ -743,7 +750,8 @@ class StageWorker:
                         mark(own, frame_id, COMPLETED, None, *known)
                         continue
                     latency = (now - out["received_at"]) * 1000.0 if out.get("received_at") else None
-                    correct = bool(out.get("correct", False))
+                    correct = out.get("correct")  # None: no ground truth, nothing to judge
+                    correct = None if correct is None else bool(correct)
                     self.completed_recently[frame_id] = (correct, latency)
                     if len(self.completed_recently) > 100_000:
                         self.completed_recently.popitem(last=False)

@@ -43,3 +43,6 @@ def prepare(cache_dir: Path) -> None:
     from jellybean.zoo.build import build_zoo
 
     build_zoo(Path(cache_dir))
+
+
+prepare.runners = frozenset(LOADERS)  # type: ignore[attr-defined] - only workflows that use them need it

@@ -77,6 +77,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "kubernetes.io/metadata.name": "monitoring"}}}]}, "api": {"from": []},
         "ray": {"from": [{"podSelector": {"matchLabels": {"app": "ray-dashboard-proxy"}}}]}}},
     "no-network-policy": {"networkPolicy": {"enabled": False}},
+    "model-store": {"modelStore": {"claimName": "models", "mountPath": "/srv/models"}},
     "overrides": {"fullnameOverride": "jellybean", "imagePullSecrets": [{"name": "registry"}],
                   "image": {"repository": "registry.example.com/jellybean", "tag": "0.1.0-rc1"},
                   "operator": {"extraArgs": ["--log-level=debug"], "extraEnv": [{"name": "X", "value": "1"}],
@@ -265,7 +266,11 @@ def test_pods_are_locked_down(scenario):
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert "fsGroup" in spec["securityContext"]
-        assert not any("persistentVolumeClaim" in v or "hostPath" in v for v in spec.get("volumes", []))
+        # No host paths, and no claims but the model store's, which is mounted read-only.
+        assert not any("hostPath" in v for v in spec.get("volumes", []))
+        for volume in spec.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                assert volume["name"] == "model-store" and volume["persistentVolumeClaim"]["readOnly"] is True
         assert not spec.get("hostNetwork") and not spec.get("hostPID")
         for container in spec["containers"]:
             context = container["securityContext"]
@@ -478,3 +483,23 @@ def test_notes_say_what_to_do_next():
                      f"port-forward svc/{RELEASE}-jellybean {API_PORT} {METRICS_PORT}", "grafana_dashboard",
                      "kubectl delete crd inferenceworkflows.jellybean.io"):
         assert expected in notes, expected
+
+
+def test_the_model_store_is_mounted_read_only_where_artifacts_are_read():
+    """The operator proves artifacts loadable and the Ray pods' replicas load them: both mount the
+    store at the same path, read-only, and are told where it is; without a claim, nothing is mounted."""
+    docs = manifests("model-store")
+    pods = [("operator", one(docs, "Deployment")["spec"]["template"]["spec"])]
+    cluster = one(docs, "RayCluster")
+    pods.append(("head", cluster["spec"]["headGroupSpec"]["template"]["spec"]))
+    pods += [(g["groupName"], g["template"]["spec"]) for g in cluster["spec"]["workerGroupSpecs"]]
+    for name, pod in pods:
+        volume = next(v for v in pod["volumes"] if v["name"] == "model-store")
+        assert volume["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}, name
+        (container,) = pod["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "model-store")
+        assert mount == {"name": "model-store", "mountPath": "/srv/models", "readOnly": True}, name
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["JELLYBEAN_MODEL_STORE"] == "/srv/models", name
+    for pod in pod_specs(manifests("default")):
+        assert all(v["name"] != "model-store" for v in pod.get("volumes", []))

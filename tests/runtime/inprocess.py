@@ -92,7 +92,7 @@ class Runners:
 
     def __call__(self, spec: dict) -> list:
         made = []
-        for loader in spec["loaders"]:
+        for loader in (ref["runner"] for ref in spec["runners_of"]):
             if "detector" in loader:
                 made.append(Detect())
             elif "aggregator" in loader:

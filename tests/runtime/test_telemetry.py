@@ -26,7 +26,7 @@ def telemetry():
     telemetry = Telemetry(deployment, plan, Metrics())
     actors = {"cameras@cam-1": SimpleNamespace(key="cameras@cam-1", site="cam-1")}
     pipeline = SimpleNamespace(bundle=bundle, actors=actors, links_down=set(), replicas={},
-                               ledger=SimpleNamespace(in_flight=0, completed=0, correct=0))
+                               ledger=SimpleNamespace(in_flight=0, completed=0, correct=0, accuracy_percent=None))
     telemetry.started(pipeline)
     return telemetry, pipeline
 

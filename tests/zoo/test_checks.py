@@ -1,4 +1,4 @@
-"""A loader or a dataset that is not registered is a user mistake: refused at validate, at run before
+"""A runner or a dataset that is not registered is a user mistake: refused at validate, at run before
 anything starts, and at apply (409), named with what is registered, never as an internal error."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def unregistered(tmp_path: Path) -> Path:
     folder = tmp_path / "digits"
     shutil.copytree(DIGITS, folder)
     zoo = (folder / "zoo.yaml").read_text()
-    assert "loader: digits-detector-tiny" in zoo
-    (folder / "zoo.yaml").write_text(zoo.replace("loader: digits-detector-tiny", "loader: my-detector", 1))
+    assert "runner: digits-detector-tiny" in zoo
+    (folder / "zoo.yaml").write_text(zoo.replace("runner: digits-detector-tiny", "runner: my-detector", 1))
     workflow = (folder / "workflow.yaml").read_text()
     assert "replay: digits-frames" in workflow
     (folder / "workflow.yaml").write_text(workflow.replace("replay: digits-frames", "replay: my-frames", 1))
@@ -42,8 +42,8 @@ def test_validate_and_run_refuse_unregistered_names_at_their_lines(unregistered:
     err = capsys.readouterr().err
     assert "internal error" not in err and "Traceback" not in err
     zoo, workflow = unregistered / "zoo.yaml", unregistered / "workflow.yaml"
-    assert (f"{zoo}:{line_of(zoo, 'my-detector')}: spec.tasks[0].variants[0].loader: unknown model loader "
-            f"'my-detector'{did_you_mean('my-detector', runner_names())} (registered: {listed(runner_names())})") in err
+    assert (f"{zoo}:{line_of(zoo, 'my-detector')}: spec.tasks[0].variants[0].runner: variant 'digits-detector-tiny': "
+            f"unknown runner 'my-detector'{did_you_mean('my-detector', runner_names())} (registered: {listed(runner_names())})") in err
     assert (f"{workflow}:{line_of(workflow, 'my-frames')}: spec.sources[0].replay: unknown dataset 'my-frames'"
             f"{did_you_mean('my-frames', dataset_names())} (registered: {listed(dataset_names())})") in err
 
@@ -56,7 +56,7 @@ def test_apply_refuses_them_with_409_and_stores_nothing(unregistered: Path, tmp_
     (rejection,) = info.value.rejections
     assert rejection.reason == "not-servable"
     (reason,) = rejection.explanation
-    assert "unknown model loader 'my-detector'" in reason and "unknown dataset 'my-frames'" in reason
+    assert "unknown runner 'my-detector'" in reason and "unknown dataset 'my-frames'" in reason
     assert "digits-detector-tiny" in reason  # what is registered
     assert controller.store.counts()["submissions"] == 0
     assert controller.apply(files_of(DIGITS)).changed  # the registered names are accepted
