@@ -40,7 +40,7 @@ import os
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -150,17 +150,17 @@ class ModelStore:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-class _Model:
-    """A loaded artifact: ``run(inputs by name) -> outputs by name``, and what its graph declares."""
+class _Model(Protocol):
+    """A loaded artifact: ``run(inputs by name) -> outputs by name``, and what its graph declares
+    (ONNX only: name -> (dtype, shape); None for the torch formats, checked by a trial run)."""
 
-    declared_inputs: dict[str, tuple[str, list]] | None = None  # ONNX only: name -> (dtype, shape)
-    declared_outputs: dict[str, tuple[str, list]] | None = None
+    declared_inputs: dict[str, tuple[str, list]] | None
+    declared_outputs: dict[str, tuple[str, list]] | None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
-class _Onnx(_Model):
+class _Onnx:
     def __init__(self, data: bytes, threads: int, outputs: list[str]) -> None:
         import onnxruntime as ort
 
@@ -181,7 +181,9 @@ class _Onnx(_Model):
         return dict(zip(self.outputs, values))
 
 
-class _Torch(_Model):
+class _Torch:
+    declared_inputs = declared_outputs = None
+
     def __init__(self, module: Any, inputs: list[str], outputs: list[str]) -> None:
         self.module, self.inputs, self.outputs = module, inputs, outputs
 
@@ -281,11 +283,20 @@ def check_signature(model: _Model, signature: Signature, artifact: Artifact) -> 
             raise ArtifactError(f"output {t.name!r} is {value.dtype} on a trial run, not {t.dtype}")
 
 
+def _loaded(variant: Variant, store: ModelStore, *, threads: int, checked: bool = True) -> _Model:
+    """``variant``'s artifact read from ``store`` (its digest verified), loaded, and (``checked``)
+    held against its signature."""
+    if variant.artifact is None or variant.signature is None:
+        raise ArtifactError(f"variant {variant.name!r} has no artifact")
+    model = load_model(variant.artifact, variant.signature, store.read(variant.artifact), threads=threads)
+    if checked:
+        check_signature(model, variant.signature, variant.artifact)
+    return model
+
+
 def prove_loadable(variant: Variant, store: ModelStore, *, threads: int = 1) -> None:
     """Read, verify, load and check ``variant``'s artifact (raises :class:`ArtifactError`)."""
-    assert variant.artifact is not None and variant.signature is not None
-    model = load_model(variant.artifact, variant.signature, store.read(variant.artifact), threads=threads)
-    check_signature(model, variant.signature, variant.artifact)
+    _loaded(variant, store, threads=threads)
 
 
 # --- steps -----------------------------------------------------------------------------------------
@@ -452,6 +463,7 @@ class ArtifactRunner:
                 break
             vectorised += 1
         self.batch_post, self.item_post = variant.post[:vectorised], variant.post[vectorised:]
+        self.judged = [step for step in self.batch_post if step.judge]
 
     def _constants(self, n: int) -> dict[str, np.ndarray]:
         feeds = self._constant_feeds.get(n)
@@ -464,8 +476,7 @@ class ArtifactRunner:
     def __call__(self, messages: list[dict]) -> list[list[dict]]:
         if not messages:
             return []
-        pre, post, keep = self.variant.pre, self.item_post, self.keep
-        judged = [step for step in self.batch_post if step.judge]
+        pre, post, keep, judged = self.variant.pre, self.item_post, self.keep, self.judged
         prepared = [apply_steps(pre, m) for m in messages] if pre else [[m] for m in messages]
         rows = [row for group in prepared for row in group] if pre else messages
         n = len(rows)
@@ -523,15 +534,10 @@ class ArtifactRunner:
 
 def artifact_runner(variant: Variant, store: ModelStore, *, threads: int = 1) -> ArtifactRunner:
     """Read, verify, load and check the variant's artifact, then wrap it as a runner."""
-    if variant.artifact is None or variant.signature is None:
-        raise ArtifactError(f"variant {variant.name!r} has no artifact")
-    model = load_model(variant.artifact, variant.signature, store.read(variant.artifact), threads=threads)
-    check_signature(model, variant.signature, variant.artifact)
-    return ArtifactRunner(variant, model)
+    return ArtifactRunner(variant, _loaded(variant, store, threads=threads))
 
 
 def calling(variant: Variant, store: ModelStore, *, threads: int = 1) -> Callable[[dict[str, np.ndarray]], dict]:
     """The bare model of ``variant`` (verified and loaded, no steps): what the overhead benchmark and
     the tests hold the runner against."""
-    assert variant.artifact is not None and variant.signature is not None
-    return load_model(variant.artifact, variant.signature, store.read(variant.artifact), threads=threads).run
+    return _loaded(variant, store, threads=threads, checked=False).run

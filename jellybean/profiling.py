@@ -133,12 +133,14 @@ def _rss_kb() -> int:
 
 
 def _measure(variant_json: str, store: str | None, cache_dir: str | None, dataset: str | None,
-             batch_sizes: list[int], repeats: int, warmup: int, threads: int, seed: int) -> dict:
+             batch_sizes: list[int], repeats: int, warmup: int, threads: int, seed: int,
+             inputs_json: str | None = None) -> dict:
     """In the child process: build the runner, time it, score it. Returns plain values."""
     from jellybean.plugins import build_runner, load_dataset, serving_ref
 
     variant = Variant.model_validate_json(variant_json)
-    messages = load_dataset(dataset, seed=seed) if dataset else synthetic_messages(variant)
+    shaped = Variant.model_validate_json(inputs_json) if inputs_json else variant
+    messages = load_dataset(dataset, seed=seed) if dataset else synthetic_messages(shaped)
     if not messages:
         raise ProfileError(f"dataset {dataset!r} has no messages")
     # The framework is imported first: what the model takes is measured, not the library (a runner
@@ -182,10 +184,13 @@ def _child(queue: Any, args: tuple) -> None:
 def profile_variant(variant: Variant, *, hardware: str, store: Path | None, cache_dir: Path | None,
                     dataset: str | None = None, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
                     repeats: int = 50, warmup: int = 5, threads: int = 1, seed: int = 0,
-                    isolate: bool = True, timeout_s: float = 900.0) -> Measured:
-    """Measure one variant (see the module docstring); ``isolate`` runs it in a spawned process."""
+                    isolate: bool = True, timeout_s: float = 900.0, inputs_of: Variant | None = None) -> Measured:
+    """Measure one variant (see the module docstring); ``isolate`` runs it in a spawned process.
+    ``inputs_of``: without a dataset, feed the zero inputs of this variant's signature instead of the
+    measured one's (a runner that reads another model's inputs, as a split's pass-through does)."""
     args = (variant.model_dump_json(), str(store) if store else None, str(cache_dir) if cache_dir else None,
-            dataset, list(batch_sizes), repeats, warmup, threads, seed)
+            dataset, list(batch_sizes), repeats, warmup, threads, seed,
+            inputs_of.model_dump_json() if inputs_of is not None else None)
     if isolate:
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()

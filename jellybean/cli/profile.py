@@ -98,7 +98,7 @@ def cmd_profile_zoo(args: argparse.Namespace) -> int:
     if not chosen:
         raise UsageError(f"{path} has no variant that says how to serve it (`runner` or `artifact`) to profile")
     from jellybean.artifacts import ModelStore
-    from jellybean.plugins import prepare, unservable  # noqa: F401 - prepare: runners' own files first
+    from jellybean.plugins import prepare
 
     store = model_store_of(args)
     cache = args.cache or default_cache_dir()
@@ -269,18 +269,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     sizes = parse_batch_sizes(args.batch_sizes)
     base = {"accuracy": variant.accuracy, "output_kb": variant.output_kb,
             "profiles": [{"hardware": hardware, "latency_ms": {1: 1.0}}]}
-    measured = {}
     to_profile = {"pass": Variant.model_validate({"name": "pass", **base, "runner": PASS_RUNNER})}
     for name, entry in entries.items():
         for side in ("head", "tail"):
             to_profile[f"{name}/{side}"] = Variant.model_validate({"name": f"{name}-{side}", **base, **entry[side]})
+    measured = {}
     for key, v in to_profile.items():
-        if key == "pass":
-            # The pass-through reads whatever the message holds: fed the variant's own zero inputs.
-            measured[key] = _profile_pass(v, variant, hardware, sizes, args.repeats)
-            continue
+        # The pass-through loads nothing (measured here) and reads whatever the message holds: it is
+        # fed the whole variant's zero inputs.
         measured[key] = profile_variant(v, hardware=hardware, store=store_dir, cache_dir=None, batch_sizes=sizes,
-                                        repeats=args.repeats)
+                                        repeats=args.repeats, isolate=key != "pass",
+                                        inputs_of=variant if key == "pass" else None)
         print(f"{key}: p50 b1 {measured[key].latency_ms_p50[sizes[0]]:.3f} ms, {measured[key].memory_mb:.0f} MB",
               file=sys.stderr)
     docs, index = _zoo_document(path)
@@ -312,30 +311,3 @@ def _input_kb(variant) -> float:  # noqa: ANN001 - a Variant
     (spec,) = [t for t in variant.signature.inputs if t.fill is None]
     items = int(np.prod([int(d) for d in spec.shape if d not in (-1, "batch")]))
     return round(items * np.dtype(spec.dtype).itemsize / 1024.0 * 1.02, 3)
-
-
-def _profile_pass(v, variant, hardware: str, sizes: tuple[int, ...], repeats: int):  # noqa: ANN001, ANN202
-    """The pass-through's latency, in this process (it loads nothing), on the variant's zero inputs."""
-    import time
-
-    import numpy as np
-
-    from jellybean.profiling import Measured, _nearest_rank, synthetic_messages
-    from jellybean.split import passthrough
-
-    run = passthrough(cache_dir=Path("."))
-    messages = synthetic_messages(variant, 16)
-    lat = {}
-    for b in sizes:
-        samples = []
-        for _ in range(repeats):
-            batch = [messages[i % len(messages)] for i in range(b)]
-            began = time.perf_counter()
-            run(batch)
-            samples.append(max(1e-3, (time.perf_counter() - began) * 1000.0))
-        lat[b] = samples
-    means = {b: round(float(np.mean(s)), 4) for b, s in lat.items()}
-    return Measured(variant="pass", hardware=hardware, latency_ms=means,
-                    latency_ms_p50={b: round(_nearest_rank(s, 0.5), 4) for b, s in lat.items()},
-                    latency_ms_p90={b: round(_nearest_rank(s, 0.9), 4) for b, s in lat.items()},
-                    throughput_per_s={b: round(b * 1000.0 / means[b], 2) for b in means}, memory_mb=0.0)

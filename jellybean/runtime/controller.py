@@ -38,8 +38,6 @@ readable by its owner only, and ``jellybean up`` keeps an embedded Ray off the n
 
 from __future__ import annotations
 
-from functools import partial
-
 import logging
 import math
 import os
@@ -48,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
