@@ -17,8 +17,9 @@ Then it stops the pipeline (draining) and reports the ledger: ``frames`` {sent, 
 
 Why interface bytes can exceed planned: every TCP segment adds 66 bytes of Ethernet, IP and TCP
 headers (about 4.5% of a full one) and Ray's RPCs add their own framing; the reverse direction
-carries the ACKs and the RPC replies. :func:`judge` subtracts the idle baseline and compares within a
-relative tolerance, on every link direction the plan sends frames over.
+carries the ACKs and the RPC replies. Why it can be well below planned: the plan prices each message
+at its size sent alone, and batches are smaller per message (see :data:`PACKED_FLOOR`). :func:`judge`
+subtracts the idle baseline and checks those bounds, on every link direction the plan sends frames over.
 """
 
 from __future__ import annotations
@@ -176,20 +177,35 @@ def _degrade(bed: Testbed, client: DriverClient, degrade: dict, planned: dict, b
             "shed": after["shed"] - before["shed"]}
 
 
+#: The least share of its planned bytes a link may carry. The plan prices every message at its size
+#: sent alone (``output_kb``, ``payload_kb``: an upper bound); a batch shares its field names and
+#: stacks its arrays into columns (:func:`jellybean.runtime.worker.pack_messages`), so a busy link
+#: carries less: a digits crop with the runtime's fields costs 548 B alone and 335 B in a batch of
+#: 16, a label 177 B and 76 B. How large the batches get depends on the machine's speed (a slower one
+#: queues more), so the share lies anywhere between about 0.4 and 1.
+PACKED_FLOOR = 0.35
+
+
 def judge(result: dict, *, tolerance: float = 0.10) -> list[str]:
     """What misses the targets: on every link direction the plan sends over, interface bytes minus
-    the idle baseline within ``tolerance`` of planned, and our metrics within ``tolerance`` of the
-    interface's; no frame lost; measured throughput within ``tolerance`` of planned."""
+    the idle baseline at most ``tolerance`` above planned (the plan is the upper bound: each message
+    priced as if sent alone) and at least :data:`PACKED_FLOOR` of it; our metrics (the kernel's
+    count of our connections' bytes) at most the interface's total and at least ``1 - tolerance`` of
+    the interface's less idle (the idle baseline is an estimate: Ray's bursts vary from one window to
+    the next, so "ours" is bounded on both sides rather than held to a difference of two counters);
+    no frame lost; measured throughput within ``tolerance`` of planned."""
     problems = []
     for link in result["links"]:
         name = f"{link['link']}/{link['direction']}"
         if link["planned_bytes"] <= 0:
             continue
         wire = link["interface_bytes"] - link["idle_bytes"]
-        if abs(wire - link["planned_bytes"]) > tolerance * link["planned_bytes"]:
-            problems.append(f"{name}: interface bytes less idle {wire} vs planned {link['planned_bytes']}")
-        if abs(link["jellybean_bytes"] - wire) > tolerance * wire:
-            problems.append(f"{name}: our metrics {link['jellybean_bytes']} vs interface less idle {wire}")
+        if not PACKED_FLOOR * link["planned_bytes"] <= wire <= (1 + tolerance) * link["planned_bytes"]:
+            problems.append(f"{name}: interface bytes less idle {wire} vs planned {link['planned_bytes']} "
+                            f"(expected {PACKED_FLOOR} to {1 + tolerance} of it)")
+        if not (1 - tolerance) * wire <= link["jellybean_bytes"] <= link["interface_bytes"]:
+            problems.append(f"{name}: our metrics {link['jellybean_bytes']} vs interface {link['interface_bytes']}, "
+                            f"less idle {wire}")
     if result["frames"]["lost"]:
         problems.append(f"{result['frames']['lost']} frames lost")
     t = result["throughput_per_s"]
