@@ -1,4 +1,4 @@
-"""The split demo, measured: `jellybean split` on jellybean.split.example_network, the plans with and
+"""The split demo, measured: `jellybean split` on AlexNet (jellybean.split.alexnet), the plans with and
 without the cut on workflows/split/ (a hub with 128 MB for models behind a paid uplink), and the split
 plan served on an embedded Ray by `jellybean run` (the camera replaying `noise-images`).
 
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from plan import machine  # noqa: E402
 
 from jellybean.artifacts import default_model_store, sha256_file  # noqa: E402
-from jellybean.split import export_example  # noqa: E402
+from jellybean.split import export_alexnet  # noqa: E402
 
 SPLIT = ROOT / "workflows" / "split"
 JELLYBEAN = str(Path(sys.executable).parent / "jellybean")
@@ -44,17 +44,17 @@ def main() -> int:
     args = parser.parse_args()
     store, build = args.model_store, args.build
     build.mkdir(parents=True, exist_ok=True)
-    export_example(store / "demo" / "net.pt2")
+    export_alexnet(store / "demo" / "alexnet.pt2")
     zoo = (SPLIT / "zoo.yaml").read_text()
     committed = zoo.split("sha256: ")[1].split("}")[0]
-    built = sha256_file(store / "demo" / "net.pt2")
+    built = sha256_file(store / "demo" / "alexnet.pt2")
     (build / "zoo-whole.yaml").write_text(zoo.replace(committed, built))
     for name in ("topology.yaml", "workflow.yaml"):
         (build / name).write_text((SPLIT / name).read_text())
     ms = ["--model-store", str(store)]
     run("profile", "-f", str(build / "zoo-whole.yaml"), *ms, "--batch-sizes", "1,2,4,8", "--repeats", "30",
         "--out", str(build / "zoo-whole.yaml"))
-    run("split", "-f", str(build / "zoo-whole.yaml"), "--variant", "net", *ms, "--max-cuts", "2",
+    run("split", "-f", str(build / "zoo-whole.yaml"), "--variant", "alexnet", *ms, "--max-cuts", "2",
         "--out", str(build / "zoo-split.yaml"), "--workflow", str(build / "workflow.yaml"), "--stage", "classify",
         "--out-workflow", str(build / "workflow-split.yaml"))
     whole = json.loads(run("plan", "-f", str(build / "zoo-whole.yaml"), "-f", str(build / "topology.yaml"), "-f",

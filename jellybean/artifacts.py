@@ -416,6 +416,13 @@ def _batch_decision(step: Step, scores: np.ndarray) -> list:
     return decided[:, 0].tolist() if scores.shape[1] == 1 else list(decided)
 
 
+def f1_percent(tp: int, fp: int, fn: int) -> float:
+    """F1 in percent, ``100 * 2 TP / (2 TP + FP + FN)``: the measure of a yes/no answer (is there
+    speech?) that a ``judge`` step's verdicts add up to, used alike by the profiler (a variant's
+    accuracy) and the runtime (the served frames'); 0 when nothing was positive on either side."""
+    return 100.0 * 2 * tp / max(1, 2 * tp + fp + fn)
+
+
 def _judge(step: Step, message: dict, decided: Any) -> None:
     """Where the frame has a ground truth (a replayed, labelled dataset) and the step is its answer,
     say whether it is right: what `jellybean run` measures accuracy from."""

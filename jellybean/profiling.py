@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from jellybean.artifacts import f1_percent
 from jellybean.spec.zoo import ModelZoo, Task, Variant
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
@@ -117,8 +118,7 @@ def score(messages: list[dict], outputs: list[list[dict]]) -> tuple[float | None
             tp += predicted and truth
             fp += predicted and not truth
             fn += (not predicted) and truth
-        f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-        return round(100.0 * f1, 2), "f1", fan_out
+        return round(f1_percent(tp, fp, fn), 2), "f1", fan_out
     right = sum(1 for _, outs in labelled if outs and bool(outs[0].get("correct", False)))
     return round(100.0 * right / len(labelled), 2), "accuracy", fan_out
 

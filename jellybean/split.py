@@ -262,29 +262,43 @@ def split_workflow(workflow_doc: dict, stage: str, task: str) -> dict:
     return doc
 
 
-def example_network(seed: int = 0):  # noqa: ANN201 - a torch.nn.Module
-    """The network ``make demo-split`` cuts (built here, weights from ``seed``: no download): a cheap
-    strided head that shrinks a 3 x 64 x 64 image (48 KB) to 16 x 8 x 8 features (4 KB), then a large
-    MLP (1024 -> 3072 -> 3072 -> 10; 50 MB of weights). Its shape is what splitting is for: the first
-    layers are small and shrink the data, the last are large and read little."""
+#: The split demo's frame: AlexNet at 112 x 112 (a quarter of its usual pixels, so that two cores
+#: serve it at 30 frames/s); its adaptive pooling makes the classifier's input 256 x 6 x 6 whatever the size.
+ALEXNET_INPUT = (3, 112, 112)
+
+
+def alexnet(seed: int = 0, classes: int = 1000):  # noqa: ANN201 - a torch.nn.Module
+    """AlexNet as torchvision defines it (the one-tower variant of Krizhevsky's "One weird trick",
+    2014: five convolutions 64-192-384-256-256, three max-pools, adaptive average pooling to 6 x 6,
+    then 9216 -> 4096 -> 4096 -> ``classes``; 61 M parameters), written out here because torchvision's
+    wheel does not load beside this CPU build of torch. Weights from ``seed``, untrained: no download.
+
+    Why this network for splitting: it is the one Neurosurgeon (Kang et al., ASPLOS 2017) cut. Its
+    features are 4 % of its weights and shrink a frame (147 KB at 112 x 112) to 4 KB; its classifier
+    is the other 96 % (233 MB) and reads those 4 KB. Dropout is left out (identity at inference)."""
     import torch
+    from torch import nn
 
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 5, stride=2, padding=2), torch.nn.ReLU(), torch.nn.MaxPool2d(4),
-        torch.nn.Flatten(), torch.nn.Linear(1024, 3072), torch.nn.ReLU(), torch.nn.Linear(3072, 3072),
-        torch.nn.ReLU(), torch.nn.Linear(3072, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, stride=2),
+        nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+        nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, classes)).eval()
 
 
-def export_example(path: Path, seed: int = 0) -> None:
-    """``example_network`` as a torch-export ``.pt2`` at ``path``."""
+def export_alexnet(path: Path, seed: int = 0) -> None:
+    """``alexnet`` as a torch-export ``.pt2`` at ``path`` (input ``ALEXNET_INPUT``, batch dynamic)."""
     import torch
 
-    _export(example_network(seed), torch.zeros(2, 3, 64, 64), path)
+    _export(alexnet(seed), torch.zeros(2, *ALEXNET_INPUT), path)
 
 
 def noise_images(seed: int) -> list[dict]:
-    """``noise-images``: 64 seeded random 3 x 64 x 64 float32 frames (no truth), for replaying the
-    split demo's camera."""
+    """``noise-images``: 64 seeded random ``ALEXNET_INPUT`` float32 frames (no truth), for replaying
+    the split demo's camera."""
     rng = np.random.default_rng(seed)
-    return [{"image": rng.standard_normal((3, 64, 64)).astype(np.float32)} for _ in range(64)]
+    return [{"image": rng.standard_normal(ALEXNET_INPUT).astype(np.float32)} for _ in range(64)]

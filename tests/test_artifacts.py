@@ -4,6 +4,7 @@ checked against the artifact; validate and apply refusing what cannot be served.
 
 from __future__ import annotations
 
+import json
 import os
 import textwrap
 from pathlib import Path
@@ -376,3 +377,36 @@ def test_each_format_is_planned_and_served_with_the_artifacts_outputs(store: Pat
     finally:
         p.stop(drain=False)
         backend.close()
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_each_format_served_on_ray_answers_as_the_artifact_called_directly(ray_local, store: Path, tmp_path: Path,
+                                                                           fmt: str) -> None:
+    """The same, on Ray: the replica actor builds the runner from the store, the frames enter at the
+    sensor's ingest endpoint over HTTP, and each answer (``?wait``) carries the artifact's outputs."""
+    from jellybean.optimizer import plan as make_plan
+    from jellybean.runtime.dataplane import Pipeline
+    from jellybean.spec import load_bundle
+    from tests.runtime.test_endpoints import request
+    from tests.runtime.test_sources import npy
+
+    path = documents(store, [fmt], tmp_path)  # the sensor renamed to a site the shared Ray has resources for
+    path.write_text(path.read_text().replace("- name: sensor\n", "- name: device\n").replace("[sensor]", "[device]"))
+    bundle = load_bundle([path])
+    plan = make_plan(bundle, baselines=False)
+    p = Pipeline(bundle, plan, model_store=store, data_token="t", report_interval_s=0.5)
+    x = np.random.default_rng(5).standard_normal((4, 8)).astype(np.float32)
+    expected = direct(x)
+    try:
+        p.start()
+        (ingest,) = [e.url for e in p.endpoints() if e.kind == "ingest"]
+        for k, row in enumerate(x):
+            status, _, body = request(ingest, "POST", npy(row), content_type="application/x-npy", token="t",
+                                      query="wait=30")
+            answer = json.loads(body)
+            assert status == 200 and answer["state"] == "completed", answer
+            np.testing.assert_allclose(answer["result"]["outputs"]["scores"], expected[k], rtol=1e-5, atol=1e-5)
+            assert answer["result"]["outputs"]["label"] == "abc"[int(np.argmax(expected[k]))]
+    finally:
+        summary = p.stop(drain=True)
+    assert summary.frames.completed == summary.frames.sent == 4 and summary.frames.lost == 0

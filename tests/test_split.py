@@ -12,19 +12,19 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from jellybean.cli import main  # noqa: E402
-from jellybean.split import example_network, export_example, find_cuts, split_module  # noqa: E402
+from jellybean.split import ALEXNET_INPUT, alexnet, export_alexnet, find_cuts, split_module  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "workflows" / "split"
 
 
 def test_every_cut_of_a_graph_gives_the_whole_networks_outputs() -> None:
-    model = example_network()
+    model = alexnet()
     batch = torch.export.Dim("batch", min=1, max=64)
-    module = torch.export.export(model, (torch.zeros(2, 3, 64, 64),), dynamic_shapes=({0: batch},)).module()
+    module = torch.export.export(model, (torch.zeros(2, *ALEXNET_INPUT),), dynamic_shapes=({0: batch},)).module()
     cuts = find_cuts(module)
-    assert len(cuts) >= 5  # after each layer of a chain; nothing where two tensors would cross
-    x = torch.randn(3, 3, 64, 64)
+    assert len(cuts) == 19  # after each of AlexNet's 20 layers but the last: it is a chain
+    x = torch.randn(3, *ALEXNET_INPUT)
     with torch.no_grad():
         whole = model(x)
         for cut in cuts:
@@ -54,15 +54,15 @@ def test_a_residual_block_is_never_cut_inside() -> None:
 def split_docs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("split")
     store = folder / "models"
-    export_example(store / "demo" / "net.pt2")
+    export_alexnet(store / "demo" / "alexnet.pt2")
     from jellybean.artifacts import sha256_file
 
     zoo = (SPLIT / "zoo.yaml").read_text()
     committed = zoo.split("sha256: ")[1].split("}")[0]
-    (folder / "zoo.yaml").write_text(zoo.replace(committed, sha256_file(store / "demo" / "net.pt2")))
+    (folder / "zoo.yaml").write_text(zoo.replace(committed, sha256_file(store / "demo" / "alexnet.pt2")))
     assert main(["profile", "-f", str(folder / "zoo.yaml"), "--model-store", str(store), "--batch-sizes", "1,4",
                  "--repeats", "3", "--out", str(folder / "zoo.yaml")]) == 0
-    assert main(["split", "-f", str(folder / "zoo.yaml"), "--variant", "net", "--model-store", str(store),
+    assert main(["split", "-f", str(folder / "zoo.yaml"), "--variant", "alexnet", "--model-store", str(store),
                  "--max-cuts", "1", "--batch-sizes", "1,4", "--repeats", "3", "--out", str(folder / "zoo-split.yaml"),
                  "--workflow", str(SPLIT / "workflow.yaml"), "--stage", "classify",
                  "--out-workflow", str(folder / "workflow-split.yaml")]) == 0
@@ -104,10 +104,10 @@ def test_the_split_plan_serves_the_whole_networks_outputs(split_docs: dict) -> N
     p = Pipeline(bundle, plan, backend=backend, model_store=split_docs["store"], data_token="t", report_interval_s=3600.0)
     try:
         p.start()
-        x = np.random.default_rng(4).standard_normal((5, 3, 64, 64)).astype(np.float32)
+        x = np.random.default_rng(4).standard_normal((5, *ALEXNET_INPUT)).astype(np.float32)
         answers = ends(p, inject(p, [{"image": row} for row in x], site="cam-1", source="camera", reply=True), 60)
         with torch.no_grad():
-            expected = example_network()(torch.from_numpy(x)).numpy()
+            expected = alexnet()(torch.from_numpy(x)).numpy()
         results = sorted(answers.values(), key=lambda a: int(a[1]["frame_id"].rsplit("#", 1)[1]))
         for k, (state, result) in enumerate(results):
             assert state == COMPLETED

@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from jellybean.artifacts import f1_percent
+
 #: The end-to-end, processing and hop histograms' buckets (ms), as exported (jellybean.runtime.metrics).
 LATENCY_BOUNDS_MS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
 #: Sketch buckets grow by this ratio: a quantile read from a sketch is within ±2% of the true one.
@@ -132,7 +134,7 @@ def accuracy_percent(counts) -> float | None:  # noqa: ANN001 - a Ledger or a Le
     FP + FN) for yes/no truths (a detector that lets through what it should: what the profiler's F1
     is), else the share of judged frames answered right. None before any frame was judged."""
     if counts.tp + counts.fp + counts.fn:
-        return 100.0 * 2 * counts.tp / (2 * counts.tp + counts.fp + counts.fn)
+        return f1_percent(counts.tp, counts.fp, counts.fn)
     return 100.0 * counts.correct / counts.judged if counts.judged else None
 
 
