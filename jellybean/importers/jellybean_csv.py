@@ -33,9 +33,16 @@ configuration). The topology is exclusive (a worker serves one stage), fully uti
 (capacity = 1000 / latency_ms with one request at a time) and forbids downward flows, as
 JellyBean's optimizer does.
 
-Inputs are untrusted: every file is size-capped, CSV rows are checked one by one, and the
-accuracy-profile pickle is read by an unpickler that refuses every global, so that loading it
-cannot run code. Problems raise :class:`jellybean.spec.SpecError` naming the file and line;
+Inputs are untrusted: every file is size-capped and CSV rows are checked one by one. The
+accuracy-profile pickle is read by an unpickler that imports nothing: the only globals it resolves
+are the three classes that JellyBean's own ``nodes_accuracy_profiles.pkl`` names
+(``beam_search.EndToEndAccuracyProfile``, ``OperatorAccuracyProfile`` and ``AccSample``), each to an
+inert stand-in defined here that only stores the data ``NEWOBJ`` / ``BUILD`` give it and refuses to
+be called (so a ``REDUCE`` under their name runs nothing); every other global (``os.system``,
+``builtins.eval``, ...), persistent ids and extension codes are refused by name. Users of their
+prototype can thus import the folder as it is on their disk, and loading it cannot run code; the
+stand-ins are then converted to the structure of ``accuracy_profiles.json``, with cycles, depth and
+size bounded. Problems raise :class:`jellybean.spec.SpecError` naming the file and line;
 inconsistencies that the documents cannot express exactly (unequal link prices within a tier pair,
 message sizes that depend on the consumer's variant) become warnings.
 """
@@ -48,10 +55,13 @@ import io
 import json
 import math
 import pickle
+import reprlib
 import warnings as _warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from types import MappingProxyType
+from typing import Any, Iterable, NoReturn, Sequence
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -213,52 +223,291 @@ def _number(row: _Row, index: int, column: str, issues: list[Issue], *, minimum:
 # --------------------------------------------------------------------------------------------
 
 
-class _RefusingUnpickler(pickle.Unpickler):
-    """An unpickler that resolves no global at all, so loading cannot call or import anything.
+class _StandInMeta(type):
+    """The metaclass of the stand-ins: calling a stand-in class is refused.
 
-    Plain containers (dicts, lists, tuples, strings, numbers, booleans, None) are built by pickle
-    opcodes of their own at every protocol (0 to 5) and need no global; every ``GLOBAL``,
-    ``STACK_GLOBAL`` or extension-registry lookup (the only ways a pickle reaches a callable for
-    ``REDUCE``, ``NEWOBJ``, ``INST`` or ``OBJ``) ends here and is refused.
+    A pickle instantiates a class in one of two ways. ``NEWOBJ`` / ``NEWOBJ_EX`` (what ``pickle.dump``
+    writes for dataclasses and namedtuples at protocols 2 to 5, and all that JellyBean's file uses)
+    call ``cls.__new__(cls, *args)`` directly, which a stand-in defines as storing its arguments.
+    ``REDUCE``, and ``INST`` / ``OBJ`` with arguments, call the class object itself, which goes
+    through this ``__call__``: refused. So their class name wrapping a ``REDUCE`` reaches no
+    constructor, and no ``__init__`` ever runs.
     """
 
-    #: (module, name) pairs a plain-container pickle may need. None are needed; kept explicit so
-    #: that widening it is a visible, reviewed change.
-    ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset()
+    origin: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError(f"refused call of {cls.origin} (a REDUCE, or INST/OBJ with arguments); "
+                                     "JellyBean's pickles build it with NEWOBJ, which is read")
+
+
+class _StandIn(metaclass=_StandInMeta):
+    """An inert stand-in for one of JellyBean's profile classes: a holder of the attributes its pickle sets.
+
+    It has no behaviour: ``__new__`` stores the positional arguments ``NEWOBJ`` passes (a namedtuple's
+    fields, named by ``NEW_ARGS``) and ``__setstate__`` the attribute dict ``BUILD`` passes (a
+    dataclass's fields, which must be among ``FIELDS``), both in ``fields``. Anything else (keyword
+    arguments, the wrong number of arguments, a state that is not a dict of known attributes) is
+    refused while unpickling. JellyBean's ``beam_search`` module is never imported and none of its code
+    runs; :func:`_plain_profile` turns the stand-ins into the plain structure of ``accuracy_profiles.json``.
+    """
+
+    __slots__ = ("fields",)
+    origin = "?"
+    #: attributes ``BUILD`` may set: the dataclass's fields, all required; () for a namedtuple.
+    FIELDS: tuple[str, ...] = ()
+    #: positional arguments ``NEWOBJ`` passes: the namedtuple's fields; () for a dataclass.
+    NEW_ARGS: tuple[str, ...] = ()
+
+    fields: dict[str, Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        if kwargs:
+            raise pickle.UnpicklingError(f"refused keyword arguments to {cls.origin}")
+        if len(args) != len(cls.NEW_ARGS):
+            raise pickle.UnpicklingError(f"refused {cls.origin} built from {len(args)} arguments "
+                                         f"(JellyBean's has {len(cls.NEW_ARGS)})")
+        self = object.__new__(cls)
+        self.fields = dict(zip(cls.NEW_ARGS, args))
+        return self
+
+    def __setstate__(self, state: Any) -> None:
+        origin = type(self).origin
+        if not self.FIELDS:
+            raise pickle.UnpicklingError(f"refused state for {origin}, which has none (a namedtuple)")
+        if type(state) is not dict:
+            raise pickle.UnpicklingError(f"refused state of {origin}: a {type(state).__name__}, "
+                                         "not a dict of its attributes")
+        for key in state:
+            if key not in self.FIELDS:
+                raise pickle.UnpicklingError(f"refused attribute {reprlib.repr(key)} of {origin} "
+                                             f"(its fields are {', '.join(self.FIELDS)})")
+        self.fields.update(state)
+
+
+class _EndToEndAccuracyProfile(_StandIn):
+    """``beam_search.EndToEndAccuracyProfile``: a dataclass (operators, acc_profile: {variants tuple: accuracy})."""
+
+    __slots__ = ()
+    origin = "beam_search.EndToEndAccuracyProfile"
+    FIELDS = ("operators", "acc_profile")
+
+
+class _OperatorAccuracyProfile(_StandIn):
+    """``beam_search.OperatorAccuracyProfile``: a dataclass (op_name, inputs, acc_profile: {variant:
+    [AccSample]}, cost_profile: {variant: cost}, weight: the factor of its costs in their search)."""
+
+    __slots__ = ()
+    origin = "beam_search.OperatorAccuracyProfile"
+    FIELDS = ("op_name", "inputs", "acc_profile", "cost_profile", "weight")
+
+
+class _AccSample(_StandIn):
+    """``beam_search.AccSample``: a namedtuple (inputs_acc, output_acc), pickled as NEWOBJ with both."""
+
+    __slots__ = ()
+    origin = "beam_search.AccSample"
+    NEW_ARGS = ("inputs_acc", "output_acc")
+
+
+class _RefusingUnpickler(pickle.Unpickler):
+    """An unpickler whose only globals are JellyBean's three profile classes, each an inert stand-in.
+
+    Plain containers (dicts, lists, tuples, strings, numbers, booleans, None) are built by pickle
+    opcodes of their own at every protocol (0 to 5) and need no global. Every ``GLOBAL``,
+    ``STACK_GLOBAL`` or extension-registry lookup (the only ways a pickle reaches a callable for
+    ``REDUCE``, ``NEWOBJ``, ``INST`` or ``OBJ``) ends in :meth:`find_class`, which imports nothing:
+    it answers the stand-in of an allowlisted name and refuses any other (``os.system``,
+    ``builtins.eval``, ``copyreg._reconstructor``, numpy, ...) by name. The stand-ins themselves
+    refuse being called (see :class:`_StandInMeta`), so the only code a pickle can reach is their
+    ``__new__`` and ``__setstate__``, which store data. Persistent ids are refused too.
+
+    The allowlist is exactly what the JellyBean authors' published ``nodes_accuracy_profiles.pkl``
+    (protocol 4) names; protocols 0 and 1 of their classes would need ``copyreg._reconstructor``,
+    which stays refused.
+    """
+
+    #: (module, name) -> its stand-in. Widening it is a visible, reviewed change.
+    ALLOWED_GLOBALS: Mapping[tuple[str, str], type[_StandIn]] = MappingProxyType({
+        ("beam_search", cls.origin.partition(".")[2]): cls
+        for cls in (_EndToEndAccuracyProfile, _OperatorAccuracyProfile, _AccSample)
+    })
 
     def find_class(self, module: str, name: str) -> Any:  # noqa: D102
-        if (module, name) in self.ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        standin = self.ALLOWED_GLOBALS.get((module, name))
+        if standin is None:
+            raise pickle.UnpicklingError(f"refused global {_short(module)}.{_short(name)}")
+        return standin
 
     def persistent_load(self, pid: Any) -> Any:  # noqa: D102
         raise pickle.UnpicklingError("refused persistent id")
 
 
-def safe_unpickle(path: Path) -> Any:
-    """Load a pickle holding only plain data (dicts, lists, tuples, str, int, float, bool, None).
+def _short(text: str) -> str:
+    """A name from a hostile file, fit for a one-line message."""
+    text = text if len(text) <= 100 else text[:100] + "..."
+    return text if text.isprintable() else repr(text)
 
-    Any global the pickle names (a class, a function such as ``os.system``) is refused before it is
-    imported, so nothing in the file runs. The file is capped at 64 MB and the result is checked to
-    be plain data of bounded size. Raises :class:`SpecError` naming the file on any problem.
+
+_PICKLE_HINT = ("an accuracy-profile pickle may hold only dicts, lists, tuples, strings, numbers, None and "
+                "JellyBean's beam_search.EndToEndAccuracyProfile, OperatorAccuracyProfile and AccSample; "
+                "or give accuracy_profiles.json")
+
+
+def safe_unpickle(path: Path) -> Any:
+    """Load an accuracy-profile pickle without running anything; return its plain structure.
+
+    The pickle may hold plain data (dicts, lists, tuples, str, int, float, bool, None) and instances
+    of JellyBean's ``beam_search.EndToEndAccuracyProfile``, ``OperatorAccuracyProfile`` and
+    ``AccSample``, which is how their prototype writes ``nodes_accuracy_profiles.pkl``. Those three
+    are rebuilt as inert stand-ins (their module is never imported) and converted by
+    :func:`_plain_profile` into the structure of ``accuracy_profiles.json``; any other global (a
+    class, a function such as ``os.system``) is refused before it is imported, as is calling one of
+    theirs through ``REDUCE``, so nothing in the file runs. The file is capped at 64 MB, cycles are
+    refused, and the result is checked to be plain data of bounded size and depth. Raises
+    :class:`SpecError` naming the file on any problem.
     """
     path = Path(path)
+    file = str(path)
     raw = _read_bytes(path)
     try:
         value = _RefusingUnpickler(io.BytesIO(raw)).load()
     except pickle.UnpicklingError as exc:
         message = str(exc)
         if message.startswith("refused"):
-            raise SpecError([Issue(str(path), None, "", f"unsafe pickle: {message}",
-                                   "the accuracy profile may hold only dicts, lists, tuples, strings, numbers "
-                                   "and None; convert it to accuracy_profiles.json")]) from None
-        raise SpecError([Issue(str(path), None, "", f"invalid pickle: {message}",
-                               "give a pickle of plain data or accuracy_profiles.json")]) from None
+            raise SpecError([Issue(file, None, "", f"unsafe pickle: {message}", _PICKLE_HINT)]) from None
+        raise SpecError([Issue(file, None, "", f"invalid pickle: {message}", _PICKLE_HINT)]) from None
     except Exception as exc:  # truncated or corrupt input: EOFError, ValueError, MemoryError, ...
-        raise SpecError([Issue(str(path), None, "", f"invalid pickle: {type(exc).__name__}: {exc}",
-                               "give a pickle of plain data or accuracy_profiles.json")]) from None
-    _check_plain(value, str(path))
-    return value
+        if isinstance(exc, ValueError) and str(exc).startswith("unregistered extension code"):
+            raise SpecError([Issue(file, None, "", f"unsafe pickle: refused extension code ({exc})",
+                                   _PICKLE_HINT)]) from None
+        raise SpecError([Issue(file, None, "", f"invalid pickle: {type(exc).__name__}: {exc}",
+                               _PICKLE_HINT)]) from None
+    plain = _plain_profile(value, file)
+    _check_plain(plain, file)
+    return plain
+
+
+def _plain_profile(value: Any, file: str) -> Any:
+    """The unpickled ``value`` as plain data, its stand-ins turned into ``accuracy_profiles.json``'s terms.
+
+    ``AccSample(inputs_acc, output_acc)`` -> ``{"inputs_accuracy", "output_accuracy"}``;
+    ``OperatorAccuracyProfile`` -> ``{"operator": op_name, "inputs", "variants": acc_profile,
+    "cost_proxy": {variant: weight x cost}}`` (the cost their search ranks by);
+    ``EndToEndAccuracyProfile`` -> ``{"operators", "rows": [{"variants": list(key), "accuracy"}]}``;
+    and JellyBean's top level, ``{"end_to_end_profile", "per_operator_profiles"}`` or a list of
+    operator profiles, -> ``{"end_to_end", "per_operator"}``. What is missing or of the wrong type is
+    left for :func:`_parse_profiles` to report, except what this walk must refuse itself.
+
+    The walk is recursive but bounded: an object already converted is reused (so shared references
+    cost nothing twice), an object met again while it is still being converted is a cycle (refused
+    at once, naming where), more than ``MAX_PROFILE_DEPTH`` containers deep is refused, and so is a
+    walk of more than ``MAX_PROFILE_VALUES`` references. :func:`_check_plain` then bounds the result
+    counted as a tree.
+    """
+    done: dict[int, Any] = {}  # id -> converted (each object converted once)
+    entered: dict[int, int] = {}  # id of an object being converted -> len(path) when entered
+    path: list[Any] = []
+    visits = 0
+
+    def fail(message: str, hint: str = "refused as hostile or broken") -> NoReturn:
+        text = format_path(tuple(path))
+        raise SpecError([Issue(file, None, text if len(text) <= 120 else text[:100] + "...", message, hint)])
+
+    def enter(obj: Any) -> None:
+        start = entered.get(id(obj))
+        if start is not None:
+            back = format_path(tuple(path[:start])) or "the top level"
+            fail(f"a cycle: this value is the one at {back[:100]}, which contains it")
+        if len(entered) >= MAX_PROFILE_DEPTH:
+            fail(f"nested deeper than {MAX_PROFILE_DEPTH} levels")
+        entered[id(obj)] = len(path)
+
+    def child(key: Any, obj: Any) -> Any:
+        path.append(key)
+        result = convert(obj)
+        path.pop()
+        return result
+
+    def convert(obj: Any) -> Any:
+        nonlocal visits
+        visits += 1
+        if visits > MAX_PROFILE_VALUES:
+            fail(f"more than {MAX_PROFILE_VALUES} values (shared references?)")
+        if isinstance(obj, _PLAIN_SCALARS):
+            return obj
+        if id(obj) in done:
+            return done[id(obj)]
+        kind = type(obj)
+        if isinstance(obj, _StandInMeta):
+            fail(f"the class {obj.origin} itself, not an instance of it", _PICKLE_HINT)
+        if kind not in (dict, list, tuple) and not isinstance(obj, _StandIn):
+            fail(f"unsupported value of type {kind.__name__}", _PICKLE_HINT)
+        enter(obj)
+        result: Any
+        if kind is dict:
+            result = {}
+            for key, sub in obj.items():
+                if not isinstance(key, str):
+                    fail(f"mapping key {reprlib.repr(key)} of type {type(key).__name__} is not a string",
+                         "use string keys")
+                result[key] = child(key, sub)
+        elif kind is list or kind is tuple:
+            result = [child(i, sub) for i, sub in enumerate(obj)]
+            result = tuple(result) if kind is tuple else result
+        else:
+            result = standin(obj)
+        del entered[id(obj)]
+        done[id(obj)] = result
+        return result
+
+    def standin(obj: _StandIn) -> dict[str, Any]:
+        fields = obj.fields
+        if isinstance(obj, _AccSample):
+            return {"inputs_accuracy": child("inputs_acc", fields["inputs_acc"]),
+                    "output_accuracy": child("output_acc", fields["output_acc"])}
+        missing = [name for name in obj.FIELDS if name not in fields]
+        if missing:
+            fail(f"{obj.origin} without {', '.join(missing)}", "JellyBean's pickles set every field")
+        if isinstance(obj, _OperatorAccuracyProfile):
+            weight = fields["weight"]
+            if not _is_number(weight):
+                path.append("weight")
+                fail(f"weight {reprlib.repr(weight)} is not a finite number", "JellyBean's weights are numbers")
+            costs = child("cost_profile", fields["cost_profile"])
+            if isinstance(costs, dict):
+                costs = {v: weight * c if _is_number(c) else c for v, c in costs.items()}
+            return {"operator": child("op_name", fields["op_name"]), "inputs": child("inputs", fields["inputs"]),
+                    "variants": child("acc_profile", fields["acc_profile"]), "cost_proxy": costs}
+        # EndToEndAccuracyProfile: its acc_profile is keyed by tuples of variant names.
+        operators = child("operators", fields["operators"])
+        table = fields["acc_profile"]
+        path.append("acc_profile")
+        if type(table) is not dict:
+            fail(f"a {type(table).__name__}, not a mapping (variant, ...) -> accuracy")
+        enter(table)
+        rows = []
+        for key, accuracy in table.items():
+            if type(key) is not tuple or not all(isinstance(x, str) for x in key):
+                fail(f"key {reprlib.repr(key)} is not a tuple of variant names")
+            rows.append({"variants": list(key), "accuracy": child(key, accuracy)})
+        del entered[id(table)]
+        path.pop()
+        return {"operators": operators, "rows": rows}
+
+    result = convert(value)
+    if isinstance(result, dict) and ("per_operator_profiles" in result or "end_to_end_profile" in result):
+        extra = sorted(set(result) - {"per_operator_profiles", "end_to_end_profile"})
+        if extra:
+            fail(f"unknown keys beside JellyBean's per_operator_profiles and end_to_end_profile: "
+                 f"{', '.join(extra)}", "see JellyBean's beam_search.MLDataflowGraph")
+        layout = {"per_operator": result.get("per_operator_profiles")}
+        if result.get("end_to_end_profile") is not None:
+            layout["end_to_end"] = result["end_to_end_profile"]
+        return layout
+    if isinstance(value, (list, tuple)) and value and all(isinstance(x, _OperatorAccuracyProfile) for x in value):
+        return {"per_operator": result}  # MLDataflowGraph also takes a bare list of operator profiles
+    return result
 
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
@@ -272,7 +521,8 @@ def _check_plain(value: Any, file: str) -> None:
     its parent's entry and spelt out only for the message), so a list nested 200,000 deep is refused
     at level ``MAX_PROFILE_DEPTH`` and a cycle (a list holding itself: a 9-byte pickle) at the same
     depth. Counting every visit (not distinct objects) bounds the work of everything that later walks
-    the structure, even when a pickle shares one list many times.
+    the structure, even when a pickle shares one list many times. (A pickle's cycles are refused
+    earlier, where they are met, by :func:`_plain_profile`; this check stays the bound on the result.)
     """
     # visit -> its parent visit and its key or index there: paths are spelt out only for a message.
     parents = array("q", [-1])
@@ -320,7 +570,8 @@ def load_accuracy_profiles(folder: Path) -> tuple[Any, Path]:
     """The folder's accuracy profile as plain data, and the file it came from.
 
     ``accuracy_profiles.json`` when present; otherwise the one ``*.pkl`` / ``*.pickle`` file, read
-    with :func:`safe_unpickle`. The structure is ``{"per_operator": [...], "end_to_end": {...}}`` as
+    with :func:`safe_unpickle` (plain data, or JellyBean's own pickled profile classes, converted). The
+    structure is ``{"per_operator": [...], "end_to_end": {...}}`` as
     in the reference folder's JSON (see :func:`import_jellybean`).
     """
     folder = Path(folder)
@@ -1016,7 +1267,8 @@ def import_jellybean(
     which every link price is multiplied to give $/GB.
 
     The accuracy profile is ``accuracy_profiles.json`` or, failing that, a ``*.pkl`` / ``*.pickle``
-    file of the same plain structure::
+    file: JellyBean's own ``nodes_accuracy_profiles.pkl`` (their ``beam_search`` profile classes, read
+    as inert stand-ins, see :func:`safe_unpickle`) or a pickle of the same plain structure::
 
         {"per_operator": [{"operator": str, "inputs": [str] | None,
                            "variants": {variant: [{"inputs_accuracy": [float], "output_accuracy": float}]},

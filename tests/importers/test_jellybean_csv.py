@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import collections
+import copyreg
+import dataclasses
+import io
 import json
 import os
 import pickle
+import pickletools
+import struct
 import subprocess
 import sys
 import shutil
+import time
+import types
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -207,6 +216,7 @@ def test_pickle_with_tuples_imports_like_the_json(folder: Path) -> None:
             for sample in samples:
                 sample["inputs_accuracy"] = tuple(sample["inputs_accuracy"])
     (folder / "accuracy_profiles.json").unlink()
+    (folder / "nodes_accuracy_profiles.pkl").unlink()  # one pickle per folder
     (folder / "profiles.pickle").write_bytes(pickle.dumps(data))
     assert _import(folder)[:3] == expected
 
@@ -270,7 +280,7 @@ def _shared_pickle(levels: int) -> bytes:
 
 
 @pytest.mark.parametrize("raw, message", [
-    (CYCLIC_PICKLE, f"nested deeper than {jellybean_csv.MAX_PROFILE_DEPTH} levels (a cycle?)"),
+    (CYCLIC_PICKLE, "a cycle: this value is the one at the top level, which contains it"),
     (DEEP_PICKLE, f"nested deeper than {jellybean_csv.MAX_PROFILE_DEPTH} levels"),
     (_shared_pickle(40), f"more than {jellybean_csv.MAX_PROFILE_VALUES} values (shared references?)"),
 ], ids=["cycle", "deep", "shared"])
@@ -292,7 +302,335 @@ def test_a_cyclic_pickle_does_not_hang_the_importer(folder: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "jellybean", "import", "jellybean", str(folder), "--out",
                            str(folder / "out")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
-    assert "nested deeper than" in done.stderr and "Traceback" not in done.stderr
+    assert "a cycle" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- JellyBean's own pickle: their classes, read as inert stand-ins -------------------------
+
+REAL_PICKLE = VQA / "nodes_accuracy_profiles.pkl"
+THEIR_CLASSES = {("beam_search", "EndToEndAccuracyProfile"), ("beam_search", "OperatorAccuracyProfile"),
+                 ("beam_search", "AccSample")}
+
+
+def test_real_pickle_names_exactly_their_three_classes() -> None:
+    """What the authors' file holds (read with pickletools, never unpickled here): protocol 4, three
+    STACK_GLOBALs of their beam_search classes built by NEWOBJ and BUILD, and no REDUCE at all."""
+    strings: list[str] = []  # the strings pushed, in order (directly or from the memo)
+    memo: list[Any] = []
+    top: Any = None  # what the previous opcode pushed, when a string
+    globals_: set[tuple[str, str]] = set()
+    opcodes: set[str] = set()
+    for op, arg, _ in pickletools.genops(REAL_PICKLE.read_bytes()):
+        opcodes.add(op.name)
+        if op.name == "MEMOIZE":
+            memo.append(top)
+            continue
+        top = arg if "UNICODE" in op.name else memo[arg] if op.name in ("BINGET", "LONG_BINGET") else None
+        if isinstance(top, str):
+            strings.append(top)
+        if op.name == "STACK_GLOBAL":
+            globals_.add((strings[-2], strings[-1]))
+    assert globals_ == THEIR_CLASSES == set(jellybean_csv._RefusingUnpickler.ALLOWED_GLOBALS)
+    assert {"NEWOBJ", "BUILD"} <= opcodes
+    assert not opcodes & {"REDUCE", "GLOBAL", "INST", "OBJ", "NEWOBJ_EX", "PERSID", "BINPERSID",
+                          "EXT1", "EXT2", "EXT4"}
+
+
+def test_real_pickle_reads_as_the_json() -> None:
+    assert safe_unpickle(REAL_PICKLE) == json.loads((VQA / "accuracy_profiles.json").read_text())
+
+
+def test_real_pickle_imports_like_the_json(folder: Path) -> None:
+    expected = _import(folder)
+    (folder / "accuracy_profiles.json").unlink()
+    assert (folder / "nodes_accuracy_profiles.pkl").read_bytes() == REAL_PICKLE.read_bytes()
+    assert _import(folder) == expected
+    zoo = expected[0]
+    assert zoo.spec.accuracy_tables[0].tasks == ["ExtractImageFeature", "SpeechRecognition"]
+
+
+def test_the_cli_imports_the_real_pickle(folder: Path, tmp_path: Path) -> None:
+    """`jellybean import jellybean` on the folder as their prototype has it (no JSON profile) writes
+    the same files as from the JSON profile."""
+    write_documents(import_jellybean(folder, name="vqa-medium", warnings=[]), tmp_path / "from-json")
+    (folder / "accuracy_profiles.json").unlink()
+    out = tmp_path / "from-pickle"
+    done = subprocess.run([sys.executable, "-m", "jellybean", "import", "jellybean", str(folder), "--name",
+                           "vqa-medium", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("zoo.yaml", "topology.yaml", "workflow.yaml"):
+        assert (out / name).read_text() == (tmp_path / "from-json" / name).read_text()
+
+
+def test_a_standin_cannot_be_called() -> None:
+    """REDUCE calls the class: refused by the stand-ins' metaclass. NEWOBJ calls ``__new__``: data only."""
+    with pytest.raises(pickle.UnpicklingError, match="refused call of beam_search.AccSample"):
+        jellybean_csv._AccSample([], 1.0)
+    sample = jellybean_csv._AccSample.__new__(jellybean_csv._AccSample, [], 1.0)
+    assert sample.fields == {"inputs_acc": [], "output_acc": 1.0}
+
+
+def _beam_search_module() -> types.ModuleType:
+    """A module named like JellyBean's, with classes shaped like theirs (a namedtuple, two dataclasses),
+    so that ``pickle.dumps`` writes what their prototype writes."""
+    module = types.ModuleType("beam_search")
+    namespace = {"__module__": "beam_search"}
+    module.AccSample = collections.namedtuple("AccSample", ["inputs_acc", "output_acc"], module="beam_search")
+    module.EndToEndAccuracyProfile = dataclasses.make_dataclass(
+        "EndToEndAccuracyProfile", ["operators", "acc_profile"], namespace=namespace)
+    module.OperatorAccuracyProfile = dataclasses.make_dataclass(
+        "OperatorAccuracyProfile", ["op_name", "inputs", "acc_profile", "cost_profile", "weight"], namespace=namespace)
+    module.PartialAssignment = dataclasses.make_dataclass(
+        "PartialAssignment", ["variants_assignments", "input_acc_requirements"], namespace=namespace)
+    return module
+
+
+@pytest.fixture
+def beam_search(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    module = _beam_search_module()
+    monkeypatch.setitem(sys.modules, "beam_search", module)
+    return module
+
+
+def _their_objects(bs: types.ModuleType, weight: float = 1.0) -> dict[str, Any]:
+    """The JSON profile as instances of their classes, laid out as their MLDataflowGraph reads it."""
+    data = json.loads((VQA / "accuracy_profiles.json").read_text())
+    per_operator = [
+        bs.OperatorAccuracyProfile(
+            op_name=entry["operator"], inputs=entry["inputs"],
+            acc_profile={variant: [bs.AccSample(s["inputs_accuracy"], s["output_accuracy"]) for s in samples]
+                         for variant, samples in entry["variants"].items()},
+            cost_profile=dict(entry["cost_proxy"]), weight=weight)
+        for entry in data["per_operator"]
+    ]
+    end_to_end = bs.EndToEndAccuracyProfile(
+        operators=data["end_to_end"]["operators"],
+        acc_profile={tuple(row["variants"]): row["accuracy"] for row in data["end_to_end"]["rows"]})
+    return {"end_to_end_profile": end_to_end, "per_operator_profiles": per_operator}
+
+
+@pytest.mark.parametrize("protocol", range(2, pickle.HIGHEST_PROTOCOL + 1))
+def test_their_classes_pickled_at_protocols_2_to_5_import_like_the_json(
+        folder: Path, beam_search: types.ModuleType, protocol: int) -> None:
+    expected = _import(folder)
+    (folder / "accuracy_profiles.json").unlink()
+    (folder / "nodes_accuracy_profiles.pkl").write_bytes(pickle.dumps(_their_objects(beam_search), protocol))
+    assert _import(folder) == expected
+
+
+def test_their_weight_scales_the_cost_proxy(tmp_path: Path, beam_search: types.ModuleType) -> None:
+    """Their search ranks a variant by weight x cost_profile[variant]; that is the cost_proxy."""
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(_their_objects(beam_search, weight=2.0)))
+    plain = json.loads((VQA / "accuracy_profiles.json").read_text())
+    got = safe_unpickle(path)
+    for mine, theirs in zip(got["per_operator"], plain["per_operator"]):
+        assert mine["cost_proxy"] == {v: 2.0 * c for v, c in theirs["cost_proxy"].items()}
+
+
+def test_a_bare_list_of_their_operator_profiles_is_their_other_layout(tmp_path: Path,
+                                                                       beam_search: types.ModuleType) -> None:
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(_their_objects(beam_search)["per_operator_profiles"]))
+    plain = json.loads((VQA / "accuracy_profiles.json").read_text())
+    assert safe_unpickle(path) == {"per_operator": plain["per_operator"]}
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_their_classes_at_protocols_0_and_1_need_copyreg_and_are_refused(
+        tmp_path: Path, beam_search: types.ModuleType, protocol: int) -> None:
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(_their_objects(beam_search), protocol))
+    with pytest.raises(SpecError, match=r"refused global copy_?reg\._reconstructor"):  # py2 name at 0, 1
+        safe_unpickle(path)
+
+
+# Hostile pickles, each written into a folder whose JSON profile is gone; `marker` is the file a
+# successful attack would create.
+
+
+class _SystemCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _with_their_name_calling_system(bs: types.ModuleType, marker: Path) -> bytes:
+    """Their OperatorAccuracyProfile (NEWOBJ + BUILD) whose state holds a REDUCE of os.system."""
+    objects = _their_objects(bs)
+    objects["per_operator_profiles"][0].op_name = _SystemCall(marker)
+    return pickle.dumps(objects, protocol=4)
+
+
+def _their_class_called_with_args(bs: types.ModuleType, marker: Path) -> bytes:
+    """A class pickled under their name whose ``__reduce__`` calls the class itself with arguments."""
+    class Sneaky:
+        def __reduce__(self):
+            return (bs.OperatorAccuracyProfile, (f"touch {marker}", None, {}, {}, 1.0))
+    return pickle.dumps({"per_operator_profiles": [Sneaky()]}, protocol=4)
+
+
+def _self_referencing(bs: types.ModuleType, marker: Path) -> bytes:
+    objects = _their_objects(bs)
+    profile = objects["per_operator_profiles"][1]
+    profile.acc_profile["resnet18"].append(profile)  # it contains itself, through the memo
+    return pickle.dumps(objects, protocol=4)
+
+
+def _cycle_through_a_sample(bs: types.ModuleType, marker: Path) -> bytes:
+    objects = _their_objects(bs)
+    inputs: list = []
+    inputs.append(bs.AccSample(inputs, 1.0))  # a list holding a sample whose inputs_acc is that list
+    objects["per_operator_profiles"][0].acc_profile["default"][0] = inputs[0]
+    return pickle.dumps(objects, protocol=4)
+
+
+def _end_to_end_holding_itself(bs: types.ModuleType, marker: Path) -> bytes:
+    objects = _their_objects(bs)
+    table = objects["end_to_end_profile"]
+    table.acc_profile[("resnet18", SPEECH_LARGE)] = table
+    return pickle.dumps(objects, protocol=4)
+
+
+def _their_unlisted_class(bs: types.ModuleType, marker: Path) -> bytes:
+    return pickle.dumps({"per_operator_profiles": [], "x": bs.PartialAssignment({}, {})}, protocol=4)
+
+
+def _with_persistent_id(bs: types.ModuleType, marker: Path) -> bytes:
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return f"touch {marker}" if isinstance(obj, list) and obj == ["ExtractImageFeature", "SpeechRecognition"] \
+                else None
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=4).dump(_their_objects(bs))
+    return buffer.getvalue()
+
+
+def _s(text: str) -> bytes:
+    data = text.encode()
+    return pickle.SHORT_BINUNICODE + bytes([len(data)]) + data
+
+
+def _global(module: str, name: str) -> bytes:
+    return _s(module) + _s(name) + pickle.STACK_GLOBAL
+
+
+def _p4(*parts: bytes) -> bytes:
+    return pickle.PROTO + b"\x04" + b"".join(parts) + pickle.STOP
+
+
+def _f(value: float) -> bytes:
+    return pickle.BINFLOAT + struct.pack(">d", value)
+
+
+def _crafted(body: Callable[[Path], bytes]) -> Callable[[types.ModuleType, Path], bytes]:
+    return lambda bs, marker: body(marker)
+
+
+HOSTILE: dict[str, tuple[Callable[[types.ModuleType, Path], bytes], str]] = {
+    "their-name-wrapping-os-system": (_with_their_name_calling_system, "refused global posix.system"),
+    "their-class-reduced-with-args": (_their_class_called_with_args,
+                                      "refused call of beam_search.OperatorAccuracyProfile"),
+    "their-sample-reduced": (_crafted(lambda m: _p4(
+        _global("beam_search", "AccSample"), pickle.EMPTY_LIST, _s(f"touch {m}"), pickle.TUPLE2, pickle.REDUCE)),
+        "refused call of beam_search.AccSample"),
+    "their-class-reduced-without-args": (_crafted(lambda m: _p4(
+        _global("beam_search", "EndToEndAccuracyProfile"), pickle.EMPTY_TUPLE, pickle.REDUCE)),
+        "refused call of beam_search.EndToEndAccuracyProfile"),
+    "their-class-newobj-with-args": (_crafted(lambda m: _p4(
+        _global("beam_search", "EndToEndAccuracyProfile"), _s(f"touch {m}"), pickle.TUPLE1, pickle.NEWOBJ)),
+        "refused beam_search.EndToEndAccuracyProfile built from 1 arguments"),
+    "their-sample-with-keywords": (_crafted(lambda m: _p4(
+        _global("beam_search", "AccSample"), pickle.EMPTY_LIST, _f(1.0), pickle.TUPLE2,
+        pickle.EMPTY_DICT, _s("cmd"), _s(f"touch {m}"), pickle.SETITEM, pickle.NEWOBJ_EX)),
+        "refused keyword arguments to beam_search.AccSample"),
+    "their-class-state-unknown-attribute": (_crafted(lambda m: _p4(
+        _global("beam_search", "OperatorAccuracyProfile"), pickle.EMPTY_TUPLE, pickle.NEWOBJ,
+        pickle.EMPTY_DICT, _s("__reduce__"), _s(f"touch {m}"), pickle.SETITEM, pickle.BUILD)),
+        "refused attribute '__reduce__' of beam_search.OperatorAccuracyProfile"),
+    "their-class-state-not-a-dict": (_crafted(lambda m: _p4(
+        _global("beam_search", "OperatorAccuracyProfile"), pickle.EMPTY_TUPLE, pickle.NEWOBJ,
+        pickle.NONE, pickle.EMPTY_DICT, pickle.TUPLE2, pickle.BUILD)),
+        "refused state of beam_search.OperatorAccuracyProfile: a tuple"),
+    "their-sample-with-state": (_crafted(lambda m: _p4(
+        _global("beam_search", "AccSample"), pickle.EMPTY_LIST, _f(1.0), pickle.TUPLE2, pickle.NEWOBJ,
+        pickle.EMPTY_DICT, pickle.BUILD)), "refused state for beam_search.AccSample"),
+    "their-class-as-a-value": (_crafted(lambda m: _p4(
+        pickle.EMPTY_DICT, _s("per_operator_profiles"), _global("beam_search", "AccSample"), pickle.SETITEM)),
+        "the class beam_search.AccSample itself"),
+    "their-unlisted-class": (_their_unlisted_class, "refused global beam_search.PartialAssignment"),
+    "unknown-module": (_crafted(lambda m: _p4(
+        _global("jellybean_helpers", "OperatorAccuracyProfile"), pickle.EMPTY_TUPLE, pickle.NEWOBJ)),
+        "refused global jellybean_helpers.OperatorAccuracyProfile"),
+    "numpy": (_crafted(lambda m: _p4(_global("numpy.core.multiarray", "_reconstruct"), pickle.EMPTY_TUPLE,
+                                      pickle.REDUCE)), "refused global numpy.core.multiarray._reconstruct"),
+    "builtins-eval": (_crafted(lambda m: _p4(
+        _global("builtins", "eval"), _s(f"__import__('os').system('touch {m}')"), pickle.TUPLE1, pickle.REDUCE)),
+        "refused global builtins.eval"),
+    "builtins-eval-protocol-0": (_crafted(lambda m: (
+        b"c__builtin__\neval\n(V__import__('os').system('touch " + str(m).encode() + b"')\ntR.")),
+        "refused global __builtin__.eval"),
+    "copyreg-reconstructor": (_crafted(lambda m: _p4(
+        _global("copyreg", "_reconstructor"), _global("beam_search", "AccSample"), _global("builtins", "object"),
+        pickle.NONE, pickle.TUPLE3, pickle.REDUCE)), "refused global copyreg._reconstructor"),
+    "self-referencing-profile": (_self_referencing, "a cycle: this value is the one at per_operator_profiles[1]"),
+    "cycle-through-a-sample": (_cycle_through_a_sample, "a cycle"),
+    "self-referencing-end-to-end": (_end_to_end_holding_itself, "a cycle: this value is the one at end_to_end_profile"),
+    "persistent-id": (_with_persistent_id, "refused persistent id"),
+    "extension-code": (_crafted(lambda m: _p4(pickle.EXT1 + b"\x7f", pickle.EMPTY_TUPLE, pickle.REDUCE)),
+                       "refused extension code"),
+}
+
+
+@pytest.mark.parametrize("case", HOSTILE)
+def test_hostile_pickles_are_refused_fast_without_running(folder: Path, tmp_path: Path,
+                                                          beam_search: types.ModuleType, case: str) -> None:
+    build, message = HOSTILE[case]
+    marker = tmp_path / "pwned"
+    (folder / "accuracy_profiles.json").unlink()
+    (folder / "nodes_accuracy_profiles.pkl").write_bytes(build(beam_search, marker))
+    started = time.monotonic()
+    with pytest.raises(SpecError) as caught:
+        import_jellybean(folder, warnings=[])
+    assert time.monotonic() - started < 5
+    assert not marker.exists()
+    (issue,) = caught.value.issues
+    assert message in issue.message and issue.file.endswith("nodes_accuracy_profiles.pkl")
+
+
+def test_a_registered_extension_code_still_meets_the_allowlist(tmp_path: Path) -> None:
+    """An extension code that some library registered resolves through find_class, so it is refused by name."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "p.pkl"
+    path.write_bytes(_p4(pickle.EXT2 + struct.pack("<H", 0xBEEF), _s(f"touch {marker}"), pickle.TUPLE1,
+                         pickle.REDUCE))
+    copyreg.add_extension("os", "system", 0xBEEF)
+    try:
+        with pytest.raises(SpecError, match="refused global os.system"):
+            safe_unpickle(path)
+    finally:
+        copyreg.remove_extension("os", "system", 0xBEEF)
+    assert not marker.exists()
+
+
+def test_their_classes_shared_many_times_meet_the_size_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              beam_search: types.ModuleType) -> None:
+    samples = [beam_search.AccSample([], 1.0)]
+    for _ in range(40):
+        samples = [samples, samples]  # 2**40 samples as a tree, in a few hundred bytes
+    objects = _their_objects(beam_search)
+    objects["per_operator_profiles"][1].acc_profile["resnet18"] = samples
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(objects, protocol=4))
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=f"more than {jellybean_csv.MAX_PROFILE_VALUES} values"):
+        safe_unpickle(path)
+    assert time.monotonic() - started < 30
+    monkeypatch.setattr(jellybean_csv, "MAX_PROFILE_VALUES", 50)
+    with pytest.raises(SpecError, match="more than 50 values"):
+        safe_unpickle(REAL_PICKLE)
 
 
 # --- errors and warnings --------------------------------------------------------------------
