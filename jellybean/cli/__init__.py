@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="instances may host several stages (the default unless the Topology says otherwise)")
     p.add_argument("--format", default="table", choices=["table", "json", "yaml"])
     p.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS",
-                   help="solver time limit; a plan found by then is reported with its gap (default 60)")
+                   help="wall-clock limit for the whole run, baselines included; a plan found by then is "
+                        "reported with the gap it reached (default 60)")
     p.add_argument("--solver", default="highs", choices=["highs", "cbc"], help="MILP solver (default HiGHS)")
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline strategies")
     p.add_argument("--render", type=Path, metavar="FILE",

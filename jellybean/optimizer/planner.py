@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 from jellybean.optimizer.accuracy import AccuracyModel, choose_model, enumerate_combinations
 from jellybean.optimizer.baselines import NoPlan, edge_first, select_by_cost_proxy
 from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.explain import explain
-from jellybean.optimizer.milp import solve_milp
+from jellybean.optimizer.milp import solve_milp, solve_placement
 from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
 from jellybean.spec.bundle import Bundle
 
 OPTIMAL = "optimal"
 STRATEGIES = [OPTIMAL, "cloud-only", "edge-first", "two-stage", "jellybean"]
+#: Of ``time_limit_s``, the share the chosen strategy may take when baselines run beside it; the
+#: baselines share what it leaves, so that the whole run keeps to the limit.
+MAIN_SHARE = 0.75
+
+
+class Placements:
+    """Placement MILPs solved during one ``plan`` call, by (fixed variants, allowed tiers): the
+    two-stage baseline often fixes exactly the variants the optimal plan chose, and solving the same
+    problem twice would double the run. Each caller gets its own copy (callers amend the stats)."""
+
+    def __init__(self) -> None:
+        self._solved: dict[tuple, object] = {}
+
+    def solve(self, problem: Problem, accuracy: AccuracyModel, **options):  # noqa: ANN201 - a MilpResult
+        fixed, tiers = options.get("fixed_models"), options.get("allowed_tiers")
+        key = (tuple(sorted(fixed.items())) if fixed else None, tuple(sorted(tiers)) if tiers else None,
+               options.get("solver"), options.get("gap_rel"))
+        known = self._solved.get(key)
+        if known is None or (known.stats.status not in ("optimal", "infeasible")):
+            known = solve_placement(problem, accuracy, **options)
+            self._solved[key] = known
+        return copy.deepcopy(known)
 
 
 def plan(
@@ -35,23 +58,35 @@ def plan(
     ``previous``: the plan running now, when re-planning. Each change of a stage's variant and each
     instance started or stopped then costs ``churn_cost_per_change_per_hour`` in the objective
     (default: 2% of the running plan's cost per hour), so plans that move little win near-ties and a
-    move must pay for itself (:class:`jellybean.optimizer.problem.Churn`)."""
+    move must pay for itself (:class:`jellybean.optimizer.problem.Churn`).
+
+    ``time_limit_s`` is wall-clock for the whole call: the chosen strategy gets ``MAIN_SHARE`` of it
+    when baselines run, each baseline an equal share of what is left, and a baseline reached after
+    the limit is reported as not run. A plan found by the limit says the gap it reached."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    deadline = time.perf_counter() + time_limit_s  # wall clock, for the whole call
     problem = compile_problem(bundle, sharing=sharing)
     if previous is not None and previous.feasible:
         problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
-    main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
+    placements = Placements()
+    main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s * (MAIN_SHARE if baselines else 1.0),
+                        solver=solver, gap_rel=gap_rel, placements=placements)
     if baselines:
         results = []
-        for other in STRATEGIES:
-            if other == strategy:
-                continue
+        others = [other for other in STRATEGIES if other != strategy]
+        for k, other in enumerate(others):
             started = time.perf_counter()
+            left = deadline - started
+            if left <= 0.05:
+                results.append(BaselineResult(strategy=other, feasible=False, cost=None, accuracy=None, seconds=0.0,
+                                              reason=f"not run: the time limit of {time_limit_s:g} s was spent"))
+                continue
             # Explaining costs an extra (elastic) solve: worth it for site-sized problems only.
-            other_plan = run_strategy(problem, accuracy, other, time_limit_s=time_limit_s, solver=solver,
-                                      gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50)
+            other_plan = run_strategy(problem, accuracy, other, time_limit_s=left / (len(others) - k), solver=solver,
+                                      gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50,
+                                      placements=placements)
             results.append(_baseline(main, other_plan, time.perf_counter() - started))
         main.baselines = results
     return main
@@ -93,14 +128,16 @@ def run_strategy(
     solver: str = "highs",
     gap_rel: float = 1e-6,
     explain_infeasible: bool = True,
+    placements: Placements | None = None,
 ) -> Plan:
     started = time.perf_counter()
+    placements = placements or Placements()
     if strategy == OPTIMAL:
         return _optimal(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
-                        explain_infeasible=explain_infeasible)
+                        explain_infeasible=explain_infeasible, placements=placements)
     if strategy == "cloud-only":
-        result = solve_milp(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=time_limit_s, solver=solver,
-                            gap_rel=gap_rel)
+        result = placements.solve(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=time_limit_s,
+                                  solver=solver, gap_rel=gap_rel)
         reasons = []
         if result.solution is None:
             reasons = _why_none(problem, accuracy, result.stats, explain_infeasible, time_limit_s,
@@ -112,8 +149,8 @@ def run_strategy(
             models = select_by_cost_proxy(problem, accuracy)
         except NoPlan as exc:
             return _failed(problem, accuracy, strategy, str(exc), started)
-        result = solve_milp(problem, accuracy, fixed_models=models, time_limit_s=time_limit_s, solver=solver,
-                            gap_rel=gap_rel)
+        result = placements.solve(problem, accuracy, fixed_models=models, time_limit_s=time_limit_s, solver=solver,
+                                  gap_rel=gap_rel)
         reasons = []
         if result.solution is None:
             reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
@@ -182,17 +219,19 @@ def admissible_combinations(problem: Problem, accuracy: AccuracyModel, limit: in
 
 
 def _optimal(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float, solver: str, gap_rel: float,
-             explain_infeasible: bool) -> Plan:
+             explain_infeasible: bool, placements: Placements) -> Plan:
     combos = admissible_combinations(problem, accuracy)
     if combos:
         return _optimal_by_combinations(problem, accuracy, combos, time_limit_s=time_limit_s, solver=solver,
-                                        gap_rel=gap_rel, explain_infeasible=explain_infeasible)
+                                        gap_rel=gap_rel, explain_infeasible=explain_infeasible,
+                                        placements=placements)
     return _optimal_joint(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
                           explain_infeasible=explain_infeasible)
 
 
 def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: list[dict[str, str]], *,
-                             time_limit_s: float, solver: str, gap_rel: float, explain_infeasible: bool) -> Plan:
+                             time_limit_s: float, solver: str, gap_rel: float, explain_infeasible: bool,
+                             placements: Placements | None = None) -> Plan:
     """Branch and bound over the admissible variant combinations.
 
     With the variants fixed the placement MILP is small and its relaxation tight; the joint model's
@@ -205,6 +244,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
     least bound of any combination, and the gap is measured against it.
     """
     started = time.perf_counter()
+    placements = placements or Placements()
     aggregated = any(n.total > 1 for n in problem.nodes)
     has_latency = problem.latency_bound_ms is not None
 
@@ -249,8 +289,8 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             if cutoff is not None and bounds[k] >= cutoff:
                 counts["pruned"] += 1
                 continue
-        result = solve_milp(problem, accuracy, fixed_models=models, solver=solver, gap_rel=gap_rel,
-                            time_limit_s=max(remaining(), 0.1))
+        result = placements.solve(problem, accuracy, fixed_models=models, solver=solver, gap_rel=gap_rel,
+                                  time_limit_s=max(remaining(), 0.1))
         counts["placed"] += 1
         if exact_bound:
             if result.stats.status == "infeasible":
@@ -292,7 +332,7 @@ def _optimal_joint(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: f
                    explain_infeasible: bool) -> Plan:
     """One MILP over variants and placement together (used when combinations are too many)."""
     started = time.perf_counter()
-    result = solve_milp(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
+    result = solve_placement(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
     stats = result.stats
     if result.solution is None:
         reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)

@@ -190,8 +190,8 @@ def judge(result: dict, *, tolerance: float = 0.10) -> list[str]:
     """What misses the targets: on every link direction the plan sends over, interface bytes minus
     the idle baseline at most ``tolerance`` above planned (the plan is the upper bound: each message
     priced as if sent alone) and at least :data:`PACKED_FLOOR` of it; our metrics (the kernel's
-    count of our connections' bytes) at most the interface's total and at least ``1 - tolerance`` of
-    the interface's less idle (the idle baseline is an estimate: Ray's bursts vary from one window to
+    count of our connections' bytes) within ``tolerance`` above the interface's total (the two are
+    read a moment apart) and at least ``1 - tolerance`` of the interface's less idle (the idle baseline is an estimate: Ray's bursts vary from one window to
     the next, so "ours" is bounded on both sides rather than held to a difference of two counters);
     no frame lost; measured throughput within ``tolerance`` of planned."""
     problems = []
@@ -203,7 +203,7 @@ def judge(result: dict, *, tolerance: float = 0.10) -> list[str]:
         if not PACKED_FLOOR * link["planned_bytes"] <= wire <= (1 + tolerance) * link["planned_bytes"]:
             problems.append(f"{name}: interface bytes less idle {wire} vs planned {link['planned_bytes']} "
                             f"(expected {PACKED_FLOOR} to {1 + tolerance} of it)")
-        if not (1 - tolerance) * wire <= link["jellybean_bytes"] <= link["interface_bytes"]:
+        if not (1 - tolerance) * wire <= link["jellybean_bytes"] <= (1 + tolerance) * link["interface_bytes"]:
             problems.append(f"{name}: our metrics {link['jellybean_bytes']} vs interface {link['interface_bytes']}, "
                             f"less idle {wire}")
     if result["frames"]["lost"]:

@@ -28,7 +28,8 @@ def test_a_link_may_carry_less_than_planned_down_to_the_floor_but_not_more() -> 
 
 def test_our_counts_lie_between_the_interface_less_idle_and_its_total() -> None:
     assert judge(_result(800, 950)) == []  # above less-idle, below the total (idle is an estimate)
-    assert "our metrics 1100" in judge(_result(800, 1100))[0]  # more than the interface carried at all
+    assert judge(_result(800, 1050)) == []  # read a moment apart from the interface's counter
+    assert "our metrics 1200" in judge(_result(800, 1200))[0]  # more than the interface carried at all
     assert "our metrics 600" in judge(_result(800, 600))[0]
 
 
