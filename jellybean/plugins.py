@@ -36,7 +36,6 @@ a message of its own.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from functools import lru_cache
@@ -44,7 +43,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from jellybean.spec.errors import Issue
+from jellybean.spec.errors import Issue, did_you_mean, listed
 from jellybean.spec.loader import SourceMap
 from jellybean.spec.workflow import Workflow
 from jellybean.spec.zoo import ModelZoo, Variant
@@ -65,21 +64,6 @@ class UnknownPlugin(KeyError):
 
     def __str__(self) -> str:
         return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)} (registered: {listed(self.known)})"
-
-
-def listed(names: list[str], at_most: int = 8) -> str:
-    """Names for a message: at most ``at_most``, then "... and N more" (never cut silently)."""
-    names = sorted(names)
-    if not names:
-        return "none"
-    if len(names) <= at_most:
-        return ", ".join(names)
-    return ", ".join(names[:at_most]) + f", ... and {len(names) - at_most} more"
-
-
-def did_you_mean(name: Any, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) if isinstance(name, str) else []
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @lru_cache(maxsize=None)

@@ -91,7 +91,7 @@ def cmd_profile_zoo(args: argparse.Namespace) -> int:
         known = {v.name for t in zoo.spec.tasks for v in t.variants}
         missing = [name for name in args.variant if name not in known]
         if missing:
-            from jellybean.plugins import did_you_mean, listed
+            from jellybean.spec.errors import did_you_mean, listed
 
             raise UsageError(f"--variant {missing[0]!r} is not in {path}{did_you_mean(missing[0], sorted(known))} "
                              f"(its variants: {listed(sorted(known))})")

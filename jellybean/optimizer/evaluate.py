@@ -406,8 +406,13 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
     for load in link_loads(problem, solution):
         node = nodes[load.node]
         link = node.up if load.direction == "up" else node.down
-        if link and link.bandwidth_mbps is not None and load.mbps > link.bandwidth_mbps * (1 + tol):
-            problems.append(f"uplink of {node.name} ({load.direction}) carries {load.mbps:.2f} Mbps > {link.bandwidth_mbps}")
+        if link and link.bandwidth_mbps is not None:
+            allowed = problem.max_link_utilization * link.bandwidth_mbps
+            if load.mbps > allowed * (1 + tol):
+                share = "" if problem.max_link_utilization == 1 else \
+                    f" ({problem.max_link_utilization:g} of {link.bandwidth_mbps:g}, max_link_utilization)"
+                problems.append(f"uplink of {node.name} ({load.direction}) carries {load.mbps:.2f} Mbps > "
+                                f"{allowed:g}{share}")
     value = accuracy.evaluate(problem, solution.models)
     if value is None or value < problem.accuracy_target - 1e-6:
         problems.append(f"accuracy {value} below target {problem.accuracy_target}")

@@ -14,6 +14,7 @@ import math
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
 from jellybean.optimizer.milp import solve_milp
 from jellybean.optimizer.problem import Problem
+from jellybean.spec.errors import did_you_mean, listed
 
 
 def _fmt(x: float) -> str:
@@ -52,23 +53,48 @@ def _site_label(problem: Problem, node_index: int) -> str:
     return f"{node.name} (and {node.total - 1} identical sites)"
 
 
+def _nowhere(problem: Problem, s: str, allowed_tiers: set[str] | None) -> str:
+    """Why stage ``s`` has no option at all, the first reason that holds: no instance where it may
+    run; none of the hardware its variants are profiled on (with the closest name); none whose
+    memory holds a variant; none of the batch sizes the workflow allows in any profile there."""
+    info = problem.stages[s]
+    where = f" in tiers {', '.join(sorted(allowed_tiers))}" if allowed_tiers else ""
+    head = f"stage {s} (task {info.task}) cannot run on any instance{where}"
+    groups = [g for g in problem.groups if g.node in info.allowed_nodes
+              and (allowed_tiers is None or problem.nodes[g.node].tier.value in allowed_tiers)]
+    if not groups:
+        return f"{head}: no site it may run at{' (its placement)' if info.allowed_nodes else ''} has instances"
+    profiled = {p.hardware for v in info.variants for p in v.profiles}
+    offered = {g.hardware for g in groups}
+    if not profiled & offered:
+        close = "".join(did_you_mean(h, profiled).replace("; did you mean", f"; for {h!r}, did you mean")
+                        for h in sorted(offered) if did_you_mean(h, profiled))
+        return (f"{head}: its variants are profiled on {listed(profiled)}; the instances it may use are "
+                f"{listed(offered)}{close}")
+    fitting = [(v, g) for v in info.variants for g in groups if v.profile_for(g.hardware) is not None
+               and (g.memory_mb is None or v.memory_mb <= g.memory_mb)]
+    if not fitting:
+        smallest = min((v for v in info.variants if any(v.profile_for(g.hardware) for g in groups)),
+                       key=lambda v: v.memory_mb)
+        roomiest = max((g.memory_mb or 0.0) for g in groups if smallest.profile_for(g.hardware) is not None)
+        return (f"{head}: no variant fits an instance's memory (the smallest, {smallest.name}, needs "
+                f"{_fmt(smallest.memory_mb)} MB; the largest instance it is profiled on has {_fmt(roomiest)} MB)")
+    if info.batch_sizes is not None:
+        have = {b for v, g in fitting for b in v.profile_for(g.hardware).latency_ms}
+        return (f"{head}: the workflow allows batch sizes {listed(info.batch_sizes)}, which no profile of its "
+                f"variants on these instances has (profiled batch sizes: {listed(sorted(have))})")
+    return f"{head} (the stage's placement excludes the sites whose instances could)"
+
+
 def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str] | None = None,
             fixed_models: dict[str, str] | None = None, time_limit_s: float = 30.0) -> list[str]:
     reasons: list[str] = []
-    hardware = sorted({g.hardware for g in problem.groups})
     for s in problem.order:
-        info = problem.stages[s]
         opts = [problem.options[o] for o in problem.options_by_stage[s]]
         if allowed_tiers is not None:
             opts = [o for o in opts if problem.node_of(o).tier.value in allowed_tiers]
         if not opts:
-            profiled = sorted({p.hardware for v in info.variants for p in v.profiles})
-            where = f" in tiers {', '.join(sorted(allowed_tiers))}" if allowed_tiers else ""
-            reasons.append(
-                f"stage {s} (task {info.task}) cannot run on any instance{where}: its variants are profiled on "
-                f"{', '.join(profiled)}; the topology offers {', '.join(hardware) or 'no instances'}"
-                + (" (or the variants do not fit the instances' memory, or the stage's placement excludes them)")
-            )
+            reasons.append(_nowhere(problem, s, allowed_tiers))
     best, models = best_accuracy(problem, accuracy)
     if best is not None and best < problem.accuracy_target - 1e-9:
         combo = ", ".join(f"{s}={v}" for s, v in (models or {}).items())
@@ -86,14 +112,16 @@ def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str
         node = nodes[node_index]
         parent = nodes[node.parent].name if node.parent is not None else "?"
         link = node.up if direction == "up" else node.down
-        capacity = link.bandwidth_mbps if link else None
+        capacity = problem.max_link_utilization * link.bandwidth_mbps if link and link.bandwidth_mbps else None
         carried = [k for (k, i) in (result.solution.flows_up if direction == "up" else result.solution.flows_down or {})
                    if i == node_index]
         what = " for raw source data" if carried and all(k.split("->")[0] in problem.source_rates for k in carried) else ""
         ends = (node.name, parent) if direction == "up" else (parent, node.name)
         label = _site_label(problem, node_index)
+        usable = "" if problem.max_link_utilization == 1 or not link or not link.bandwidth_mbps else \
+            f" usable ({problem.max_link_utilization:g} of {_fmt(link.bandwidth_mbps)}, max_link_utilization)"
         reasons.append(f"uplink {ends[0]} -> {ends[1]} needs {_fmt((capacity or 0) + extra)} Mbps{what}, has "
-                       f"{_fmt(capacity or 0)}" + (f" (each of {label})" if node.total > 1 else ""))
+                       f"{_fmt(capacity or 0)}{usable}" + (f" (each of {label})" if node.total > 1 else ""))
     for (g_index, stage), extra in sorted(slacks.instances.items(), key=lambda kv: kv[0][0]):
         g = problem.groups[g_index]
         reasons.append(f"instances {g.name} at {_site_label(problem, g.node)}: the plan needs "

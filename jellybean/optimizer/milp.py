@@ -38,7 +38,8 @@ Constraints
   shared ``sum_{o on g} r_o / mu_o <= h n_g <= h L_g``, memory ``sum_{s,v} Mem_v z_{g,s,v} <= Mem_g``
   with ``r_o <= R_s z_{g,s,v}``: every instance in use hosts a replica of each stage placed on its
   group and the load spreads evenly over them, so per-instance utilisation and memory both hold.
-- Bandwidth: ``sum_k kb_k * 8192/10^6 * up_{k,i} <= B^up_i`` (and likewise down).
+- Bandwidth: ``sum_k kb_k * 8192/10^6 * up_{k,i} <= u B^up_i`` (and likewise down), ``u`` the
+  topology's ``max_link_utilization``.
 - Accuracy (:mod:`jellybean.optimizer.accuracy`): a table picks one admissible row
   ``sum_r t_r = 1, y_{s,v} = sum_{r: r_s = v} t_r``; the product form is
   ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``; JellyBean's profiles pick one sample per stage,
@@ -458,9 +459,10 @@ def _build(
                     extra = lp.add_variable(f"slack_bw_{direction}_{node.index}", lowBound=0)
                     slack_bw[(node.index, direction)] = extra
                     penalty_terms.append(SLACK_PENALTY * extra / 1000.0)
-                    lp += load <= link.bandwidth_mbps + extra, f"bw_{direction}_{node.index}"
+                    lp += load <= problem.max_link_utilization * link.bandwidth_mbps + extra, \
+                        f"bw_{direction}_{node.index}"
                 else:
-                    lp += load <= link.bandwidth_mbps, f"bw_{direction}_{node.index}"
+                    lp += load <= problem.max_link_utilization * link.bandwidth_mbps, f"bw_{direction}_{node.index}"
 
     handles = _Handles(y, r, n, up, down, comms, relax, slack_bw, slack_n)
 

@@ -149,6 +149,7 @@ class StageInfo:
     inputs: list[Edge]
     allowed_nodes: set[int]
     rate_bound_per_s: float = 0.0  # upper bound on the stage's total rate over all sites
+    batch_sizes: list[int] | None = None  # the workflow's restriction, if any
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
@@ -189,6 +190,8 @@ class Problem:
     latency_bound_ms: float | None
     latency_percentile: str
     warnings: list[str] = field(default_factory=list)
+    #: The highest planned share of a link's bandwidth (Topology.max_link_utilization).
+    max_link_utilization: float = 1.0
     #: Outputs pinned to a site: the sink's results flow there (see :class:`OutputEdge`).
     outputs: list[OutputEdge] = field(default_factory=list)
     hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
@@ -480,7 +483,8 @@ def compile_problem(
         if spec.placement and spec.placement.sites:
             wanted = {site_node[s] for s in spec.placement.sites}
             allowed &= wanted
-        stages[name] = StageInfo(name, task.name, variants, inputs, allowed)
+        stages[name] = StageInfo(name, task.name, variants, inputs, allowed,
+                                 batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None)
 
     # Upper bounds on each stage's total rate (for big-M constants).
     for name in order:
@@ -533,6 +537,7 @@ def compile_problem(
         name=bundle.name, bundle=bundle, nodes=nodes, groups=groups, stages=stages, order=order,
         sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
         source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
+        max_link_utilization=topo.max_link_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from jellybean.spec.errors import Issue, SpecError
+from jellybean.spec.errors import Issue, SpecError, did_you_mean, listed
 from jellybean.spec.loader import LoadedDocument, SourceMap, load_documents
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
@@ -72,7 +72,29 @@ def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bun
     issues = cross_check(bundle)
     if issues:
         raise SpecError(issues)
-    return bundle
+    return _with_replicas_named(bundle)
+
+
+def _with_replicas_named(bundle: Bundle) -> Bundle:
+    """The bundle with every replicated site a Workflow names (``sites: [store]``) replaced by its
+    copies (``store-01`` .. ``store-40``), in sources and placements."""
+    sets = bundle.topology.spec.replica_sets()
+    if not sets:
+        return bundle
+
+    def expand(names: list[str]) -> list[str]:
+        out: list[str] = []
+        for name in names:
+            out.extend(n for n in sets.get(name, [name]) if n not in out)
+        return out
+
+    wf = bundle.workflow.model_copy(deep=True)
+    for source in wf.spec.sources:
+        source.sites = expand(source.sites)
+    for stage in wf.spec.stages:
+        if stage.placement and stage.placement.sites:
+            stage.placement.sites = expand(stage.placement.sites)
+    return Bundle(wf, bundle.zoo, bundle.topology, bundle.sources)
 
 
 def cross_check(bundle: Bundle) -> list[Issue]:
@@ -80,7 +102,8 @@ def cross_check(bundle: Bundle) -> list[Issue]:
     wf, zoo, topo = bundle.workflow.spec, bundle.zoo.spec, bundle.topology.spec
     src = bundle.sources["Workflow"]
     issues: list[Issue] = []
-    site_names = {s.name for s in topo.sites}
+    replicated = topo.replica_sets()
+    site_names = {s.name for s in topo.sites} | set(replicated)
     tasks = {t.name: t for t in zoo.tasks}
 
     def add(loc: tuple, message: str, hint: str) -> None:
@@ -90,39 +113,46 @@ def cross_check(bundle: Bundle) -> list[Issue]:
     for i, source in enumerate(wf.sources):
         for j, site in enumerate(source.sites):
             if site not in site_names:
-                add(("spec", "sources", i, "sites", j), f"unknown site {site!r}",
-                    f"sites of topology {bundle.topology.metadata.name!r}: {', '.join(sorted(site_names)[:8])}")
+                add(("spec", "sources", i, "sites", j), f"unknown site {site!r}{did_you_mean(site, site_names)}",
+                    f"sites of topology {bundle.topology.metadata.name!r}: {listed(site_names)}")
     stage_task = {s.name: s.task for s in wf.stages}
     for i, stage in enumerate(wf.stages):
         task = tasks.get(stage.task)
         if task is None:
-            add(("spec", "stages", i, "task"), f"unknown task {stage.task!r}",
-                f"tasks of zoo {bundle.zoo.metadata.name!r}: {', '.join(tasks)}")
+            add(("spec", "stages", i, "task"), f"unknown task {stage.task!r}{did_you_mean(stage.task, tasks)}",
+                f"tasks of zoo {bundle.zoo.metadata.name!r}: {listed(tasks)}")
             continue
         for j, variant in enumerate(stage.variants or []):
             if task.variant(variant) is None:
-                add(("spec", "stages", i, "variants", j), f"task {task.name!r} has no variant {variant!r}",
-                    f"variants: {', '.join(v.name for v in task.variants)}")
+                names = [v.name for v in task.variants]
+                add(("spec", "stages", i, "variants", j),
+                    f"task {task.name!r} has no variant {variant!r}{did_you_mean(variant, names)}",
+                    f"variants: {listed(names)}")
         for j, inp in enumerate(stage.input_specs()):
             upstream_task = tasks.get(stage_task.get(inp.from_, ""))
             for variant in inp.ratio_by_variant:
                 if upstream_task is not None and upstream_task.variant(variant) is None:
+                    names = [v.name for v in upstream_task.variants]
                     add(("spec", "stages", i, "inputs", j, "ratio_by_variant", variant),
-                        f"input {inp.from_!r} (task {upstream_task.name!r}) has no variant {variant!r}",
-                        f"variants: {', '.join(v.name for v in upstream_task.variants)}")
+                        f"input {inp.from_!r} (task {upstream_task.name!r}) has no variant {variant!r}"
+                        f"{did_you_mean(variant, names)}", f"variants: {listed(names)}")
         if stage.placement and stage.placement.sites:
             for j, site in enumerate(stage.placement.sites):
                 if site not in site_names:
-                    add(("spec", "stages", i, "placement", "sites", j), f"unknown site {site!r}",
-                        "name a site of the topology")
+                    add(("spec", "stages", i, "placement", "sites", j), f"unknown site {site!r}{did_you_mean(site, site_names)}",
+                        f"sites of topology {bundle.topology.metadata.name!r}: {listed(site_names)}")
     for i, output in enumerate(wf.outputs):
-        if output.site is not None and output.site not in site_names:
-            add(("spec", "outputs", i, "site"), f"unknown site {output.site!r}",
-                f"sites of topology {bundle.topology.metadata.name!r}: {', '.join(sorted(site_names)[:8])}")
+        if output.site in replicated:
+            add(("spec", "outputs", i, "site"), f"site {output.site!r} is {len(replicated[output.site])} replicated "
+                "sites; an output lives at one", f"name one of them: {listed(replicated[output.site])}")
+        elif output.site is not None and output.site not in site_names:
+            add(("spec", "outputs", i, "site"), f"unknown site {output.site!r}{did_you_mean(output.site, site_names)}",
+                f"sites of topology {bundle.topology.metadata.name!r}: {listed(site_names)}")
     table = wf.slo.accuracy_table
     if table is not None and table not in {t.name for t in zoo.accuracy_tables}:
-        add(("spec", "slo", "accuracy_table"), f"zoo has no accuracy table {table!r}",
-            f"tables: {', '.join(t.name for t in zoo.accuracy_tables) or 'none'}")
+        names = [t.name for t in zoo.accuracy_tables]
+        add(("spec", "slo", "accuracy_table"), f"zoo has no accuracy table {table!r}{did_you_mean(table, names)}",
+            f"tables: {listed(names)}")
     return issues
 
 

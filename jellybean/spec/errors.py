@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
+from typing import Any
+
+
+def listed(names, at_most: int = 8) -> str:  # noqa: ANN001 - any iterable of names
+    """Names for a message: at most ``at_most``, then "... and N more" (never cut silently)."""
+    names = [str(n) for n in sorted(names, key=lambda n: (0, n, "") if isinstance(n, (int, float)) else (1, 0, str(n)))]
+    if not names:
+        return "none"
+    if len(names) <= at_most:
+        return ", ".join(names)
+    return ", ".join(names[:at_most]) + f", ... and {len(names) - at_most} more"
+
+
+def did_you_mean(name: Any, known) -> str:  # noqa: ANN001 - any iterable of names
+    """``; did you mean 'x'?`` for the closest of ``known`` to a misspelt ``name``, else ""."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6) \
+        if isinstance(name, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
-from jellybean.spec.errors import LocatedValueError
+from jellybean.spec.errors import LocatedValueError, did_you_mean, listed
 
 
 #: The array a payload decodes to, by the kind of source, when ``payload.name`` is not given.
@@ -197,7 +197,9 @@ class WorkflowSpec(StrictModel):
             for j, inp in enumerate(stage.input_specs()):
                 where = ("stages", i, "inputs", j, "from")
                 if inp.from_ not in names:
-                    raise LocatedValueError(where, f"stage {stage.name!r} reads from unknown input {inp.from_!r}")
+                    raise LocatedValueError(where, f"stage {stage.name!r} reads from unknown input {inp.from_!r}"
+                                            f"{did_you_mean(inp.from_, names)}",
+                                            f"sources and stages: {listed(names)}")
                 if inp.from_ == stage.name:
                     raise LocatedValueError(where, f"stage {stage.name!r} reads from itself")
                 if inp.ratio_by_variant and inp.from_ not in stage_names:

@@ -31,7 +31,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, first_repeat
-from jellybean.spec.errors import LocatedValueError
+from jellybean.spec.errors import LocatedValueError, did_you_mean, listed
 
 
 class LatencyProfile(StrictModel):
@@ -352,7 +352,8 @@ class ModelZooSpec(StrictModel):
             for k, task_name in enumerate(table.tasks):
                 if task_name not in by_name:
                     raise LocatedValueError(("accuracy_tables", t, "tasks", k),
-                                            f"accuracy table {table.name!r} names unknown task {task_name!r}")
+                                            f"accuracy table {table.name!r} names unknown task {task_name!r}"
+                                            f"{did_you_mean(task_name, by_name)}", f"tasks: {listed(by_name)}")
             for index, row in enumerate(table.rows):
                 for k, (task_name, variant_name) in enumerate(zip(table.tasks, row.variants)):
                     if by_name[task_name].variant(variant_name) is None:

@@ -155,7 +155,7 @@ def _lp(problem: Problem, models, units) -> float:
                     if node.index in (ups if direction == "up" else downs):
                         row[index[("f", e.key, i, j)]] += kb_of(e) * MBIT_PER_KB
             a_ub.append(row)
-            b_ub.append(link.bandwidth_mbps)
+            b_ub.append(problem.max_link_utilization * link.bandwidth_mbps)
     result = linprog(cost, A_ub=np.array(a_ub) if a_ub else None, b_ub=b_ub or None,
                      A_eq=np.array(a_eq), b_eq=b_eq, bounds=(0, None), method="highs")
     return result.fun if result.status == 0 else math.inf

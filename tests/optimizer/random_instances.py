@@ -72,7 +72,8 @@ def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool
             "instances": ([{"name": "box", "hardware": "cpu", "price_per_hour": round(rng.uniform(0.01, 0.3), 3),
                             "count": count, "memory_mb": rng.choice([400, 800, 2000])}] if count else []),
         })
-    topology = {"sites": sites, "sharing": sharing, "max_utilization": rng.choice([0.7, 0.9, 1.0])}
+    topology = {"sites": sites, "sharing": sharing, "max_utilization": rng.choice([0.7, 0.9, 1.0]),
+                "max_link_utilization": rng.choice([0.6, 1.0])}
     cam_sites = [f"hub{k}" for k in range(hubs)]
     sources = [{"name": "cams", "rate_per_s": round(rng.uniform(2, 40), 2),
                 "payload_kb": round(rng.uniform(5, 120), 1), "sites": cam_sites}]

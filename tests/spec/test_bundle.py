@@ -74,7 +74,8 @@ def test_unknown_reference(old: str, new: str, fragment: str, path: str, needle:
 
 def test_hints_list_what_exists() -> None:
     (issue,) = refused(with_workflow(edit(WORKFLOW, "task: classify", "task: clasify")))
-    assert issue.hint == "tasks of zoo 'zoo': detect, classify"
+    assert issue.hint == "tasks of zoo 'zoo': classify, detect"
+    assert issue.message == "unknown task 'clasify'; did you mean 'classify'?"
     (issue,) = refused(with_workflow(edit(WORKFLOW, "sites: [edge]", "sites: [egde]")))
     assert "cloud, edge" in issue.hint
     (issue,) = refused(with_workflow(edit(WORKFLOW, "    accuracy: 60\n", "    accuracy: 60\n    accuracy_table: x\n")))

@@ -11,7 +11,8 @@ import pytest
 from jellybean.cli import main
 from jellybean.runtime.controller import Controller, Rejected, _message, default_servability_check
 from jellybean.runtime.state import StateStore
-from jellybean.plugins import dataset_names, did_you_mean, listed, runner_names
+from jellybean.plugins import dataset_names, runner_names
+from jellybean.spec.errors import did_you_mean, listed
 from tests.runtime.test_controller import Recorder, files_of, sites_of
 
 ROOT = Path(__file__).resolve().parents[2]
