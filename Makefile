@@ -66,8 +66,10 @@ plan-demo: install
 	$(BIN)/jellybean plan -f workflows/vqa-medium
 	$(BIN)/jellybean plan -f workflows/vehicle-tracking
 
+# JELLYBEAN=DIR (a checkout of libertyeagle/JellyBean) and JELLYBEAN_PYTHON=PY (with its dependencies)
+# also time JellyBean's own optimizer on the scaled instances.
 bench-plan: install
-	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/plan.py $(if $(JELLYBEAN),--jellybean $(JELLYBEAN) --jellybean-python $(or $(JELLYBEAN_PYTHON),python3))
 
 bench-runtime: install
 	$(BIN)/python bench/runtime.py

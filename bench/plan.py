@@ -8,7 +8,16 @@ Then cost against the accuracy target: each workflow's SLO swept over a grid, ev
 at every target, in this process (``jellybean.viz.pareto``): ``bench/results/pareto.json`` and a
 picture per workflow, ``bench/results/pareto-<workflow>.png`` (and ``.svg``).
 
+Then JellyBean-scale instances (``jellybean.generate.jellybean_scaled``: vqa-medium's nine workers
+copied 10 and 20 times, each latency jittered by up to +-3%, rates scaled 0.6-1.2 x 40 per copy; three
+seeds), imported and planned in both modes, whole runs with baselines at the default time limit; with
+``--jellybean DIR`` (a checkout of libertyeagle/JellyBean, MIT) their own optimizer
+(``optimizer/main.py`` with their published VQA config) is timed on the same folders, whole process,
+with ``--jellybean-python`` (an interpreter with their dependencies: yacs, pandas, networkx, scipy,
+scikit-learn, tqdm).
+
     python bench/plan.py [--cameras 10,100,1000,10000] [--out bench/results] [--pareto-points 12]
+                         [--jellybean DIR --jellybean-python PYTHON] [--copies 10,20] [--seeds 0,1,2]
     python bench/plan.py --pareto-only    # the sweep alone (about 12 s)
 """
 
@@ -99,6 +108,41 @@ def city(cameras: int, workdir: Path, time_limit: float) -> dict:
             "accuracy": plan["accuracy"], "models": plan["models"]}
 
 
+def scaled(copies: int, seed: int, workdir: Path, jellybean: Path | None, jellybean_python: str) -> dict:
+    """One scaled instance: our whole `jellybean plan` in both modes, and JellyBean's optimizer."""
+    sys.path.insert(0, str(ROOT))
+    from jellybean.generate.jellybean_scaled import scale_instance
+
+    folder = scale_instance(ROOT / "tests" / "data" / "jellybean-vqa-medium", workdir / f"jb{copies}-{seed}",
+                            copies, seed=seed)
+    docs = workdir / f"docs{copies}-{seed}"
+    done = subprocess.run([sys.executable, "-m", "jellybean", "import", "jellybean", str(folder), "--out", str(docs),
+                           "--name", f"vqa-x{copies}"], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr)
+    row: dict = {"copies": copies, "seed": seed, "workers": 9 * copies}
+    for mode in ("exclusive", "shared"):
+        plan, wall, _, _ = run_plan(["-f", str(docs), f"--{mode}-instances"])
+        heuristic = next((b for b in plan["baselines"] if b["strategy"] == "jellybean"), None)
+        row[mode] = {"wall_s": wall, "status": plan["solver"]["status"], "gap": plan["solver"]["gap"],
+                     "cost_per_hour": plan["cost"]["total_per_hour"] if plan["cost"] else None,
+                     "jellybean_strategy_per_hour": heuristic["cost"]["total_per_hour"]
+                     if heuristic and heuristic["cost"] else None,
+                     "notes": plan["solver"]["notes"]}
+    if jellybean is not None:
+        started = time.perf_counter()
+        theirs = subprocess.run([jellybean_python, "main.py", "--inputs", str(folder), "--config",
+                                 str(jellybean / "VQA" / "examples" / "optimizer_inputs" / "config.yaml")],
+                                capture_output=True, text=True, cwd=jellybean / "optimizer")
+        wall = time.perf_counter() - started
+        out = theirs.stdout
+        result = json.loads(out[out.index("{"):]) if theirs.returncode == 0 and "{" in out else {}
+        row["jellybean_optimizer"] = {"wall_s": wall, "exit": theirs.returncode,
+                                      "cost_per_hour": (result["compute_cost"] + result["communication_cost"])
+                                      if result else None}
+    return row
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Planner benchmark", "",
@@ -132,6 +176,23 @@ def markdown(result: dict) -> str:
                      f"{c['peak_rss_mb']:.0f} | {c['variables']} | {c['constraints']} | {cost} |")
     lines += ["", "The gap is measured against the lower bound of the merged relaxation (identical sites pooled), "
               "so it bounds the distance to the true optimum, not just to the symmetric one.", ""]
+    if result.get("scaled"):
+        lines += ["", "## JellyBean-scale instances (vqa-medium's workers copied and jittered +-3%)", "",
+                  "Whole `jellybean plan` runs with baselines at the default `--time-limit 60`; JellyBean's optimizer "
+                  "(`optimizer/main.py`, their VQA config) on the same folders, whole process.", "",
+                  "| workers | seed | mode | ours s | status | gap | ours $/h | `jellybean` strategy $/h | JellyBean's optimizer s | their $/h | ours / theirs time |",
+                  "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for row in result["scaled"]:
+            theirs = row.get("jellybean_optimizer") or {}
+            for mode in ("exclusive", "shared"):
+                r = row[mode]
+                ratio = f"{r['wall_s'] / theirs['wall_s']:.2f}" if theirs.get("wall_s") else "-"
+                gap = f"{100 * r['gap']:.3f}%" if r["gap"] is not None else "-"
+                their_cost = f"{theirs['cost_per_hour']:.3f}" if theirs.get("cost_per_hour") else "-"
+                their_s = f"{theirs['wall_s']:.2f}" if theirs.get("wall_s") else "-"
+                lines.append(f"| {row['workers']} | {row['seed']} | {mode} | {r['wall_s']:.2f} | {r['status']} | {gap} | "
+                             f"{r['cost_per_hour']:.3f} | {r['jellybean_strategy_per_hour']:.3f} | {their_s} | {their_cost} | {ratio} |")
+
     return "\n".join(lines)
 
 
@@ -172,6 +233,12 @@ def main() -> None:
                         help="accuracy targets per workflow in the cost-against-accuracy sweep (default 12)")
     parser.add_argument("--pareto-only", action="store_true",
                         help="only the cost-against-accuracy sweep (pareto.json and its pictures)")
+    parser.add_argument("--jellybean", type=Path, metavar="DIR",
+                        help="a checkout of libertyeagle/JellyBean: time its optimizer on the scaled instances")
+    parser.add_argument("--jellybean-python", default=sys.executable, metavar="PYTHON",
+                        help="the interpreter that runs JellyBean's optimizer (with its dependencies)")
+    parser.add_argument("--copies", default="10,20", help="copies of vqa-medium's workers per scaled instance")
+    parser.add_argument("--seeds", default="0,1,2", help="jitter seeds per number of copies")
     args = parser.parse_args()
     if args.pareto_only:
         pareto(args.out, args.pareto_points, args.time_limit)
@@ -185,6 +252,14 @@ def main() -> None:
             row = city(n, Path(tmp), args.time_limit)
             print(f"city {n}: {row['wall_s']:.2f}s status {row['status']} gap {row['gap']}", file=sys.stderr)
             result["city"].append(row)
+        result["scaled"] = []
+        for copies in [int(x) for x in args.copies.split(",") if x]:
+            for seed in [int(x) for x in args.seeds.split(",") if x]:
+                row = scaled(copies, seed, Path(tmp), args.jellybean, args.jellybean_python)
+                print(f"scaled x{copies} seed {seed}: ours {row['exclusive']['wall_s']:.2f}s / {row['shared']['wall_s']:.2f}s"
+                      + (f", theirs {row['jellybean_optimizer']['wall_s']:.2f}s" if 'jellybean_optimizer' in row else ""),
+                      file=sys.stderr)
+                result["scaled"].append(row)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "plan.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "plan.md").write_text(markdown(result))
