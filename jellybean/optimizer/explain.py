@@ -14,7 +14,7 @@ import math
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
 from jellybean.optimizer.milp import solve_milp
 from jellybean.optimizer.problem import Problem
-from jellybean.spec.errors import did_you_mean, listed
+from jellybean.spec.errors import closest, listed
 
 
 def _fmt(x: float) -> str:
@@ -67,8 +67,8 @@ def _nowhere(problem: Problem, s: str, allowed_tiers: set[str] | None) -> str:
     profiled = {p.hardware for v in info.variants for p in v.profiles}
     offered = {g.hardware for g in groups}
     if not profiled & offered:
-        close = "".join(did_you_mean(h, profiled).replace("; did you mean", f"; for {h!r}, did you mean")
-                        for h in sorted(offered) if did_you_mean(h, profiled))
+        close = "".join(f"; for {h!r}, did you mean {match!r}?" for h in sorted(offered)
+                        if (match := closest(h, profiled)))
         return (f"{head}: its variants are profiled on {listed(profiled)}; the instances it may use are "
                 f"{listed(offered)}{close}")
     fitting = [(v, g) for v in info.variants for g in groups if v.profile_for(g.hardware) is not None

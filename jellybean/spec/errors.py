@@ -17,11 +17,16 @@ def listed(names, at_most: int = 8) -> str:  # noqa: ANN001 - any iterable of na
     return ", ".join(names[:at_most]) + f", ... and {len(names) - at_most} more"
 
 
+def closest(name: Any, known) -> str | None:  # noqa: ANN001 - any iterable of names
+    """The one of ``known`` closest to a misspelt ``name`` (difflib, cutoff 0.6), else None."""
+    close = difflib.get_close_matches(name, [str(k) for k in known], n=1, cutoff=0.6) if isinstance(name, str) else []
+    return close[0] if close else None
+
+
 def did_you_mean(name: Any, known) -> str:  # noqa: ANN001 - any iterable of names
     """``; did you mean 'x'?`` for the closest of ``known`` to a misspelt ``name``, else ""."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6) \
-        if isinstance(name, str) else []
-    return f"; did you mean {close[0]!r}?" if close else ""
+    match = closest(name, known)
+    return f"; did you mean {match!r}?" if match else ""
 
 
 @dataclass(frozen=True)

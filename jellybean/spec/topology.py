@@ -15,8 +15,9 @@ Identical sites without copy-paste: a site with ``replicas: N`` stands for ``N``
 ``{name}`` and ``{i}``, e.g. ``"{name}{i:03d}"``, ``i`` counting from 1). A site whose ``parent`` is
 replicated is replicated with it: one copy under each copy of the parent, named after the parent's
 copy (``cam`` under ``store-07`` is ``cam-store-07``; with its own ``replicas: 2``,
-``cam-store-07-1`` and ``cam-store-07-2``). A Workflow may name the replicated site (``sites: [cam]``) for all its copies. The
-planner pools identical sites into one class anyway; this is the way to say there are forty.
+``cam-store-07-1`` and ``cam-store-07-2``). A Workflow may name the replicated site
+(``sites: [cam]``) for all its copies. The planner pools identical sites into one class anyway;
+this is the way to say there are forty.
 """
 
 from __future__ import annotations
@@ -190,33 +191,33 @@ class TopologySpec(StrictModel):
     def _expand_replicas(self) -> None:
         """Replace every replicated site (and, with it, its descendants) by its copies, in document
         order, remembering which document entry each came from (``_origin``, for error locations)."""
-        if all(site.replicas is None for site in self.sites) and not self._replica_sets:
-            self._origin = list(range(len(self.sites)))
-            return
         if self._replica_sets:  # already expanded (a model copy validated again)
             return
+        if all(site.replicas is None for site in self.sites):
+            self._origin = list(range(len(self.sites)))
+            return
         documented = list(self.sites)
-        position = {site.name: k for k, site in enumerate(documented)}
+        named = {site.name for site in documented}
         children: dict[str, list[int]] = {}
         for k, site in enumerate(documented):
             if site.parent is not None:
                 children.setdefault(site.parent, []).append(k)
         copies: dict[int, list[tuple[str, str | None]]] = {}  # entry -> [(name, parent name)]
 
-        def place(k: int, parent_copy: str | None, depth: int) -> None:
-            if depth > len(documented):
-                return  # a cycle: the tree check reports it
+        def place(k: int, parent_copy: str | None) -> None:
+            """Entry ``k``'s copies under ``parent_copy``, then their children (a walk down from the
+            roots: sites on a cycle are never reached, keep their entry, and the tree check reports them)."""
             site = documented[k]
             under = site if parent_copy is None or parent_copy == site.parent else \
                 site.model_copy(update={"name": f"{site.name}-{parent_copy}"})
             for name in under.copy_names():
                 copies.setdefault(k, []).append((name, parent_copy if parent_copy is not None else site.parent))
                 for c in children.get(site.name, []):
-                    place(c, name, depth + 1)
+                    place(c, name)
 
         for k, site in enumerate(documented):
-            if site.parent is None or site.parent not in position:
-                place(k, None, 0)
+            if site.parent is None or site.parent not in named:
+                place(k, None)
         expanded: list[Site] = []
         origin: list[int] = []
         for k, site in enumerate(documented):
