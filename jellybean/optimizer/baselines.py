@@ -21,6 +21,7 @@ import pulp
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
 from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem
 from jellybean.optimizer.solution import Solution
+from jellybean.optimizer.solver import solve
 
 TOL = 1e-9
 
@@ -170,14 +171,11 @@ def route_min_cost(problem: Problem, solution: Solution) -> None:
                     outflow.append(m * down[(edge.key, j)])
             lp += pulp.lpSum(inflow) == pulp.lpSum(outflow)
     lp += pulp.lpSum(cost)
-    from jellybean.optimizer.milp import silence_highs_banner
-
-    try:
-        silence_highs_banner()
-        lp.solve(pulp.HiGHS(msg=False))
-    except ImportError:
-        lp.solve(pulp.PULP_CBC_CMD(msg=False))
-    if pulp.LpStatus[lp.status] != "Optimal":
+    outcome = solve(lp)
+    if outcome.values is None or outcome.stats.status != "optimal":
         raise NoPlan("the placement cannot be routed without sending data down the tiers")
-    solution.flows_up = {k: v.varValue for k, v in up.items() if (v.varValue or 0) > 1e-9}
-    solution.flows_down = {k: v.varValue for k, v in down.items() if (v.varValue or 0) > 1e-9}
+    if outcome.fallback is not None:
+        solution.notes.append(f"routing: {outcome.fallback}")
+    values = outcome.values
+    solution.flows_up = {k: values[v.name] for k, v in up.items() if values[v.name] > 1e-9}
+    solution.flows_down = {k: values[v.name] for k, v in down.items() if values[v.name] > 1e-9}

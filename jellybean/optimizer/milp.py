@@ -92,6 +92,7 @@ from jellybean.optimizer.problem import (
     forward_times,
 )
 from jellybean.optimizer.solution import Solution
+from jellybean.optimizer.solver import solve
 
 SLACK_PENALTY = 1e6
 EPS = 1e-7
@@ -178,7 +179,9 @@ def solve_milp(
     model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic, latency,
                             pooled=pooled, without_groups=without_groups)
     build_s = time.perf_counter() - started
-    stats, values = _run(model, solver, time_limit_s, gap_rel, threads, lp_only, objective_target)
+    outcome = solve(model, solver=solver, time_limit_s=time_limit_s, gap_rel=gap_rel, threads=threads,
+                    lp_only=lp_only, objective_target=objective_target)
+    stats, values = outcome.stats, outcome.values
     stats.seconds = time.perf_counter() - started
     stats.notes.append(f"model built in {build_s:.2f}s")
     if values is None:
@@ -563,7 +566,8 @@ def _reassign(problem: Problem, pools: list[list[int]], usable: list[Option], so
             model += pulp.lpSum(x[(g, s)] for g in pool if (g, s) in x) == k[s]
             model += pulp.lpSum(h * best[(g, s)].throughput_per_s * x[(g, s)] for g in pool if (g, s) in x) \
                 >= need[s] * (1 + 1e-9)
-        stats, values = _run(model, "highs", 5.0, 1e-6, None)
+        outcome = solve(model, solver="highs", time_limit_s=5.0, gap_rel=1e-6)
+        stats, values = outcome.stats, outcome.values
         if values is None or stats.status not in ("optimal", "feasible"):
             return None
         for s in stages:
@@ -944,117 +948,6 @@ def _message_kb(problem: Problem, edge, pick) -> float:
 
 def _id(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)
-
-
-# --------------------------------------------------------------------------------------------------
-# solving
-
-
-def _run(model: pulp.LpProblem, solver: str, time_limit_s: float, gap_rel: float,
-         threads: int | None, lp_only: bool = False,
-         objective_target: float | None = None) -> tuple[SolverStats, dict[str, float] | None]:
-    n_vars = len(model.variables())
-    n_cons = model.numConstraints()
-    if solver == "highs":
-        try:
-            import highspy  # noqa: F401
-
-            return _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons, lp_only, objective_target)
-        except ImportError:
-            solver = "cbc"
-    if lp_only:
-        for var in model.variables():
-            if var.cat != "Continuous":
-                var.cat = "Continuous"
-    return _run_cbc(model, time_limit_s, gap_rel, n_vars, n_cons)
-
-
-_BANNER_SHOWN = False
-
-
-def silence_highs_banner() -> None:
-    """HiGHS prints its banner to the process's stdout (fd 1, from C++) the first time a solver is
-    constructed, regardless of ``output_flag``; that would corrupt ``plan --format json``. Construct
-    the first instance with fd 1 pointed at /dev/null; later ones print nothing."""
-    global _BANNER_SHOWN
-    if _BANNER_SHOWN:
-        return
-    import os
-    import sys
-
-    import highspy
-
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    _BANNER_SHOWN = True
-
-
-def _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons, lp_only=False, objective_target=None):
-    import highspy
-
-    silence_highs_banner()
-    extra = {} if objective_target is None else {"objective_target": objective_target}
-    cmd = pulp.HiGHS(mip=not lp_only, msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=threads, **extra)
-    model.solve(cmd)
-    highs = model.solverModel
-    status = highs.getModelStatus()
-    info = highs.getInfo()
-    has_solution = info.primal_solution_status == 2  # kSolutionStatusFeasible
-    ms = highspy.HighsModelStatus
-    if status == ms.kOptimal:
-        label = "optimal"
-    elif status in (ms.kInfeasible, ms.kUnboundedOrInfeasible):
-        label = "infeasible"
-    elif status == ms.kTimeLimit:
-        label = "feasible" if has_solution else "time-limit"
-    elif status == ms.kObjectiveTarget:  # stopped at the target: a plan that good, its gap judged by the caller
-        label = "feasible"
-    else:
-        label = highs.modelStatusToString(status).lower()
-    gap = None
-    bound = None
-    objective = None
-    if has_solution:
-        objective = info.objective_function_value
-        mip = not lp_only and any(v.cat == "Integer" for v in model.variables())
-        if mip:
-            bound = info.mip_dual_bound
-            gap = max(0.0, info.mip_gap) if math.isfinite(info.mip_gap) else None
-        else:
-            bound, gap = objective, 0.0
-        if label == "optimal" and gap is not None and gap <= gap_rel:
-            gap = max(gap, 0.0)
-    stats = SolverStats(name="HiGHS", status=label, gap=gap, seconds=0.0, objective=objective, bound=bound,
-                        variables=n_vars, constraints=n_cons)
-    if not has_solution or label == "infeasible":
-        return stats, None
-    values = list(highs.getSolution().col_value)
-    return stats, {v.name: values[v.index] for v in model.variables()}
-
-
-def _run_cbc(model, time_limit_s, gap_rel, n_vars, n_cons):
-    cmd = pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
-    model.solve(cmd)
-    status = pulp.LpStatus[model.status]
-    label = {"Optimal": "optimal", "Infeasible": "infeasible", "Not Solved": "time-limit",
-             "Unbounded": "unbounded", "Undefined": "infeasible"}.get(status, status.lower())
-    has_solution = label == "optimal" or model.sol_status in (pulp.LpSolutionIntegerFeasible, pulp.LpSolutionOptimal)
-    if label != "optimal" and has_solution:
-        label = "feasible"
-    objective = pulp.value(model.objective) if has_solution else None
-    stats = SolverStats(name="CBC", status=label, gap=(0.0 if label == "optimal" else None), seconds=0.0,
-                        objective=objective, bound=objective if label == "optimal" else None,
-                        variables=n_vars, constraints=n_cons)
-    if not has_solution:
-        return stats, None
-    return stats, {v.name: (v.varValue or 0.0) for v in model.variables()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from jellybean.optimizer.explain import explain
 from jellybean.optimizer.milp import solve_milp, solve_placement
 from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
+from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
 
 OPTIMAL = "optimal"
@@ -164,7 +165,8 @@ def run_strategy(
             solution = edge_first(problem, models)
         except NoPlan as exc:
             return _failed(problem, accuracy, strategy, str(exc), started)
-        stats = SolverStats(name="greedy", status="heuristic", gap=None, seconds=time.perf_counter() - started)
+        stats = SolverStats(name="greedy", status="heuristic", gap=None, seconds=time.perf_counter() - started,
+                            notes=list(solution.notes))  # e.g. the routing LP's solver fallback
         violations = verify(problem, solution, accuracy)
         if violations:
             return _failed(problem, accuracy, strategy, "greedy placement violates: " + "; ".join(violations[:3]),
@@ -301,7 +303,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             best = result
     if best is None:
         status = "time-limit" if unknown else "infeasible"
-        stats = SolverStats(name="HiGHS" if solver == "highs" else "CBC", status=status, gap=None,
+        stats = SolverStats(name=solver_name(solver), status=status, gap=None,
                             seconds=time.perf_counter() - started)
         stats.status = status
         reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)
