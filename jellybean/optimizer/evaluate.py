@@ -8,6 +8,9 @@ of how it was produced; tests run it on every strategy's output.
 Heuristic strategies give no flows; their traffic is routed in proportion to where the consuming
 stage runs (JellyBean's semantics: a stage's output is split across the next stage's workers by
 their shares), along the tree path between the sites.
+
+Pricing and checking only read a Solution: flows they derive (:func:`flows_of`) are returned, never
+written back, so checking a plan cannot change what is checked next.
 """
 
 from __future__ import annotations
@@ -72,10 +75,15 @@ def consumers_of(problem: Problem, edge, rates: dict[tuple[str, int], float]) ->
     return {i: rate * problem.nodes[i].total for (stage, i), rate in rates.items() if stage == edge.dst}
 
 
-def route_proportionally(problem: Problem, solution: Solution) -> None:
-    """Fill ``flows_up``/``flows_down``: each producing site sends to each consuming site in
-    proportion to the consumer's share of the stage's total rate (a pinned output's node takes all
-    of its edge); identical member sites serve their own traffic locally."""
+Flows = dict[tuple[str, int], float]  # (edge key, node index) -> messages/s per member site
+
+
+def proportional_flows(problem: Problem, solution: Solution) -> tuple[Flows, Flows]:
+    """The flows (up, down) of JellyBean's routing: each producing site sends to each consuming site
+    in proportion to the consumer's share of the stage's total rate (a pinned output's node takes all
+    of its edge), along the tree path; identical member sites serve their own traffic locally. With
+    ``P_i`` messages/s produced over all members of node ``i`` and ``C_j`` the consumer ``j``'s share,
+    ``P_i C_j / sum_k C_k`` crosses every link of the path ``i -> j``, divided by the link's members."""
     rates = stage_rates(problem, solution)
     produced = production(problem, solution, rates)
     up: dict[tuple[str, int], float] = {}
@@ -100,8 +108,21 @@ def route_proportionally(problem: Problem, solution: Solution) -> None:
                 for n in route[1]:
                     key = (edge.key, n)
                     down[key] = down.get(key, 0.0) + amount / problem.nodes[n].total
-    solution.flows_up = up
-    solution.flows_down = down
+    return up, down
+
+
+def route_proportionally(problem: Problem, solution: Solution) -> None:
+    """Fill ``flows_up``/``flows_down`` with :func:`proportional_flows`: for a strategy that gives
+    no flows of its own and wants its Solution to carry JellyBean's routing."""
+    solution.flows_up, solution.flows_down = proportional_flows(problem, solution)
+
+
+def flows_of(problem: Problem, solution: Solution) -> tuple[Flows, Flows]:
+    """The flows a solution is priced and checked on: its own, or, when it gives none (a heuristic),
+    :func:`proportional_flows`. Reads the solution, never writes it."""
+    if solution.flows_up is None:
+        return proportional_flows(problem, solution)
+    return solution.flows_up, solution.flows_down or {}
 
 
 @dataclass
@@ -114,12 +135,14 @@ class _LinkLoad:
     cost_per_hour: float  # over all members
 
 
-def link_loads(problem: Problem, solution: Solution) -> list[_LinkLoad]:
-    if solution.flows_up is None:
-        route_proportionally(problem, solution)
+def link_loads(problem: Problem, solution: Solution, flows: tuple[Flows, Flows] | None = None) -> list[_LinkLoad]:
+    """Traffic, bandwidth and price per link direction, on ``flows`` (default :func:`flows_of`):
+    ``GB/h = msg/s * KB * 3600 / 1024^2`` and ``Mbps = msg/s * KB * 8192 / 10^6`` per member link,
+    the price ``GB/h * $/GB`` over all the node's members."""
+    up, down = flows if flows is not None else flows_of(problem, solution)
     per_link: dict[tuple[int, str], dict[str, float]] = {}
-    for direction, flows in (("up", solution.flows_up or {}), ("down", solution.flows_down or {})):
-        for (edge_key, node), value in flows.items():
+    for direction, flows_on in (("up", up), ("down", down)):
+        for (edge_key, node), value in flows_on.items():
             if value > TOL:
                 per_link.setdefault((node, direction), {})[edge_key] = value
     out = []
@@ -335,13 +358,34 @@ def build_plan(
     )
 
 
+@dataclass
+class Verification:
+    """What :func:`check_solution` found: the violations in words (empty: a valid plan), and the
+    flows it checked them on (the solution's own, or JellyBean's proportional routing when the
+    solution gives none: computed here and returned, never written into the solution)."""
+
+    violations: list[str]
+    flows_up: Flows
+    flows_down: Flows
+
+
 def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol: float = 1e-5) -> list[str]:
-    """Every constraint a plan must satisfy, checked directly; returns the violations in words."""
+    """Every constraint a plan must satisfy, checked directly; returns the violations in words
+    (:func:`check_solution`'s, which also returns the flows checked). The solution is not modified."""
+    return check_solution(problem, solution, accuracy, tol=tol).violations
+
+
+def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol: float = 1e-5
+                   ) -> Verification:
+    """Check ``solution`` against every constraint, independently of how it was produced: variants as
+    chosen, memory, capacity ``sum_o r_o / mu_o <= h n`` per count, counts within limits, shared
+    memory, flow conservation per edge and node (joins pairing one to one), no flow down the tiers
+    unless allowed, link bandwidth within ``max_link_utilization``, the accuracy target and the
+    latency bound. Reads the solution only."""
     problems: list[str] = []
     nodes, groups = problem.nodes, problem.groups
     h = problem.max_utilization
-    if solution.flows_up is None:
-        route_proportionally(problem, solution)
+    up, down = flows_of(problem, solution)
     for o_index, rate in solution.rates.items():
         o = problem.options[o_index]
         if solution.models.get(o.stage) != o.variant and rate > tol:
@@ -377,8 +421,6 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
     # Flow conservation: everything produced is consumed, joins pair one to one.
     rates = stage_rates(problem, solution)
     produced = production(problem, solution, rates)
-    up = solution.flows_up or {}
-    down = solution.flows_down or {}
     for s in problem.order:
         for edge in problem.stages[s].inputs:
             for node in nodes:
@@ -403,7 +445,7 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
                 problems.append(f"output edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
     if not problem.allow_downward and any(v > tol for v in down.values()):
         problems.append("traffic flows down the tiers, which the topology does not allow")
-    for load in link_loads(problem, solution):
+    for load in link_loads(problem, solution, (up, down)):
         node = nodes[load.node]
         link = node.up if load.direction == "up" else node.down
         if link and link.bandwidth_mbps is not None:
@@ -420,12 +462,12 @@ def verify(problem: Problem, solution: Solution, accuracy: AccuracyModel, *, tol
         latency = worst_latency(problem, solution, problem.latency_percentile)
         if latency is not None and latency > problem.latency_bound_ms * (1 + tol):
             problems.append(f"latency {latency:.2f} ms above bound {problem.latency_bound_ms}")
-    return problems
+    return Verification(problems, up, down)
 
 
 def plan_cost(plan: Plan) -> float:
     return plan.cost.total_per_hour if plan.cost else math.inf
 
 
-__all__ = ["build_plan", "verify", "route_proportionally", "link_loads", "stage_rates", "KB_PER_GB",
-           "SECONDS_PER_HOUR"]
+__all__ = ["build_plan", "verify", "check_solution", "Verification", "route_proportionally", "proportional_flows",
+           "flows_of", "link_loads", "stage_rates", "KB_PER_GB", "SECONDS_PER_HOUR"]

@@ -92,9 +92,10 @@ Deviations, and why
   Problem already filtered. Such plans may then fail :func:`~jellybean.optimizer.evaluate.verify`.
 - *Flows are filled in.* The returned Solution carries ``flows_up``/``flows_down`` as
   :func:`~jellybean.optimizer.evaluate.route_proportionally` computes them (each stage's input split
-  across the consumer's sites by their shares: JellyBean's semantics) rather than ``None``, because
-  :func:`~jellybean.optimizer.evaluate.verify` checks flow conservation on the flows as given and
-  would read ``None`` as "no traffic". The costs are the same either way.
+  across the consumer's sites by their shares: JellyBean's semantics) rather than ``None``, so that
+  the Solution itself says where its traffic goes. :func:`~jellybean.optimizer.evaluate.verify` and
+  :func:`~jellybean.optimizer.evaluate.build_plan` would compute the same routing from ``None``
+  (without writing it into the Solution); the costs are the same either way.
 - *Scale.* Instances of a group are identical, so the greedy handles a group's instances in bulk
   rather than one by one (same result). For large problems (more than 2,000 workers) each elastic
   group is expanded to at most the number of instances the stages could ever use on it (the sum
@@ -546,7 +547,7 @@ def jellybean_heuristic(problem: Problem, accuracy: AccuracyModel, *, beam_width
         value = -math.inf if value is None else value
         for state in placer.run(stage_orders):
             solution = placer.solution(state)
-            # build_plan routes the traffic proportionally (filling solution.flows_*), as JellyBean does.
+            # build_plan prices the traffic routed proportionally, as JellyBean does.
             plan = build_plan(problem, solution, strategy="jellybean", stats=stats, accuracy=accuracy)
             assert plan.cost is not None
             cost = plan.cost.total_per_hour
