@@ -71,8 +71,9 @@ class AccuracyModel:
 
 
 def choose_model(problem: Problem) -> AccuracyModel:
-    zoo = problem.bundle.zoo.spec
-    slo = problem.bundle.workflow.spec.slo
+    """The workflow's accuracy model, in the order of the module docstring: the table the SLO names
+    (an error if it does not cover the workflow), else the first of the zoo's tables that covers it,
+    else JellyBean's per-stage profiles where every stage fed by stages has them, else the product."""
     stages_by_task: dict[str, list[str]] = {}
     for name, info in problem.stages.items():
         stages_by_task.setdefault(info.task, []).append(name)
@@ -89,9 +90,8 @@ def choose_model(problem: Problem) -> AccuracyModel:
                 return None
         return columns
 
-    tables = zoo.accuracy_tables
-    if slo.accuracy_table is not None:
-        table = next(t for t in tables if t.name == slo.accuracy_table)
+    if problem.accuracy_table is not None:
+        table = problem.accuracy_table
         columns = covers(table)
         if columns is None:
             raise ValueError(
@@ -99,7 +99,7 @@ def choose_model(problem: Problem) -> AccuracyModel:
                 "must be run by exactly one stage and every other stage must have a single variant"
             )
         return AccuracyModel("table", table, columns, f"end-to-end table {table.name!r}")
-    for table in tables:
+    for table in problem.accuracy_tables:
         columns = covers(table)
         if columns is not None:
             return AccuracyModel("table", table, columns, f"end-to-end table {table.name!r}")

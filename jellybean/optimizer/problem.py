@@ -29,7 +29,7 @@ from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
 from jellybean.spec.topology import LinkDirection
 from jellybean.spec.workflow import topological_order
-from jellybean.spec.zoo import Variant
+from jellybean.spec.zoo import AccuracyTable, Variant
 
 KB_PER_GB = 1024.0 * 1024.0
 SECONDS_PER_HOUR = 3600.0
@@ -172,8 +172,10 @@ class Churn:
 
 @dataclass
 class Problem:
+    """Everything a strategy needs, compiled from the documents: it holds no document itself, so a
+    strategy sees exactly what the planner saw (and tests can build one from parts)."""
+
     name: str
-    bundle: Bundle
     nodes: list[Node]
     groups: list[Group]
     stages: dict[str, StageInfo]  # in topological order
@@ -201,6 +203,11 @@ class Problem:
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
     #: Re-planning a running workflow: what runs now, and what a change costs (see :class:`Churn`).
     churn: Churn | None = None
+    #: The zoo's measured end-to-end accuracy tables, in the zoo's order: the first that covers the
+    #: workflow is its accuracy model (:func:`jellybean.optimizer.accuracy.choose_model`).
+    accuracy_tables: list[AccuracyTable] = field(default_factory=list)
+    #: The table the workflow's SLO names (``slo.accuracy_table``), which must then cover it; None: none named.
+    accuracy_table: AccuracyTable | None = None
 
     # --- tree helpers -------------------------------------------------------------------------
     def ancestors(self, node: int) -> list[int]:
@@ -534,11 +541,22 @@ def compile_problem(
     sharing_mode = sharing or topo.sharing
     return Problem(
         member_rate_bound=member_bound,
-        name=bundle.name, bundle=bundle, nodes=nodes, groups=groups, stages=stages, order=order,
+        name=bundle.name, nodes=nodes, groups=groups, stages=stages, order=order,
         sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
         source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
         max_link_utilization=topo.max_link_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
+        accuracy_tables=list(zoo.accuracy_tables), accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
     )
+
+
+def _named_table(tables: list[AccuracyTable], name: str | None) -> AccuracyTable | None:
+    """The accuracy table the SLO names (the bundle's cross-check has made sure the zoo has it)."""
+    if name is None:
+        return None
+    for table in tables:
+        if table.name == name:
+            return table
+    raise ValueError(f"the workflow's SLO names accuracy table {name!r}, which the zoo does not have")

@@ -108,3 +108,22 @@ def test_product_composition() -> None:
     assert not plan.feasible
     assert any("accuracy target 95 unreachable" in r and "94.05" in r for r in plan.explanation)
     assert math.isclose(100 * 0.99 * 0.95, 94.05)
+
+
+def test_the_problem_carries_the_tables_not_the_documents(vqa) -> None:
+    """The accuracy tables are compiled into the Problem (the named one resolved), which holds no
+    bundle: the accuracy model is chosen from the Problem alone."""
+    problem = compile_problem(vqa)
+    assert not hasattr(problem, "bundle")
+    assert [t.name for t in problem.accuracy_tables] == [t.name for t in vqa.zoo.spec.accuracy_tables]
+    assert problem.accuracy_table is not None and problem.accuracy_table.name == "vqa-medium-end-to-end"
+    assert choose_model(problem).description == "end-to-end table 'vqa-medium-end-to-end'"
+    # Named by the SLO but not covering the workflow (its stage has a second candidate): refused, by name.
+    problem.stages["VQA"].variants = problem.stages["VQA"].variants * 2
+    with pytest.raises(ValueError, match="'vqa-medium-end-to-end' does not cover workflow"):
+        choose_model(problem)
+    # Not named: a table that does not cover the workflow is passed over for the next model.
+    problem.accuracy_table = None
+    assert choose_model(problem).kind != "table"
+    unnamed = compile_problem(without_table(vqa))
+    assert unnamed.accuracy_tables == [] and unnamed.accuracy_table is None
