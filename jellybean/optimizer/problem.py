@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
-from jellybean.spec.topology import LinkDirection
-from jellybean.spec.workflow import topological_order
-from jellybean.spec.zoo import AccuracyTable, Variant
+from jellybean.spec.topology import LinkDirection, TopologySpec
+from jellybean.spec.workflow import WorkflowSpec, topological_order
+from jellybean.spec.zoo import AccuracyTable, ModelZooSpec, Variant
 
 KB_PER_GB = 1024.0 * 1024.0
 SECONDS_PER_HOUR = 3600.0
@@ -357,35 +357,79 @@ def compile_problem(
     sharing: str | None = None,
     aggregate: bool = True,
 ) -> Problem:
-    """Build the Problem for ``bundle``. ``sharing`` overrides the topology's mode."""
+    """Build the Problem for ``bundle``: the classes of identical sites (:func:`symmetry_classes`),
+    the sources' rates per member site (:func:`source_rates_per_node`), the stages with their rate
+    bounds (:func:`compile_stages`) and the ways to serve each (:func:`compile_options`).
+    ``sharing`` overrides the topology's mode; ``aggregate=False`` keeps every site a class of its own."""
     wf = bundle.workflow.spec
     topo = bundle.topology.spec
     zoo = bundle.zoo.spec
-    warnings: list[str] = []
+    sources_at = sources_per_site(wf)
+    classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate)
+    source_rates, payload = source_rates_per_node(wf, sources_at, classes.site_node)
+    order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
+    options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
+                                        hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
+    member_bound = _member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
+    outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, o.result_kb)
+               for o in wf.outputs if o.site is not None]
+    return Problem(
+        member_rate_bound=member_bound,
+        name=bundle.name, nodes=classes.nodes, groups=classes.groups, stages=stages, order=order,
+        sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
+        source_payload_kb=payload, sharing=sharing or topo.sharing, max_utilization=topo.max_utilization,
+        max_link_utilization=topo.max_link_utilization,
+        allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
+        latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
+        warnings=[], hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
+        accuracy_tables=list(zoo.accuracy_tables), accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
+    )
 
-    # --- sources per site ---------------------------------------------------------------------
-    site_sources: dict[str, dict[str, int]] = {}
+
+# --- symmetry classes -------------------------------------------------------------------------------
+
+
+def sources_per_site(wf: WorkflowSpec) -> dict[str, dict[str, int]]:
+    """Site -> source group -> how many of the group's sources (cameras, microphones) are at the site."""
+    at: dict[str, dict[str, int]] = {}
     for source in wf.sources:
         for site in source.sites:
-            site_sources.setdefault(site, {})
-            site_sources[site][source.name] = site_sources[site].get(source.name, 0) + source.count_per_site
+            at.setdefault(site, {})
+            at[site][source.name] = at[site].get(source.name, 0) + source.count_per_site
+    return at
 
-    # Sites named by a stage's placement, or where an output is delivered, must stay distinguishable.
-    pinned_sites: dict[str, tuple[str, ...]] = {}
+
+def pinned_sites(wf: WorkflowSpec) -> dict[str, tuple[str, ...]]:
+    """Sites named by a stage's placement, or where an output is delivered, with what pins them: such
+    a site must stay distinguishable from its otherwise identical siblings."""
+    pinned: dict[str, tuple[str, ...]] = {}
     for stage in wf.stages:
         if stage.placement and stage.placement.sites:
             for site in stage.placement.sites:
-                pinned_sites[site] = pinned_sites.get(site, ()) + (stage.name,)
+                pinned[site] = pinned.get(site, ()) + (stage.name,)
     for output in wf.outputs:
         if output.site is not None:
-            pinned_sites[output.site] = pinned_sites.get(output.site, ()) + (f"output:{output.name}",)
+            pinned[output.site] = pinned.get(output.site, ()) + (f"output:{output.name}",)
+    return pinned
 
-    # --- symmetry classes, bottom-up ------------------------------------------------------------
+
+@dataclass
+class SymmetryClasses:
+    """The site tree as classes of identical siblings: the nodes (parents before children), their
+    instance groups, and each site's node."""
+
+    nodes: list[Node]
+    groups: list[Group]
+    site_node: dict[str, int]
+
+
+def site_signatures(topo: TopologySpec, sources_at: dict[str, dict[str, int]], pinned: dict[str, tuple[str, ...]],
+                    *, aggregate: bool = True) -> dict[str, str]:
+    """Site -> a signature equal for two sites exactly when they are interchangeable: same tier,
+    uplink (both directions), instance groups, attached sources and pins, and, recursively, the same
+    multiset of children's signatures. Computed bottom-up; ``aggregate=False`` makes every site unique."""
     sites = {s.name: s for s in topo.sites}
-    children: dict[str | None, list[str]] = {}
-    for s in topo.sites:
-        children.setdefault(s.parent, []).append(s.name)
-    signature: dict[str, str] = {}
+    children = _children(topo)
 
     def own_signature(name: str) -> tuple:
         s = sites[name]
@@ -393,8 +437,8 @@ def compile_problem(
             tuple(sorted(s.uplink.up.model_dump().items())), tuple(sorted(s.uplink.down.model_dump().items())))
         instances = tuple((i.name, i.hardware, i.price_per_hour, i.count, i.max_count, i.memory_mb, i.cpus)
                           for i in s.instances)
-        srcs = tuple(sorted(site_sources.get(name, {}).items()))
-        return (s.tier.value, uplink, instances, srcs, pinned_sites.get(name, ()))
+        srcs = tuple(sorted(sources_at.get(name, {}).items()))
+        return (s.tier.value, uplink, instances, srcs, pinned.get(name, ()))
 
     # Post-order without recursion (trees can be deep and wide).
     post: list[str] = []
@@ -407,6 +451,7 @@ def compile_problem(
         stack.append((name, True))
         for child in children.get(name, []):
             stack.append((child, False))
+    signature: dict[str, str] = {}
     for name in post:
         kids = sorted(signature[c] for c in children.get(name, []))
         counted: list[tuple] = []
@@ -417,7 +462,20 @@ def compile_problem(
                 counted.append((sig, 1))
         # A string: hashable and totally ordered whatever the field types (None, floats).
         signature[name] = repr((own_signature(name), tuple(counted)) if aggregate else (name,))
+    return signature
 
+
+def symmetry_classes(topo: TopologySpec, sources_at: dict[str, dict[str, int]], pinned: dict[str, tuple[str, ...]],
+                     *, aggregate: bool = True) -> SymmetryClasses:
+    """Merge identical sibling sites (equal :func:`site_signatures`) into one :class:`Node`, top-down.
+
+    A node's ``multiplicity`` ``m`` is how many of its sites sit under *one* member of its parent
+    node, so a node has ``M_i = m_i * M_parent`` sites in all. The class's instance groups are those
+    of its representative (its first site); its children's classes are formed member by member, in a
+    stable order, so that the k-th child class of every member is alike."""
+    sites = {s.name: s for s in topo.sites}
+    children = _children(topo)
+    signature = site_signatures(topo, sources_at, pinned, aggregate=aggregate)
     nodes: list[Node] = []
     groups: list[Group] = []
     site_node: dict[str, int] = {}
@@ -457,19 +515,40 @@ def compile_problem(
         roots_by_sig.setdefault(signature[r], []).append(r)
     for sig, members in roots_by_sig.items():
         add_class([members], None, 0)
+    return SymmetryClasses(nodes, groups, site_node)
 
-    # --- sources per node (per member site) -----------------------------------------------------
-    source_rates: dict[str, dict[int, float]] = {}
-    payload: dict[str, float] = {}
+
+def _children(topo: TopologySpec) -> dict[str | None, list[str]]:
+    """Parent site (None: the roots) -> its children, in the topology's order."""
+    children: dict[str | None, list[str]] = {}
+    for s in topo.sites:
+        children.setdefault(s.parent, []).append(s.name)
+    return children
+
+
+def source_rates_per_node(wf: WorkflowSpec, sources_at: dict[str, dict[str, int]], site_node: dict[str, int]
+                          ) -> tuple[dict[str, dict[int, float]], dict[str, float]]:
+    """Source group -> node -> requests/s it produces at *one* member site of the node
+    (``rate_per_s * sources at the site``), and source group -> payload in KB."""
+    rates: dict[str, dict[int, float]] = {}
+    payload_kb: dict[str, float] = {}
     for source in wf.sources:
-        payload[source.name] = source.payload_kb
+        payload_kb[source.name] = source.payload_kb
         per_node: dict[int, float] = {}
         for site in source.sites:
-            node = site_node[site]
-            per_node[node] = source.rate_per_s * site_sources[site][source.name]
-        source_rates[source.name] = per_node
+            per_node[site_node[site]] = source.rate_per_s * sources_at[site][source.name]
+        rates[source.name] = per_node
+    return rates, payload_kb
 
-    # --- stages ---------------------------------------------------------------------------------
+
+# --- stages -------------------------------------------------------------------------------------------
+
+
+def compile_stages(wf: WorkflowSpec, zoo: ModelZooSpec, nodes: list[Node], site_node: dict[str, int],
+                   source_rates: dict[str, dict[int, float]]) -> tuple[list[str], dict[str, StageInfo]]:
+    """The stages in topological order, each with its candidate variants (the workflow may restrict
+    them), its input edges, the nodes it may run at (its placement's tiers and sites) and the bound
+    on its total rate (:func:`_stage_rate_bounds`)."""
     order = topological_order(wf) or []
     stage_specs = {s.name: s for s in wf.stages}
     source_names = {s.name for s in wf.sources}
@@ -492,8 +571,16 @@ def compile_problem(
             allowed &= wanted
         stages[name] = StageInfo(name, task.name, variants, inputs, allowed,
                                  batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None)
+    _stage_rate_bounds(order, stages, nodes, source_rates)
+    return order, stages
 
-    # Upper bounds on each stage's total rate (for big-M constants).
+
+def _stage_rate_bounds(order: list[str], stages: dict[str, StageInfo], nodes: list[Node],
+                       source_rates: dict[str, dict[int, float]]) -> None:
+    """Set each stage's ``rate_bound_per_s``, an upper bound on its total rate over all sites (the
+    MILP's big-M constants): ``R_s = min_{e=(u->s)} rho_e^max R_u``, where a source's ``R`` is its
+    traffic over every site, ``sum_i M_i rate_i``, and ``rho_e^max`` the edge's largest ratio over
+    the upstream variants. The minimum: a join serves no more than its scarcest input."""
     for name in order:
         info = stages[name]
         bounds = []
@@ -507,12 +594,24 @@ def compile_problem(
                 bounds.append(ratio * upstream.rate_bound_per_s)
         info.rate_bound_per_s = min(bounds) if bounds else 0.0
 
-    # --- options --------------------------------------------------------------------------------
+
+# --- options ------------------------------------------------------------------------------------------
+
+
+def compile_options(order: list[str], stages: dict[str, StageInfo], groups: list[Group], *, latency_bound: bool,
+                    hop_ms: float, batch_wait_ms: float) -> tuple[list[Option], dict[str, list[int]]]:
+    """Every way to serve each stage: (variant, instance group, batch size) where the group's node
+    is allowed, the variant is profiled on the group's hardware and fits its memory, and the batch
+    size is one the workflow allows. One instance serves ``mu = b * 1000 / latency_ms[b]``
+    requests/s. Without a ``latency_bound`` only the highest-throughput batch size of each
+    (variant, group) can matter; with one the (latency, throughput) Pareto set is kept
+    (:func:`_pareto`). Each option carries the runtime's overhead bound: the hop into the stage
+    (``hop_ms``) and, above batch 1, the longest wait for a batch to fill (``batch_wait_ms``).
+    Returns the options (indexed by position) and stage -> its options' indices."""
     options: list[Option] = []
     by_stage: dict[str, list[int]] = {name: [] for name in order}
     for name in order:
         info = stages[name]
-        spec = stage_specs[name]
         for variant in info.variants:
             for group in groups:
                 if group.node not in info.allowed_nodes:
@@ -524,32 +623,16 @@ def compile_problem(
                     continue
                 candidates = []
                 for batch, latency in profile.latency_ms.items():
-                    if spec.batch_sizes is not None and batch not in spec.batch_sizes:
+                    if info.batch_sizes is not None and batch not in info.batch_sizes:
                         continue
                     p90 = (profile.latency_ms_p90 or {}).get(batch, latency)
                     candidates.append((batch, latency, p90, batch * 1000.0 / latency))
-                for batch, latency, p90, mu in _pareto(candidates, wf.slo.latency_ms is not None):
-                    overhead = topo.hop_latency_ms + (topo.batch_wait_ms if batch > 1 else 0.0)
+                for batch, latency, p90, mu in _pareto(candidates, latency_bound):
+                    overhead = hop_ms + (batch_wait_ms if batch > 1 else 0.0)
                     option = Option(len(options), name, variant.name, group.index, batch, latency, p90, mu, overhead)
                     options.append(option)
                     by_stage[name].append(option.index)
-
-    member_bound = _member_rate_bounds(nodes, order, stages, source_rates, topo.allow_downward_flows)
-    outputs = [OutputEdge(o.name, wf.sink, site_node[o.site], o.ratio, o.result_kb)
-               for o in wf.outputs if o.site is not None]
-
-    sharing_mode = sharing or topo.sharing
-    return Problem(
-        member_rate_bound=member_bound,
-        name=bundle.name, nodes=nodes, groups=groups, stages=stages, order=order,
-        sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
-        source_payload_kb=payload, sharing=sharing_mode, max_utilization=topo.max_utilization,
-        max_link_utilization=topo.max_link_utilization,
-        allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
-        latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
-        warnings=warnings, hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
-        accuracy_tables=list(zoo.accuracy_tables), accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
-    )
+    return options, by_stage
 
 
 def _named_table(tables: list[AccuracyTable], name: str | None) -> AccuracyTable | None:
