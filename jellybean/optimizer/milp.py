@@ -26,7 +26,9 @@ Variables
 - ``up_{k,i}, down_{k,i} >= 0``: messages/s of ``k`` on node ``i``'s uplink (``down`` only when
   the topology allows flows down the tiers); ``q_{k,i} >= 0``: messages of ``k`` consumed at ``i``.
 
-Constraints
+Constraints (each family is built by one function, called in this order by :func:`_build`:
+:func:`_variant_choice`, :func:`_rates`, :func:`_capacity`, :func:`_flow_conservation`, :func:`_joins`,
+:func:`_bandwidth`, :func:`_accuracy`, :func:`_latency`, :func:`_churn_terms`)
 
 - Flow conservation on the tree, for every commodity and node:
   ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``
@@ -77,6 +79,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import pulp
 
@@ -199,13 +202,16 @@ def solve_milp(
 
 @dataclass
 class _Handles:
-    y: dict[tuple[str, str], pulp.LpVariable | float]
-    r: dict[int, pulp.LpVariable]
-    n: dict[tuple[int, str | None], pulp.LpVariable]
-    up: dict[tuple[int, int], pulp.LpVariable]  # (commodity index, node)
-    down: dict[tuple[int, int], pulp.LpVariable]
-    comms: list[Commodity]
-    relax: bool
+    """The model's variables that decoding reads (:func:`_decode`, :func:`_decode_slacks`), filled in
+    family by family as :func:`_build` adds them."""
+
+    y: dict[tuple[str, str], pulp.LpVariable | float] = field(default_factory=dict)
+    r: dict[int, pulp.LpVariable] = field(default_factory=dict)
+    n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
+    up: dict[tuple[int, int], pulp.LpVariable] = field(default_factory=dict)  # (commodity index, node)
+    down: dict[tuple[int, int], pulp.LpVariable] = field(default_factory=dict)
+    comms: list[Commodity] = field(default_factory=list)
+    relax: bool = False
     slack_bw: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
     slack_n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
     slack_acc: pulp.LpVariable | None = None
@@ -213,6 +219,47 @@ class _Handles:
     slack_unserved: dict[tuple[str, int], pulp.LpVariable] = field(default_factory=dict)
     acc_log: bool = False
     latency_redundant: bool = False
+
+
+@dataclass
+class _Model:
+    """What every constraint family reads and adds to: the model, the problem, how this solve is
+    restricted or relaxed, the options it may use, and the objective's terms (``cost``: $/h;
+    ``penalty``: the elastic solve's prices on violated limits), added to in a fixed order."""
+
+    lp: pulp.LpProblem
+    problem: Problem
+    usable: list[Option]
+    relax: bool  # the merged relaxation: counts per class of identical sites, not per site
+    elastic: bool  # every limit may be exceeded, at a price
+    handles: _Handles
+    cost: list = field(default_factory=list)
+    penalty: list = field(default_factory=list)
+
+    @property
+    def exclusive(self) -> bool:
+        return self.problem.sharing == "exclusive"
+
+    def members(self, g: Group) -> int:
+        """Sites a count of group ``g`` stands for: 1 (counts per member site), or the class's ``M_i``
+        in the merged relaxation (counts per class)."""
+        return self.problem.nodes[g.node].total if self.relax else 1
+
+    @cached_property
+    def opts_by_stage(self) -> dict[str, list[Option]]:
+        """Stage -> its usable options."""
+        out: dict[str, list[Option]] = {s: [] for s in self.problem.order}
+        for o in self.usable:
+            out[o.stage].append(o)
+        return out
+
+    @cached_property
+    def rate_at(self) -> dict[tuple[str, int], list[Option]]:
+        """(stage, node) -> the usable options serving the stage there."""
+        out: dict[tuple[str, int], list[Option]] = {}
+        for o in self.usable:
+            out.setdefault((o.stage, self.problem.groups[o.group].node), []).append(o)
+        return out
 
 
 def _build(
@@ -226,24 +273,37 @@ def _build(
     pooled: bool = False,
     without_groups: frozenset[int] = frozenset(),
 ) -> tuple[pulp.LpProblem, _Handles]:
-    lp = pulp.LpProblem("jellybean", pulp.LpMinimize)
-    nodes, groups = problem.nodes, problem.groups
-    h = problem.max_utilization
-    exclusive = problem.sharing == "exclusive"
-    cost_terms: list = []
-    penalty_terms: list = []
-
+    """The MILP of the module docstring, one constraint family at a time (in this order, which fixes
+    the model's rows): variant choice, rates, instance counts and capacity (with the pooled
+    relaxation's cluster limits), flow conservation, joins, bandwidth (with the network cost),
+    accuracy, latency, and the re-plan's churn; then the objective."""
     usable = usable_options(problem, fixed_models, allowed_tiers, without_groups)
     if problem.latency_bound_ms is not None and not elastic and latency:
         usable = prune_by_latency(problem, usable)
-    opts_by_stage: dict[str, list] = {s: [] for s in problem.order}
-    for o in usable:
-        opts_by_stage[o.stage].append(o)
+    m = _Model(pulp.LpProblem("jellybean", pulp.LpMinimize), problem, usable, relax, elastic, _Handles(relax=relax))
+    _variant_choice(m, fixed_models)
+    _rates(m)
+    _capacity(m, pooled)
+    m.handles.comms = commodities(problem)
+    consumers = _consumer_nodes(m)
+    cons = _flow_variables(m, consumers)
+    _flow_conservation(m, cons)
+    _joins(m, cons, consumers)
+    _bandwidth(m)
+    _accuracy(m, accuracy, fixed_models)
+    if problem.latency_bound_ms is not None and latency:
+        _latency(m, consumers)
+    _churn_terms(m)
+    m.lp += pulp.lpSum(m.cost) + pulp.lpSum(m.penalty)
+    return m.lp, m.handles
 
-    # --- variant choice -------------------------------------------------------------------------
-    y: dict[tuple[str, str], pulp.LpVariable | float] = {}
-    for s in problem.order:
-        names = [v.name for v in problem.stages[s].variants]
+
+def _variant_choice(m: _Model, fixed_models: dict[str, str] | None) -> None:
+    """``y_{s,v} in {0,1}``, ``sum_v y_{s,v} = 1``: each stage runs one variant. A stage with one
+    candidate, or whose variant is fixed, gets constants (1.0 / 0.0) instead of variables."""
+    y = m.handles.y
+    for s in m.problem.order:
+        names = [v.name for v in m.problem.stages[s].variants]
         if fixed_models is not None:
             for v in names:
                 y[(s, v)] = 1.0 if fixed_models[s] == v else 0.0
@@ -252,157 +312,225 @@ def _build(
             y[(s, names[0])] = 1.0
             continue
         for v in names:
-            y[(s, v)] = lp.add_variable(f"y_{_id(s)}_{_id(v)}", cat="Binary")
-        lp += pulp.lpSum(y[(s, v)] for v in names) == 1, f"one_variant_{_id(s)}"
+            y[(s, v)] = m.lp.add_variable(f"y_{_id(s)}_{_id(v)}", cat="Binary")
+        m.lp += pulp.lpSum(y[(s, v)] for v in names) == 1, f"one_variant_{_id(s)}"
 
-    # --- rates ------------------------------------------------------------------------------------
-    r: dict[int, pulp.LpVariable] = {}
-    for o in usable:
-        bound = problem.member_rate_bound.get((o.stage, groups[o.group].node), problem.stages[o.stage].rate_bound_per_s)
-        r[o.index] = lp.add_variable(f"r_{o.index}", lowBound=0, upBound=bound)
+
+def _rates(m: _Model) -> None:
+    """``0 <= r_o <= B_{s,i}`` requests/s per member site (``B_{s,i}``: what can reach one site of
+    node ``i``, :attr:`Problem.member_rate_bound`), and only on the chosen variant:
+    ``r_o <= min(B_{s,i}, h L_g mu_o) y_{s,v}`` (the tighter of the traffic and the whole group's
+    capacity, which strengthens the relaxation)."""
+    problem, y = m.problem, m.handles.y
+    h = problem.max_utilization
+    for o in m.usable:
+        node = problem.groups[o.group].node
+        bound = problem.member_rate_bound.get((o.stage, node), problem.stages[o.stage].rate_bound_per_s)
+        r = m.handles.r[o.index] = m.lp.add_variable(f"r_{o.index}", lowBound=0, upBound=bound)
         yv = y[(o.stage, o.variant)]
         if not isinstance(yv, float):
-            tight = min(bound, h * groups[o.group].limit * o.throughput_per_s)
-            lp += r[o.index] <= tight * yv, f"r_variant_{o.index}"
+            tight = min(bound, h * problem.groups[o.group].limit * o.throughput_per_s)
+            m.lp += r <= tight * yv, f"r_variant_{o.index}"
         elif yv == 0.0:
-            r[o.index].upBound = 0
+            r.upBound = 0
 
-    rate_at: dict[tuple[str, int], list] = {}
-    for o in usable:
-        rate_at.setdefault((o.stage, groups[o.group].node), []).append(o)
 
-    def stage_rate(s: str, i: int):
-        return pulp.lpSum(r[o.index] for o in rate_at.get((s, i), []))
-
-    # --- instance counts and capacity ----------------------------------------------------------------
-    n: dict[tuple[int, str | None], pulp.LpVariable] = {}
-    slack_n: dict[tuple[int, str | None], pulp.LpVariable] = {}
-    on_group: dict[int, list] = {}
-    phi_of: dict[tuple[int, str], pulp.LpVariable] = {}
-    for o in usable:
+def _capacity(m: _Model, pooled: bool) -> None:
+    """Instance counts and capacity, group by group (:func:`_exclusive_capacity` or
+    :func:`_shared_capacity` and :func:`_shared_memory`), with the merged relaxation's cuts
+    (:func:`_class_fractions`) and, for the pooled relaxation, each cluster's shared limit
+    (:func:`_pool_constraints`) in place of the per-group limits of its members."""
+    problem = m.problem
+    on_group: dict[int, list[Option]] = {}
+    for o in m.usable:
         on_group.setdefault(o.group, []).append(o)
-    pools = instance_pools(problem, usable) if pooled and exclusive and not relax and not elastic else []
-    pool_of = {g: k for k, pool in enumerate(pools) for g in pool}
+    pools = instance_pools(problem, m.usable) if pooled and m.exclusive and not m.relax and not m.elastic else []
+    pooled_groups = {g for pool in pools for g in pool}
     for g_index, opts in on_group.items():
-        g = groups[g_index]
-        members = nodes[g.node].total if relax else 1
-        scale = members  # load is per member; counts are per member (or per class when relaxed)
-        limit = g.limit * members
+        g = problem.groups[g_index]
         extra = None
-        if elastic:
-            extra = lp.add_variable(f"slack_n_{g_index}", lowBound=0)
-            penalty_terms.append(SLACK_PENALTY * extra)
-        if relax and members > 1:
-            # Valid cuts for the merged relaxation: a fraction phi of the class's sites host stage s on
-            # g; each of those needs at least one instance, and none serves more than its own subtree
-            # (or its instances' capacity) allows. This is what keeps the lower bound tight.
-            for s in sorted({o.stage for o in opts}):
-                s_opts = [o for o in opts if o.stage == s]
-                phi = lp.add_variable(f"phi_{g_index}_{_id(s)}", lowBound=0, upBound=1)
-                per_site = min(problem.member_rate_bound.get((s, g.node), math.inf),
-                               h * g.limit * max(o.throughput_per_s for o in s_opts))
-                lp += pulp.lpSum(r[o.index] for o in s_opts) <= per_site * phi, f"phi_rate_{g_index}_{_id(s)}"
-                phi_of[(g_index, s)] = phi
-        if exclusive:
-            stage_names = sorted({o.stage for o in opts})
-            for s in stage_names:
-                var = lp.add_variable(f"n_{g_index}_{_id(s)}", lowBound=0, upBound=None if elastic else limit,
-                                      cat="Integer")
-                n[(g_index, s)] = var
-                load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts if o.stage == s)
-                lp += scale * load <= h * var, f"cap_{g_index}_{_id(s)}"
-                if not relax:
-                    _site_cut(lp, problem, g, s, [o for o in opts if o.stage == s], r, var, h)
-                if (g_index, s) in phi_of:
-                    lp += var >= members * phi_of[(g_index, s)], f"phi_count_{g_index}_{_id(s)}"
-                cost_terms.append(g.price_per_hour * (1 if relax else nodes[g.node].total) * var)
-            total = pulp.lpSum(n[(g_index, s)] for s in stage_names)
-            if g_index not in pool_of:
-                lp += total <= limit + (extra if extra is not None else 0), f"count_{g_index}"
-            if extra is not None:
-                slack_n[(g_index, None)] = extra
+        if m.elastic:
+            extra = m.lp.add_variable(f"slack_n_{g_index}", lowBound=0)
+            m.penalty.append(SLACK_PENALTY * extra)
+        phi = _class_fractions(m, g, opts)
+        if m.exclusive:
+            _exclusive_capacity(m, g, opts, extra, phi, pooled=g_index in pooled_groups)
         else:
-            var = lp.add_variable(f"n_{g_index}", lowBound=0, upBound=None if elastic else limit, cat="Integer")
-            n[(g_index, None)] = var
-            load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts)
-            lp += scale * load <= h * var, f"cap_{g_index}"
-            if not relax:
-                for s in sorted({o.stage for o in opts}):
-                    _site_cut(lp, problem, g, s, [o for o in opts if o.stage == s], r, var, h)
-            for (gg, s), phi in phi_of.items():
-                if gg == g_index:
-                    lp += var >= members * phi, f"phi_count_{g_index}_{_id(s)}"
-            if extra is not None:
-                lp += var <= limit + extra, f"count_{g_index}"
-                slack_n[(g_index, None)] = extra
-            cost_terms.append(g.price_per_hour * (1 if relax else nodes[g.node].total) * var)
-            hosted = sorted({(o.stage, o.variant) for o in opts})
-            memories = {
-                (s, v): problem.stages[s].variant(v).memory_mb for s, v in hosted
-            }
-            if g.memory_mb is not None and sum(memories.values()) > g.memory_mb + EPS:
-                z = {}
-                for s, v in hosted:
-                    z[(s, v)] = lp.add_variable(f"z_{g_index}_{_id(s)}_{_id(v)}", lowBound=0, upBound=1,
-                                                cat="Continuous" if relax and members > 1 else "Binary")
-                    yv = y[(s, v)]
-                    lp += z[(s, v)] <= yv, f"z_variant_{g_index}_{_id(s)}_{_id(v)}"
-                    for o in opts:
-                        if o.stage == s and o.variant == v:
-                            lp += r[o.index] <= problem.stages[s].rate_bound_per_s * z[(s, v)], f"z_rate_{o.index}"
-                lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{g_index}"
-
+            _shared_capacity(m, g, opts, extra, phi)
+            _shared_memory(m, g, opts)
     for k, pool in enumerate(pools):
-        _pool_constraints(lp, k, pool, on_group, groups, n)
+        _pool_constraints(m.lp, k, pool, on_group, problem.groups, m.handles.n)
 
-    # --- flows ----------------------------------------------------------------------------------------
-    comms = commodities(problem)
-    subtree_has_producer: dict[int, set[int]] = {}  # commodity -> nodes whose subtree produces it
-    subtree_has_consumer: dict[int, set[int]] = {}
-    producer_nodes: dict[int, set[int]] = {}
-    consumer_nodes: dict[str, set[int]] = {s: {groups[o.group].node for o in opts_by_stage[s]} for s in problem.order}
-    for output in problem.outputs:
-        consumer_nodes[output.dst] = {output.node}
-    for k, c in enumerate(comms):
-        if c.from_source:
-            producer_nodes[k] = {i for i, rate in problem.source_rates[c.src].items() if rate > 0}
-        else:
-            producer_nodes[k] = {groups[o.group].node for o in opts_by_stage[c.src] if o.variant in c.variants}
-        marks: set[int] = set()
-        for i in producer_nodes[k]:
-            marks.update(problem.ancestors(i))
-        subtree_has_producer[k] = marks
-        marks = set()
-        for i in consumer_nodes[c.dst]:
-            marks.update(problem.ancestors(i))
-        subtree_has_consumer[k] = marks
 
-    up: dict[tuple[int, int], pulp.LpVariable] = {}
-    down: dict[tuple[int, int], pulp.LpVariable] = {}
+def _class_fractions(m: _Model, g: Group, opts: list[Option]) -> dict[str, pulp.LpVariable]:
+    """The merged relaxation's cuts, for a class of ``M > 1`` sites: ``phi_{g,s} in [0,1]``, the
+    fraction of the class's sites hosting stage ``s`` on ``g``, with
+    ``sum_o r_o <= min(B_{s,i}, h L_g max mu_o) phi_{g,s}`` (no site serves more than reaches it or
+    its instances can) and, by the capacity families, ``n >= M phi`` (each such site needs an
+    instance). Valid for the class as a whole; this is what keeps the lower bound tight."""
+    if not (m.relax and m.members(g) > 1):
+        return {}
+    problem = m.problem
+    h = problem.max_utilization
+    phi: dict[str, pulp.LpVariable] = {}
+    for s in sorted({o.stage for o in opts}):
+        s_opts = [o for o in opts if o.stage == s]
+        var = m.lp.add_variable(f"phi_{g.index}_{_id(s)}", lowBound=0, upBound=1)
+        per_site = min(problem.member_rate_bound.get((s, g.node), math.inf),
+                       h * g.limit * max(o.throughput_per_s for o in s_opts))
+        m.lp += pulp.lpSum(m.handles.r[o.index] for o in s_opts) <= per_site * var, f"phi_rate_{g.index}_{_id(s)}"
+        phi[s] = var
+    return phi
+
+
+def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dict[str, pulp.LpVariable], *,
+                        pooled: bool) -> None:
+    """Exclusive mode: ``n_{g,s} in Z+`` instances of ``g`` dedicated to stage ``s``, with capacity
+    ``M sum_{o on g, s} r_o / mu_o <= h n_{g,s}`` and the limit ``sum_s n_{g,s} <= M L_g`` (plus the
+    elastic slack; for a pooled group the cluster's limit replaces it). Each count costs
+    ``p_g`` $/h per instance at each of the node's sites. Per site, the :func:`_site_cut` too."""
+    problem, r = m.problem, m.handles.r
+    h = problem.max_utilization
+    members = m.members(g)
+    limit = g.limit * members
+    stage_names = sorted({o.stage for o in opts})
+    for s in stage_names:
+        var = m.lp.add_variable(f"n_{g.index}_{_id(s)}", lowBound=0, upBound=None if m.elastic else limit,
+                                cat="Integer")
+        m.handles.n[(g.index, s)] = var
+        load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts if o.stage == s)
+        m.lp += members * load <= h * var, f"cap_{g.index}_{_id(s)}"
+        if not m.relax:
+            _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
+        if s in phi:
+            m.lp += var >= members * phi[s], f"phi_count_{g.index}_{_id(s)}"
+        m.cost.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
+    total = pulp.lpSum(m.handles.n[(g.index, s)] for s in stage_names)
+    if not pooled:
+        m.lp += total <= limit + (extra if extra is not None else 0), f"count_{g.index}"
+    if extra is not None:
+        m.handles.slack_n[(g.index, None)] = extra
+
+
+def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dict[str, pulp.LpVariable]) -> None:
+    """Shared mode: ``n_g in Z+`` instances of ``g`` in use, ``M sum_{o on g} r_o / mu_o <= h n_g``,
+    ``n_g <= M L_g`` (a bound, or with the elastic slack a constraint); ``p_g`` $/h per instance at
+    each site. Per stage on the group, the :func:`_site_cut` and the merged relaxation's ``n >= M phi``."""
+    problem, r = m.problem, m.handles.r
+    h = problem.max_utilization
+    members = m.members(g)
+    limit = g.limit * members
+    var = m.lp.add_variable(f"n_{g.index}", lowBound=0, upBound=None if m.elastic else limit, cat="Integer")
+    m.handles.n[(g.index, None)] = var
+    load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts)
+    m.lp += members * load <= h * var, f"cap_{g.index}"
+    if not m.relax:
+        for s in sorted({o.stage for o in opts}):
+            _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
+    for s, fraction in phi.items():
+        m.lp += var >= members * fraction, f"phi_count_{g.index}_{_id(s)}"
+    if extra is not None:
+        m.lp += var <= limit + extra, f"count_{g.index}"
+        m.handles.slack_n[(g.index, None)] = extra
+    m.cost.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
+
+
+def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
+    """Shared mode, where the models that could share ``g`` do not all fit its memory: ``z_{g,s,v}``
+    says ``g`` hosts a replica of ``(s, v)``, with ``z <= y_{s,v}``, ``r_o <= R_s z_{g,s,v}`` and
+    ``sum_{s,v} Mem_v z_{g,s,v} <= Mem_g``. Every instance in use hosts every model placed on its
+    group (the load spreads evenly over them), so the memory of one instance must hold them all."""
+    problem, y, r = m.problem, m.handles.y, m.handles.r
+    hosted = sorted({(o.stage, o.variant) for o in opts})
+    memories = {(s, v): problem.stages[s].variant(v).memory_mb for s, v in hosted}
+    if g.memory_mb is None or sum(memories.values()) <= g.memory_mb + EPS:
+        return
+    cat = "Continuous" if m.relax and m.members(g) > 1 else "Binary"
+    z = {}
+    for s, v in hosted:
+        z[(s, v)] = m.lp.add_variable(f"z_{g.index}_{_id(s)}_{_id(v)}", lowBound=0, upBound=1, cat=cat)
+        m.lp += z[(s, v)] <= y[(s, v)], f"z_variant_{g.index}_{_id(s)}_{_id(v)}"
+        for o in opts:
+            if o.stage == s and o.variant == v:
+                m.lp += r[o.index] <= problem.stages[s].rate_bound_per_s * z[(s, v)], f"z_rate_{o.index}"
+    m.lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{g.index}"
+
+
+def _site_cut(m: _Model, g: Group, stage: str, opts: list[Option], count) -> None:
+    """``sum r <= min(B, h L mu_max) * n``: valid because a stage served at all needs n >= 1 and never
+    exceeds what reaches the site (B) or what the whole group could serve. Where a site's own traffic
+    is below one instance's capacity (most hubs) it is much tighter than ``sum r / mu <= h n``, which
+    lets the LP relaxation charge a fraction of an instance: it closes most of the root gap."""
+    if not opts:
+        return
+    problem = m.problem
+    reach = problem.member_rate_bound.get((stage, g.node), math.inf)
+    most = min(reach, problem.max_utilization * g.limit * max(o.throughput_per_s for o in opts))
+    if not math.isfinite(most) or most <= 0:
+        return
+    m.lp += pulp.lpSum(m.handles.r[o.index] for o in opts) <= most * count, f"site_cut_{g.index}_{_id(stage)}"
+
+
+def _consumer_nodes(m: _Model) -> dict[str, set[int]]:
+    """Stage (or ``output:NAME``) -> the nodes where it may consume messages: where a usable option
+    serves the stage, or the node an output is pinned to."""
+    groups = m.problem.groups
+    consumers: dict[str, set[int]] = {s: {groups[o.group].node for o in m.opts_by_stage[s]} for s in m.problem.order}
+    for output in m.problem.outputs:
+        consumers[output.dst] = {output.node}
+    return consumers
+
+
+def _flow_variables(m: _Model, consumers: dict[str, set[int]]) -> dict[tuple[int, int], pulp.LpVariable]:
+    """``up_{k,i}, down_{k,i} >= 0`` messages/s of commodity ``k`` per member link of node ``i``, and
+    ``q_{k,i} >= 0`` consumed at ``i``; returns ``q``. Only where they can be non-zero: ``up`` on a
+    link whose subtree holds a producer of ``k``, ``down`` (when the topology allows flows down the
+    tiers) on one whose subtree holds a consumer, ``q`` where ``k``'s consumer may run."""
+    problem, groups = m.problem, m.problem.groups
+    up, down = m.handles.up, m.handles.down
     cons: dict[tuple[int, int], pulp.LpVariable] = {}
-    for k, c in enumerate(comms):
-        for node in nodes:
+    for k, c in enumerate(m.handles.comms):
+        if c.from_source:
+            producers = {i for i, rate in problem.source_rates[c.src].items() if rate > 0}
+        else:
+            producers = {groups[o.group].node for o in m.opts_by_stage[c.src] if o.variant in c.variants}
+        below_producer = {a for i in producers for a in problem.ancestors(i)}
+        below_consumer = {a for i in consumers[c.dst] for a in problem.ancestors(i)}
+        for node in problem.nodes:
             if node.parent is None:
                 continue
-            if node.index in subtree_has_producer[k]:
-                up[(k, node.index)] = lp.add_variable(f"up_{k}_{node.index}", lowBound=0)
-            if problem.allow_downward and node.index in subtree_has_consumer[k]:
-                down[(k, node.index)] = lp.add_variable(f"down_{k}_{node.index}", lowBound=0)
-        for i in consumer_nodes[c.dst]:
-            cons[(k, i)] = lp.add_variable(f"q_{k}_{i}", lowBound=0)
+            if node.index in below_producer:
+                up[(k, node.index)] = m.lp.add_variable(f"up_{k}_{node.index}", lowBound=0)
+            if problem.allow_downward and node.index in below_consumer:
+                down[(k, node.index)] = m.lp.add_variable(f"down_{k}_{node.index}", lowBound=0)
+        for i in consumers[c.dst]:
+            cons[(k, i)] = m.lp.add_variable(f"q_{k}_{i}", lowBound=0)
+    return cons
 
-    slack_unserved: dict[tuple[str, int], pulp.LpVariable] = {}
-    for k, c in enumerate(comms):
-        for node in nodes:
+
+def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) -> None:
+    """For every commodity ``k`` and node ``i`` (per member site):
+    ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``,
+    with production ``P`` = the edge's ratio times the sources' rate at ``i`` for a source edge, and
+    ``sum_{v in c} rho_{e,v} sum_{o=(u,v,g,.), i(g)=i} r_o`` for a stage edge (an output's ratio for
+    results carried to a pinned output). Elastic: a source's traffic may go unserved, at the highest
+    price of all."""
+    problem, r, up, down = m.problem, m.handles.r, m.handles.up, m.handles.down
+    rate_at = m.rate_at
+    # Unserved-traffic slacks of the elastic solve. They are priced but, as before this function was
+    # split out of _build, not handed to the decoder (m.handles.slack_unserved stays empty).
+    unserved: dict[tuple[str, int], pulp.LpVariable] = {}
+    for k, c in enumerate(m.handles.comms):
+        for node in problem.nodes:
             i = node.index
             if c.from_source:
                 produced = problem.source_rates[c.src].get(i, 0.0)
                 edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
                 production = edge.ratio * produced
-                if elastic and produced > 0:
-                    drop = lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
-                    slack_unserved[(c.src, i)] = drop
-                    penalty_terms.append(SLACK_PENALTY * 10 * drop)
+                if m.elastic and produced > 0:
+                    drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
+                    unserved[(c.src, i)] = drop
+                    m.penalty.append(SLACK_PENALTY * 10 * drop)
                     production = production - drop
             elif c.ratio is not None:  # results carried to a pinned output
                 production = pulp.lpSum(c.ratio * r[o.index] for o in rate_at.get((c.src, i), [])
@@ -422,58 +550,279 @@ def _build(
             if (k, i) in cons:
                 outflow.append(cons[(k, i)])
             for j in node.children:
-                m = nodes[j].multiplicity
+                mult = problem.nodes[j].multiplicity
                 if (k, j) in up:
-                    inflow.append(m * up[(k, j)])
+                    inflow.append(mult * up[(k, j)])
                 if (k, j) in down:
-                    outflow.append(m * down[(k, j)])
+                    outflow.append(mult * down[(k, j)])
             if all(isinstance(t, (int, float)) and t == 0 for t in inflow) and not outflow:
                 continue
-            lp += pulp.lpSum(inflow) == pulp.lpSum(outflow), f"flow_{k}_{i}"
+            m.lp += pulp.lpSum(inflow) == pulp.lpSum(outflow), f"flow_{k}_{i}"
 
-    # Joins: each input edge delivers exactly the stage's rate at each node.
+
+def _joins(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable], consumers: dict[str, set[int]]) -> None:
+    """Joins pair their inputs one to one: for every input edge ``e`` of stage ``s`` and node ``i``,
+    ``sum_c q_{(e,c),i} = lambda_{s,i} = sum_{o=(s,.,g,.), i(g)=i} r_o`` (each input delivers exactly
+    the stage's rate there; sources are fixed, so every request is served through the DAG)."""
+    problem, r = m.problem, m.handles.r
+    rate_at = m.rate_at
     for s in problem.order:
         for edge in problem.stages[s].inputs:
-            ks = [k for k, c in enumerate(comms) if c.edge == edge.key]
-            for i in consumer_nodes[s]:
-                lp += pulp.lpSum(cons[(k, i)] for k in ks) == stage_rate(s, i), f"join_{_id(edge.key)}_{i}"
+            ks = [k for k, c in enumerate(m.handles.comms) if c.edge == edge.key]
+            for i in consumers[s]:
+                m.lp += pulp.lpSum(cons[(k, i)] for k in ks) == pulp.lpSum(r[o.index] for o in rate_at.get((s, i), [])), \
+                    f"join_{_id(edge.key)}_{i}"
 
-    # Bandwidth and network cost.
-    slack_bw: dict[tuple[int, str], pulp.LpVariable] = {}
-    for node in nodes:
+
+def _bandwidth(m: _Model) -> None:
+    """Per link direction of node ``i``: the network cost ``M_i sum_k c_i kb_k 3600/1024^2 flow_{k,i}``
+    $/h (GB/h times $/GB, over the node's sites) and the bandwidth
+    ``sum_k kb_k 8192/10^6 flow_{k,i} <= u B_i`` Mbit/s, ``u`` the topology's
+    ``max_link_utilization`` (elastic: plus a priced slack)."""
+    problem, comms = m.problem, m.handles.comms
+    for node in problem.nodes:
         if node.parent is None:
             continue
-        for direction, table, link in (("up", up, node.up), ("down", down, node.down)):
+        for direction, table, link in (("up", m.handles.up, node.up), ("down", m.handles.down, node.down)):
             terms = [(comms[k], var) for (k, i), var in table.items() if i == node.index]
             if not terms or link is None:
                 continue
             if link.cost_per_gb > 0:
-                cost_terms.append(pulp.lpSum(
+                m.cost.append(pulp.lpSum(
                     node.total * link.cost_per_gb * c.kb * SECONDS_PER_HOUR / KB_PER_GB * var for c, var in terms))
             if link.bandwidth_mbps is not None:
                 load = pulp.lpSum(c.kb * MBIT_PER_KB * var for c, var in terms)
-                if elastic:
-                    extra = lp.add_variable(f"slack_bw_{direction}_{node.index}", lowBound=0)
-                    slack_bw[(node.index, direction)] = extra
-                    penalty_terms.append(SLACK_PENALTY * extra / 1000.0)
-                    lp += load <= problem.max_link_utilization * link.bandwidth_mbps + extra, \
-                        f"bw_{direction}_{node.index}"
+                capacity_mbps = problem.max_link_utilization * link.bandwidth_mbps
+                if m.elastic:
+                    extra = m.lp.add_variable(f"slack_bw_{direction}_{node.index}", lowBound=0)
+                    m.handles.slack_bw[(node.index, direction)] = extra
+                    m.penalty.append(SLACK_PENALTY * extra / 1000.0)
+                    m.lp += load <= capacity_mbps + extra, f"bw_{direction}_{node.index}"
                 else:
-                    lp += load <= problem.max_link_utilization * link.bandwidth_mbps, f"bw_{direction}_{node.index}"
+                    m.lp += load <= capacity_mbps, f"bw_{direction}_{node.index}"
 
-    handles = _Handles(y, r, n, up, down, comms, relax, slack_bw, slack_n)
 
-    # --- accuracy ---------------------------------------------------------------------------------------
-    _accuracy_constraints(lp, problem, accuracy, y, handles, elastic, penalty_terms, fixed_models)
+def _accuracy(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None) -> None:
+    """The accuracy target, in the form of the workflow's accuracy model
+    (:mod:`jellybean.optimizer.accuracy`): :func:`_accuracy_table`, :func:`_accuracy_product` or
+    :func:`_accuracy_profiles`. Elastic: the target may be missed, at a price (``slack_accuracy``)."""
+    slack = None
+    if m.elastic:
+        slack = m.lp.add_variable("slack_accuracy", lowBound=0)
+        m.handles.slack_acc = slack
+        m.penalty.append(SLACK_PENALTY * 100 * slack)
+    if accuracy.kind == "table":
+        _accuracy_table(m, accuracy, fixed_models, slack)
+    elif accuracy.kind == "product":
+        _accuracy_product(m, slack)
+    else:
+        _accuracy_profiles(m, slack)
 
-    # --- latency ----------------------------------------------------------------------------------------
-    if problem.latency_bound_ms is not None and latency:
-        _latency_constraints(lp, problem, y, r, usable, rate_at, consumer_nodes, comms, handles, elastic,
-                             penalty_terms, relax)
 
-    _churn_terms(lp, problem, y, n, relax, exclusive, penalty_terms)
-    lp += pulp.lpSum(cost_terms) + pulp.lpSum(penalty_terms)
-    return lp, handles
+def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None, slack) -> None:
+    """A measured end-to-end table: pick one admissible row, ``t_r in {0,1}``, ``sum_r t_r = 1`` and
+    ``y_{s,v} = sum_{r: r_s = v} t_r`` for each of the table's stages. Admissible: its variants are
+    candidates, it meets the target (elastic: ``sum_r acc_r t_r + slack >= A`` instead) and agrees
+    with the fixed variants, if any."""
+    assert accuracy.table is not None
+    problem, y, target = m.problem, m.handles.y, m.problem.accuracy_target
+    allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
+    rows = [row for row in accuracy.table.rows
+            if all(v in allowed[s] for s, v in zip(accuracy.table_stages, row.variants))]
+    if not m.elastic:
+        rows = [row for row in rows if row.accuracy >= target - 1e-9]
+    if fixed_models is not None:
+        rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(accuracy.table_stages, row.variants))]
+    t = [m.lp.add_variable(f"t_{k}", cat="Binary") for k in range(len(rows))]
+    m.lp += pulp.lpSum(t) == 1, "one_table_row"
+    for s in accuracy.table_stages:
+        for v in problem.stages[s].variants:
+            picks = [t[k] for k, row in enumerate(rows) if row.variants[accuracy.table_stages.index(s)] == v.name]
+            m.lp += pulp.lpSum(picks) == y[(s, v.name)], f"table_{_id(s)}_{_id(v.name)}"
+    if m.elastic:
+        m.lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
+
+
+def _accuracy_product(m: _Model, slack) -> None:
+    """Errors compound independently: ``A = 100 prod_s a_s / 100``, linear in logs,
+    ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``. A variant of accuracy 0 cannot be chosen (its
+    log is -inf): ``y = 0``, or an infeasible row where it is fixed."""
+    problem, y, target = m.problem, m.handles.y, m.problem.accuracy_target
+    if target <= 0:
+        return
+    terms = []
+    for s in problem.order:
+        for v in problem.stages[s].variants:
+            a = v.accuracy
+            if a <= 0:
+                if isinstance(y[(s, v.name)], float):
+                    if y[(s, v.name)] > 0 and not m.elastic:
+                        m.lp += pulp.LpAffineExpression() >= 1, f"accuracy_zero_{_id(s)}"
+                else:
+                    m.lp += y[(s, v.name)] == 0, f"accuracy_zero_{_id(s)}_{_id(v.name)}"
+                continue
+            terms.append(math.log(min(a, 100.0) / 100.0) * y[(s, v.name)])
+    m.handles.acc_log = True
+    rhs = math.log(min(target, 100.0) / 100.0) if target < 100 else 0.0
+    if slack is not None:
+        m.lp += pulp.lpSum(terms) + slack >= rhs, "accuracy"
+    else:
+        m.lp += pulp.lpSum(terms) >= rhs, "accuracy"
+
+
+def _accuracy_profiles(m: _Model, slack) -> None:
+    """JellyBean's per-stage profiles: a stage fed by stages picks one sample,
+    ``w_{s,k} in {0,1}``, ``sum_k w_{s,k} = 1``, ``w_{s,k} <= y_{s,v(k)}``; its certified accuracy is
+    ``alpha_s = sum_k w_{s,k} out_k`` and its inputs must meet the sample's requirements,
+    ``alpha_u >= sum_k w_{s,k} req_{k,u}`` (a requirement not stated: the upstream's lowest). A
+    source-fed stage has ``alpha_s = sum_v a_v y_{s,v}``. The target: ``alpha_sink >= A``."""
+    problem, y = m.problem, m.handles.y
+    alpha: dict[str, object] = {}
+    lowest: dict[str, float] = {}
+    for s in problem.order:
+        info = problem.stages[s]
+        upstream = [e.src for e in info.inputs if not e.from_source]
+        if not upstream:
+            alpha[s] = pulp.lpSum(v.accuracy * y[(s, v.name)] for v in info.variants)
+            lowest[s] = min(v.accuracy for v in info.variants)
+            continue
+        samples = [(v, smp) for v in info.variants for smp in (v.accuracy_profile or [])]
+        w = [m.lp.add_variable(f"w_{_id(s)}_{k}", cat="Binary") for k in range(len(samples))]
+        m.lp += pulp.lpSum(w) == 1, f"one_sample_{_id(s)}"
+        for v in info.variants:
+            m.lp += pulp.lpSum(w[k] for k, (vv, _) in enumerate(samples) if vv.name == v.name) <= y[(s, v.name)], \
+                f"sample_variant_{_id(s)}_{_id(v.name)}"
+        alpha[s] = pulp.lpSum(smp.output * w[k] for k, (_, smp) in enumerate(samples))
+        lowest[s] = min(smp.output for _, smp in samples)
+        for u in upstream:
+            task = problem.stages[u].task
+            need = pulp.lpSum(smp.inputs.get(task, lowest[u]) * w[k] for k, (_, smp) in enumerate(samples))
+            m.lp += alpha[u] >= need, f"sample_input_{_id(s)}_{_id(u)}"
+    if slack is not None:
+        m.lp += alpha[problem.sink] + slack >= problem.accuracy_target, "accuracy"
+    else:
+        m.lp += alpha[problem.sink] >= problem.accuracy_target, "accuracy"
+
+
+def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
+    """The latency bound, unless no placement at all can break it (then the rows would only slow the
+    solver: ``latency_redundant``). Binaries ``x_{s,i}`` (stage ``s`` runs at ``i``) and ``w_o``
+    (option used, ``r_o <= R_s w_o``, ``x_{s,i} >= w_o``), processing time
+    ``P_{s,i} >= lat_o - BIG (1 - w_o)``, completion time
+    ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
+    whose data can reach ``i`` (``net``: the path's latency plus the transmission of one message of
+    the chosen variant's size; from a source, the payload's), and ``T_{sink,i} <= bound`` (elastic:
+    plus a priced slack). In the merged relaxation a class's 0/1 decisions become fractions."""
+    problem, y, r, comms = m.problem, m.handles.y, m.handles.r, m.handles.comms
+    bound = problem.latency_bound_ms
+    assert bound is not None
+    elastic = m.elastic
+
+    def cat(node: int) -> str:
+        # Averaged over a class's members a 0/1 decision becomes a fraction; a lone site keeps it 0/1.
+        return "Continuous" if m.relax and problem.nodes[node].total > 1 else "Binary"
+    lat = _latency_of(problem)
+
+    if worst_case_latency_ms(problem, m.usable, lat) <= bound:
+        m.handles.latency_redundant = True
+        return
+    max_p = max((lat(o) for o in m.usable), default=0.0)
+    max_net = 0.0
+    for i in range(len(problem.nodes)):
+        for j in range(len(problem.nodes)):
+            if problem.reachable(j, i):
+                biggest = max(c.kb for c in comms)
+                max_net = max(max_net, problem.path_latency_ms(j, i, biggest))
+    slack = None
+    if elastic:
+        slack = m.lp.add_variable("slack_latency", lowBound=0)
+        m.handles.slack_lat = slack
+        m.penalty.append(SLACK_PENALTY * slack / 100.0)
+    big = bound + max_net + max_p + 1.0 + (10 * (max_net + max_p) * len(problem.order) if elastic else 0.0)
+    x: dict[tuple[str, int], pulp.LpVariable] = {}
+    P: dict[tuple[str, int], pulp.LpVariable] = {}
+    T: dict[tuple[str, int], pulp.LpVariable] = {}
+    lp = m.lp
+    for (s, i), opts in m.rate_at.items():
+        x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat(i))
+        P[(s, i)] = lp.add_variable(f"P_{_id(s)}_{i}", lowBound=0)
+        T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else bound)
+        rate_bound = problem.stages[s].rate_bound_per_s
+        for o in opts:
+            w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat(i))
+            lp += r[o.index] <= rate_bound * w, f"use_rate_{o.index}"
+            lp += x[(s, i)] >= w, f"use_site_{o.index}"
+            lp += P[(s, i)] >= lat(o) - big * (1 - w), f"proc_{o.index}"
+    for s in problem.order:
+        info = problem.stages[s]
+        for i in consumers[s]:
+            if (s, i) not in x:
+                continue
+            for edge in info.inputs:
+                if edge.from_source:
+                    kb = problem.source_payload_kb[edge.src]
+                    for j, rate in problem.source_rates[edge.src].items():
+                        if rate <= 0 or not problem.reachable(j, i):
+                            continue
+                        net = problem.path_latency_ms(j, i, kb)
+                        lp += T[(s, i)] >= net + P[(s, i)] - big * (1 - x[(s, i)]), f"lat_src_{_id(s)}_{i}_{j}"
+                else:
+                    u = edge.src
+                    for j in consumers[u]:
+                        if (u, j) not in x or not problem.reachable(j, i):
+                            continue
+                        prop = problem.path_latency_ms(j, i, 0.0)
+                        transmit = pulp.lpSum(
+                            (problem.path_latency_ms(j, i, v.output_kb) - prop) * y[(u, v.name)]
+                            for v in problem.stages[u].variants
+                        )
+                        lp += T[(s, i)] >= T[(u, j)] + prop + transmit + P[(s, i)] - big * (2 - x[(u, j)] - x[(s, i)]), \
+                            f"lat_{_id(u)}_{_id(s)}_{j}_{i}"
+    for (s, i), t in T.items():
+        if s == problem.sink:
+            if slack is not None:
+                lp += t <= bound + slack, f"lat_bound_{i}"
+            else:
+                lp += t <= bound, f"lat_bound_{i}"
+
+
+def _churn_terms(m: _Model) -> None:
+    """The re-plan's churn penalty (see :class:`jellybean.optimizer.problem.Churn`): ``c`` $/h per
+    stage whose variant changes (``c (1 - y_{s,prev})``) and per instance started or stopped at each
+    site, ``c M_i |sum_s n_{g,s} - prev_g|`` (``moved >= +-(n - prev)``). The count part is left out of
+    the merged relaxation: dropping a non-negative term keeps its optimum a lower bound."""
+    problem, y, n, lp = m.problem, m.handles.y, m.handles.n, m.lp
+    churn = problem.churn
+    if churn is None or churn.cost_per_change_per_hour <= 0:
+        return
+    weight = churn.cost_per_change_per_hour
+    for s, previous in churn.variants.items():
+        if s not in problem.stages:
+            continue
+        kept = y.get((s, previous), 0.0)
+        if isinstance(kept, float):  # variants fixed (one combination): a constant, carried by a fixed
+            # variable because the solver reports objectives without constant terms
+            value = weight * (1.0 - kept)
+            if value:
+                m.penalty.append(lp.add_variable(f"churn_variant_{_id(s)}", lowBound=value, upBound=value))
+        else:  # 1 - y[s, previous], written without a constant: sum_y = 1
+            m.penalty.append(weight * pulp.lpSum(var for (stage, v), var in y.items()
+                                                 if stage == s and v != previous))
+    if m.relax:
+        return
+    for g_index in range(len(problem.groups)):
+        previous = churn.counts.get(g_index, 0.0)  # groups the running plan does not use: 0 instances
+        members = problem.nodes[problem.groups[g_index].node].total  # counts are per member site
+        counts = [var for (g, _s), var in n.items() if g == g_index]
+        if not counts:
+            if previous > 0:
+                m.penalty.append(weight * members * previous)  # the group can no longer be used
+            continue
+        moved = lp.add_variable(f"churn_{g_index}", lowBound=0)
+        total = pulp.lpSum(counts)
+        lp += moved >= total - previous, f"churn_up_{g_index}"
+        lp += moved >= previous - total, f"churn_down_{g_index}"
+        m.penalty.append(weight * members * moved)
 
 
 def usable_options(problem: Problem, fixed_models: dict[str, str] | None, allowed_tiers: set[str] | None,
@@ -678,209 +1027,6 @@ def _beyond_pooled_plan(problem: Problem, pools: list[list[int]], usable: list[O
                 speed = {g: max(o.throughput_per_s for o in usable if o.group == g and o.stage == s) for g in pool}
                 keep.update(sorted(pool, key=lambda g: (-speed[g], g))[:k + 1])
     return frozenset(g for pool in pools for g in pool if g not in keep)
-
-
-def _churn_terms(lp, problem: Problem, y, n, relax: bool, exclusive: bool, penalty_terms: list) -> None:
-    """The re-plan's churn penalty (see :class:`jellybean.optimizer.problem.Churn`). The count part is
-    left out of the merged relaxation: dropping a non-negative term keeps its optimum a lower bound."""
-    churn = problem.churn
-    if churn is None or churn.cost_per_change_per_hour <= 0:
-        return
-    weight = churn.cost_per_change_per_hour
-    for s, previous in churn.variants.items():
-        if s not in problem.stages:
-            continue
-        kept = y.get((s, previous), 0.0)
-        if isinstance(kept, float):  # variants fixed (one combination): a constant, carried by a fixed
-            # variable because the solver reports objectives without constant terms
-            value = weight * (1.0 - kept)
-            if value:
-                penalty_terms.append(lp.add_variable(f"churn_variant_{_id(s)}", lowBound=value, upBound=value))
-        else:  # 1 - y[s, previous], written without a constant: sum_y = 1
-            penalty_terms.append(weight * pulp.lpSum(var for (stage, v), var in y.items()
-                                                     if stage == s and v != previous))
-    if relax:
-        return
-    for g_index in range(len(problem.groups)):
-        previous = churn.counts.get(g_index, 0.0)  # groups the running plan does not use: 0 instances
-        members = problem.nodes[problem.groups[g_index].node].total  # counts are per member site
-        counts = [var for (g, _s), var in n.items() if g == g_index]
-        if not counts:
-            if previous > 0:
-                penalty_terms.append(weight * members * previous)  # the group can no longer be used
-            continue
-        moved = lp.add_variable(f"churn_{g_index}", lowBound=0)
-        total = pulp.lpSum(counts)
-        lp += moved >= total - previous, f"churn_up_{g_index}"
-        lp += moved >= previous - total, f"churn_down_{g_index}"
-        penalty_terms.append(weight * members * moved)
-
-
-def _site_cut(lp, problem: Problem, g, stage: str, opts: list, r, count, h: float) -> None:
-    """``sum r <= min(B, h L mu_max) * n``: valid because a stage served at all needs n >= 1 and never
-    exceeds what reaches the site (B) or what the whole group could serve. Where a site's own traffic
-    is below one instance's capacity (most hubs) it is much tighter than ``sum r / mu <= h n``, which
-    lets the LP relaxation charge a fraction of an instance: it closes most of the root gap."""
-    if not opts:
-        return
-    reach = problem.member_rate_bound.get((stage, g.node), math.inf)
-    most = min(reach, h * g.limit * max(o.throughput_per_s for o in opts))
-    if not math.isfinite(most) or most <= 0:
-        return
-    lp += pulp.lpSum(r[o.index] for o in opts) <= most * count, f"site_cut_{g.index}_{_id(stage)}"
-
-
-def _accuracy_constraints(lp, problem: Problem, accuracy: AccuracyModel, y, handles: _Handles, elastic: bool,
-                          penalty_terms: list, fixed_models) -> None:
-    target = problem.accuracy_target
-    slack = None
-    if elastic:
-        slack = lp.add_variable("slack_accuracy", lowBound=0)
-        handles.slack_acc = slack
-        penalty_terms.append(SLACK_PENALTY * 100 * slack)
-    if accuracy.kind == "table":
-        assert accuracy.table is not None
-        allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
-        rows = [row for row in accuracy.table.rows
-                if all(v in allowed[s] for s, v in zip(accuracy.table_stages, row.variants))]
-        if not elastic:
-            rows = [row for row in rows if row.accuracy >= target - 1e-9]
-        if fixed_models is not None:
-            rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(accuracy.table_stages, row.variants))]
-        t = [lp.add_variable(f"t_{k}", cat="Binary") for k in range(len(rows))]
-        lp += pulp.lpSum(t) == 1, "one_table_row"
-        for s in accuracy.table_stages:
-            for v in problem.stages[s].variants:
-                picks = [t[k] for k, row in enumerate(rows) if row.variants[accuracy.table_stages.index(s)] == v.name]
-                lp += pulp.lpSum(picks) == y[(s, v.name)], f"table_{_id(s)}_{_id(v.name)}"
-        if elastic:
-            lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
-        return
-    if accuracy.kind == "product":
-        if target <= 0:
-            return
-        terms = []
-        for s in problem.order:
-            for v in problem.stages[s].variants:
-                a = v.accuracy
-                if a <= 0:
-                    if isinstance(y[(s, v.name)], float):
-                        if y[(s, v.name)] > 0 and not elastic:
-                            lp += pulp.LpAffineExpression() >= 1, f"accuracy_zero_{_id(s)}"
-                    else:
-                        lp += y[(s, v.name)] == 0, f"accuracy_zero_{_id(s)}_{_id(v.name)}"
-                    continue
-                terms.append(math.log(min(a, 100.0) / 100.0) * y[(s, v.name)])
-        handles.acc_log = True
-        rhs = math.log(min(target, 100.0) / 100.0) if target < 100 else 0.0
-        if elastic:
-            lp += pulp.lpSum(terms) + slack >= rhs, "accuracy"
-        else:
-            lp += pulp.lpSum(terms) >= rhs, "accuracy"
-        return
-    # JellyBean's per-stage profiles.
-    alpha: dict[str, object] = {}
-    lo: dict[str, float] = {}
-    hi: dict[str, float] = {}
-    for s in problem.order:
-        info = problem.stages[s]
-        upstream = [e.src for e in info.inputs if not e.from_source]
-        if not upstream:
-            alpha[s] = pulp.lpSum(v.accuracy * y[(s, v.name)] for v in info.variants)
-            lo[s] = min(v.accuracy for v in info.variants)
-            hi[s] = max(v.accuracy for v in info.variants)
-            continue
-        samples = [(v, smp) for v in info.variants for smp in (v.accuracy_profile or [])]
-        w = [lp.add_variable(f"w_{_id(s)}_{k}", cat="Binary") for k in range(len(samples))]
-        lp += pulp.lpSum(w) == 1, f"one_sample_{_id(s)}"
-        for v in info.variants:
-            lp += pulp.lpSum(w[k] for k, (vv, _) in enumerate(samples) if vv.name == v.name) <= y[(s, v.name)], \
-                f"sample_variant_{_id(s)}_{_id(v.name)}"
-        alpha[s] = pulp.lpSum(smp.output * w[k] for k, (_, smp) in enumerate(samples))
-        lo[s] = min(smp.output for _, smp in samples)
-        hi[s] = max(smp.output for _, smp in samples)
-        for u in upstream:
-            task = problem.stages[u].task
-            need = pulp.lpSum(smp.inputs.get(task, lo[u]) * w[k] for k, (_, smp) in enumerate(samples))
-            lp += alpha[u] >= need, f"sample_input_{_id(s)}_{_id(u)}"
-    if elastic:
-        lp += alpha[problem.sink] + slack >= target, "accuracy"
-    else:
-        lp += alpha[problem.sink] >= target, "accuracy"
-
-
-def _latency_constraints(lp, problem: Problem, y, r, usable, rate_at, consumer_nodes, comms, handles: _Handles,
-                         elastic: bool, penalty_terms: list, relax: bool) -> None:
-    bound = problem.latency_bound_ms
-    assert bound is not None
-    groups = problem.groups
-
-    def cat(node: int) -> str:
-        # Averaged over a class's members a 0/1 decision becomes a fraction; a lone site keeps it 0/1.
-        return "Continuous" if relax and problem.nodes[node].total > 1 else "Binary"
-    lat = _latency_of(problem)
-
-    if worst_case_latency_ms(problem, usable, lat) <= bound:
-        # No placement at all can break the bound: the constraints would only slow the solver.
-        handles.latency_redundant = True
-        return
-    max_p = max((lat(o) for o in usable), default=0.0)
-    max_net = 0.0
-    for i in range(len(problem.nodes)):
-        for j in range(len(problem.nodes)):
-            if problem.reachable(j, i):
-                biggest = max(c.kb for c in comms)
-                max_net = max(max_net, problem.path_latency_ms(j, i, biggest))
-    slack = None
-    if elastic:
-        slack = lp.add_variable("slack_latency", lowBound=0)
-        handles.slack_lat = slack
-        penalty_terms.append(SLACK_PENALTY * slack / 100.0)
-    big = bound + max_net + max_p + 1.0 + (10 * (max_net + max_p) * len(problem.order) if elastic else 0.0)
-    x: dict[tuple[str, int], pulp.LpVariable] = {}
-    P: dict[tuple[str, int], pulp.LpVariable] = {}
-    T: dict[tuple[str, int], pulp.LpVariable] = {}
-    for (s, i), opts in rate_at.items():
-        x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat(i))
-        P[(s, i)] = lp.add_variable(f"P_{_id(s)}_{i}", lowBound=0)
-        T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else bound)
-        rate_bound = problem.stages[s].rate_bound_per_s
-        for o in opts:
-            w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat(i))
-            lp += r[o.index] <= rate_bound * w, f"use_rate_{o.index}"
-            lp += x[(s, i)] >= w, f"use_site_{o.index}"
-            lp += P[(s, i)] >= lat(o) - big * (1 - w), f"proc_{o.index}"
-    for s in problem.order:
-        info = problem.stages[s]
-        for i in consumer_nodes[s]:
-            if (s, i) not in x:
-                continue
-            for edge in info.inputs:
-                if edge.from_source:
-                    kb = problem.source_payload_kb[edge.src]
-                    for j, rate in problem.source_rates[edge.src].items():
-                        if rate <= 0 or not problem.reachable(j, i):
-                            continue
-                        net = problem.path_latency_ms(j, i, kb)
-                        lp += T[(s, i)] >= net + P[(s, i)] - big * (1 - x[(s, i)]), f"lat_src_{_id(s)}_{i}_{j}"
-                else:
-                    u = edge.src
-                    for j in consumer_nodes[u]:
-                        if (u, j) not in x or not problem.reachable(j, i):
-                            continue
-                        prop = problem.path_latency_ms(j, i, 0.0)
-                        transmit = pulp.lpSum(
-                            (problem.path_latency_ms(j, i, v.output_kb) - prop) * y[(u, v.name)]
-                            for v in problem.stages[u].variants
-                        )
-                        lp += T[(s, i)] >= T[(u, j)] + prop + transmit + P[(s, i)] - big * (2 - x[(u, j)] - x[(s, i)]), \
-                            f"lat_{_id(u)}_{_id(s)}_{j}_{i}"
-    for (s, i), t in T.items():
-        if s == problem.sink:
-            if slack is not None:
-                lp += t <= bound + slack, f"lat_bound_{i}"
-            else:
-                lp += t <= bound, f"lat_bound_{i}"
 
 
 def _latency_of(problem: Problem):
