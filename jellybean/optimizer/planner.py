@@ -1,9 +1,17 @@
-"""``plan(bundle) -> Plan``: run a strategy, and every baseline beside it, through one code path."""
+"""``plan(bundle) -> Plan``: run a strategy, and every baseline beside it, through one code path.
+
+Strategies come from a registry (:data:`REGISTRY`, filled by the :func:`register_strategy`
+decorator): each is a function ``(problem, accuracy, options) -> Plan`` registered under its public
+name, and :func:`run_strategy` looks it up. The registration order is the order of :data:`STRATEGIES`: the
+order ``plan`` runs the baselines in and reports them, and the CLI's ``--strategy`` choices.
+"""
 
 from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from jellybean.optimizer.accuracy import AccuracyModel, choose_model, enumerate_combinations
 from jellybean.optimizer.baselines import NoPlan, edge_first, select_by_cost_proxy
@@ -16,7 +24,6 @@ from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
 
 OPTIMAL = "optimal"
-STRATEGIES = [OPTIMAL, "cloud-only", "edge-first", "two-stage", "jellybean"]
 #: Of ``time_limit_s``, the share the chosen strategy may take when baselines run beside it; the
 #: baselines share what it leaves, so that the whole run keeps to the limit.
 MAIN_SHARE = 0.75
@@ -64,8 +71,8 @@ def plan(
     ``time_limit_s`` is wall-clock for the whole call: the chosen strategy gets ``MAIN_SHARE`` of it
     when baselines run, each baseline an equal share of what is left, and a baseline reached after
     the limit is reported as not run. A plan found by the limit says the gap it reached."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in REGISTRY:
+        raise _unknown(strategy)
     deadline = time.perf_counter() + time_limit_s  # wall clock, for the whole call
     problem = compile_problem(bundle, sharing=sharing)
     if previous is not None and previous.feasible:
@@ -76,7 +83,7 @@ def plan(
                         solver=solver, gap_rel=gap_rel, placements=placements)
     if baselines:
         results = []
-        others = [other for other in STRATEGIES if other != strategy]
+        others = [other for other in REGISTRY if other != strategy]
         for k, other in enumerate(others):
             started = time.perf_counter()
             left = deadline - started
@@ -120,6 +127,46 @@ def _baseline(main: Plan, other: Plan, seconds: float) -> BaselineResult:
     )
 
 
+@dataclass(frozen=True)
+class StrategyOptions:
+    """How one strategy runs: its share of the time limit (wall clock, seconds), the MILP solver and
+    relative gap, whether an infeasible outcome is explained (an extra elastic solve), and the
+    placement MILPs already solved in this ``plan`` call (:class:`Placements`)."""
+
+    time_limit_s: float
+    solver: str
+    gap_rel: float
+    explain_infeasible: bool
+    placements: Placements
+
+
+#: A strategy: the Problem and its accuracy model in, a Plan out (feasible or saying why not).
+Strategy = Callable[[Problem, AccuracyModel, StrategyOptions], Plan]
+
+#: Strategy name -> the function that plans with it, in registration order (:func:`register_strategy`).
+REGISTRY: dict[str, Strategy] = {}
+#: The registry's names, in registration order: kept by :func:`register_strategy`; read it, do not edit it.
+STRATEGIES: list[str] = []
+
+
+def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
+    """Register the decorated function as the strategy ``name`` (a public name: the CLI's
+    ``--strategy`` and the ``strategy`` field of plans and baselines). A name is registered once."""
+
+    def register(run: Strategy) -> Strategy:
+        if name in REGISTRY:
+            raise ValueError(f"strategy {name!r} is registered already (by {REGISTRY[name].__qualname__})")
+        REGISTRY[name] = run
+        STRATEGIES.append(name)
+        return run
+
+    return register
+
+
+def _unknown(name: str) -> ValueError:
+    return ValueError(f"unknown strategy {name!r}; choose one of {', '.join(REGISTRY)}")
+
+
 def run_strategy(
     problem: Problem,
     accuracy: AccuracyModel,
@@ -131,62 +178,93 @@ def run_strategy(
     explain_infeasible: bool = True,
     placements: Placements | None = None,
 ) -> Plan:
-    started = time.perf_counter()
-    placements = placements or Placements()
-    if strategy == OPTIMAL:
-        return _optimal(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
-                        explain_infeasible=explain_infeasible, placements=placements)
-    if strategy == "cloud-only":
-        result = placements.solve(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=time_limit_s,
-                                  solver=solver, gap_rel=gap_rel)
-        reasons = []
-        if result.solution is None:
-            reasons = _why_none(problem, accuracy, result.stats, explain_infeasible, time_limit_s,
-                                allowed_tiers={"cloud"})
-        return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
-                          explanation=reasons)
-    if strategy == "two-stage":
-        try:
-            models = select_by_cost_proxy(problem, accuracy)
-        except NoPlan as exc:
-            return _failed(problem, accuracy, strategy, str(exc), started)
-        result = placements.solve(problem, accuracy, fixed_models=models, time_limit_s=time_limit_s, solver=solver,
-                                  gap_rel=gap_rel)
-        reasons = []
-        if result.solution is None:
-            reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
-            reasons += _why_none(problem, accuracy, result.stats, explain_infeasible, time_limit_s,
-                                 fixed_models=models)
-        return build_plan(problem, result.solution, strategy=strategy, stats=result.stats, accuracy=accuracy,
-                          explanation=reasons)
-    if strategy == "edge-first":
-        try:
-            models = select_by_cost_proxy(problem, accuracy)
-            solution = edge_first(problem, models)
-        except NoPlan as exc:
-            return _failed(problem, accuracy, strategy, str(exc), started)
-        stats = SolverStats(name="greedy", status="heuristic", gap=None, seconds=time.perf_counter() - started,
-                            notes=list(solution.notes))  # e.g. the routing LP's solver fallback
-        violations = verify(problem, solution, accuracy)
-        if violations:
-            return _failed(problem, accuracy, strategy, "greedy placement violates: " + "; ".join(violations[:3]),
-                           started)
-        return build_plan(problem, solution, strategy=strategy, stats=stats, accuracy=accuracy)
-    if strategy == "jellybean":
-        from jellybean.optimizer.jellybean_heuristic import jellybean_heuristic
+    """Plan ``problem`` with the registered strategy named ``strategy``."""
+    run = REGISTRY.get(strategy)
+    if run is None:
+        raise _unknown(strategy)
+    return run(problem, accuracy, StrategyOptions(time_limit_s, solver, gap_rel, explain_infeasible,
+                                                  placements or Placements()))
 
-        try:
-            solution = jellybean_heuristic(problem, accuracy)
-        except NoPlan as exc:
-            return _failed(problem, accuracy, strategy, str(exc), started)
-        stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None,
-                            seconds=time.perf_counter() - started)
-        violations = verify(problem, solution, accuracy)
-        if violations:
-            return _failed(problem, accuracy, strategy, "heuristic plan violates: " + "; ".join(violations[:3]),
-                           started)
-        return build_plan(problem, solution, strategy=strategy, stats=stats, accuracy=accuracy)
-    raise ValueError(f"unknown strategy {strategy!r}")
+
+@register_strategy(OPTIMAL)
+def _run_optimal(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
+    """The proven optimum (to the gap), by :func:`_optimal`."""
+    return _optimal(problem, accuracy, time_limit_s=options.time_limit_s, solver=options.solver,
+                    gap_rel=options.gap_rel, explain_infeasible=options.explain_infeasible,
+                    placements=options.placements)
+
+
+@register_strategy("cloud-only")
+def _run_cloud_only(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
+    """Every stage in the cloud tier, variants and placement there chosen optimally (the MILP
+    restricted to cloud sites): what a team without edge capacity would do."""
+    result = options.placements.solve(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=options.time_limit_s,
+                                      solver=options.solver, gap_rel=options.gap_rel)
+    reasons = []
+    if result.solution is None:
+        reasons = _why_none(problem, accuracy, result.stats, options.explain_infeasible, options.time_limit_s,
+                            allowed_tiers={"cloud"})
+    return build_plan(problem, result.solution, strategy="cloud-only", stats=result.stats, accuracy=accuracy,
+                      explanation=reasons)
+
+
+@register_strategy("edge-first")
+def _run_edge_first(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
+    """The two-stage variants placed greedily as close to the data as capacity allows
+    (:func:`jellybean.optimizer.baselines.edge_first`), checked before it is priced."""
+    started = time.perf_counter()
+    try:
+        models = select_by_cost_proxy(problem, accuracy)
+        solution = edge_first(problem, models)
+    except NoPlan as exc:
+        return _failed(problem, accuracy, "edge-first", str(exc), started)
+    stats = SolverStats(name="greedy", status="heuristic", gap=None, seconds=time.perf_counter() - started,
+                        notes=list(solution.notes))  # e.g. the routing LP's solver fallback
+    violations = verify(problem, solution, accuracy)
+    if violations:
+        return _failed(problem, accuracy, "edge-first", "greedy placement violates: " + "; ".join(violations[:3]),
+                       started)
+    return build_plan(problem, solution, strategy="edge-first", stats=stats, accuracy=accuracy)
+
+
+@register_strategy("two-stage")
+def _run_two_stage(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
+    """Variants first, by cost proxy alone (:func:`jellybean.optimizer.baselines.select_by_cost_proxy`),
+    then placed optimally: model selection and placement decoupled, as in prior serving systems."""
+    started = time.perf_counter()
+    try:
+        models = select_by_cost_proxy(problem, accuracy)
+    except NoPlan as exc:
+        return _failed(problem, accuracy, "two-stage", str(exc), started)
+    result = options.placements.solve(problem, accuracy, fixed_models=models, time_limit_s=options.time_limit_s,
+                                      solver=options.solver, gap_rel=options.gap_rel)
+    reasons = []
+    if result.solution is None:
+        reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
+        reasons += _why_none(problem, accuracy, result.stats, options.explain_infeasible, options.time_limit_s,
+                             fixed_models=models)
+    return build_plan(problem, result.solution, strategy="two-stage", stats=result.stats, accuracy=accuracy,
+                      explanation=reasons)
+
+
+@register_strategy("jellybean")
+def _run_jellybean(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
+    """JellyBean's published heuristic (:mod:`jellybean.optimizer.jellybean_heuristic`), checked
+    before it is priced."""
+    from jellybean.optimizer.jellybean_heuristic import jellybean_heuristic
+
+    started = time.perf_counter()
+    try:
+        solution = jellybean_heuristic(problem, accuracy)
+    except NoPlan as exc:
+        return _failed(problem, accuracy, "jellybean", str(exc), started)
+    stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None,
+                        seconds=time.perf_counter() - started)
+    violations = verify(problem, solution, accuracy)
+    if violations:
+        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + "; ".join(violations[:3]),
+                       started)
+    return build_plan(problem, solution, strategy="jellybean", stats=stats, accuracy=accuracy)
 
 
 def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, explain_infeasible: bool,
