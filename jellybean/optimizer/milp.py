@@ -224,8 +224,9 @@ class _Handles:
 @dataclass
 class _Model:
     """What every constraint family reads and adds to: the model, the problem, how this solve is
-    restricted or relaxed, the options it may use, and the objective's terms (``cost``: $/h;
-    ``penalty``: the elastic solve's prices on violated limits), added to in a fixed order."""
+    restricted or relaxed, the options it may use, and the objective's terms, added to in a fixed
+    order: ``cost_per_hour`` (instances and traffic, $/h) and ``penalties`` (the elastic solve's
+    prices on violated limits, and the re-plan's churn, in the same $/h units)."""
 
     lp: pulp.LpProblem
     problem: Problem
@@ -233,8 +234,8 @@ class _Model:
     relax: bool  # the merged relaxation: counts per class of identical sites, not per site
     elastic: bool  # every limit may be exceeded, at a price
     handles: _Handles
-    cost: list = field(default_factory=list)
-    penalty: list = field(default_factory=list)
+    cost_per_hour: list = field(default_factory=list)
+    penalties: list = field(default_factory=list)
 
     @property
     def exclusive(self) -> bool:
@@ -294,7 +295,7 @@ def _build(
     if problem.latency_bound_ms is not None and latency:
         _latency(m, consumers)
     _churn_terms(m)
-    m.lp += pulp.lpSum(m.cost) + pulp.lpSum(m.penalty)
+    m.lp += pulp.lpSum(m.cost_per_hour) + pulp.lpSum(m.penalties)
     return m.lp, m.handles
 
 
@@ -351,7 +352,7 @@ def _capacity(m: _Model, pooled: bool) -> None:
         extra = None
         if m.elastic:
             extra = m.lp.add_variable(f"slack_n_{g_index}", lowBound=0)
-            m.penalty.append(SLACK_PENALTY * extra)
+            m.penalties.append(SLACK_PENALTY * extra)
         phi = _class_fractions(m, g, opts)
         if m.exclusive:
             _exclusive_capacity(m, g, opts, extra, phi, pooled=g_index in pooled_groups)
@@ -383,8 +384,8 @@ def _class_fractions(m: _Model, g: Group, opts: list[Option]) -> dict[str, pulp.
     return phi
 
 
-def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dict[str, pulp.LpVariable], *,
-                        pooled: bool) -> None:
+def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra: pulp.LpVariable | None,
+                        phi: dict[str, pulp.LpVariable], *, pooled: bool) -> None:
     """Exclusive mode: ``n_{g,s} in Z+`` instances of ``g`` dedicated to stage ``s``, with capacity
     ``M sum_{o on g, s} r_o / mu_o <= h n_{g,s}`` and the limit ``sum_s n_{g,s} <= M L_g`` (plus the
     elastic slack; for a pooled group the cluster's limit replaces it). Each count costs
@@ -404,7 +405,7 @@ def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dic
             _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
         if s in phi:
             m.lp += var >= members * phi[s], f"phi_count_{g.index}_{_id(s)}"
-        m.cost.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
+        m.cost_per_hour.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
     total = pulp.lpSum(m.handles.n[(g.index, s)] for s in stage_names)
     if not pooled:
         m.lp += total <= limit + (extra if extra is not None else 0), f"count_{g.index}"
@@ -412,7 +413,8 @@ def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dic
         m.handles.slack_n[(g.index, None)] = extra
 
 
-def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dict[str, pulp.LpVariable]) -> None:
+def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra: pulp.LpVariable | None,
+                     phi: dict[str, pulp.LpVariable]) -> None:
     """Shared mode: ``n_g in Z+`` instances of ``g`` in use, ``M sum_{o on g} r_o / mu_o <= h n_g``,
     ``n_g <= M L_g`` (a bound, or with the elastic slack a constraint); ``p_g`` $/h per instance at
     each site. Per stage on the group, the :func:`_site_cut` and the merged relaxation's ``n >= M phi``."""
@@ -432,7 +434,7 @@ def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra, phi: dict[s
     if extra is not None:
         m.lp += var <= limit + extra, f"count_{g.index}"
         m.handles.slack_n[(g.index, None)] = extra
-    m.cost.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
+    m.cost_per_hour.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
 
 
 def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
@@ -456,7 +458,7 @@ def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
     m.lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{g.index}"
 
 
-def _site_cut(m: _Model, g: Group, stage: str, opts: list[Option], count) -> None:
+def _site_cut(m: _Model, g: Group, stage: str, opts: list[Option], count: pulp.LpVariable) -> None:
     """``sum r <= min(B, h L mu_max) * n``: valid because a stage served at all needs n >= 1 and never
     exceeds what reaches the site (B) or what the whole group could serve. Where a site's own traffic
     is below one instance's capacity (most hubs) it is much tighter than ``sum r / mu <= h n``, which
@@ -530,7 +532,7 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
                 if m.elastic and produced > 0:
                     drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
                     unserved[(c.src, i)] = drop
-                    m.penalty.append(SLACK_PENALTY * 10 * drop)
+                    m.penalties.append(SLACK_PENALTY * 10 * drop)
                     production = production - drop
             elif c.ratio is not None:  # results carried to a pinned output
                 production = pulp.lpSum(c.ratio * r[o.index] for o in rate_at.get((c.src, i), [])
@@ -570,8 +572,8 @@ def _joins(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable], consumers: d
         for edge in problem.stages[s].inputs:
             ks = [k for k, c in enumerate(m.handles.comms) if c.edge == edge.key]
             for i in consumers[s]:
-                m.lp += pulp.lpSum(cons[(k, i)] for k in ks) == pulp.lpSum(r[o.index] for o in rate_at.get((s, i), [])), \
-                    f"join_{_id(edge.key)}_{i}"
+                stage_rate = pulp.lpSum(r[o.index] for o in rate_at.get((s, i), []))
+                m.lp += pulp.lpSum(cons[(k, i)] for k in ks) == stage_rate, f"join_{_id(edge.key)}_{i}"
 
 
 def _bandwidth(m: _Model) -> None:
@@ -588,7 +590,7 @@ def _bandwidth(m: _Model) -> None:
             if not terms or link is None:
                 continue
             if link.cost_per_gb > 0:
-                m.cost.append(pulp.lpSum(
+                m.cost_per_hour.append(pulp.lpSum(
                     node.total * link.cost_per_gb * c.kb * SECONDS_PER_HOUR / KB_PER_GB * var for c, var in terms))
             if link.bandwidth_mbps is not None:
                 load = pulp.lpSum(c.kb * MBIT_PER_KB * var for c, var in terms)
@@ -596,7 +598,7 @@ def _bandwidth(m: _Model) -> None:
                 if m.elastic:
                     extra = m.lp.add_variable(f"slack_bw_{direction}_{node.index}", lowBound=0)
                     m.handles.slack_bw[(node.index, direction)] = extra
-                    m.penalty.append(SLACK_PENALTY * extra / 1000.0)
+                    m.penalties.append(SLACK_PENALTY * extra / 1000.0)
                     m.lp += load <= capacity_mbps + extra, f"bw_{direction}_{node.index}"
                 else:
                     m.lp += load <= capacity_mbps, f"bw_{direction}_{node.index}"
@@ -610,7 +612,7 @@ def _accuracy(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] |
     if m.elastic:
         slack = m.lp.add_variable("slack_accuracy", lowBound=0)
         m.handles.slack_acc = slack
-        m.penalty.append(SLACK_PENALTY * 100 * slack)
+        m.penalties.append(SLACK_PENALTY * 100 * slack)
     if accuracy.kind == "table":
         _accuracy_table(m, accuracy, fixed_models, slack)
     elif accuracy.kind == "product":
@@ -619,7 +621,8 @@ def _accuracy(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] |
         _accuracy_profiles(m, slack)
 
 
-def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None, slack) -> None:
+def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None,
+                    slack: pulp.LpVariable | None) -> None:
     """A measured end-to-end table: pick one admissible row, ``t_r in {0,1}``, ``sum_r t_r = 1`` and
     ``y_{s,v} = sum_{r: r_s = v} t_r`` for each of the table's stages. Admissible: its variants are
     candidates, it meets the target (elastic: ``sum_r acc_r t_r + slack >= A`` instead) and agrees
@@ -643,7 +646,7 @@ def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, 
         m.lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
 
 
-def _accuracy_product(m: _Model, slack) -> None:
+def _accuracy_product(m: _Model, slack: pulp.LpVariable | None) -> None:
     """Errors compound independently: ``A = 100 prod_s a_s / 100``, linear in logs,
     ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``. A variant of accuracy 0 cannot be chosen (its
     log is -inf): ``y = 0``, or an infeasible row where it is fixed."""
@@ -670,7 +673,7 @@ def _accuracy_product(m: _Model, slack) -> None:
         m.lp += pulp.lpSum(terms) >= rhs, "accuracy"
 
 
-def _accuracy_profiles(m: _Model, slack) -> None:
+def _accuracy_profiles(m: _Model, slack: pulp.LpVariable | None) -> None:
     """JellyBean's per-stage profiles: a stage fed by stages picks one sample,
     ``w_{s,k} in {0,1}``, ``sum_k w_{s,k} = 1``, ``w_{s,k} <= y_{s,v(k)}``; its certified accuracy is
     ``alpha_s = sum_k w_{s,k} out_k`` and its inputs must meet the sample's requirements,
@@ -737,7 +740,7 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
     if elastic:
         slack = m.lp.add_variable("slack_latency", lowBound=0)
         m.handles.slack_lat = slack
-        m.penalty.append(SLACK_PENALTY * slack / 100.0)
+        m.penalties.append(SLACK_PENALTY * slack / 100.0)
     big = bound + max_net + max_p + 1.0 + (10 * (max_net + max_p) * len(problem.order) if elastic else 0.0)
     x: dict[tuple[str, int], pulp.LpVariable] = {}
     P: dict[tuple[str, int], pulp.LpVariable] = {}
@@ -804,9 +807,9 @@ def _churn_terms(m: _Model) -> None:
             # variable because the solver reports objectives without constant terms
             value = weight * (1.0 - kept)
             if value:
-                m.penalty.append(lp.add_variable(f"churn_variant_{_id(s)}", lowBound=value, upBound=value))
+                m.penalties.append(lp.add_variable(f"churn_variant_{_id(s)}", lowBound=value, upBound=value))
         else:  # 1 - y[s, previous], written without a constant: sum_y = 1
-            m.penalty.append(weight * pulp.lpSum(var for (stage, v), var in y.items()
+            m.penalties.append(weight * pulp.lpSum(var for (stage, v), var in y.items()
                                                  if stage == s and v != previous))
     if m.relax:
         return
@@ -816,13 +819,13 @@ def _churn_terms(m: _Model) -> None:
         counts = [var for (g, _s), var in n.items() if g == g_index]
         if not counts:
             if previous > 0:
-                m.penalty.append(weight * members * previous)  # the group can no longer be used
+                m.penalties.append(weight * members * previous)  # the group can no longer be used
             continue
         moved = lp.add_variable(f"churn_{g_index}", lowBound=0)
         total = pulp.lpSum(counts)
         lp += moved >= total - previous, f"churn_up_{g_index}"
         lp += moved >= previous - total, f"churn_down_{g_index}"
-        m.penalty.append(weight * members * moved)
+        m.penalties.append(weight * members * moved)
 
 
 def usable_options(problem: Problem, fixed_models: dict[str, str] | None, allowed_tiers: set[str] | None,

@@ -382,7 +382,8 @@ def compile_problem(
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=[], hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
-        accuracy_tables=list(zoo.accuracy_tables), accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
+        accuracy_tables=list(zoo.accuracy_tables),
+        accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
     )
 
 
