@@ -37,7 +37,7 @@ spec:
       kind: camera
       ingest: http
       rate_per_s: 2000
-      payload_kb: 1.69
+      payload_kb: 1.555
       payload: {name: image, dtype: float32, shape: [8, 48]}
       sites: [cam-1]
   stages:

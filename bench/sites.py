@@ -11,8 +11,9 @@ Measures, in one run on this machine (as root):
    counted, and every frame still ends;
 3. **refused link**: a camera uplink shaped below what its frames need is refused by the planner,
    with the reason;
-4. **scaling**: 1, 2 and 4 hubs, each with its own camera at the same rate: aggregate throughput
-   against 1-hub throughput times the number of hubs.
+4. **scaling**: 1, 2 and 4 hubs, each with its own camera, saturated (sources far faster than the
+   deployment, backpressure sets the pace), each site at the same share of the cores it declares in
+   every run: aggregate throughput against 1-hub throughput times the number of hubs.
 
     python bench/sites.py [--quick] [--format json|markdown] [--out DIR]
 
@@ -64,17 +65,35 @@ def refused(folder: Path) -> dict:
             "refused": result.solver.status not in ("optimal", "feasible")}
 
 
-def scaling(folder: Path, cache: Path, *, window_s: float, rate_per_s: float) -> dict:
+#: Scaling: every site runs at this share of the cores it declares (the same in every run, so a hub
+#: has the same quota with 1, 2 or 4 of them); hubs declare a fraction of a core, so that the hubs
+#: (one per camera) are the bottleneck and the edge DC and the cloud, shared by all, have room.
+SCALING_CPU_SCALE = 0.8
+SCALING_HUB_CPUS = 0.125
+SCALING_DEVICE_CPUS = 0.125
+#: Uplinks wide enough that no link, only the hubs' CPU, limits (per hub; the edge's carries every hub's).
+SCALING_UPLINK_MBPS = 20.0
+
+
+def scaling(folder: Path, cache: Path, *, window_s: float) -> dict:
+    """1, 2 and 4 hubs, each with its own camera, saturated: aggregate frames/s against one hub's
+    times the number of hubs. Each site's quota is the same share of what it declares in every run
+    (``cores`` follows the topology), and each site's CPU use is reported as a share of its quota."""
+    from jellybean.testbed.measure import measure_throughput
+    from jellybean.testbed.scenario import write
+
     runs = {}
     for hubs in (1, 2, 4):
-        _log(f"scaling: {hubs} hub(s)")
-        r = links(folder, cache, hubs=hubs, window_s=window_s, degrade=False, rate_per_s=rate_per_s)
-        runs[hubs] = {"throughput_per_s": r["throughput_per_s"], "frames": r["frames"],
-                      "problems": r["problems"]}
-    one = runs[1]["throughput_per_s"]["measured"]
-    return {"rate_per_camera_per_s": rate_per_s,
+        _log(f"scaling: {hubs} hub(s), saturated")
+        documents = write(folder / f"scaling-{hubs}", ZOO, hubs, rate_per_s=60.0, hub_cpus=SCALING_HUB_CPUS,
+                          hub_uplink_mbps=SCALING_UPLINK_MBPS, edge_uplink_mbps=SCALING_UPLINK_MBPS * hubs)
+        declared = 2.0 + hubs * (SCALING_HUB_CPUS + SCALING_DEVICE_CPUS)  # edge + cloud, and each hub with its camera
+        runs[hubs] = measure_throughput(documents, cache, cores=SCALING_CPU_SCALE * declared, window_s=window_s,
+                                        device_cpus=SCALING_DEVICE_CPUS, log=_log)
+    one = runs[1]["completed_per_s"]
+    return {"cpu_scale": SCALING_CPU_SCALE, "hub_cpus": SCALING_HUB_CPUS,
             "runs": {str(h): v for h, v in runs.items()},
-            "vs_linear": {str(h): round(v["throughput_per_s"]["measured"] / (h * one), 3) if one else None
+            "vs_linear": {str(h): round(v["completed_per_s"] / (h * one), 3) if one else None
                           for h, v in runs.items()}}
 
 
@@ -108,11 +127,16 @@ def markdown(result: dict) -> str:
                 f"{f['needed_mbps']}: planner status `{f['status']}`: {f['message']}", ""]
     if "scaling" in result:
         s = result["scaling"]
-        out += ["## Scaling", "", f"Each camera at {s['rate_per_camera_per_s']} frames/s.", "",
-                "| hubs | planned frames/s | measured frames/s | vs linear | lost |", "|---|---|---|---|---|"]
+        out += ["## Scaling (saturated)", "",
+                f"Sources far faster than the deployment can go; every site at {s['cpu_scale']} of the cores it "
+                f"declares (hubs declare {s['hub_cpus']}), the same in every run. CPU busy: each site's use over the "
+                "window as a share of its quota.", "",
+                "| hubs | frames/s | vs linear | hubs' CPU busy | edge / cloud CPU busy | lost |", "|---|---|---|---|---|---|"]
         for h, run in s["runs"].items():
-            out.append(f"| {h} | {run['throughput_per_s']['planned']:.1f} | {run['throughput_per_s']['measured']:.1f} "
-                       f"| {s['vs_linear'][h]} | {run['frames']['lost']} |")
+            busy = run["cpu_busy_of_quota"]
+            hubs_busy = ", ".join(f"{busy[k]:.2f}" for k in sorted(busy) if k.startswith("hub-"))
+            out.append(f"| {h} | {run['completed_per_s']:.1f} | {s['vs_linear'][h]} | {hubs_busy} | "
+                       f"{busy.get('edge', 0):.2f} / {busy.get('cloud', 0):.2f} | {run['frames']['lost']} |")
         out.append("")
     return "\n".join(out)
 
@@ -144,7 +168,7 @@ def main() -> int:
         result.update(links(folder, cache, hubs=2, window_s=window, degrade=not args.quick, rate_per_s=150.0))
         if not args.quick:
             result["refused"] = refused(folder)
-            result["scaling"] = scaling(folder, cache, window_s=20.0, rate_per_s=60.0)
+            result["scaling"] = scaling(folder, cache, window_s=15.0)
     out = args.out or (None if args.quick else ROOT / "bench" / "results")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,8 @@ _HEADERS = {
         "Units: price_per_hour in $/hour per worker; cost_per_gb in $ per GB, GB = KB x 1024 x 1024,\n"
         "= JellyBean's link price x COMM_COST_SCALING_FACTOR (0.1 in their published configuration).\n"
         "Each worker is an instance group of its own (hardware = worker name, count 1); exclusive\n"
-        "sharing and max_utilization 1.0 reproduce JellyBean's capacity of 1000 / latency_ms req/s."
+        "sharing and max_utilization 1.0 reproduce JellyBean's capacity of 1000 / latency_ms req/s;\n"
+        "message_framing false prices payload bytes alone, as JellyBean does."
     ),
     "Workflow": (
         "Units: rate_per_s in requests/second; payload_kb in KB (1024 bytes); ratio = requests of a\n"
@@ -1200,7 +1201,7 @@ class _Importer:
             sites.append(site)
         return {"metadata": {"name": self.name},
                 "spec": {"sites": sites, "sharing": "exclusive", "max_utilization": 1.0,
-                         "allow_downward_flows": False}}
+                         "allow_downward_flows": False, "message_framing": False}}
 
     def workflow_data(self) -> dict[str, Any]:
         lowest = self.tier_names[0].value

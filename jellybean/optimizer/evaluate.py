@@ -269,7 +269,10 @@ def worst_latency(problem: Problem, solution: Solution, percentile: str) -> floa
         else:
             value = expected_latency_ms(problem, solution, o_index, rate, fused=key in fused)
         proc[key] = max(proc.get(key, 0.0), value)
-    finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src))
+    # A message bound for another site waits for company at most link_wait_ms (the bound's share), and
+    # about half of it on average (the expected time's).
+    finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src),
+                           wait_share=0.5 if percentile == "expected" else 1.0)
     ends = [t for (s, _), t in finish.items() if s == problem.sink]
     return max(ends) if ends else None
 

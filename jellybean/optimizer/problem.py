@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from jellybean.optimizer.framing import Framing
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
 from jellybean.spec.topology import LinkDirection, TopologySpec
@@ -198,6 +199,8 @@ class Problem:
     outputs: list[OutputEdge] = field(default_factory=list)
     hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
     batch_wait_ms: float = 0.0  # the runtime's dynamic batching wait (Topology.batch_wait_ms)
+    #: Longest a message bound for another site waits for company (Topology.link_batch_wait_ms).
+    link_wait_ms: float = 0.0
     #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
     #: downward flows a site only ever sees data produced in its own subtree.
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -235,12 +238,14 @@ class Problem:
             return False
         return self.allow_downward or not route[1]
 
-    def path_latency_ms(self, a: int, b: int, kb: float) -> float:
-        """Propagation plus transmission time of one message of ``kb`` KB from ``a`` to ``b``."""
+    def path_latency_ms(self, a: int, b: int, kb: float, wait_share: float = 1.0) -> float:
+        """Propagation plus transmission time of one message of ``kb`` KB from ``a`` to ``b``, plus
+        ``wait_share`` of the longest wait for company of a message bound for another site
+        (``link_wait_ms``: 1 for the bound, about a half for the expected time)."""
         route = self.path(a, b)
         if route is None:
             return math.inf
-        total = 0.0
+        total = self.link_wait_ms * wait_share if (route[0] or route[1]) else 0.0
         for n in route[0]:
             link = self.nodes[n].up
             total += _link_ms(link, kb)
@@ -303,12 +308,14 @@ def forward_times(
     proc_ms: dict[tuple[str, int], float],
     kb_of: Callable[[Edge], float],
     choose: Callable[[list[float]], float] = max,
+    wait_share: float = 1.0,
 ) -> dict[tuple[str, int], float]:
     """Completion time of each (stage, node) in ``proc_ms``, in ms: the arrival of its inputs plus its
     own processing time. An input arrives from every node that produces it and can reach this one,
     after the path's latency and the transmission of one message of ``kb_of(edge)`` KB; ``choose``
     combines those arrivals (``max``: the worst path; ``min``: a lower bound on the earliest), and a
-    stage waits for its slowest input. One forward pass in topological order; used for the
+    stage waits for its slowest input; a message bound for another site waits ``wait_share`` of the
+    longest wait for company (:meth:`Problem.path_latency_ms`). One forward pass in topological order; used for the
     reported latency, the latency pruning and the check that a bound cannot bind."""
     finish: dict[tuple[str, int], float] = {}
     for s in problem.order:
@@ -322,7 +329,7 @@ def forward_times(
                 else:
                     starts = [(j, t) for (u, j), t in finish.items() if u == edge.src]
                 kb = kb_of(edge)
-                times = [t + problem.path_latency_ms(j, i, kb) for j, t in starts if problem.reachable(j, i)]
+                times = [t + problem.path_latency_ms(j, i, kb, wait_share) for j, t in starts if problem.reachable(j, i)]
                 if times:
                     arrival = max(arrival, choose(times))
                 elif choose is min:
@@ -368,10 +375,12 @@ def compile_problem(
     classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate)
     source_rates, payload = source_rates_per_node(wf, sources_at, classes.site_node)
     order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
+    framing = framing_of(topo)
+    payload, outputs_kb = priced_on_links(framing, stages, payload)
     options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
                                         hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
     member_bound = _member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
-    outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, o.result_kb)
+    outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, outputs_kb(o.result_kb))
                for o in wf.outputs if o.site is not None]
     return Problem(
         member_rate_bound=member_bound,
@@ -382,9 +391,34 @@ def compile_problem(
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=[], hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
+        link_wait_ms=topo.link_batch_wait_ms,
         accuracy_tables=list(zoo.accuracy_tables),
         accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
     )
+
+
+# --- messages on links ------------------------------------------------------------------------------
+
+
+def framing_of(topo: TopologySpec) -> Framing:
+    """How the topology's links carry messages (:mod:`jellybean.optimizer.framing`): sends of
+    ``link_batch_messages``, or of one where nothing waits for company (``link_batch_wait_ms`` 0)."""
+    per_send = topo.link_batch_messages if topo.link_batch_wait_ms > 0 else 1
+    return Framing(enabled=topo.message_framing, messages_per_send=per_send)
+
+
+def priced_on_links(framing: Framing, stages: dict[str, StageInfo], payload_kb: dict[str, float]):  # noqa: ANN201
+    """Every message size the Problem holds, as it travels on a link (:meth:`Framing.wire_kb`): the
+    sources' payloads, each candidate variant's ``output_kb`` (the stage's variants are copies with
+    the priced size: strategies, flows, costs and transmission times all read them), and a function
+    for the outputs' declared result sizes. Compiled once, so that no strategy prices bytes its own way."""
+    for info in stages.values():
+        info.variants = [v.model_copy(update={"output_kb": framing.wire_kb(v.output_kb)}) for v in info.variants]
+
+    def result_kb(kb: float | None) -> float | None:
+        return None if kb is None else framing.wire_kb(kb)
+
+    return {name: framing.wire_kb(kb) for name, kb in payload_kb.items()}, result_kb
 
 
 # --- symmetry classes -------------------------------------------------------------------------------

@@ -161,7 +161,9 @@ class Pipeline:
         self.options = {"window": window, "max_wait_ms": max_wait_ms, "hold_s": hold_s, "hold_capacity": hold_capacity,
                         "max_in_flight": max_in_flight, "frame_timeout_s": frame_timeout_s, "overload": overload,
                         "shed_after_ms": shed_after_ms, "seed": seed, "threaded": threaded,
-                        "link_buffer_capacity": link_buffer_capacity}
+                        "link_buffer_capacity": link_buffer_capacity,
+                        "link_batch_messages": self.deployment.link_batch_messages,
+                        "link_batch_wait_ms": self.deployment.link_batch_wait_ms}
         self.drain_timeout_s = drain_timeout_s
         self.detached = detached
         self.data_token = data_token or ""

@@ -18,6 +18,8 @@ and every one of them reads the same value.
 - **Routes.** For a stage and the site a message comes from, the replicas of the stage it may go to
   (those it can reach without flowing down the tiers, unless the topology allows it, and not across a
   cut uplink) with their planned shares as weights: :meth:`Deployment.route_weights`.
+- **Link batching**: sends to another site carry ``link_batch_messages`` messages, waiting at most
+  ``link_batch_wait_ms`` for them (the Topology's; the plan priced each send's framing so).
 - **Message sizes** (bytes of one message, as the plan priced it: a source's ``payload_kb``, a
   variant's ``output_kb``, an output's result size; 1 KB = 1024 bytes) and **planned link traffic**
   (bytes/s per uplink and direction, from the plan's flows).
@@ -199,6 +201,9 @@ class Deployment:
     planned_link_bytes_per_s: dict[tuple[str, str], float]  # (child site, up|down) -> bytes/s
     hop_latency_ms: float = 1.0
     link_latency_ms: dict[tuple[str, str], float] = field(default_factory=dict)  # (child site, up|down) -> ms
+    #: How sends to another site batch (Topology.link_batch_messages / link_batch_wait_ms), as priced.
+    link_batch_messages: int = 8
+    link_batch_wait_ms: float = 0.0
 
     # --- lookups ---------------------------------------------------------------------------------
     @property
@@ -423,6 +428,7 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
         message_bytes=message_bytes,
         result_bytes=(result_kb * KB) if result_kb is not None else message_bytes.get(wf.sink, 0.0),
         planned_link_bytes_per_s=dict(planned), hop_latency_ms=topology.spec.hop_latency_ms,
+        link_batch_messages=topology.spec.link_batch_messages, link_batch_wait_ms=topology.spec.link_batch_wait_ms,
         link_latency_ms={(s.name, direction): getattr(s.uplink, direction).latency_ms
                          for s in topology.spec.sites if s.uplink is not None for direction in ("up", "down")},
     )

@@ -45,7 +45,7 @@ async def _listen(host: Any, spec: dict, kind: int) -> dict:
         return {}
     from jellybean.runtime.wire import WireServer
 
-    host.wire = WireServer({kind: host.deliver if kind == DELIVER else host.push}, spec.get("wire_secret", ""))
+    host.wire = WireServer({kind: host.deliver if kind == DELIVER else host.push_messages}, spec.get("wire_secret", ""))
     address = await host.wire.start(spec.get("data_host") or _node()["node_ip"])
     return {"data_address": [address.host, address.port]}
 
@@ -94,11 +94,13 @@ def _peers(table: dict) -> dict[str, list[Peer]]:
             for stage, peers in table.get("stages", {}).items()}
 
 
-def _forwarder(transport: str, options: dict, secret: str = "") -> Forwarder:
+def _forwarder(transport: str, options: dict, secret: str = "", site: str | None = None) -> Forwarder:
     return Forwarder(transport_for(transport, secret), window=options.get("window", 16), coalesce=options.get("coalesce", 64),
                      max_wait_s=options.get("max_wait_ms", 2.0) / 1000.0, hold_s=options.get("hold_s", 0.0),
                      hold_capacity=options.get("hold_capacity", 10_000),
-                     link_buffer_capacity=options.get("link_buffer_capacity", 10_000))
+                     link_buffer_capacity=options.get("link_buffer_capacity", 10_000), site=site,
+                     link_messages=options.get("link_batch_messages", 8),
+                     link_wait_s=options.get("link_batch_wait_ms", 0.0) / 1000.0)
 
 
 def _forwarder_report(forwarder: Forwarder) -> dict:
@@ -137,7 +139,7 @@ class ReplicaHost(_Housekeeping):
                                     threads=spec["threads"]) for ref in spec["runners_of"]]
         stateful = spec.get("stateful", any(bool(getattr(r, "stateful", False)) for r in runners))
         options = spec.get("options", {})
-        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""))
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""), spec.get("site"))
         self.transport = self.forwarder.transport
         self.worker = StageWorker(spec["stages"], spec["batch_sizes"], runners, self.forwarder,
                                   consumers={k: tuple(v) for k, v in spec["consumers"].items()}, sink=spec["sink"],
@@ -169,7 +171,12 @@ class ReplicaHost(_Housekeeping):
             await self.transport.deliver(output.handle, blob)
 
     async def push(self, blob: bytes) -> dict:
+        """A batch from a peer over Ray or in this process (:func:`jellybean.codec.pack_messages`)."""
         return await self.worker.push(unpack_messages(blob))
+
+    async def push_messages(self, messages: list[dict]) -> dict:
+        """A batch from a peer over our own connection, already decoded (:mod:`jellybean.runtime.wire`)."""
+        return await self.worker.push(messages)
 
     async def report(self) -> dict:
         # The process's CPU seconds, where the process is the replica's own: busy_ms over cpu_s is the
@@ -201,7 +208,7 @@ class SourceHost(_Housekeeping):
         from jellybean.runtime.sources import FrameSource, ReplayLoop
 
         spec, options = self.spec, self.spec.get("options", {})
-        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""))
+        self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""), spec.get("site"))
         self.source = FrameSource(spec["source"], spec["site"], self.forwarder, tuple(spec["consumers"]),
                                   max_in_flight=options.get("max_in_flight", 256),
                                   frame_timeout_s=options.get("frame_timeout_s", 120.0))

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from jellybean.codec import pack_messages
 from jellybean.runtime.deployment import SITE_SLOT, site_resource
 
 #: Ray namespace of detached (adoptable) actors.
@@ -77,7 +78,9 @@ class Backend(Protocol):
 
 
 class RayTransport:
-    async def push(self, handle: Any, blob: bytes) -> dict:
+    async def push(self, handle: Any, messages: list[dict], sent: Callable[[int], None]) -> dict:
+        blob = pack_messages(messages)
+        sent(len(blob))
         return await handle.push.remote(blob)
 
     async def deliver(self, handle: Any, blob: bytes) -> dict:
@@ -173,10 +176,13 @@ class InProcessHandle:
 
 
 class InProcessTransport:
-    async def push(self, handle: InProcessHandle, blob: bytes) -> dict:
-        """The call, or ActorGone as soon as the actor dies (what it held dies with it, as in Ray)."""
+    async def push(self, handle: InProcessHandle, messages: list[dict], sent: Callable[[int], None]) -> dict:
+        """The call, or ActorGone as soon as the actor dies (what it held dies with it, as in Ray). The
+        batch is encoded and decoded as on a wire (a replica never sees its sender's objects)."""
         if not handle.alive:
             raise ActorGone(f"actor at {handle.site} is gone")
+        blob = pack_messages(messages)
+        sent(len(blob))
         handle.calls += 1
         if handle.died is None:
             handle.died = asyncio.Event()

@@ -18,8 +18,11 @@ Frames on a connection. After connecting, the client sends ``MAGIC`` and the pip
 secret (a random value the control plane hands every actor in its spec; a connection without it is
 closed before anything is read). Then each request and each reply is a header ``!IBI`` (payload
 length, kind, call id) and the payload: ``PUSH`` (a batch for a replica) or ``DELIVER`` (results for
-an output), answered by ``OK`` (the pickled outcome) or ``ERROR`` (the exception, in words). Requests
-run concurrently on the receiver, as they did as actor calls; replies come back as each finishes.
+an output), answered by ``OK`` (the pickled outcome) or ``ERROR`` (the exception, in words). A
+``PUSH`` payload is a batch in :mod:`jellybean.codec`'s columns, its schemas said once per connection:
+the connection's encoder runs as the request is written and its decoder as it is read, so both see
+the batches in the same order. Requests run concurrently on the receiver, as they did as actor
+calls; replies come back as each finishes.
 
 Failure. When a connection breaks (the peer's process died, its node went away), every call waiting
 on it fails with :class:`PeerGone`, which the sender treats as the peer's death (its units are routed
@@ -35,8 +38,10 @@ import hmac
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
+from jellybean.codec import Decoder, Encoder
+from jellybean.optimizer.framing import SEGMENT_HEADER_BYTES, SEGMENT_PAYLOAD_BYTES
 from jellybean.runtime.worker import dumps, loads
 
 MAGIC = b"JBW1"
@@ -44,10 +49,6 @@ HEADER = struct.Struct("!IBI")  # payload length, kind, call id
 PUSH, DELIVER, OK, ERROR = 1, 2, 3, 4
 #: Largest payload accepted on a connection (a batch of messages, or its outcome).
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
-#: What a TCP segment carries at most on an Ethernet MTU of 1,500 bytes (20 B IP, 20 B TCP, 12 B of
-#: timestamp option), and the headers each segment adds on the wire (14 B Ethernet + 52 B).
-SEGMENT_PAYLOAD_BYTES = 1448
-SEGMENT_HEADER_BYTES = 66
 
 
 def wire_bytes(payload_bytes: int) -> int:
@@ -112,6 +113,7 @@ class _Connection:
         self.closed: str | None = None
         self.sock = writer.get_extra_info("socket")
         self.sent_bytes: int | None = 0  # the kernel's count, refreshed by sent() and on closing
+        self.encoder = Encoder()  # batches' schemas, said once on this connection
         self.task = asyncio.ensure_future(self._read())
 
     def sent(self) -> int | None:
@@ -120,6 +122,14 @@ class _Connection:
         if self.closed is None and self.sock is not None and self.sock.fileno() >= 0:
             self.sent_bytes = tcp_sent_bytes(self.sock)
         return self.sent_bytes
+
+    async def push(self, messages: list[dict], sent: Callable[[int], None]) -> dict:
+        """A batch for a replica, encoded now (in the order of the writes: see the module docstring)."""
+        if self.closed is not None:
+            raise PeerGone(self.closed)
+        blob = self.encoder.encode(messages)
+        sent(len(blob))
+        return await self.call(PUSH, blob)
 
     async def call(self, kind: int, blob: bytes) -> dict:
         if self.closed is not None:
@@ -215,8 +225,8 @@ class SocketTransport:
         finally:
             self._opening.pop(address, None)
 
-    async def push(self, handle: Address, blob: bytes) -> dict:
-        return await (await self._connection(handle)).call(PUSH, blob)
+    async def push(self, handle: Address, messages: list[dict], sent: Callable[[int], None]) -> dict:
+        return await (await self._connection(handle)).push(messages, sent)
 
     async def deliver(self, handle: Address, blob: bytes) -> dict:
         return await (await self._connection(handle)).call(DELIVER, blob)
@@ -250,11 +260,12 @@ class SocketTransport:
 
 
 class WireServer:
-    """The receiver's end: a listening socket whose requests go to ``handlers[PUSH]`` or
-    ``handlers[DELIVER]`` (coroutine functions of the payload). Plain functions, not the host's
-    methods: Ray wraps an actor class's methods for tracing, a cost on every call for nothing here."""
+    """The receiver's end: a listening socket whose requests go to ``handlers[PUSH]`` (a coroutine
+    function of the decoded messages) or ``handlers[DELIVER]`` (of the payload). Plain functions, not
+    the host's methods: Ray wraps an actor class's methods for tracing, a cost on every call for
+    nothing here."""
 
-    def __init__(self, handlers: dict[int, Callable[[bytes], Awaitable[dict]]], secret: str) -> None:
+    def __init__(self, handlers: dict[int, Callable[[Any], Awaitable[dict]]], secret: str) -> None:
         self.handlers = handlers
         self.secret = secret.encode()
         self.server: asyncio.base_events.Server | None = None
@@ -284,12 +295,18 @@ class WireServer:
             return
         self.writers.add(writer)
         tasks: set[asyncio.Task] = set()
+        decoder = Decoder()
         try:
             while True:
                 length, kind, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
                 if length > MAX_PAYLOAD_BYTES or kind not in self.handlers:
                     break
-                payload = await reader.readexactly(length)
+                payload: Any = await reader.readexactly(length)
+                if kind == PUSH:
+                    try:
+                        payload = decoder.decode(payload)  # here, in order: a batch may say a schema the next ones use
+                    except Exception:  # noqa: BLE001 - not a batch of ours: the connection is not ours either
+                        break
                 task = asyncio.ensure_future(self._answer(writer, kind, call_id, payload))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -299,7 +316,7 @@ class WireServer:
             self.writers.discard(writer)
             writer.close()
 
-    async def _answer(self, writer: asyncio.StreamWriter, kind: int, call_id: int, payload: bytes) -> None:
+    async def _answer(self, writer: asyncio.StreamWriter, kind: int, call_id: int, payload: Any) -> None:
         try:
             reply, status = dumps(await self.handlers[kind](payload)), OK
         except asyncio.CancelledError:

@@ -48,6 +48,7 @@ from typing import Any, Iterable, Protocol
 
 import numpy as np
 
+from jellybean.codec import pack_messages, unpack_messages  # noqa: F401 - re-exported: the data plane's batches
 from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, collect_batch, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 
@@ -63,38 +64,6 @@ def dumps(value: Any) -> bytes:
 
 def loads(blob: bytes) -> Any:
     return pickle.loads(blob)  # noqa: S301 - blobs only ever come from our own actors
-
-
-def pack_messages(messages: list[dict]) -> bytes:
-    """A batch of messages as one blob, each field that holds an array of one shape and dtype in
-    every message stacked into one array (a column).
-
-    Why. A pickled array costs a few microseconds to rebuild whatever its size (its reduce, its
-    header, its allocation), and a batch of camera frames is one such array per message: 16 digits
-    frames unpickle in 41 us as rows and in 10 us as one column, and the receiving replica's core is
-    the one the plan loads most. The rows get their arrays back as views of the column
-    (:func:`unpack_messages`), so nothing is copied twice."""
-    columns: dict[str, np.ndarray] = {}
-    if len(messages) > 1:
-        for key, value in messages[0].items():
-            if type(value) is not np.ndarray or value.dtype.hasobject:
-                continue
-            shape, dtype = value.shape, value.dtype
-            if all(type(m.get(key)) is np.ndarray and m[key].shape == shape and m[key].dtype == dtype
-                   for m in messages):
-                columns[key] = np.stack([m[key] for m in messages])
-    if not columns:
-        return dumps((messages, columns))
-    return dumps(([{k: v for k, v in m.items() if k not in columns} for m in messages], columns))
-
-
-def unpack_messages(blob: bytes) -> list[dict]:
-    """The messages of :func:`pack_messages`, each with its rows of the columns."""
-    rows, columns = loads(blob)
-    for key, column in columns.items():
-        for row, value in zip(rows, column):
-            row[key] = value
-    return rows
 
 
 COMPLETED, FAILED, PENDING = "completed", "failed", "pending"
@@ -168,7 +137,10 @@ def result_of(message: dict, completed_at: float) -> dict:
 class Transport(Protocol):
     """How an actor reaches its peers: the one place that knows what a peer handle is."""
 
-    async def push(self, handle: Any, blob: bytes) -> dict: ...
+    async def push(self, handle: Any, messages: list[dict], sent: Callable[[int], None]) -> dict:
+        """Send a batch to a replica and await its outcome; ``sent(payload_bytes)`` is called once the
+        batch is encoded (:mod:`jellybean.codec`), with its size."""
+        ...
 
     async def deliver(self, handle: Any, blob: bytes) -> dict: ...
 
@@ -252,12 +224,29 @@ class _Unit:
     done: asyncio.Future
     attempts: int = 0
     excluded: set = field(default_factory=set)
+    at: float = 0.0  # when it reached its channel (loop time): a link batch waits from its oldest unit
+
+    def split(self, count: int) -> tuple[_Unit, _Unit]:
+        """The first ``count`` messages and the rest, as two units whose outcomes settle this one's."""
+        loop = asyncio.get_running_loop()
+        head = _Unit(self.stage, self.messages[:count], loop.create_future(), self.attempts, set(self.excluded), self.at)
+        tail = _Unit(self.stage, self.messages[count:], loop.create_future(), self.attempts, set(self.excluded), self.at)
+        merged([head.done, tail.done]).add_done_callback(lambda f, u=self: _settle(u.done, f.result()))
+        return head, tail
 
 
 class _Channel:
     """Everything on its way to one peer: units waiting, a coalescing sender, a window of
     outstanding calls. The queue needs no bound of its own: what can be in it is bounded by its
-    callers (a replica's ``max_forwarding`` batches, a source's room)."""
+    callers (a replica's ``max_forwarding`` batches, a source's room).
+
+    A peer on *another site* is reached over an uplink, where each send costs framing of its own
+    (our header, the batch's, TCP/IP's per segment, the ACKs: about a hundred bytes) that the plan
+    prices at ``link_messages`` messages per send: so a send there waits until ``link_messages``
+    messages are queued or its oldest has waited ``link_wait_s``, and carries at most
+    ``link_messages`` (a larger unit is split, its outcome merged). The bytes a link carries are then
+    those the plan priced whatever the machine's speed (a slower one queues more, but does not send
+    bigger batches). A peer on the same site gets whatever is queued, at once."""
 
     def __init__(self, peer: Peer, owner: Forwarder) -> None:
         self.peer = peer
@@ -266,9 +255,12 @@ class _Channel:
         self.arrived = asyncio.Event()
         self.window = asyncio.Semaphore(owner.window)
         self.calls: set[asyncio.Task] = set()
+        self.remote = owner.link_wait_s > 0 and owner.site is not None and peer.site != owner.site
+        self.limit = owner.link_messages if self.remote else owner.coalesce
         self.task = asyncio.ensure_future(self._run())
 
     def put(self, unit: _Unit) -> None:
+        unit.at = asyncio.get_running_loop().time()
         self.units.append(unit)
         self.arrived.set()
 
@@ -276,24 +268,51 @@ class _Channel:
     def queued(self) -> int:
         return sum(len(u.messages) for u in self.units)
 
+    async def _company(self, wait_s: float, until: float | None = None) -> None:
+        """Wait for more units, at most ``wait_s`` (or until loop time ``until``)."""
+        loop = asyncio.get_running_loop()
+        remaining = wait_s if until is None else until - loop.time()
+        if remaining <= 0:
+            return
+        self.arrived.clear()
+        try:
+            await asyncio.wait_for(self.arrived.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
+
     async def _run(self) -> None:
         owner = self.owner
+        loop = asyncio.get_running_loop()
         while True:
             while not self.units:
                 self.arrived.clear()
                 await self.arrived.wait()
-            await self.window.acquire()
-            if owner.max_wait_s > 0 and self.queued < owner.coalesce and len(self.calls) > 0:
-                # Calls are outstanding anyway: wait a moment for company before the next one.
-                self.arrived.clear()
-                try:
-                    await asyncio.wait_for(self.arrived.wait(), owner.max_wait_s)
-                except asyncio.TimeoutError:
-                    pass
+            if self.remote:
+                until = self.units[0].at + owner.link_wait_s
+                while self.units and self.queued < self.limit and loop.time() < until:
+                    await self._company(0.0, until)
+                await self.window.acquire()
+            else:
+                await self.window.acquire()
+                if owner.max_wait_s > 0 and self.queued < self.limit and len(self.calls) > 0:
+                    # Calls are outstanding anyway: wait a moment for company before the next one.
+                    await self._company(owner.max_wait_s)
             taken: list[_Unit] = []
             count = 0
-            while self.units and (not taken or count + len(self.units[0].messages) <= owner.coalesce):
-                unit = self.units.popleft()
+            while self.units and count < self.limit:
+                unit = self.units[0]
+                room = self.limit - count
+                if len(unit.messages) > room:
+                    if taken and not self.remote:
+                        break  # the same site: whole units only, the next call takes it
+                    if self.remote:
+                        head, tail = unit.split(room)
+                        self.units[0] = tail
+                        unit = head
+                    else:
+                        self.units.popleft()
+                else:
+                    self.units.popleft()
                 taken.append(unit)
                 count += len(unit.messages)
             if not taken:
@@ -307,14 +326,16 @@ class _Channel:
         owner = self.owner
         try:
             messages = [m for u in units for m in u.messages]
-            blob = pack_messages(messages)
             site = self.peer.site
-            owner.count_sent(self.peer.handle, site, len(messages), len(blob))
+
+            def sent(payload_bytes: int) -> None:
+                owner.count_sent(self.peer.handle, site, len(messages), payload_bytes)
+
             started = time.perf_counter()
             try:
                 if self.peer.delay_ms > 0:  # the links' propagation delay, emulated (the window stays taken)
                     await asyncio.sleep(self.peer.delay_ms / 1000.0)
-                outcome = await owner.transport.push(self.peer.handle, blob)
+                outcome = await owner.transport.push(self.peer.handle, messages, sent)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed call is routed again
@@ -354,8 +375,13 @@ class Forwarder:
 
     def __init__(self, transport: Transport, *, window: int = 16, coalesce: int = 64, max_wait_s: float = 0.002,
                  retry: RetryPolicy | None = None, hold_s: float = 0.0, hold_capacity: int = 10_000,
-                 link_buffer_capacity: int = 10_000) -> None:
+                 link_buffer_capacity: int = 10_000, site: str | None = None, link_messages: int = 8,
+                 link_wait_s: float = 0.0) -> None:
         self.transport = transport
+        #: This actor's site, and how sends to peers on other sites batch (see :class:`_Channel`).
+        self.site = site
+        self.link_messages = max(1, link_messages)
+        self.link_wait_s = link_wait_s
         #: stage -> the cut uplink behind which its replicas are: messages wait for the link, bounded.
         self.blocked: dict[str, str] = {}
         self.link_buffer_capacity = link_buffer_capacity

@@ -126,6 +126,18 @@ class TopologySpec(StrictModel):
     batch_wait_ms: float = Field(
         default=2.0, ge=0, description="Longest a replica waits for a batch to fill once a request is there (dynamic "
         "batching); the runtime uses it, and the plan's latency counts the wait.")
+    link_batch_messages: int = Field(
+        default=8, ge=1, le=1024, description="Messages bound for another site leave together, this many to a send "
+        "(or fewer once `link_batch_wait_ms` has passed): each send costs about a hundred bytes of framing on the "
+        "link (headers, TCP/IP's, ACKs), which the plan prices per message as a share of this many.")
+    link_batch_wait_ms: float = Field(
+        default=10.0, ge=0, le=10_000, description="Longest a message bound for another site waits for "
+        "`link_batch_messages - 1` others to share its send; the plan's latency counts the wait. 0: every send leaves "
+        "at once, and the plan prices each message's framing as if it travelled alone.")
+    message_framing: bool = Field(
+        default=True, description="Price each message as it travels on a link: its bytes, TCP/IP's headers per "
+        "segment, and its share of its send's framing (see `link_batch_messages`). false: payload bytes alone "
+        "(JellyBean's cost model; set by `jellybean import jellybean` so that costs compare with theirs).")
     max_utilization: float = Field(
         default=0.8, gt=0, le=1, description="Headroom: the highest planned utilisation of any instance."
     )

@@ -61,7 +61,9 @@ class Source(StrictModel):
     name: Name
     kind: Literal["camera", "microphone", "sensor"] = "camera"
     rate_per_s: float = Field(gt=0, description="Requests (frames, utterances) per second from one source.")
-    payload_kb: float = Field(gt=0, description="Size of one request in KB (1024 bytes).")
+    payload_kb: float = Field(gt=0, description="Size of one request in KB (1024 bytes), as the data plane carries "
+                              "it: the payload plus the runtime's frame id, source, site and timestamps (about 60 "
+                              "bytes). The planner adds the links' framing (Topology.message_framing).")
     sites: list[Name] = Field(min_length=1, description="Sites the sources are attached to.")
     count_per_site: int = Field(default=1, ge=1, description="Sources of this group at each listed site.")
     ingest: Literal["http"] | None = Field(

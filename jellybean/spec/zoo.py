@@ -6,7 +6,9 @@ are simply more variants. Each variant carries:
 
 - ``accuracy``: its accuracy on the task's own metric (``metric``), in the zoo's unit (percent);
 - ``output_kb``: the size of one output message, i.e. of what one downstream request receives
-  from it (KB = 1024 bytes, as in JellyBean);
+  from it, as the data plane carries it (its fields and the runtime's identity fields, about 60
+  bytes; :func:`jellybean.codec.travelling_bytes`) (KB = 1024 bytes, as in JellyBean); the planner
+  adds the links' framing (``Topology.message_framing``);
 - ``memory_mb``: the resident memory of one replica;
 - ``profiles``: per hardware type, the latency of one batch at each profiled batch size
   (mean, and p90 where known). One instance running the variant at batch size ``b`` serves
@@ -223,7 +225,9 @@ class Step(StrictModel):
 class Variant(StrictModel):
     name: Name
     accuracy: float = Field(description="Accuracy on the task's own metric, in the zoo's unit.")
-    output_kb: float = Field(ge=0, description="Size of one output message in KB (1024 bytes).")
+    output_kb: float = Field(ge=0, description="Size of one output message in KB (1024 bytes), as the data plane "
+                             "carries it: its fields plus the runtime's frame id, source, site and timestamps (about "
+                             "60 bytes). The planner adds the links' framing (Topology.message_framing).")
     memory_mb: float = Field(default=0.0, ge=0, description="Resident memory of one replica in MB.")
     precision: str = Field(default="fp32", description="Numeric precision of the build (fp32, fp16, int8).")
     runner: Name | None = Field(

@@ -226,6 +226,33 @@ class Testbed:
         for site in self.layout.sites.values():
             self.cgroups.limit(self.groups.get(site.name), site.cpu_quota if on else None)
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time each site's processes used so far, by site: its cgroup's ``usage_usec`` under v2;
+        under v1 (whose ``cpu`` hierarchy keeps no usage) the user and system time of the processes
+        now in the group, from ``/proc`` (a process that exited meanwhile is missed). Empty without
+        cgroups."""
+        out: dict[str, float] = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for site, path in self.groups.items():
+            if path is None or site == "driver" or self.cgroups is None:
+                continue
+            try:
+                if self.cgroups.version == 2:
+                    stat = dict(line.split() for line in (path / "cpu.stat").read_text().splitlines())
+                    out[site] = int(stat["usage_usec"]) / 1e6
+                    continue
+            except (OSError, KeyError, ValueError):
+                continue
+            total = 0
+            for pid in Cgroups.pids(path):
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # gone meanwhile
+                total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+            out[site] = total / tick
+        return out
+
     @property
     def cpu_reason(self) -> str | None:
         return self.cgroups.reason if self.cgroups else "not built"

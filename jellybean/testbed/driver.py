@@ -81,7 +81,15 @@ class Driver:
         if plan.solver.status not in ("optimal", "feasible"):
             return {"ok": False, "error": f"no plan: {plan.solver.status}: {' '.join(plan.explanation)}"}
         self.metrics = Metrics()
-        self.pipeline = Pipeline(bundle, plan, cache_dir=Path(self.config["cache_dir"]), metrics=self.metrics,
+        served = bundle
+        if self.config.get("saturate"):
+            # The plan's placement, sources far faster than it can go: backpressure sets the pace, so
+            # what completes is the deployment's capacity (bench/sites.py's scaling).
+            fast = bundle.workflow.model_copy(deep=True)
+            for source in fast.spec.sources:
+                source.rate_per_s = 100_000.0
+            served = type(bundle)(fast, bundle.zoo, bundle.topology, bundle.sources)
+        self.pipeline = Pipeline(served, plan, cache_dir=Path(self.config["cache_dir"]), metrics=self.metrics,
                                  bind_host="0.0.0.0", **self.config.get("options", {}))
         self.pipeline.start(timeout_s=self.config.get("start_timeout_s", 300.0))
         d = self.pipeline.deployment

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CAMERA_RATE_PER_S = 150.0
-PAYLOAD_KB = 1.69  # one pickled 8 x 48 float32 frame with its truth
+PAYLOAD_KB = 1.563  # one 8 x 48 float32 frame with its truth, as the data plane carries it
 
 
 def topology_yaml(hubs: int, *, hub_uplink_mbps: float = 4.0, edge_uplink_mbps: float | None = None,

@@ -15,7 +15,9 @@ Everything in the document is measured here, on held-out data (the *test* split 
 - the end-to-end table ``digits-end-to-end`` over (digit-detection, digit-classification): frames
   whose whole reading (every digit, in order, nothing extra) is right, for every combination,
   through the real detector -> classifier -> aggregator runners.
-- ``output_kb``: the mean pickled size (pickle protocol 5, as Ray ships it) of one output message.
+- ``output_kb``: what one output message costs as the data plane carries it
+  (:func:`jellybean.codec.travelling_bytes`: its fields and the runtime's identity fields, in the
+  wire's columns), mean over the test outputs. :func:`output_sizes_kb` measures it alone.
 - ``memory_mb`` (``memory="rss"``, the default): the peak resident set size of a fresh Python
   process that loads just this one runner and runs its largest profiled batch a few times: what
   one replica (one Ray actor) needs, interpreter, numpy and torch included (the aggregator does not
@@ -43,6 +45,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from jellybean.codec import travelling_bytes
 from jellybean.spec.common import Metadata
 from jellybean.spec.zoo import AccuracyRow, AccuracyTable, LatencyProfile, ModelZoo, ModelZooSpec, Task, Variant
 from jellybean.zoo import digits
@@ -76,9 +79,8 @@ def _located(found: list[int], truth: list[int]) -> bool:
     return len(found) == len(truth) and all(abs(f - t) <= 1 for f, t in zip(found, truth))
 
 
-def _message_kb(messages: list[dict], sample: int = 500) -> float:
-    chosen = messages[:sample]
-    return float(np.mean([len(pickle.dumps(m, protocol=5)) for m in chosen])) / 1024 if chosen else 0.0
+def _message_kb(messages: list[dict], sample: int = 512) -> float:
+    return travelling_bytes(messages[:sample]) / 1024
 
 
 def _cycle(pool: list[dict]) -> Callable[[int], list[dict]]:
@@ -206,6 +208,31 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
 
 
+def _test_inputs(eval_frames: int, seed: int) -> tuple[list[dict], list[list[int]], list[dict], list[dict]]:
+    """Held-out frames (and their digits' true starts), the crops cut at those starts, and one
+    prediction per crop (the right digit): the inputs of detectors, classifiers and the aggregator."""
+    test_frames, test_starts = digits.frames_with_starts("test", eval_frames, seed=seed)
+    crops = [{"frame_id": f["frame_id"], "index": k, "count": len(starts), "image": digits.crop(f["image"], s),
+              "truth": f["truth"], "sent_at": f["sent_at"]}
+             for f, starts in zip(test_frames, test_starts) for k, s in enumerate(starts)]
+    predictions = [{**{k: c[k] for k in ("frame_id", "index", "count", "truth", "sent_at")},
+                    "digit": c["truth"][c["index"]]} for c in crops]
+    return test_frames, test_starts, crops, predictions
+
+
+def output_sizes_kb(cache_dir: Path, *, eval_frames: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Each registered loader's ``output_kb`` (see the module docstring), and ``frame`` (a replayed
+    frame as a source sends it: a source's ``payload_kb``), without timing anything: seconds."""
+    test_frames, _starts, crops, predictions = _test_inputs(eval_frames, seed)
+    out = {"frame": _message_kb(test_frames)}
+    for name, spec in LOADERS.items():
+        runner = load_runner(name, Path(cache_dir), threads=1)
+        inputs = {DETECTION: test_frames, CLASSIFICATION: crops, AGGREGATION: predictions}[spec.task]
+        outputs = _flatten(AggregatorRunner()(predictions)) if spec.task == AGGREGATION else _flatten(_run(runner, inputs))
+        out[name] = _message_kb(outputs)
+    return out
+
+
 def profile_zoo(cache_dir: Path, *, hardware: str = "local-cpu-1t", threads: int = 1,
                 batch_sizes: Iterable[int] = (1, 4, 8, 16), repeats: int = 50, eval_frames: int = 1000,
                 progress: Progress | None = None, memory: str = "rss", seed: int = 0) -> ModelZoo:
@@ -231,12 +258,7 @@ def profile_zoo(cache_dir: Path, *, hardware: str = "local-cpu-1t", threads: int
             progress(message, min(done / steps, 1.0))
         done += 1
 
-    test_frames, test_starts = digits.frames_with_starts("test", eval_frames, seed=seed)
-    crops = [{"frame_id": f["frame_id"], "index": k, "count": len(starts), "image": digits.crop(f["image"], s),
-              "truth": f["truth"], "sent_at": f["sent_at"]}
-             for f, starts in zip(test_frames, test_starts) for k, s in enumerate(starts)]
-    predictions = [{**{k: c[k] for k in ("frame_id", "index", "count", "truth", "sent_at")},
-                    "digit": c["truth"][c["index"]]} for c in crops]
+    test_frames, test_starts, crops, predictions = _test_inputs(eval_frames, seed)
     largest = sizes[-1]
     memory_inputs = {DETECTION: test_frames[:largest], CLASSIFICATION: crops[:largest],
                      AGGREGATION: predictions[:largest]}

@@ -17,9 +17,9 @@ ZOO = {"tasks": [
     {"name": "cls", "variants": [{"name": "c", "accuracy": 90, "output_kb": 1, "profiles": [
         {"hardware": "cpu", "latency_ms": {1: 5}}, {"hardware": "gpu", "latency_ms": {1: 1}}]}]},
 ]}
-#: No runtime overhead here (hops and batching waits are checked in their own test): the numbers below
-#: are the profiles' and the link's alone.
-TOPOLOGY = {"hop_latency_ms": 0, "batch_wait_ms": 0, "sites": [
+#: No runtime overhead here (hops, batching waits, link batching and framing are checked in their own
+#: tests): the numbers below are the profiles' and the link's alone.
+TOPOLOGY = {"hop_latency_ms": 0, "batch_wait_ms": 0, "link_batch_wait_ms": 0, "message_framing": False, "sites": [
     {"name": "cloud", "tier": "cloud", "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 3, "max_count": 4}]},
     {"name": "hub", "tier": "hub", "parent": "cloud",
      "uplink": {"up": {"bandwidth_mbps": 100, "latency_ms": 20, "cost_per_gb": 0.01}},

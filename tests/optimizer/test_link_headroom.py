@@ -14,12 +14,13 @@ WORKFLOW = {"sources": [{"name": "cams", "rate_per_s": 5, "payload_kb": 100, "si
 
 def topology(headroom: float | None, hub_box: bool = True) -> dict:
     """Raw frames need 5 x 100 KB x 8192 bit/KB = 4.1 Mbit/s up the hub's 5 Mbit/s uplink: they fit a
-    full link but not 80% of it. The hub's own box is dear (5 $/h), the cloud's GPU cheap (1 $/h)."""
+    full link but not 80% of it (payloads alone: message framing is tested on its own). The hub's own
+    box is dear (5 $/h), the cloud's GPU cheap (1 $/h)."""
     hub = {"name": "hub", "tier": "hub", "parent": "cloud", "uplink": {"up": {"bandwidth_mbps": 5, "cost_per_gb": 0.0}},
            "instances": [{"name": "box", "hardware": "cpu", "price_per_hour": 5, "count": 1}] if hub_box else []}
     spec = {"sites": [{"name": "cloud", "tier": "cloud",
                        "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 1, "max_count": 4}]},
-                      hub, {"name": "cam", "tier": "device", "parent": "hub"}]}
+                      hub, {"name": "cam", "tier": "device", "parent": "hub"}], "message_framing": False}
     if headroom is not None:
         spec["max_link_utilization"] = headroom
     return spec

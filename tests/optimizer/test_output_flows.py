@@ -20,7 +20,8 @@ ZOO = {"tasks": [
 
 
 def topology(up_cost: float = 0.5, up_mbps: float | None = None) -> dict:
-    return {"sites": [
+    """Payloads alone on the links (message framing is tested on its own)."""
+    return {"message_framing": False, "sites": [
         {"name": "cloud", "tier": "cloud", "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 5.0,
                                                           "max_count": 4}]},
         {"name": "hub", "tier": "hub", "parent": "cloud",

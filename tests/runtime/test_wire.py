@@ -12,7 +12,6 @@ import pytest
 from jellybean.runtime.wire import (
     DELIVER, HEADER, MAGIC, MAX_PAYLOAD_BYTES, PUSH, Address, PeerGone, RemoteError, SocketTransport, WireServer,
 )
-from jellybean.runtime.worker import dumps, loads
 
 SECRET = "s3cret"
 
@@ -21,9 +20,14 @@ def run(coroutine):  # noqa: ANN001, ANN201
     return asyncio.run(asyncio.wait_for(coroutine, 20))
 
 
+def _push(client: SocketTransport, address: Address, message: dict, sizes: list | None = None):  # noqa: ANN202
+    """One message pushed (a batch of one), its encoded size noted in ``sizes``."""
+    return client.push(address, [message], (sizes if sizes is not None else []).append)
+
+
 async def _server(handlers=None) -> tuple[WireServer, Address]:  # noqa: ANN001
-    async def echo(blob: bytes) -> dict:
-        value = loads(blob)
+    async def echo(messages: list[dict]) -> dict:
+        value = messages[0]
         if value.get("boom"):
             raise ValueError("a bad batch")
         return {"got": value["n"]}
@@ -36,16 +40,16 @@ def test_calls_get_their_own_replies_even_out_of_order() -> None:
     async def main() -> None:
         release = asyncio.Event()
 
-        async def handler(blob: bytes) -> dict:
-            n = loads(blob)["n"]
+        async def handler(messages: list[dict]) -> dict:
+            n = messages[0]["n"]
             if n == 0:
                 await release.wait()  # the first call finishes last
             return {"got": n}
 
         server, address = await _server({PUSH: handler})
         client = SocketTransport(SECRET)
-        first = asyncio.ensure_future(client.push(address, dumps({"n": 0})))
-        rest = await asyncio.gather(*(client.push(address, dumps({"n": n})) for n in range(1, 20)))
+        first = asyncio.ensure_future(_push(client, address, {"n": 0}))
+        rest = await asyncio.gather(*(_push(client, address, {"n": n}) for n in range(1, 20)))
         assert [r["got"] for r in rest] == list(range(1, 20))
         assert not first.done()
         release.set()
@@ -62,9 +66,9 @@ def test_an_error_in_the_handler_is_a_failed_call_not_a_dead_peer() -> None:
         server, address = await _server()
         client = SocketTransport(SECRET)
         with pytest.raises(RemoteError, match="ValueError: a bad batch") as caught:
-            await client.push(address, dumps({"n": 1, "boom": True}))
+            await _push(client, address, {"n": 1, "boom": True})
         assert not client.is_death(caught.value)
-        assert (await client.push(address, dumps({"n": 2}))) == {"got": 2}  # the connection is still good
+        assert (await _push(client, address, {"n": 2})) == {"got": 2}  # the connection is still good
         client.close()
         server.close()
 
@@ -75,21 +79,21 @@ def test_a_peer_that_goes_away_fails_its_calls_as_a_death() -> None:
     async def main() -> None:
         entered, never = asyncio.Event(), asyncio.Event()
 
-        async def stuck(blob: bytes) -> dict:
+        async def stuck(messages: list[dict]) -> dict:
             entered.set()
             await never.wait()
             return {}
 
         server, address = await _server({PUSH: stuck})
         client = SocketTransport(SECRET)
-        call = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
+        call = asyncio.ensure_future(_push(client, address, {"n": 1}))
         await entered.wait()
         server.close()  # what a dying process does to its sockets
         with pytest.raises(PeerGone) as caught:
             await call
         assert client.is_death(caught.value)
         with pytest.raises(PeerGone, match="cannot connect"):
-            await client.push(address, dumps({"n": 2}))  # nobody listens any more
+            await _push(client, address, {"n": 2})  # nobody listens any more
         client.close()
 
     run(main())
@@ -99,14 +103,14 @@ def test_a_connection_without_the_secret_is_closed_unheard() -> None:
     async def main() -> None:
         handled = []
 
-        async def handler(blob: bytes) -> dict:
-            handled.append(blob)
+        async def handler(messages: list[dict]) -> dict:
+            handled.append(messages)
             return {}
 
         server, address = await _server({PUSH: handler})
         wrong = SocketTransport("not-the-secret")
         with pytest.raises(PeerGone):
-            await wrong.push(address, dumps({"n": 1}))
+            await _push(wrong, address, {"n": 1})
         reader, writer = await asyncio.open_connection(address.host, address.port)
         writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not our protocol at all
         assert await reader.read() == b""
@@ -136,7 +140,7 @@ def test_nothing_listens_on_a_closed_port() -> None:
             port = s.getsockname()[1]
         client = SocketTransport(SECRET)
         with pytest.raises(PeerGone, match="cannot connect"):
-            await client.push(Address("127.0.0.1", port), dumps({"n": 1}))
+            await _push(client, Address("127.0.0.1", port), {"n": 1})
 
     run(main())
 
@@ -148,16 +152,17 @@ def test_the_kernel_counts_what_a_connection_put_on_the_wire() -> None:
     async def main() -> None:
         server, address = await _server()
         client = SocketTransport(SECRET)
-        blobs = [dumps({"n": n, "pad": b"x" * (100 * n)}) for n in range(30)]
-        for blob in blobs:
-            await client.push(address, blob)
-        framed = sum(HEADER.size + len(b) for b in blobs)
+        messages = [{"n": n, "pad": b"x" * (100 * n)} for n in range(30)]
+        sizes: list[int] = []
+        for message in messages:
+            await _push(client, address, message, sizes)
+        framed = sum(HEADER.size + size for size in sizes)
         sent = client.sent_bytes()
         assert sent is not None, "TCP_INFO is there on Linux"
-        assert framed + 66 * len(blobs) <= sent[address] <= framed + 66 * 3 * len(blobs) + 200
+        assert framed + 66 * len(messages) <= sent[address] <= framed + 66 * 3 * len(messages) + 200
         assert client.wire_bytes(1000) == HEADER.size + 1000 + 66
         client.connections[address].close()  # the connection goes; its count stays
-        await client.push(address, blobs[1])
+        await _push(client, address, messages[1])
         assert client.sent_bytes()[address] > sent[address]
         client.close()
         server.close()
@@ -169,14 +174,14 @@ async def _a_call_in_the_peers_hands():  # noqa: ANN202 - (server, address, clie
     """A peer that never answers, and a call to it that it has received."""
     arrived = asyncio.Event()
 
-    async def hang(blob: bytes) -> dict:
+    async def hang(messages: list[dict]) -> dict:
         arrived.set()
         await asyncio.Event().wait()
         return {}
 
     server, address = await _server({PUSH: hang})
     client = SocketTransport(SECRET)
-    waiting = asyncio.ensure_future(client.push(address, dumps({"n": 1})))
+    waiting = asyncio.ensure_future(_push(client, address, {"n": 1}))
     await asyncio.wait_for(arrived.wait(), 5)
     return server, address, client, waiting
 
@@ -212,6 +217,32 @@ def test_a_socket_closed_under_the_connection_still_fails_its_calls_and_keeps_it
         conn._close("connection lost (the peer's node went away)")
         with pytest.raises(PeerGone, match="went away"):
             await asyncio.wait_for(waiting, 5)
+        client.close()
+        server.close()
+
+    run(main())
+
+
+def test_a_push_that_is_not_a_batch_of_ours_closes_the_connection_unhandled() -> None:
+    """After the secret, a PUSH whose payload does not decode (a schema it never said, or no batch at
+    all) ends the connection; nothing reaches the handler, and the server serves others still."""
+    async def main() -> None:
+        handled: list = []
+
+        async def handler(messages: list[dict]) -> dict:
+            handled.append(messages)
+            return {}
+
+        server, address = await _server({PUSH: handler})
+        for payload in (b"not a pickle", __import__("pickle").dumps(([], [(7, 1, [[1]])], None))):
+            reader, writer = await asyncio.open_connection(address.host, address.port)
+            writer.write(MAGIC + struct.pack("!H", len(SECRET)) + SECRET.encode()
+                         + HEADER.pack(len(payload), PUSH, 1) + payload)
+            assert await reader.read() == b""
+            writer.close()
+        client = SocketTransport(SECRET)
+        assert await _push(client, address, {"n": 3}) == {}
+        assert handled == [[{"n": 3}]]
         client.close()
         server.close()
 

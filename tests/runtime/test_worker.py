@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from jellybean.runtime.replicas import ReplicaState
-from jellybean.runtime.worker import (COMPLETED, FAILED, PENDING, loads, mark, merge_into, new_outcome, pack_messages,
-                                      unpack_messages)
+from jellybean.runtime.worker import (COMPLETED, FAILED, PENDING, loads, mark, merge_into, new_outcome)
 from tests.runtime.inprocess import Gate, Runners, ends, eventually, host, inject, live, pipeline, split
 
 FRAMES = [{"image": i, "digits": 1 + i % 3} for i in range(60)]
@@ -252,48 +251,6 @@ def test_stopping_drains_and_fails_what_is_left_with_the_reason(served) -> None:
     assert summary.frames.sent == 5 and summary.frames.lost == 0
     assert summary.frames.failed == 5
     assert all("still in flight when the pipeline stopped" in r for r in summary.failures)
-
-
-# --- messages on the wire -------------------------------------------------------------------------------
-
-
-def _equal(a: list[dict], b: list[dict]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x.keys() != y.keys():
-            return False
-        for key in x:
-            if isinstance(x[key], np.ndarray):
-                if not (isinstance(y[key], np.ndarray) and x[key].dtype == y[key].dtype and np.array_equal(x[key], y[key])):
-                    return False
-            elif x[key] != y[key]:
-                return False
-    return True
-
-
-@pytest.mark.parametrize("messages", [
-    [],
-    [{"frame_id": "a", "image": np.arange(6, dtype=np.float32).reshape(2, 3)}],
-    [{"frame_id": str(k), "image": np.full((8, 48), k, np.float32), "truth": [k]} for k in range(16)],
-    [{"frame_id": "a", "image": np.zeros(3)}, {"frame_id": "b", "image": np.zeros(4)}],  # shapes differ
-    [{"frame_id": "a", "image": np.zeros(3)}, {"frame_id": "b", "image": None}],  # one has none
-    [{"frame_id": "a", "x": np.zeros(2, np.int64)}, {"frame_id": "b", "x": np.zeros(2, np.float64)}],  # dtypes differ
-    [{"frame_id": "a", "x": np.array([1, None], dtype=object)}, {"frame_id": "b", "x": np.array([2, None], dtype=object)}],
-    [{"frame_id": "a", "x": np.zeros(2)}, {"frame_id": "b"}],  # the field is missing from one
-])
-def test_a_batch_of_messages_arrives_as_it_was_sent(messages: list[dict]) -> None:
-    assert _equal(unpack_messages(pack_messages(messages)), messages)
-
-
-def test_arrays_of_one_shape_travel_as_one_column_and_arrive_as_separate_rows() -> None:
-    messages = [{"frame_id": str(k), "image": np.full((8, 48), k, np.float32)} for k in range(16)]
-    rows, columns = loads(pack_messages(messages))
-    assert set(columns) == {"image"} and columns["image"].shape == (16, 8, 48)
-    assert all("image" not in row for row in rows)
-    arrived = unpack_messages(pack_messages(messages))
-    arrived[0]["image"][:] = -1.0  # a model that writes into its input touches its own message only
-    assert float(arrived[1]["image"][0, 0]) == 1.0
 
 
 # --- the collector in an actor's own process ------------------------------------------------------------
