@@ -22,6 +22,7 @@ from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
 from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
+from jellybean.spec.errors import did_you_mean, listed
 
 OPTIMAL = "optimal"
 #: Of ``time_limit_s``, the share the chosen strategy may take when baselines run beside it; the
@@ -164,7 +165,7 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown strategy {name!r}; choose one of {', '.join(REGISTRY)}")
+    return ValueError(f"unknown strategy {name!r}{did_you_mean(name, REGISTRY)}; choose one of {', '.join(REGISTRY)}")
 
 
 def run_strategy(
@@ -222,7 +223,7 @@ def _run_edge_first(problem: Problem, accuracy: AccuracyModel, options: Strategy
                         notes=list(solution.notes))  # e.g. the routing LP's solver fallback
     violations = verify(problem, solution, accuracy)
     if violations:
-        return _failed(problem, accuracy, "edge-first", "greedy placement violates: " + "; ".join(violations[:3]),
+        return _failed(problem, accuracy, "edge-first", "greedy placement violates: " + _first(violations),
                        started)
     return build_plan(problem, solution, strategy="edge-first", stats=stats, accuracy=accuracy)
 
@@ -262,7 +263,7 @@ def _run_jellybean(problem: Problem, accuracy: AccuracyModel, options: StrategyO
                         seconds=time.perf_counter() - started)
     violations = verify(problem, solution, accuracy)
     if violations:
-        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + "; ".join(violations[:3]),
+        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + _first(violations),
                        started)
     return build_plan(problem, solution, strategy="jellybean", stats=stats, accuracy=accuracy)
 
@@ -276,6 +277,11 @@ def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, exp
     if not explain_infeasible:
         return ["infeasible"]
     return explain(problem, accuracy, **restrictions)
+
+
+def _first(violations: list[str]) -> str:
+    """The first three violations a check found, and how many more (never cut silently)."""
+    return listed(violations, at_most=3, ordered=True, sep="; ")
 
 
 def _failed(problem: Problem, accuracy: AccuracyModel, strategy: str, reason: str, started: float) -> Plan:

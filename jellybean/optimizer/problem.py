@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
+from jellybean.spec.errors import listed
 from jellybean.spec.topology import LinkDirection, TopologySpec
 from jellybean.spec.workflow import WorkflowSpec, topological_order
 from jellybean.spec.zoo import AccuracyTable, ModelZooSpec, Variant
@@ -381,7 +382,8 @@ def compile_problem(
         max_link_utilization=topo.max_link_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
-        warnings=[], hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
+        warnings=unprofiled_batch_sizes(order, stages), hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
+        outputs=outputs,
         accuracy_tables=list(zoo.accuracy_tables),
         accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
     )
@@ -574,6 +576,24 @@ def compile_stages(wf: WorkflowSpec, zoo: ModelZooSpec, nodes: list[Node], site_
                                  batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None)
     _stage_rate_bounds(order, stages, nodes, source_rates)
     return order, stages
+
+
+def unprofiled_batch_sizes(order: list[str], stages: dict[str, StageInfo]) -> list[str]:
+    """Warnings for the batch sizes the workflow allows a stage that no profile of its variants has
+    (on any hardware): they can never be used, which is said rather than silently ignored. (Where
+    none of a stage's allowed batch sizes is profiled, the stage cannot run at all and the plan's
+    explanation says so.)"""
+    warnings = []
+    for name in order:
+        info = stages[name]
+        if info.batch_sizes is None:
+            continue
+        have = {b for v in info.variants for p in v.profiles for b in p.latency_ms}
+        missing = [b for b in info.batch_sizes if b not in have]
+        if missing:
+            warnings.append(f"stage {name}: batch size{'s' if len(missing) > 1 else ''} {listed(missing)} in no "
+                            f"profile of its variants (profiled batch sizes: {listed(have)}), so never used")
+    return warnings
 
 
 def _stage_rate_bounds(order: list[str], stages: dict[str, StageInfo], nodes: list[Node],
