@@ -2,14 +2,15 @@
 
 Two passes. Cheap checks first (a stage no instance can run; an accuracy target above what any
 combination reaches). Then an *elastic* solve of the same MILP in which every limit may be
-exceeded at a steep price (link bandwidth, instance counts, the accuracy target, the latency bound,
-and, as a last resort, serving the sources' traffic at all): the cheapest way to violate the limits
-points at the ones that bind, and by how much.
+exceeded at a steep price (link bandwidth, instance counts, the accuracy target, the latency bound),
+and, only where no such violation serves the sources' traffic, that traffic may go unserved: the
+cheapest way to violate the limits points at the ones that bind, and by how much.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
 from jellybean.optimizer.milp import solve_milp
@@ -102,8 +103,12 @@ def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str
                        f"reaches {_fmt(best)} ({combo}; {accuracy.description})")
     if reasons:
         return reasons
-    result = solve_milp(problem, accuracy, elastic=True, allowed_tiers=allowed_tiers, fixed_models=fixed_models,
-                        time_limit_s=time_limit_s)
+    started = time.perf_counter()
+    options = {"allowed_tiers": allowed_tiers, "fixed_models": fixed_models}
+    result = solve_milp(problem, accuracy, elastic=True, unserved=False, time_limit_s=time_limit_s, **options)
+    if result.solution is None and result.stats.status == "infeasible":  # only then may traffic go unserved
+        left = time_limit_s - (time.perf_counter() - started)
+        result = solve_milp(problem, accuracy, elastic=True, time_limit_s=max(0.05, left), **options)
     slacks = result.slacks
     if result.solution is None or slacks is None:
         return [f"no plan exists and the diagnosis solve ended {result.stats.status}"]
@@ -138,8 +143,8 @@ def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str
                        f"other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
     for (source, node_index), rate in sorted(slacks.unserved.items()):
         reasons.append(f"{_fmt(rate * nodes[node_index].total)} req/s from {source} at "
-                       f"{_site_label(problem, node_index)} cannot be served: no reachable instance above it has "
-                       "capacity for the first stage, and data may not flow down the tiers")
+                       f"{_site_label(problem, node_index)} cannot be served, however far bandwidth, instance "
+                       "counts, accuracy and latency were exceeded: its data reaches no instances for every stage")
     if not reasons:
         reasons.append("no plan satisfies every constraint at once, although each limit can be met alone; "
                        "try relaxing the accuracy target or adding capacity")

@@ -70,8 +70,9 @@ relaxation has no near-symmetric optima, so it solves in seconds where the true 
 its plan, reassigned so that no instance serves twice, is usually a true plan at its bound.
 
 With ``elastic=True`` every limit gets a penalised slack (bandwidth, instance counts, accuracy,
-latency, unserved source traffic): the solution then says which limits bind and by how much, which is
-how infeasible problems are explained (:mod:`jellybean.optimizer.explain`).
+latency, and, unless ``unserved=False``, unserved source traffic): the solution then says which
+limits bind and by how much, which is how infeasible problems are explained
+(:mod:`jellybean.optimizer.explain`).
 """
 
 from __future__ import annotations
@@ -172,15 +173,18 @@ def solve_milp(
     pooled: bool = False,
     without_groups: frozenset[int] = frozenset(),
     objective_target: float | None = None,
+    unserved: bool = True,
 ) -> MilpResult:
     """Solve the MILP (see the module docstring). ``latency=False`` drops the latency bound and
     ``lp_only`` drops integrality: both leave relaxations whose optimum is a valid lower bound.
     ``pooled``: the pooled relaxation of near-identical instances (:func:`solve_placement`);
     ``without_groups``: instance groups left out (a restriction: its plans are plans of the problem);
-    ``objective_target``: stop at the first plan that cheap (a bound proven elsewhere makes it good enough)."""
+    ``objective_target``: stop at the first plan that cheap (a bound proven elsewhere makes it good enough);
+    ``unserved``: with ``elastic``, whether the sources' traffic may go unserved (the last resort, when
+    no violation of the other limits serves it)."""
     started = time.perf_counter()
     model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic, latency,
-                            pooled=pooled, without_groups=without_groups)
+                            pooled=pooled, without_groups=without_groups, unserved=unserved)
     build_s = time.perf_counter() - started
     outcome = solve(model, solver=solver, time_limit_s=time_limit_s, gap_rel=gap_rel, threads=threads,
                     lp_only=lp_only, objective_target=objective_target)
@@ -216,7 +220,8 @@ class _Handles:
     slack_n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
     slack_acc: pulp.LpVariable | None = None
     slack_lat: pulp.LpVariable | None = None
-    slack_unserved: dict[tuple[str, int], pulp.LpVariable] = field(default_factory=dict)
+    # (source, node, commodity) -> requests/s of the source left unserved on the commodity's edge
+    slack_unserved: dict[tuple[str, int, int], pulp.LpVariable] = field(default_factory=dict)
     acc_log: bool = False
     latency_redundant: bool = False
 
@@ -234,6 +239,7 @@ class _Model:
     relax: bool  # the merged relaxation: counts per class of identical sites, not per site
     elastic: bool  # every limit may be exceeded, at a price
     handles: _Handles
+    unserved: bool = True  # elastic: the sources' traffic may go unserved, at the highest price
     cost_per_hour: list = field(default_factory=list)
     penalties: list = field(default_factory=list)
 
@@ -273,6 +279,7 @@ def _build(
     latency: bool = True,
     pooled: bool = False,
     without_groups: frozenset[int] = frozenset(),
+    unserved: bool = True,
 ) -> tuple[pulp.LpProblem, _Handles]:
     """The MILP of the module docstring, one constraint family at a time (in this order, which fixes
     the model's rows): variant choice, rates, instance counts and capacity (with the pooled
@@ -281,7 +288,8 @@ def _build(
     usable = usable_options(problem, fixed_models, allowed_tiers, without_groups)
     if problem.latency_bound_ms is not None and not elastic and latency:
         usable = prune_by_latency(problem, usable)
-    m = _Model(pulp.LpProblem("jellybean", pulp.LpMinimize), problem, usable, relax, elastic, _Handles(relax=relax))
+    m = _Model(pulp.LpProblem("jellybean", pulp.LpMinimize), problem, usable, relax, elastic, _Handles(relax=relax),
+               unserved=unserved)
     _variant_choice(m, fixed_models)
     _rates(m)
     _capacity(m, pooled)
@@ -515,13 +523,11 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
     ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``,
     with production ``P`` = the edge's ratio times the sources' rate at ``i`` for a source edge, and
     ``sum_{v in c} rho_{e,v} sum_{o=(u,v,g,.), i(g)=i} r_o`` for a stage edge (an output's ratio for
-    results carried to a pinned output). Elastic: a source's traffic may go unserved, at the highest
-    price of all."""
+    results carried to a pinned output). Elastic (unless ``m.unserved`` is off): ``d_{k,i}`` requests/s of
+    the source at ``i`` go unserved on edge ``k``, ``P = rho_e (rate_i - d_{k,i})``, at the highest price
+    of all; the decoder reads them (:attr:`Slacks.unserved`)."""
     problem, r, up, down = m.problem, m.handles.r, m.handles.up, m.handles.down
     rate_at = m.rate_at
-    # Unserved-traffic slacks of the elastic solve. They are priced but, as before this function was
-    # split out of _build, not handed to the decoder (m.handles.slack_unserved stays empty).
-    unserved: dict[tuple[str, int], pulp.LpVariable] = {}
     for k, c in enumerate(m.handles.comms):
         for node in problem.nodes:
             i = node.index
@@ -529,11 +535,11 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
                 produced = problem.source_rates[c.src].get(i, 0.0)
                 edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
                 production = edge.ratio * produced
-                if m.elastic and produced > 0:
-                    drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
-                    unserved[(c.src, i)] = drop
+                if m.elastic and m.unserved and produced > 0:
+                    drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=produced)  # req/s of the source
+                    m.handles.slack_unserved[(c.src, i, k)] = drop
                     m.penalties.append(SLACK_PENALTY * 10 * drop)
-                    production = production - drop
+                    production = edge.ratio * (produced - drop)
             elif c.ratio is not None:  # results carried to a pinned output
                 production = pulp.lpSum(c.ratio * r[o.index] for o in rate_at.get((c.src, i), [])
                                         if o.variant in c.variants)
@@ -1149,7 +1155,8 @@ def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
         slacks.accuracy = _val(values, handles.slack_acc)
     if handles.slack_lat is not None:
         slacks.latency_ms = _val(values, handles.slack_lat)
-    for key, var in handles.slack_unserved.items():
+    for (source, node, _k), var in handles.slack_unserved.items():
+        # A source feeding several stages has one slack per edge: it is unserved on the one served least.
         if _val(values, var) > 1e-6:
-            slacks.unserved[key] = _val(values, var)
+            slacks.unserved[(source, node)] = max(slacks.unserved.get((source, node), 0.0), _val(values, var))
     return slacks
