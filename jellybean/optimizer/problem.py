@@ -265,8 +265,8 @@ class Problem:
         return self.nodes[self.groups[option.group].node]
 
 
-def _member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, StageInfo],
-                        source_rates: dict[str, dict[int, float]], allow_downward: bool) -> dict[tuple[str, int], float]:
+def member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, StageInfo],
+                       source_rates: dict[str, dict[int, float]], allow_downward: bool) -> dict[tuple[str, int], float]:
     """Per member site of each node, a bound on each stage's rate within its subtree.
 
     ``sub[q][i] = rate_q(i) + sum_{c in ch(i)} m_c sub[q][c]`` is the source traffic produced under
@@ -371,7 +371,7 @@ def compile_problem(
     order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
     options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
                                         hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
-    member_bound = _member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
+    member_bound = member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
     outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, o.result_kb)
                for o in wf.outputs if o.site is not None]
     return Problem(
