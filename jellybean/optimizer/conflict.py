@@ -25,14 +25,18 @@ Dropping a constraint (:func:`relax`), family by family:
 Each only adds plans (monotone), which is what makes the filter sound.
 
 The filter, over blocks (a QuickXplain-like halving of the classic deletion filter): the blocks are
-first the families, in the order of :data:`FAMILIES`; each is tested by solving the problem without
-it and without everything removed so far. Still no plan: the block is not needed, and is removed.
-A plan: a single constraint is kept; a larger block is split in halves, each tested in turn. Every
-removal is proven (HiGHS proves the rest infeasible), so what is kept admits no plan; a kept
-constraint was needed beside a superset of what is kept at the end, so dropping it from the final
-set admits a plan too: the result is irreducible. It costs one solve per family, plus about
-``2 log2(n)`` per kept constraint among the ``n`` of its family. A solve that ends without a verdict
-(the time limit) keeps its block, and the conflict is then not proven smallest (:attr:`Conflict.minimal`).
+first the families, whole, in the order of :data:`FAMILIES`; each is tested by solving the problem
+without it and without everything removed so far. Still no plan: the block is not needed, and is
+removed. A plan: the family is kept. Then each kept family is narrowed: its halves are tested in
+turn, a block that is needed is split again, down to single constraints. Every removal is proven
+(HiGHS proves the rest infeasible), so what is kept admits no plan; a kept constraint was needed
+beside a superset of what is kept at the end, so dropping it from the final set admits a plan too:
+the result is irreducible. It costs one solve per family, plus about ``2 log2(n)`` per kept
+constraint among the ``n`` of its family (``2n`` where all of a family is needed, as when a tier's
+every instance is at capacity). A solve that ends without a verdict (the time limit, or
+:data:`MAX_SOLVES`) keeps its block: the conflict is then not proven smallest
+(:attr:`Conflict.minimal`), though the answer over whole families, found first, usually is
+(:attr:`Conflict.families_minimal`).
 
 Which IIS is found, where there are several, follows the order: the families tested last are kept
 when either would do. The SLO (accuracy, latency) is tested last, the workflow's and topology's
@@ -47,7 +51,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jellybean.optimizer.accuracy import AccuracyModel
 from jellybean.optimizer.milp import Dropped, solve_milp
@@ -74,14 +78,18 @@ class Constraint:
 @dataclass
 class Conflict:
     """What :func:`find_conflict` found: ``members`` admit no plan, and (when ``minimal``) dropping
-    any one of them admits one; ``relaxed`` is the problem with every other candidate constraint
-    dropped, the setting in which the members conflict (its options, counts and links are what
-    the explanation quotes); ``solves`` feasibility solves were run."""
+    any one of them admits one. ``families_minimal``: dropping all of any one family's members
+    admits a plan (proven first, so it holds even where the search stopped before narrowing a family
+    to its fewest members: those families are ``unnarrowed``). ``relaxed`` is the problem with every
+    other candidate constraint dropped, the setting in which the members conflict (its options,
+    counts and links are what the explanation quotes); ``solves`` feasibility solves were run."""
 
     members: list[Constraint]
     relaxed: Problem
     minimal: bool
     solves: int
+    families_minimal: bool = True
+    unnarrowed: list[str] = field(default_factory=list)
 
 
 def candidates(problem: Problem, allowed_tiers: set[str] | None = None) -> list[list[Constraint]]:
@@ -173,29 +181,52 @@ def find_conflict(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: s
     ``allowed_tiers`` and ``fixed_models``: the strategy's restriction, kept throughout."""
     deadline = time.perf_counter() + time_limit_s
     removed: set[Constraint] = set()
-    kept: list[Constraint] = []
-    minimal = True
     solves = 0
-    queue: deque[list[Constraint]] = deque(candidates(problem, allowed_tiers))
-    while queue:
-        block = queue.popleft()
+
+    def admits_plan(block: list[Constraint]) -> bool | None:
+        """Whether the problem without ``removed`` and ``block`` has a plan (None: no verdict in time)."""
+        nonlocal solves
         left = deadline - time.perf_counter()
         if solves >= max_solves or left <= 0.05:
-            kept.extend(block)
-            minimal = False
-            continue
+            return None
         relaxed, dropped, latency = relax(problem, removed | set(block))
         result = solve_milp(relaxed, accuracy, solver=solver, time_limit_s=max(0.05, left / 2), gap_rel=1.0,
                             fixed_models=fixed_models, allowed_tiers=allowed_tiers, latency=latency, dropped=dropped)
         solves += 1
         if result.solution is None and result.stats.status == "infeasible":
-            removed.update(block)  # proven: the rest admits no plan without this block
-        elif len(block) == 1:
-            kept.append(block[0])
-            minimal = minimal and result.solution is not None
+            return False
+        return True if result.solution is not None else None
+
+    # Families first, whole: the answer over families is proven before any time goes to narrowing one.
+    families, families_minimal = [], True
+    for family in candidates(problem, allowed_tiers):
+        verdict = admits_plan(family)
+        if verdict is False:
+            removed.update(family)  # proven: the rest admits no plan without this family
         else:
-            half = len(block) // 2
-            queue.appendleft(block[half:])
-            queue.appendleft(block[:half])
+            families.append(family)
+            families_minimal = families_minimal and verdict is True
+    # Then each kept family narrowed to its members, by halving.
+    kept: list[Constraint] = []
+    minimal, unnarrowed = families_minimal, []
+    for family in families:
+        queue: deque[list[Constraint]] = deque([family[:len(family) // 2], family[len(family) // 2:]]) \
+            if len(family) > 1 else deque()
+        if len(family) == 1:
+            kept.extend(family)
+        while queue:
+            block = queue.popleft()
+            verdict = admits_plan(block)
+            if verdict is False:
+                removed.update(block)
+            elif len(block) == 1 or verdict is None:
+                kept.extend(block)
+                if verdict is None:
+                    minimal = False
+                    if family[0].family not in unnarrowed:
+                        unnarrowed.append(family[0].family)
+            else:
+                queue.appendleft(block[len(block) // 2:])
+                queue.appendleft(block[:len(block) // 2])
     kept.sort(key=lambda c: (FAMILIES.index(c.family), c.key))
-    return Conflict(kept, relax(problem, removed)[0], minimal, solves)
+    return Conflict(kept, relax(problem, removed)[0], minimal, solves, families_minimal, unnarrowed)

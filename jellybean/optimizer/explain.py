@@ -206,18 +206,68 @@ def describe_conflict(problem: Problem, accuracy: AccuracyModel, conflict: Confl
         return (f"no plan exists{where} even without any limit a user sets (placement, batch sizes, memory, "
                 "instance counts, bandwidth, downward flows, outputs, latency and accuracy): the stages cannot "
                 "be chained over the sites whose hardware their variants are profiled on")
-    parts = [_describe(problem, conflict.relaxed, accuracy, c, allowed_tiers, fixed_models)
-             for c in conflict.members]
+    parts = []
+    for family in dict.fromkeys(c.family for c in conflict.members):  # in the families' order
+        members = [c for c in conflict.members if c.family == family]
+        if len(members) <= AT_MOST_APART:
+            parts += [_describe(problem, conflict.relaxed, accuracy, c, allowed_tiers, fixed_models) for c in members]
+        elif family == "instances":
+            parts.append(_describe_many_instances(conflict.relaxed, [c.key[0] for c in members], allowed_tiers,
+                                                  fixed_models))
+        else:
+            parts.append(f"{len(members)} {FAMILY_NAMES[family]}: " + listed(
+                [_describe(problem, conflict.relaxed, accuracy, c, allowed_tiers, fixed_models) for c in members],
+                at_most=AT_MOST_APART, ordered=True, sep="; "))
+    n = len(conflict.members)
     rates = f" at the sources' rates ({_rates(problem)})" \
         if any(c.family in ("instances", "bandwidth") for c in conflict.members) else ""
-    if len(parts) == 1:
+    if n == 1 and conflict.minimal:
         head = f"this limit cannot be met{where}{rates}, whatever else is relaxed"
+    elif conflict.minimal:
+        head = (f"these {n} limits cannot all be met together{where}{rates}; each can be met alone, and relaxing "
+                "any one of them allows a plan")
+    elif conflict.families_minimal:
+        unnarrowed = ", ".join(FAMILY_NAMES[f] for f in conflict.unnarrowed)
+        head = (f"these {n} limits cannot all be met together{where}{rates}; relaxing all of any one kind of them "
+                f"allows a plan (the search stopped at its limit of time or solves before narrowing the {unnarrowed} "
+                "to the fewest that conflict)")
     else:
-        head = (f"these {len(parts)} limits cannot all be met together{where}{rates}; each can be met alone, and "
-                "relaxing any one of them allows a plan")
-    if not conflict.minimal:
-        head += " (the search for the smallest set stopped at the time limit: some may not be needed)"
+        head = (f"these {n} limits cannot all be met together{where}{rates} (the search for the smallest set "
+                "stopped at its limit of time or solves: some may not be needed)")
     return head + ": " + "; ".join(f"({k}) {p}" for k, p in enumerate(parts, 1))
+
+
+#: Up to this many constraints of one family are said one by one; more are said together.
+AT_MOST_APART = 3
+#: A family of constraints in words, for several of them at once.
+FAMILY_NAMES = {"downward": "downward flows", "output": "outputs delivered at sites",
+                "batch_sizes": "stages' batch sizes", "placement": "stages' placements",
+                "memory": "instance groups' memory", "instances": "instance counts",
+                "bandwidth": "links' bandwidths", "latency": "latency bound", "accuracy": "accuracy target"}
+
+
+def _describe_many_instances(relaxed: Problem, group_indices: list[int], allowed_tiers: set[str] | None,
+                             fixed_models: dict[str, str] | None) -> str:
+    """Many groups' counts at once: how many, where, and what they serve at most together, per stage
+    ``sum_g L_g h mu_g`` (each group's fastest option for the stage)."""
+    h = relaxed.max_utilization
+    chosen = set(group_indices)
+    fastest: dict[tuple[int, str], float] = {}
+    for o in usable_options(relaxed, fixed_models, allowed_tiers):
+        if o.group in chosen:
+            fastest[(o.group, o.stage)] = max(fastest.get((o.group, o.stage), 0.0), o.throughput_per_s)
+    total: dict[str, float] = {}
+    for (g, stage), mu in fastest.items():
+        total[stage] = total.get(stage, 0.0) + relaxed.groups[g].limit * h * mu * relaxed.nodes[relaxed.groups[g].node].total
+    count = sum(relaxed.groups[g].limit * relaxed.nodes[relaxed.groups[g].node].total for g in group_indices)
+    sites = listed(dict.fromkeys(relaxed.nodes[relaxed.groups[g].node].name for g in group_indices), at_most=4)
+    text = (f"the counts of {len(group_indices)} instance groups at {sites} ({count} instances: "
+            + listed([relaxed.groups[g].name for g in group_indices], at_most=4) + ")")
+    if total:
+        at = "" if h == 1 else f", at max_utilization {h:g}"
+        text += (", serving at most " + ", or ".join(f"{_fmt(r)} req/s of stage {s}" for s, r in total.items())
+                 + f" in all{at}")
+    return text
 
 
 def _describe(problem: Problem, relaxed: Problem, accuracy: AccuracyModel, c: Constraint,

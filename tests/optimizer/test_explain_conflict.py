@@ -16,6 +16,7 @@ import pytest
 from jellybean.optimizer import plan
 from jellybean.optimizer.accuracy import choose_model
 from jellybean.optimizer.conflict import Constraint, candidates, find_conflict
+from jellybean.optimizer.explain import describe_conflict
 from jellybean.optimizer.milp import solve_milp
 from jellybean.optimizer.planner import run_strategy
 from jellybean.optimizer.problem import Problem, compile_options, compile_problem, member_rate_bounds
@@ -151,16 +152,69 @@ def test_a_baseline_restricted_to_the_cloud_says_so() -> None:
 # --- bounded, and irreducible --------------------------------------------------------------------
 
 
+def _three_hubs() -> Problem:
+    """Three hubs of 50 req/s of 100 KB frames each (40.96 Mbit/s), behind uplinks of 10, 11 and 12
+    Mbit/s; the big detector (80) runs only in the cloud, the hubs' boxes run the small one (60)."""
+    zoo = {"tasks": [{"name": "det", "variants": [variant("small", 60, 100, cpu={1: 10}),
+                                                  variant("big", 80, 2000, gpu={1: 5})]}]}
+    sites = [{"name": "cloud", "tier": "cloud",
+              "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 1, "max_count": 8}]}]
+    for k, mbps in enumerate([10, 11, 12]):
+        sites += [{"name": f"hub{k}", "tier": "hub", "parent": "cloud", "uplink": {"up": {"bandwidth_mbps": mbps}},
+                   "instances": [{"name": "box", "hardware": "cpu", "price_per_hour": 0.1, "count": 2}]},
+                  {"name": f"cam{k}", "tier": "device", "parent": f"hub{k}"}]
+    workflow = {"sources": [{"name": "cams", "rate_per_s": 50, "payload_kb": 100, "sites": ["cam0", "cam1", "cam2"]}],
+                "stages": [{"name": "detect", "task": "det", "inputs": ["cams"]}], "slo": {"accuracy": 75}}
+    return compile_problem(make_bundle(zoo, {"sites": sites}, workflow))
+
+
+def test_a_family_is_narrowed_to_the_member_that_conflicts() -> None:
+    """Any one hub's uplink is too thin for its raw frames: of the three links, one is named."""
+    problem = _three_hubs()
+    conflict = find_conflict(problem, choose_model(problem))
+    hub2 = next(n.index for n in problem.nodes if n.name == "hub2")
+    assert conflict.minimal and conflict.members == [Constraint("bandwidth", (hub2, "up")), Constraint("accuracy")]
+
+
 def test_the_search_is_bounded_and_says_when_it_stopped_short() -> None:
-    problem = compile_problem(make_bundle(BLUR_ZOO, BLUR_TOPOLOGY, BLUR_WORKFLOW))
+    """Out of solves after the families (one each), the answer over families stands, the links are
+    not narrowed, and the explanation says so; out of time at once, nothing is claimed smallest."""
+    problem = _three_hubs()
     accuracy = choose_model(problem)
+    families = candidates(problem)
     full = find_conflict(problem, accuracy)
-    assert full.minimal and full.solves <= 2 * sum(len(f) for f in candidates(problem))
-    short = find_conflict(problem, accuracy, max_solves=1)
-    assert short.solves == 1 and not short.minimal
-    assert len(short.members) >= len(full.members)
+    assert full.minimal and full.solves <= 2 * sum(len(f) for f in families)
+    short = find_conflict(problem, accuracy, max_solves=len(families))
+    assert short.solves == len(families) and not short.minimal and short.families_minimal
+    assert short.unnarrowed == ["bandwidth"] and [c.family for c in short.members] == ["bandwidth"] * 3 + ["accuracy"]
+    assert describe_conflict(problem, accuracy, short).startswith(
+        "these 4 limits cannot all be met together at the sources' rates (cams 150 req/s); relaxing all of any one "
+        "kind of them allows a plan (the search stopped at its limit of time or solves before narrowing the links' "
+        "bandwidths to the fewest that conflict): (1) uplink hub0 -> cloud carries at most 10 Mbps")
     none = find_conflict(problem, accuracy, time_limit_s=0.0)
-    assert none.solves == 0 and not none.minimal
+    assert none.solves == 0 and not none.minimal and not none.families_minimal
+    assert "(the search for the smallest set stopped at its limit of time or solves: some may not be needed)" in \
+        describe_conflict(problem, accuracy, none)
+
+
+def test_many_instance_counts_are_said_together() -> None:
+    """Twelve hubs of one box each, the detector pinned to the hub tier: the counts that conflict
+    with the rate are said as one, with what they serve in all and the names cut."""
+    zoo = {"tasks": [{"name": "det", "variants": [variant("n", 60, 100, cpu={1: 50})]}]}
+    sites = [{"name": "cloud", "tier": "cloud"}]
+    for k in range(12):  # prices differ, so that no two hubs are one class
+        sites += [{"name": f"hub{k:02d}", "tier": "hub", "parent": "cloud",
+                   "instances": [{"name": f"box{k:02d}", "hardware": "cpu", "price_per_hour": 0.1 + k / 100,
+                                  "count": 1}]},
+                  {"name": f"cam{k:02d}", "tier": "device", "parent": f"hub{k:02d}"}]
+    workflow = {"sources": [{"name": "cams", "rate_per_s": 20, "payload_kb": 10,
+                             "sites": [f"cam{k:02d}" for k in range(12)]}],
+                "stages": [{"name": "detect", "task": "det", "inputs": ["cams"], "placement": {"tiers": ["hub"]}}],
+                "slo": {"accuracy": 10}}
+    why = _why(zoo, {"sites": sites}, workflow)
+    assert "the counts of 12 instance groups at hub00, hub01, hub02, hub03, ... and 8 more (12 instances: box00, " \
+           "box01, box02, box03, ... and 8 more), serving at most 192 req/s of stage detect in all, at " \
+           "max_utilization 0.8" in why[0], why
 
 
 def _relaxed_here(problem: Problem, dropped: set[Constraint]) -> Problem:
