@@ -254,7 +254,11 @@ def cmd_split(args: argparse.Namespace) -> int:
         raise UsageError(f"{path} holds no ModelZoo document")
     found = [(t, v) for t in zoo.spec.tasks for v in t.variants if v.name == args.variant]
     if not found:
-        raise UsageError(f"{path} has no variant {args.variant!r}")
+        from jellybean.spec.errors import did_you_mean, listed
+
+        known = sorted({v.name for t in zoo.spec.tasks for v in t.variants})
+        raise UsageError(f"{path} has no variant {args.variant!r}{did_you_mean(args.variant, known)} "
+                         f"(its variants: {listed(known)})")
     task, variant = found[0]
     try:
         hardware = hardware_name(args.hardware, args.label_as)

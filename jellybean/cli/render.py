@@ -115,15 +115,27 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(out)
 
 
+#: The widest reason shown in the baselines' table; a longer one is cut there with "..." and given
+#: in full below the table (never cut silently).
+WHY_NOT_WIDTH = 100
+
+
 def render_baselines(plan: Plan) -> str:
-    rows = []
+    rows, in_full = [], []
     for b in plan.baselines:
         if b.feasible and b.cost:
             saving = "-" if b.saving_pct is None else f"{b.saving_pct:.1f}%"
             rows.append([b.strategy, "yes", b.cost.compute_per_hour, b.cost.network_per_hour, b.cost.total_per_hour,
                          b.accuracy, saving, ""])
         else:
-            rows.append([b.strategy, "no", None, None, None, None, "-", b.reason[:100]])
+            reason = b.reason
+            if len(reason) > WHY_NOT_WIDTH:
+                reason = reason[:WHY_NOT_WIDTH - 3] + "..."
+                in_full.append(f"  {b.strategy}: {b.reason}")
+            rows.append([b.strategy, "no", None, None, None, None, "-", reason])
     header = f"Baselines (saving of {plan.strategy} against each)"
-    return header + "\n" + table(["STRATEGY", "FEASIBLE", "COMPUTE $/H", "NETWORK $/H", "TOTAL $/H", "ACCURACY",
+    text = header + "\n" + table(["STRATEGY", "FEASIBLE", "COMPUTE $/H", "NETWORK $/H", "TOTAL $/H", "ACCURACY",
                                   "SAVING", "WHY NOT"], rows, right={2, 3, 4, 5, 6})
+    if in_full:
+        text += "\n\nWhy not, in full:\n" + "\n".join(in_full)
+    return text

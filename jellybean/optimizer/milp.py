@@ -70,8 +70,10 @@ relaxation has no near-symmetric optima, so it solves in seconds where the true 
 its plan, reassigned so that no instance serves twice, is usually a true plan at its bound.
 
 With ``elastic=True`` every limit gets a penalised slack (bandwidth, instance counts, accuracy,
-latency, unserved source traffic): the solution then says which limits bind and by how much, which is
-how infeasible problems are explained (:mod:`jellybean.optimizer.explain`).
+latency, and, unless ``unserved=False``, unserved source traffic): the solution then says which
+limits bind and by how much, which is how infeasible problems are explained
+(:mod:`jellybean.optimizer.explain`). With ``dropped`` (:class:`Dropped`) a solve leaves constraints
+out, which is how the constraints that conflict are found (:mod:`jellybean.optimizer.conflict`).
 """
 
 from __future__ import annotations
@@ -123,6 +125,17 @@ class Slacks:
     unserved: dict[tuple[str, int], float] = field(default_factory=dict)  # (source, node) -> req/s
 
 
+@dataclass(frozen=True)
+class Dropped:
+    """Constraints a solve leaves out, to learn which ones conflict
+    (:mod:`jellybean.optimizer.conflict`): the bandwidth of these link directions ``(node, "up"|"down")``
+    and the accuracy target (the accuracy model's own structure stays: a table still allows only its
+    measured combinations). Leaving a constraint out only adds plans."""
+
+    links: frozenset[tuple[int, str]] = frozenset()
+    accuracy_target: bool = False
+
+
 @dataclass
 class MilpResult:
     solution: Solution | None
@@ -172,15 +185,19 @@ def solve_milp(
     pooled: bool = False,
     without_groups: frozenset[int] = frozenset(),
     objective_target: float | None = None,
+    dropped: Dropped = Dropped(),
+    unserved: bool = True,
 ) -> MilpResult:
     """Solve the MILP (see the module docstring). ``latency=False`` drops the latency bound and
     ``lp_only`` drops integrality: both leave relaxations whose optimum is a valid lower bound.
     ``pooled``: the pooled relaxation of near-identical instances (:func:`solve_placement`);
     ``without_groups``: instance groups left out (a restriction: its plans are plans of the problem);
-    ``objective_target``: stop at the first plan that cheap (a bound proven elsewhere makes it good enough)."""
+    ``objective_target``: stop at the first plan that cheap (a bound proven elsewhere makes it good enough);
+    ``dropped``: constraints left out (:class:`Dropped`); ``unserved``: with ``elastic``, whether the
+    sources' traffic may go unserved (the last resort, when no violation of the other limits serves it)."""
     started = time.perf_counter()
     model, handles = _build(problem, accuracy, fixed_models, allowed_tiers, relax_symmetry, elastic, latency,
-                            pooled=pooled, without_groups=without_groups)
+                            pooled=pooled, without_groups=without_groups, dropped=dropped, unserved=unserved)
     build_s = time.perf_counter() - started
     outcome = solve(model, solver=solver, time_limit_s=time_limit_s, gap_rel=gap_rel, threads=threads,
                     lp_only=lp_only, objective_target=objective_target)
@@ -216,7 +233,8 @@ class _Handles:
     slack_n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
     slack_acc: pulp.LpVariable | None = None
     slack_lat: pulp.LpVariable | None = None
-    slack_unserved: dict[tuple[str, int], pulp.LpVariable] = field(default_factory=dict)
+    # (source, node, commodity) -> requests/s of the source left unserved on the commodity's edge
+    slack_unserved: dict[tuple[str, int, int], pulp.LpVariable] = field(default_factory=dict)
     acc_log: bool = False
     latency_redundant: bool = False
 
@@ -234,6 +252,8 @@ class _Model:
     relax: bool  # the merged relaxation: counts per class of identical sites, not per site
     elastic: bool  # every limit may be exceeded, at a price
     handles: _Handles
+    dropped: Dropped = field(default_factory=Dropped)  # constraints this solve leaves out
+    unserved: bool = True  # elastic: the sources' traffic may go unserved, at the highest price
     cost_per_hour: list = field(default_factory=list)
     penalties: list = field(default_factory=list)
 
@@ -273,15 +293,19 @@ def _build(
     latency: bool = True,
     pooled: bool = False,
     without_groups: frozenset[int] = frozenset(),
+    dropped: Dropped = Dropped(),
+    unserved: bool = True,
 ) -> tuple[pulp.LpProblem, _Handles]:
     """The MILP of the module docstring, one constraint family at a time (in this order, which fixes
     the model's rows): variant choice, rates, instance counts and capacity (with the pooled
     relaxation's cluster limits), flow conservation, joins, bandwidth (with the network cost),
-    accuracy, latency, and the re-plan's churn; then the objective."""
+    accuracy, latency, and the re-plan's churn; then the objective. ``dropped``: the constraints left
+    out (:class:`Dropped`)."""
     usable = usable_options(problem, fixed_models, allowed_tiers, without_groups)
     if problem.latency_bound_ms is not None and not elastic and latency:
         usable = prune_by_latency(problem, usable)
-    m = _Model(pulp.LpProblem("jellybean", pulp.LpMinimize), problem, usable, relax, elastic, _Handles(relax=relax))
+    m = _Model(pulp.LpProblem("jellybean", pulp.LpMinimize), problem, usable, relax, elastic, _Handles(relax=relax),
+               dropped=dropped, unserved=unserved)
     _variant_choice(m, fixed_models)
     _rates(m)
     _capacity(m, pooled)
@@ -515,13 +539,11 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
     ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``,
     with production ``P`` = the edge's ratio times the sources' rate at ``i`` for a source edge, and
     ``sum_{v in c} rho_{e,v} sum_{o=(u,v,g,.), i(g)=i} r_o`` for a stage edge (an output's ratio for
-    results carried to a pinned output). Elastic: a source's traffic may go unserved, at the highest
-    price of all."""
+    results carried to a pinned output). Elastic (unless ``m.unserved`` is off): ``d_{k,i}`` requests/s of
+    the source at ``i`` go unserved on edge ``k``, ``P = rho_e (rate_i - d_{k,i})``, at the highest price
+    of all; the decoder reads them (:attr:`Slacks.unserved`)."""
     problem, r, up, down = m.problem, m.handles.r, m.handles.up, m.handles.down
     rate_at = m.rate_at
-    # Unserved-traffic slacks of the elastic solve. They are priced but, as before this function was
-    # split out of _build, not handed to the decoder (m.handles.slack_unserved stays empty).
-    unserved: dict[tuple[str, int], pulp.LpVariable] = {}
     for k, c in enumerate(m.handles.comms):
         for node in problem.nodes:
             i = node.index
@@ -529,11 +551,11 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
                 produced = problem.source_rates[c.src].get(i, 0.0)
                 edge = next(e for e in problem.stages[c.dst].inputs if e.key == c.edge)
                 production = edge.ratio * produced
-                if m.elastic and produced > 0:
-                    drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=production)
-                    unserved[(c.src, i)] = drop
+                if m.elastic and m.unserved and produced > 0:
+                    drop = m.lp.add_variable(f"unserved_{k}_{i}", lowBound=0, upBound=produced)  # req/s of the source
+                    m.handles.slack_unserved[(c.src, i, k)] = drop
                     m.penalties.append(SLACK_PENALTY * 10 * drop)
-                    production = production - drop
+                    production = edge.ratio * (produced - drop)
             elif c.ratio is not None:  # results carried to a pinned output
                 production = pulp.lpSum(c.ratio * r[o.index] for o in rate_at.get((c.src, i), [])
                                         if o.variant in c.variants)
@@ -580,7 +602,7 @@ def _bandwidth(m: _Model) -> None:
     """Per link direction of node ``i``: the network cost ``M_i sum_k c_i kb_k 3600/1024^2 flow_{k,i}``
     $/h (GB/h times $/GB, over the node's sites) and the bandwidth
     ``sum_k kb_k 8192/10^6 flow_{k,i} <= u B_i`` Mbit/s, ``u`` the topology's
-    ``max_link_utilization`` (elastic: plus a priced slack)."""
+    ``max_link_utilization`` (elastic: plus a priced slack; left out for the links in ``m.dropped``)."""
     problem, comms = m.problem, m.handles.comms
     for node in problem.nodes:
         if node.parent is None:
@@ -592,7 +614,7 @@ def _bandwidth(m: _Model) -> None:
             if link.cost_per_gb > 0:
                 m.cost_per_hour.append(pulp.lpSum(
                     node.total * link.cost_per_gb * c.kb * SECONDS_PER_HOUR / KB_PER_GB * var for c, var in terms))
-            if link.bandwidth_mbps is not None:
+            if link.bandwidth_mbps is not None and (node.index, direction) not in m.dropped.links:
                 load = pulp.lpSum(c.kb * MBIT_PER_KB * var for c, var in terms)
                 capacity_mbps = problem.max_link_utilization * link.bandwidth_mbps
                 if m.elastic:
@@ -607,9 +629,10 @@ def _bandwidth(m: _Model) -> None:
 def _accuracy(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None) -> None:
     """The accuracy target, in the form of the workflow's accuracy model
     (:mod:`jellybean.optimizer.accuracy`): :func:`_accuracy_table`, :func:`_accuracy_product` or
-    :func:`_accuracy_profiles`. Elastic: the target may be missed, at a price (``slack_accuracy``)."""
+    :func:`_accuracy_profiles`. Elastic: the target may be missed, at a price (``slack_accuracy``).
+    Dropped (:class:`Dropped`): no target, the model's structure only (a table's measured rows)."""
     slack = None
-    if m.elastic:
+    if m.elastic and not m.dropped.accuracy_target:
         slack = m.lp.add_variable("slack_accuracy", lowBound=0)
         m.handles.slack_acc = slack
         m.penalties.append(SLACK_PENALTY * 100 * slack)
@@ -632,7 +655,7 @@ def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, 
     allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
     rows = [row for row in accuracy.table.rows
             if all(v in allowed[s] for s, v in zip(accuracy.table_stages, row.variants))]
-    if not m.elastic:
+    if not m.elastic and not m.dropped.accuracy_target:
         rows = [row for row in rows if row.accuracy >= target - 1e-9]
     if fixed_models is not None:
         rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(accuracy.table_stages, row.variants))]
@@ -642,7 +665,7 @@ def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, 
         for v in problem.stages[s].variants:
             picks = [t[k] for k, row in enumerate(rows) if row.variants[accuracy.table_stages.index(s)] == v.name]
             m.lp += pulp.lpSum(picks) == y[(s, v.name)], f"table_{_id(s)}_{_id(v.name)}"
-    if m.elastic:
+    if slack is not None:
         m.lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
 
 
@@ -651,7 +674,7 @@ def _accuracy_product(m: _Model, slack: pulp.LpVariable | None) -> None:
     ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``. A variant of accuracy 0 cannot be chosen (its
     log is -inf): ``y = 0``, or an infeasible row where it is fixed."""
     problem, y, target = m.problem, m.handles.y, m.problem.accuracy_target
-    if target <= 0:
+    if target <= 0 or m.dropped.accuracy_target:
         return
     terms = []
     for s in problem.order:
@@ -703,7 +726,7 @@ def _accuracy_profiles(m: _Model, slack: pulp.LpVariable | None) -> None:
             m.lp += alpha[u] >= need, f"sample_input_{_id(s)}_{_id(u)}"
     if slack is not None:
         m.lp += alpha[problem.sink] + slack >= problem.accuracy_target, "accuracy"
-    else:
+    elif not m.dropped.accuracy_target:
         m.lp += alpha[problem.sink] >= problem.accuracy_target, "accuracy"
 
 
@@ -1042,10 +1065,19 @@ def _latency_of(problem: Problem):
 def prune_by_latency(problem: Problem, usable: list) -> list:
     """Drop options that break the latency bound on every path through them: the earliest the
     stage's input can arrive at the site, plus the option's own latency, plus the fastest way from
-    there to the sink, already exceeds the bound. Exact (no feasible plan uses them); it shrinks the
-    MILP and often lets :func:`worst_case_latency_ms` prove the remaining constraints redundant."""
+    there to the sink, already exceeds the bound (:func:`fastest_path_ms`). Exact (no feasible plan
+    uses them); it shrinks the MILP and often lets :func:`worst_case_latency_ms` prove the remaining
+    constraints redundant."""
     bound = problem.latency_bound_ms
     assert bound is not None
+    fastest = fastest_path_ms(problem, usable)
+    return [o for o in usable if fastest[o.index] <= bound + 1e-9]
+
+
+def fastest_path_ms(problem: Problem, usable: list) -> dict[int, float]:
+    """Option index -> the fastest source-to-sink path through it, in ms (a lower bound on the
+    latency of any plan that uses it): the earliest its stage's input can arrive at its site, plus
+    its own latency (and the runtime's overhead bound), plus the fastest way from there to the sink."""
     lat = _latency_of(problem)
     groups = problem.groups
     fastest: dict[tuple[str, int], float] = {}
@@ -1072,8 +1104,8 @@ def prune_by_latency(problem: Problem, usable: list) -> list:
                            default=math.inf)
                 worst = max(worst, best)
             tail[(s, i)] = worst
-    return [o for o in usable
-            if arrive[(o.stage, groups[o.group].node)] + lat(o) + tail[(o.stage, groups[o.group].node)] <= bound + 1e-9]
+    return {o.index: arrive[(o.stage, groups[o.group].node)] + lat(o) + tail[(o.stage, groups[o.group].node)]
+            for o in usable}
 
 
 def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
@@ -1149,7 +1181,8 @@ def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
         slacks.accuracy = _val(values, handles.slack_acc)
     if handles.slack_lat is not None:
         slacks.latency_ms = _val(values, handles.slack_lat)
-    for key, var in handles.slack_unserved.items():
+    for (source, node, _k), var in handles.slack_unserved.items():
+        # A source feeding several stages has one slack per edge: it is unserved on the one served least.
         if _val(values, var) > 1e-6:
-            slacks.unserved[key] = _val(values, var)
+            slacks.unserved[(source, node)] = max(slacks.unserved.get((source, node), 0.0), _val(values, var))
     return slacks

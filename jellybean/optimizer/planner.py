@@ -22,6 +22,7 @@ from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
 from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
+from jellybean.spec.errors import did_you_mean, listed
 
 OPTIMAL = "optimal"
 #: Of ``time_limit_s``, the share the chosen strategy may take when baselines run beside it; the
@@ -164,7 +165,7 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def _unknown(name: str) -> ValueError:
-    return ValueError(f"unknown strategy {name!r}; choose one of {', '.join(REGISTRY)}")
+    return ValueError(f"unknown strategy {name!r}{did_you_mean(name, REGISTRY)}; choose one of {', '.join(REGISTRY)}")
 
 
 def run_strategy(
@@ -198,11 +199,13 @@ def _run_optimal(problem: Problem, accuracy: AccuracyModel, options: StrategyOpt
 def _run_cloud_only(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
     """Every stage in the cloud tier, variants and placement there chosen optimally (the MILP
     restricted to cloud sites): what a team without edge capacity would do."""
+    started = time.perf_counter()
     result = options.placements.solve(problem, accuracy, allowed_tiers={"cloud"}, time_limit_s=options.time_limit_s,
                                       solver=options.solver, gap_rel=options.gap_rel)
     reasons = []
     if result.solution is None:
-        reasons = _why_none(problem, accuracy, result.stats, options.explain_infeasible, options.time_limit_s,
+        reasons = _why_none(problem, accuracy, result.stats, explain_infeasible=options.explain_infeasible,
+                            time_limit_s=options.time_limit_s, started=started, solver=options.solver,
                             allowed_tiers={"cloud"})
     return build_plan(problem, result.solution, strategy="cloud-only", stats=result.stats, accuracy=accuracy,
                       explanation=reasons)
@@ -222,7 +225,7 @@ def _run_edge_first(problem: Problem, accuracy: AccuracyModel, options: Strategy
                         notes=list(solution.notes))  # e.g. the routing LP's solver fallback
     violations = verify(problem, solution, accuracy)
     if violations:
-        return _failed(problem, accuracy, "edge-first", "greedy placement violates: " + "; ".join(violations[:3]),
+        return _failed(problem, accuracy, "edge-first", "greedy placement violates: " + _first(violations),
                        started)
     return build_plan(problem, solution, strategy="edge-first", stats=stats, accuracy=accuracy)
 
@@ -241,7 +244,8 @@ def _run_two_stage(problem: Problem, accuracy: AccuracyModel, options: StrategyO
     reasons = []
     if result.solution is None:
         reasons = [f"the cost-proxy models ({', '.join(f'{s}={v}' for s, v in models.items())}) cannot be placed"]
-        reasons += _why_none(problem, accuracy, result.stats, options.explain_infeasible, options.time_limit_s,
+        reasons += _why_none(problem, accuracy, result.stats, explain_infeasible=options.explain_infeasible,
+                             time_limit_s=options.time_limit_s, started=started, solver=options.solver,
                              fixed_models=models)
     return build_plan(problem, result.solution, strategy="two-stage", stats=result.stats, accuracy=accuracy,
                       explanation=reasons)
@@ -262,20 +266,33 @@ def _run_jellybean(problem: Problem, accuracy: AccuracyModel, options: StrategyO
                         seconds=time.perf_counter() - started)
     violations = verify(problem, solution, accuracy)
     if violations:
-        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + "; ".join(violations[:3]),
+        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + _first(violations),
                        started)
     return build_plan(problem, solution, strategy="jellybean", stats=stats, accuracy=accuracy)
 
 
-def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, explain_infeasible: bool,
-              time_limit_s: float, **restrictions) -> list[str]:
-    """Why no plan came back: a proof of infeasibility is explained; a time limit is said as such."""
+#: The least time (s) an explanation of infeasibility gets, even when the strategy's proof took all
+#: of its share: a proof found at the time limit is still explained, a little past it.
+EXPLAIN_FLOOR_S = 0.5
+
+
+def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, *, explain_infeasible: bool,
+              time_limit_s: float, started: float, solver: str, **restrictions) -> list[str]:
+    """Why no plan came back: a proof of infeasibility is explained (:func:`explain`, in what is left
+    of the strategy's ``time_limit_s`` since ``started``, at least :data:`EXPLAIN_FLOOR_S`); a time
+    limit is said as such. ``restrictions``: the strategy's own (allowed tiers, fixed variants)."""
     if stats.status != "infeasible":
         return [f"no plan found within the time limit of {time_limit_s:g} s (solver status {stats.status}); "
                 "raise --time-limit"]
     if not explain_infeasible:
         return ["infeasible"]
-    return explain(problem, accuracy, **restrictions)
+    left = time_limit_s - (time.perf_counter() - started)
+    return explain(problem, accuracy, time_limit_s=max(EXPLAIN_FLOOR_S, left), solver=solver, **restrictions)
+
+
+def _first(violations: list[str]) -> str:
+    """The first three violations a check found, and how many more (never cut silently)."""
+    return listed(violations, at_most=3, ordered=True, sep="; ")
 
 
 def _failed(problem: Problem, accuracy: AccuracyModel, strategy: str, reason: str, started: float) -> Plan:
@@ -384,7 +401,8 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
         stats = SolverStats(name=solver_name(solver), status=status, gap=None,
                             seconds=time.perf_counter() - started)
         stats.status = status
-        reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)
+        reasons = _why_none(problem, accuracy, stats, explain_infeasible=explain_infeasible, time_limit_s=time_limit_s,
+                            started=started, solver=solver)
         stats.seconds = time.perf_counter() - started
         return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
     stats = best.stats
@@ -415,7 +433,8 @@ def _optimal_joint(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: f
     result = solve_placement(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
     stats = result.stats
     if result.solution is None:
-        reasons = _why_none(problem, accuracy, stats, explain_infeasible, time_limit_s)
+        reasons = _why_none(problem, accuracy, stats, explain_infeasible=explain_infeasible, time_limit_s=time_limit_s,
+                            started=started, solver=solver)
         stats.seconds = time.perf_counter() - started
         return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
     aggregated = [n for n in problem.nodes if n.total > 1]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from jellybean.optimizer.framing import Framing
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
+from jellybean.spec.errors import listed
 from jellybean.spec.topology import LinkDirection, TopologySpec
 from jellybean.spec.workflow import WorkflowSpec, topological_order
 from jellybean.spec.zoo import AccuracyTable, ModelZooSpec, Variant
@@ -269,8 +270,8 @@ class Problem:
         return self.nodes[self.groups[option.group].node]
 
 
-def _member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, StageInfo],
-                        source_rates: dict[str, dict[int, float]], allow_downward: bool) -> dict[tuple[str, int], float]:
+def member_rate_bounds(nodes: list[Node], order: list[str], stages: dict[str, StageInfo],
+                       source_rates: dict[str, dict[int, float]], allow_downward: bool) -> dict[tuple[str, int], float]:
     """Per member site of each node, a bound on each stage's rate within its subtree.
 
     ``sub[q][i] = rate_q(i) + sum_{c in ch(i)} m_c sub[q][c]`` is the source traffic produced under
@@ -379,7 +380,7 @@ def compile_problem(
     payload, outputs_kb = priced_on_links(framing, stages, payload)
     options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
                                         hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
-    member_bound = _member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
+    member_bound = member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
     outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, outputs_kb(o.result_kb))
                for o in wf.outputs if o.site is not None]
     return Problem(
@@ -390,8 +391,8 @@ def compile_problem(
         max_link_utilization=topo.max_link_utilization,
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
-        warnings=[], hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms, outputs=outputs,
-        link_wait_ms=topo.link_batch_wait_ms,
+        warnings=unprofiled_batch_sizes(order, stages), hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
+        outputs=outputs, link_wait_ms=topo.link_batch_wait_ms,
         accuracy_tables=list(zoo.accuracy_tables),
         accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
     )
@@ -608,6 +609,24 @@ def compile_stages(wf: WorkflowSpec, zoo: ModelZooSpec, nodes: list[Node], site_
                                  batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None)
     _stage_rate_bounds(order, stages, nodes, source_rates)
     return order, stages
+
+
+def unprofiled_batch_sizes(order: list[str], stages: dict[str, StageInfo]) -> list[str]:
+    """Warnings for the batch sizes the workflow allows a stage that no profile of its variants has
+    (on any hardware): they can never be used, which is said rather than silently ignored. (Where
+    none of a stage's allowed batch sizes is profiled, the stage cannot run at all and the plan's
+    explanation says so.)"""
+    warnings = []
+    for name in order:
+        info = stages[name]
+        if info.batch_sizes is None:
+            continue
+        have = {b for v in info.variants for p in v.profiles for b in p.latency_ms}
+        missing = [b for b in info.batch_sizes if b not in have]
+        if missing:
+            warnings.append(f"stage {name}: batch size{'s' if len(missing) > 1 else ''} {listed(missing)} in no "
+                            f"profile of its variants (profiled batch sizes: {listed(have)}), so never used")
+    return warnings
 
 
 def _stage_rate_bounds(order: list[str], stages: dict[str, StageInfo], nodes: list[Node],

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import pulp
 
 from jellybean.optimizer.plan import SolverStats
+from jellybean.spec.errors import did_you_mean
 
 SOLVERS = ("highs", "cbc")
 
@@ -59,7 +60,8 @@ def solve(
     HiGHS asked for but not importable: CBC runs instead, stated in :attr:`Outcome.fallback` and in
     the stats' notes."""
     if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        raise ValueError(f"unknown solver {solver!r}{did_you_mean(solver, SOLVERS)}; "
+                         f"choose one of {', '.join(SOLVERS)}")
     n_vars = len(model.variables())
     n_cons = model.numConstraints()
     fallback = None

@@ -33,7 +33,8 @@ def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_wh
     """The document of ``kind`` named ``wanted`` (or the only one); problems are located in the
     ``workflow`` that asks for it (at its `spec.zoo` / `spec.topology`) where there is one."""
     candidates = [d for d in documents if d.model.kind == kind]
-    names = ", ".join(d.model.metadata.name for d in candidates) or "none"
+    given = [d.model.metadata.name for d in candidates]
+    names = listed(given)
 
     def issue(message: str, hint: str) -> Issue:
         if workflow is None:
@@ -44,8 +45,8 @@ def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_wh
     if wanted is not None:
         chosen = [d for d in candidates if d.model.metadata.name == wanted]
         if not chosen:
-            raise SpecError([issue(f"{for_what} names {kind} {wanted!r}, which was not given",
-                                   f"{kind} documents given: {names}")])
+            raise SpecError([issue(f"{for_what} names {kind} {wanted!r}, which was not given"
+                                   f"{did_you_mean(wanted, given)}", f"{kind} documents given: {names}")])
         return chosen[0]
     if len(candidates) != 1:
         hint = ("choose one with --workflow NAME" if kind == "Workflow"

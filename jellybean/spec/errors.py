@@ -7,14 +7,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def listed(names, at_most: int = 8) -> str:  # noqa: ANN001 - any iterable of names
-    """Names for a message: at most ``at_most``, then "... and N more" (never cut silently)."""
-    names = [str(n) for n in sorted(names, key=lambda n: (0, n, "") if isinstance(n, (int, float)) else (1, 0, str(n)))]
+def listed(names, at_most: int = 8, *, ordered: bool = False, sep: str = ", ") -> str:  # noqa: ANN001 - any iterable
+    """Names for a message: at most ``at_most``, then "... and N more" (never cut silently). Sorted
+    (numbers first, by value), unless ``ordered``: then in the given order, most telling first.
+    ``sep`` joins them (``"; "`` for sentences)."""
+    if not ordered:
+        names = sorted(names, key=lambda n: (0, n, "") if isinstance(n, (int, float)) else (1, 0, str(n)))
+    names = [str(n) for n in names]
     if not names:
         return "none"
     if len(names) <= at_most:
-        return ", ".join(names)
-    return ", ".join(names[:at_most]) + f", ... and {len(names) - at_most} more"
+        return sep.join(names)
+    return sep.join(names[:at_most]) + f"{sep}... and {len(names) - at_most} more"
 
 
 def closest(name: Any, known) -> str | None:  # noqa: ANN001 - any iterable of names

@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from jellybean.spec.common import API_VERSION
-from jellybean.spec.errors import Issue, LocatedValueError, SpecError, format_path
+from jellybean.spec.errors import Issue, LocatedValueError, SpecError, did_you_mean, format_path
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
 from jellybean.spec.zoo import ModelZoo
@@ -483,7 +483,8 @@ def parse_document(value: Any, source: SourceMap, index: int) -> LoadedDocument:
     model_type = KINDS.get(kind) if isinstance(kind, str) else None
     if model_type is None:
         line = source.lines.get(("kind",), source.start_line)
-        raise SpecError([Issue(source.file, line, "kind", f"unknown kind {_shown(kind)}",
+        raise SpecError([Issue(source.file, line, "kind", f"unknown kind {_shown(kind)}"
+                               f"{did_you_mean(kind, [*KINDS, *KIND_ALIASES])}",
                                f"use one of {', '.join([*KINDS, *KIND_ALIASES])}")])
     try:
         model = model_type.model_validate(value)

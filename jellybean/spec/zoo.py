@@ -361,9 +361,10 @@ class ModelZooSpec(StrictModel):
             for index, row in enumerate(table.rows):
                 for k, (task_name, variant_name) in enumerate(zip(table.tasks, row.variants)):
                     if by_name[task_name].variant(variant_name) is None:
+                        names = [v.name for v in by_name[task_name].variants]
                         raise LocatedValueError(("accuracy_tables", t, "rows", index, "variants", k),
                             f"accuracy table {table.name!r} rows[{index}]: task {task_name!r} has no "
-                            f"variant {variant_name!r}"
+                            f"variant {variant_name!r}{did_you_mean(variant_name, names)}", f"variants: {listed(names)}"
                         )
         return self
 

@@ -91,3 +91,61 @@ def test_lists_are_cut_saying_how_many_more() -> None:
     assert listed([f"s{k:02d}" for k in range(12)]) == "s00, s01, s02, s03, s04, s05, s06, s07, ... and 4 more"
     assert listed([16, 4, 1, 8]) == "1, 4, 8, 16"
     assert listed([]) == "none"
+
+
+def test_a_batch_size_no_profile_has_is_a_warning_where_others_are_profiled() -> None:
+    result = plan(make_bundle(ZOO, _topology("cpu"), _workflow(batch_sizes=[1, 16, 32])), baselines=False)
+    assert result.feasible
+    assert "stage detect: batch sizes 16, 32 in no profile of its variants (profiled batch sizes: 1, 4, 8), so " \
+           "never used" in result.warnings
+
+
+def test_misspelt_strategy_solver_kind_and_table_variant_get_did_you_mean(tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match=r"unknown strategy 'optimall'; did you mean 'optimal'\?"):
+        plan(make_bundle(ZOO, _topology("cpu"), _workflow()), strategy="optimall")
+    with pytest.raises(ValueError, match=r"unknown solver 'higs'; did you mean 'highs'\?"):
+        plan(make_bundle(ZOO, _topology("cpu"), _workflow()), solver="higs", baselines=False)
+    (tmp_path / "zoo.yaml").write_text("""\
+apiVersion: jellybean.io/v1alpha1
+kind: ModelZo
+metadata: {name: z}
+spec: {tasks: []}
+""")
+    with pytest.raises(SpecError, match=r"unknown kind 'ModelZo'; did you mean 'ModelZoo'\?"):
+        load_bundle([tmp_path / "zoo.yaml"])
+    (tmp_path / "zoo.yaml").write_text("""\
+apiVersion: jellybean.io/v1alpha1
+kind: ModelZoo
+metadata: {name: z}
+spec:
+  tasks:
+  - name: det
+    variants: [{name: small, accuracy: 50, output_kb: 1, profiles: [{hardware: cpu, latency_ms: {1: 10}}]}]
+  accuracy_tables:
+  - {name: e2e, tasks: [det], rows: [{variants: [smal], accuracy: 50}]}
+""")
+    with pytest.raises(SpecError, match=r"task 'det' has no variant 'smal'; did you mean 'small'\? "
+                                        r"\(variants: small\)"):
+        load_bundle([tmp_path / "zoo.yaml"])
+
+
+def test_lists_of_sentences_keep_their_order_and_say_how_many_more() -> None:
+    from jellybean.optimizer.planner import _first
+
+    found = [f"violation {k}" for k in (5, 1, 4, 2, 3)]
+    assert _first(found) == "violation 5; violation 1; violation 4; ... and 2 more"
+    assert listed(["b", "a"], ordered=True) == "b, a"
+
+
+def test_a_long_reason_in_the_baselines_table_is_cut_visibly_and_given_in_full() -> None:
+    from jellybean.cli.render import WHY_NOT_WIDTH, render_baselines
+
+    topology = _topology("gpu")
+    topology["sites"][0]["instances"][0]["memory_mb"] = 512
+    zoo = {"tasks": [{"name": "det", "variants": [{**ZOO["tasks"][0]["variants"][0], "memory_mb": 900}]}]}
+    result = plan(make_bundle(zoo, topology, _workflow()))
+    cloud_only = next(b for b in result.baselines if b.strategy == "cloud-only")
+    assert len(cloud_only.reason) > WHY_NOT_WIDTH
+    text = render_baselines(result)
+    assert cloud_only.reason[:WHY_NOT_WIDTH - 3] + "..." in text
+    assert f"Why not, in full:\n  cloud-only: {cloud_only.reason}" in text

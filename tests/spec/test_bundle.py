@@ -148,7 +148,7 @@ def test_several_workflows_need_a_name() -> None:
     assert "--workflow" in issue.hint
     assert resolve(docs, "wf-2").name == "wf-2"
     (issue,) = refused(docs, "wf-3")
-    assert issue.message == "the command names Workflow 'wf-3', which was not given"
+    assert issue.message == "the command names Workflow 'wf-3', which was not given; did you mean 'wf-2'?"
     assert issue.hint == "Workflow documents given: wf, wf-2"
 
 
