@@ -23,7 +23,7 @@ Carbon (for ``jellybean plan --objective carbon | cost+carbon`` and ``--carbon-b
 gCO2/h report): a site's ``carbon_intensity_g_per_kwh`` (its grid's gCO2 per kWh: one yearly average,
 or a day's series of steps in UTC) and an instance group's ``power_w`` (``idle`` and ``busy`` watts
 of one instance). The planner models one instance in use as drawing
-``idle + (busy - idle) x utilisation`` W (:mod:`jellybean.optimizer.carbon`).
+``idle + (busy - idle) x utilisation`` W (the planner's carbon module says how it uses them).
 """
 
 from __future__ import annotations
