@@ -8,6 +8,12 @@ Then cost against the accuracy target: each workflow's SLO swept over a grid, ev
 at every target, in this process (``jellybean.viz.pareto``): ``bench/results/pareto.json`` and a
 picture per workflow, ``bench/results/pareto-<workflow>.png`` (and ``.svg``).
 
+Then cost against carbon for vehicle-tracking (``jellybean.viz.carbon``; its Topology cites every
+grid intensity and power figure): the cheapest and the least-carbon plans, and the cheapest plan
+within each of ``--carbon-points`` carbon budgets between them, beside the baselines' plans:
+``bench/results/pareto-carbon.json`` and ``bench/results/pareto-carbon-vehicle-tracking.png``
+(and ``.svg``).
+
 Then JellyBean-scale instances (``jellybean.generate.jellybean_scaled``: vqa-medium's nine workers
 copied 10 and 20 times, each latency jittered by up to +-3%, rates scaled 0.6-1.2 x 40 per copy; three
 seeds), imported and planned in both modes, whole runs with baselines at the default time limit; with
@@ -18,7 +24,8 @@ scikit-learn, tqdm).
 
     python bench/plan.py [--cameras 10,100,1000,10000] [--out bench/results] [--pareto-points 12]
                          [--jellybean DIR --jellybean-python PYTHON] [--copies 10,20] [--seeds 0,1,2]
-    python bench/plan.py --pareto-only    # the sweep alone (about 12 s)
+    python bench/plan.py --pareto-only    # the accuracy sweeps alone (about 12 s)
+    python bench/plan.py --carbon-only    # the cost-carbon front alone (about 30 s)
 """
 
 from __future__ import annotations
@@ -224,6 +231,35 @@ def pareto(out: Path, points: int, time_limit: float) -> dict:
     return record
 
 
+#: The workflows whose cost-carbon front is drawn.
+CARBON_WORKFLOWS = ["vehicle-tracking"]
+
+
+def carbon(out: Path, points: int, time_limit: float) -> dict:
+    """Each workflow's cost-carbon front: pareto-carbon.json and a picture per workflow."""
+    from jellybean.spec.bundle import load_bundle
+    from jellybean.viz.carbon import carbon_front, plot_carbon_front
+
+    started = time.perf_counter()
+    record = {"machine": machine(), "points": points, "workflows": []}
+    out.mkdir(parents=True, exist_ok=True)
+    for name in CARBON_WORKFLOWS:
+        front = carbon_front(load_bundle([ROOT / "workflows" / name]), points, time_limit_s=time_limit)
+        for suffix in (".png", ".svg"):
+            plot_carbon_front(front, out / f"pareto-carbon-{name}{suffix}")
+        record["workflows"].append(front.to_json())
+        plans = front.plans()
+        print(f"carbon front {name}: {len(plans)} plans from {plans[0].carbon_g_per_hour:.1f} gCO2/h at "
+              f"${plans[0].cost_per_hour:.3f}/h to {plans[-1].carbon_g_per_hour:.1f} gCO2/h at "
+              f"${plans[-1].cost_per_hour:.3f}/h, in {front.seconds:.1f} s", file=sys.stderr)
+        for p in plans:
+            print(f"  {p.carbon_g_per_hour:8.2f} gCO2/h  ${p.cost_per_hour:.4f}/h  {', '.join(p.instances)}",
+                  file=sys.stderr)
+    record["wall_s"] = time.perf_counter() - started
+    (out / "pareto-carbon.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cameras", default="10,100,1000,10000")
@@ -233,6 +269,10 @@ def main() -> None:
                         help="accuracy targets per workflow in the cost-against-accuracy sweep (default 12)")
     parser.add_argument("--pareto-only", action="store_true",
                         help="only the cost-against-accuracy sweep (pareto.json and its pictures)")
+    parser.add_argument("--carbon-points", type=int, default=12, metavar="N",
+                        help="carbon budgets swept between the least-carbon and the cheapest plan (default 12)")
+    parser.add_argument("--carbon-only", action="store_true",
+                        help="only the cost-carbon front (pareto-carbon.json and its pictures)")
     parser.add_argument("--jellybean", type=Path, metavar="DIR",
                         help="a checkout of libertyeagle/JellyBean: time its optimizer on the scaled instances")
     parser.add_argument("--jellybean-python", default=sys.executable, metavar="PYTHON",
@@ -242,6 +282,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.pareto_only:
         pareto(args.out, args.pareto_points, args.time_limit)
+        return
+    if args.carbon_only:
+        carbon(args.out, args.carbon_points, args.time_limit)
         return
     result = {"machine": machine(), "workflows": [], "city": []}
     result["workflows"].append(strategies("vqa-medium", "workflows/vqa-medium", ["--exclusive-instances"]))
@@ -265,6 +308,7 @@ def main() -> None:
     (args.out / "plan.md").write_text(markdown(result))
     print(markdown(result))
     pareto(args.out, args.pareto_points, args.time_limit)
+    carbon(args.out, args.carbon_points, args.time_limit)
 
 
 if __name__ == "__main__":

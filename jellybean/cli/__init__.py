@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baselines", action="store_true", help="skip the baseline strategies")
     p.add_argument("--render", type=Path, metavar="FILE",
                    help="also draw the plan to FILE (.svg or .png): tiers, sites, stages and link flows")
+    p.add_argument("--objective", default="cost", choices=["cost", "carbon", "cost+carbon"],
+                   help="what to minimise: cost ($/h, default), carbon (gCO2/h, then cost), or cost+carbon (cost "
+                        "plus the carbon at --carbon-price); carbon needs the Topology's power_w and "
+                        "carbon_intensity_g_per_kwh")
+    p.add_argument("--carbon-price", type=float, metavar="USD_PER_TONNE",
+                   help="$ per tonne CO2, for --objective cost+carbon")
+    p.add_argument("--carbon-budget", type=float, metavar="G_PER_HOUR",
+                   help="emit at most this many gCO2 per hour (a constraint, with any objective)")
+    p.add_argument("--at", metavar="HH:MM",
+                   help="UTC time of day at which sites' carbon-intensity series are read (default: each series' "
+                        "daily mean)")
 
     p = sub.add_parser("schema", help="print the JSON Schema of the documents")
     p.add_argument("--kind", choices=["ModelZoo", "Topology", "Workflow"], help="one kind only")
@@ -162,9 +173,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sharing = "exclusive" if args.exclusive_instances else "shared" if args.shared_instances else None
     if not args.time_limit > 0:  # also refuses nan
         raise UsageError("--time-limit must be positive")
+    objective, carbon_at = _carbon_options(args)
     try:
         result = make_plan(bundle, strategy=args.strategy, sharing=sharing, baselines=not args.no_baselines,
-                           time_limit_s=args.time_limit, solver=args.solver)
+                           time_limit_s=args.time_limit, solver=args.solver, objective=objective,
+                           carbon_at=carbon_at)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.format == "json":
@@ -176,6 +189,38 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.render is not None:
         _render_picture(result, bundle.topology, args.render)
     return EXIT_OK if result.feasible else EXIT_INFEASIBLE
+
+
+def _carbon_options(args: argparse.Namespace):  # noqa: ANN202 - (Objective, datetime.time | None)
+    """``plan``'s carbon flags, checked: the Objective and the time of day intensities are read at."""
+    import math
+    import re
+    from datetime import time
+
+    from jellybean.optimizer.carbon import Objective
+
+    price, budget = args.carbon_price, args.carbon_budget
+    if args.objective == "cost+carbon" and price is None:
+        raise UsageError("--objective cost+carbon needs --carbon-price USD_PER_TONNE (the $ one tonne of CO2 costs)")
+    if price is not None and args.objective != "cost+carbon":
+        raise UsageError(f"--carbon-price is used only with --objective cost+carbon (not {args.objective}); "
+                         "for a limit on carbon use --carbon-budget")
+    if price is not None and not (math.isfinite(price) and 0 <= price <= 1e9):
+        raise UsageError(f"--carbon-price must be a number from 0 to 1e9 ($ per tonne CO2), not {price:g}")
+    if budget is not None and not (math.isfinite(budget) and 0 <= budget <= 1e12):
+        raise UsageError(f"--carbon-budget must be a number from 0 to 1e12 (gCO2 per hour), not {budget:g}")
+    at = None
+    if args.at is not None:
+        try:
+            if not re.fullmatch(r"[0-9]{2}:[0-9]{2}", args.at):
+                raise ValueError
+            at = time(int(args.at[:2]), int(args.at[3:]))
+        except ValueError:
+            raise UsageError(f"--at must be a UTC time of day HH:MM (00:00 to 23:59), not {args.at!r}") from None
+    try:
+        return Objective(args.objective, price, budget), at
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _render_picture(result, topology, path: Path) -> None:  # noqa: ANN001 - a Plan and its Topology

@@ -53,7 +53,8 @@ def render_plan(plan: Plan) -> str:
     out: list[str] = []
     s = plan.solver
     gap = "unknown" if s.gap is None else f"{100 * s.gap:.3f}%"
-    out.append(f"Workflow {plan.workflow}: strategy {plan.strategy}, {plan.sharing} instances")
+    objective = "" if plan.objective == "cost" else f", objective {plan.objective}"
+    out.append(f"Workflow {plan.workflow}: strategy {plan.strategy}, {plan.sharing} instances{objective}")
     out.append(f"Solver: {s.name}, status {s.status}, gap {gap}, {s.seconds:.2f} s"
                + (f", {s.variables} variables, {s.constraints} constraints" if s.variables else ""))
     for note in s.notes:
@@ -100,6 +101,9 @@ def render_plan(plan: Plan) -> str:
             for tier, c in plan.cost.by_tier.items()]
     rows.append(["total", plan.cost.compute_per_hour, plan.cost.network_per_hour, plan.cost.total_per_hour])
     out.append(table(["TIER", "COMPUTE", "NETWORK", "TOTAL"], rows))
+    if plan.carbon is not None:
+        out.append("")
+        out.append(render_carbon(plan))
     out.append("")
     acc = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
     out.append(f"Accuracy: {acc} (target {plan.accuracy_target:g}; {plan.accuracy_method})")
@@ -120,22 +124,42 @@ def render_plan(plan: Plan) -> str:
 WHY_NOT_WIDTH = 100
 
 
+def render_carbon(plan: Plan) -> str:
+    """The Carbon section: average draw and gCO2/h per tier and in total, and how they were counted."""
+    carbon = plan.carbon
+    assert carbon is not None
+    rows = [[tier, c.power_w, c.g_per_hour] for tier, c in carbon.by_tier.items()]
+    rows.append(["total", carbon.power_w, carbon.total_g_per_hour])
+    lines = [f"Carbon (instances in use at idle + (busy - idle) x utilisation; sites' intensity: {carbon.intensity})",
+             table(["TIER", "POWER W", "GCO2/H"], rows)]
+    if carbon.price_per_tonne is not None:
+        lines.append(f"Carbon priced at ${carbon.price_per_tonne:g}/tCO2: ${carbon.cost_per_hour:.4f}/h "
+                     "(in the objective, not in the cost above)")
+    if carbon.budget_g_per_hour is not None:
+        lines.append(f"Carbon budget: {carbon.budget_g_per_hour:g} gCO2/h")
+    if carbon.uncounted:
+        lines.append(f"Not counted (no power_w or site intensity): {', '.join(carbon.uncounted)}")
+    return "\n".join(lines)
+
+
 def render_baselines(plan: Plan) -> str:
+    carbon = plan.carbon is not None
     rows, in_full = [], []
     for b in plan.baselines:
         if b.feasible and b.cost:
             saving = "-" if b.saving_pct is None else f"{b.saving_pct:.1f}%"
             rows.append([b.strategy, "yes", b.cost.compute_per_hour, b.cost.network_per_hour, b.cost.total_per_hour,
-                         b.accuracy, saving, ""])
+                         *([b.carbon_g_per_hour] if carbon else []), b.accuracy, saving, ""])
         else:
             reason = b.reason
             if len(reason) > WHY_NOT_WIDTH:
                 reason = reason[:WHY_NOT_WIDTH - 3] + "..."
                 in_full.append(f"  {b.strategy}: {b.reason}")
-            rows.append([b.strategy, "no", None, None, None, None, "-", reason])
+            rows.append([b.strategy, "no", None, None, None, *([None] if carbon else []), None, "-", reason])
     header = f"Baselines (saving of {plan.strategy} against each)"
-    text = header + "\n" + table(["STRATEGY", "FEASIBLE", "COMPUTE $/H", "NETWORK $/H", "TOTAL $/H", "ACCURACY",
-                                  "SAVING", "WHY NOT"], rows, right={2, 3, 4, 5, 6})
+    headers = ["STRATEGY", "FEASIBLE", "COMPUTE $/H", "NETWORK $/H", "TOTAL $/H", *(["GCO2/H"] if carbon else []),
+               "ACCURACY", "SAVING", "WHY NOT"]
+    text = header + "\n" + table(headers, rows, right=set(range(2, len(headers) - 1)))
     if in_full:
         text += "\n\nWhy not, in full:\n" + "\n".join(in_full)
     return text

@@ -1,7 +1,8 @@
 """Price, check and report a Solution: the one code path from any strategy's decisions to a Plan.
 
 ``build_plan`` computes costs (compute: instances in use x price; network: traffic on each uplink
-direction x its $/GB), accuracy (with the workflow's accuracy model), the worst-path latency, and
+direction x its $/GB), carbon (each instance in use at idle + (busy - idle) x utilisation W, at its
+site's grid intensity: :func:`carbon_by_group`), accuracy (with the workflow's accuracy model), the worst-path latency, and
 the tables the CLI prints. ``verify`` re-checks a solution against every constraint independently
 of how it was produced; tests run it on every strategy's output.
 
@@ -19,13 +20,16 @@ import math
 from dataclasses import dataclass
 
 from jellybean.optimizer.accuracy import AccuracyModel
+from jellybean.optimizer.carbon import grams_per_hour, group_power_w, price_per_g
 from jellybean.optimizer.plan import (
     Assignment,
+    Carbon,
     Cost,
     InstanceUse,
     LinkFlow,
     Plan,
     SolverStats,
+    TierCarbon,
     TierCost,
 )
 from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem, forward_times, gb_per_hour, mbps
@@ -175,6 +179,70 @@ def _group_count(problem: Problem, solution: Solution, g: int) -> float:
     return sum(count for (group, _), count in solution.counts.items() if group == g)
 
 
+@dataclass
+class GroupCarbon:
+    """One instance group's draw and emissions in a solution: ``power_w`` per member site (all its
+    instances in use there), ``g_per_hour`` over all the node's sites; ``known``: the group has
+    ``power_w`` and its site an intensity (else both are 0)."""
+
+    power_w: float
+    g_per_hour: float
+    known: bool
+
+
+def carbon_by_group(problem: Problem, solution: Solution) -> dict[int, GroupCarbon]:
+    """Group -> its :class:`GroupCarbon`, for every group in use: ``n`` instances whose busy fractions
+    add up to ``L = sum_o r_o / mu_o`` draw ``idle n + (busy - idle) L`` W per site
+    (:func:`jellybean.optimizer.carbon.group_power_w`), emitting ``P I / 1000`` gCO2/h per site."""
+    loads = _group_loads(problem, solution)
+    out: dict[int, GroupCarbon] = {}
+    for g in problem.groups:
+        count = _group_count(problem, solution, g.index)
+        if count <= TOL:
+            continue
+        node = problem.nodes[g.node]
+        intensity = node.carbon_intensity_g_per_kwh
+        if g.power_idle_w is None or g.power_busy_w is None or intensity is None:
+            out[g.index] = GroupCarbon(0.0, 0.0, False)
+            continue
+        power = group_power_w(g.power_idle_w, g.power_busy_w, count, loads.get(g.index, 0.0))
+        out[g.index] = GroupCarbon(power, grams_per_hour(power, intensity) * node.total, True)
+    return out
+
+
+def carbon_g_per_hour(problem: Problem, solution: Solution) -> float:
+    """What a solution's instances emit in all, gCO2/h (:func:`carbon_by_group`)."""
+    return sum(c.g_per_hour for c in carbon_by_group(problem, solution).values())
+
+
+def _carbon_report(problem: Problem, solution: Solution, by_group: dict[int, GroupCarbon]) -> Carbon | None:
+    """The plan's :class:`Carbon`: None when no instance group has both figures (a topology without
+    carbon data), else totals per tier and in all, with the groups in use that lack them named."""
+    if all(g.power_idle_w is None or problem.nodes[g.node].carbon_intensity_g_per_kwh is None
+           for g in problem.groups):
+        return None
+    by_tier: dict[str, TierCarbon] = {}
+    uncounted = []
+    for g_index, c in by_group.items():
+        g = problem.groups[g_index]
+        node = problem.nodes[g.node]
+        if not c.known:
+            uncounted.append(f"{node.name}/{g.name}")
+            continue
+        tier = by_tier.setdefault(node.tier.value, TierCarbon())
+        tier.power_w += c.power_w * node.total
+        tier.g_per_hour += c.g_per_hour
+    objective = problem.objective
+    total = sum(t.g_per_hour for t in by_tier.values())
+    price = objective.carbon_price_per_tonne
+    return Carbon(
+        total_g_per_hour=total, power_w=sum(t.power_w for t in by_tier.values()),
+        by_tier={t: by_tier[t] for t in ["device", "hub", "edge", "cloud"] if t in by_tier},
+        intensity=problem.carbon_at, uncounted=uncounted, price_per_tonne=price,
+        cost_per_hour=None if price is None else price_per_g(price) * total,
+        budget_g_per_hour=objective.carbon_budget_g_per_hour)
+
+
 def _interpolated(latency_ms: dict[int, float], batch: float) -> float:
     """A profile's batch latency at a batch size between (or below) the profiled ones, linearly."""
     sizes = sorted(latency_ms)
@@ -289,7 +357,7 @@ def build_plan(
     base = dict(
         workflow=problem.name, strategy=strategy, sharing=problem.sharing, accuracy_target=problem.accuracy_target,
         accuracy_method=accuracy.description, latency_bound_ms=problem.latency_bound_ms, solver=stats,
-        warnings=list(problem.warnings),
+        warnings=list(problem.warnings), objective=problem.objective.kind,
     )
     if solution is None:
         return Plan(feasible=False, explanation=explanation or [], **base)
@@ -314,6 +382,7 @@ def build_plan(
         ))
     instances: list[InstanceUse] = []
     compute = 0.0
+    carbon = carbon_by_group(problem, solution)
     for g in groups:
         count = _group_count(problem, solution, g.index)
         if count <= TOL:
@@ -329,6 +398,8 @@ def build_plan(
             tier=tier, site=node.name, sites=node.members if node.total > 1 else [], instance=g.name,
             hardware=g.hardware, count=int(math.ceil(count - 1e-9)), available=g.limit, price_per_hour=g.price_per_hour,
             cost_per_hour=cost, utilization=loads.get(g.index, 0.0) / count, stages=hosted,
+            power_w=carbon[g.index].power_w / count if carbon[g.index].known else None,
+            carbon_g_per_hour=carbon[g.index].g_per_hour if carbon[g.index].known else None,
         ))
     network = 0.0
     links: list[LinkFlow] = []
@@ -357,7 +428,7 @@ def build_plan(
         cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
         latency_ms=worst_latency(problem, solution, "mean"), latency_ms_p90=worst_latency(problem, solution, "p90"),
         latency_ms_expected=worst_latency(problem, solution, "expected"),
-        rate_per_s=totals, explanation=explanation or [], **base,
+        rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon), **base,
     )
 
 
@@ -384,7 +455,7 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
     chosen, memory, capacity ``sum_o r_o / mu_o <= h n`` per count, counts within limits, shared
     memory, flow conservation per edge and node (joins pairing one to one), no flow down the tiers
     unless allowed, link bandwidth within ``max_link_utilization``, the accuracy target and the
-    latency bound. Reads the solution only."""
+    latency bound, and the carbon budget. Reads the solution only."""
     problems: list[str] = []
     nodes, groups = problem.nodes, problem.groups
     h = problem.max_utilization
@@ -465,6 +536,11 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
         latency = worst_latency(problem, solution, problem.latency_percentile)
         if latency is not None and latency > problem.latency_bound_ms * (1 + tol):
             problems.append(f"latency {latency:.2f} ms above bound {problem.latency_bound_ms}")
+    budget = problem.objective.carbon_budget_g_per_hour
+    if budget is not None:
+        emitted = carbon_g_per_hour(problem, solution)
+        if emitted > budget * (1 + tol) + tol:
+            problems.append(f"carbon {emitted:.2f} gCO2/h above the budget of {budget:g} gCO2/h")
     return Verification(problems, up, down)
 
 
@@ -472,5 +548,5 @@ def plan_cost(plan: Plan) -> float:
     return plan.cost.total_per_hour if plan.cost else math.inf
 
 
-__all__ = ["build_plan", "verify", "check_solution", "Verification", "route_proportionally", "proportional_flows",
+__all__ = ["build_plan", "verify", "carbon_by_group", "carbon_g_per_hour", "check_solution", "Verification", "route_proportionally", "proportional_flows",
            "flows_of", "link_loads", "stage_rates", "KB_PER_GB", "SECONDS_PER_HOUR"]

@@ -1,13 +1,15 @@
 """Explain an infeasible problem in words, naming what binds, with numbers.
 
 Three passes. Cheap checks first (a stage no instance can run; an accuracy target above what any
-combination reaches): each is one limit that cannot be met alone. Then the limits that cannot be met
-together: the smallest set of constraints that conflict (:func:`jellybean.optimizer.conflict.find_conflict`,
-a deletion filter), each said with its numbers (:func:`describe_conflict`). Then by how much: an
+combination reaches): each is one limit that cannot be met alone. With a carbon budget, the least
+carbon any plan reaches within the other limits (one solve with carbon as the objective): above the
+budget, that is the answer, with the number. Then the limits that cannot be met together: the
+smallest set of constraints that conflict (:func:`jellybean.optimizer.conflict.find_conflict`, a
+deletion filter), each said with its numbers (:func:`describe_conflict`). Then by how much: an
 *elastic* solve of the same MILP in which every limit may be exceeded at a steep price (link
-bandwidth, instance counts, the accuracy target, the latency bound), and, only where no such
-violation serves the sources' traffic, that traffic may go unserved: the cheapest way to violate the
-limits says how far each binding one is exceeded.
+bandwidth, instance counts, the accuracy target, the latency bound, the carbon budget), and, only
+where no such violation serves the sources' traffic, that traffic may go unserved: the cheapest way
+to violate the limits says how far each binding one is exceeded.
 
 Words for the user: constraint names as the documents spell them, units in every number, no
 variable of the model.
@@ -15,11 +17,14 @@ variable of the model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.conflict import Conflict, Constraint, find_conflict
+from jellybean.optimizer.evaluate import carbon_g_per_hour
 from jellybean.optimizer.milp import fastest_path_ms, solve_milp, usable_options
 from jellybean.optimizer.problem import MBIT_PER_KB, Problem
 from jellybean.spec.errors import closest, listed
@@ -98,6 +103,27 @@ def _nowhere(problem: Problem, s: str, allowed_tiers: set[str] | None) -> str:
     return f"{head} (the stage's placement excludes the sites whose instances could)"
 
 
+def _over_budget(problem: Problem, accuracy: AccuracyModel, allowed_tiers: set[str] | None,
+                 fixed_models: dict[str, str] | None, time_limit_s: float) -> str | None:
+    """The carbon budget, when it is what makes the problem infeasible: the least carbon any plan
+    reaches within every other limit (one solve, carbon the objective, no budget) is above it. None
+    when that plan keeps to the budget, or none exists (then something else binds)."""
+    budget = problem.objective.carbon_budget_g_per_hour
+    assert budget is not None
+    least_carbon = dataclasses.replace(problem, objective=Objective("carbon"))
+    result = solve_milp(least_carbon, accuracy, allowed_tiers=allowed_tiers, fixed_models=fixed_models,
+                        time_limit_s=time_limit_s)
+    if result.solution is None:
+        return None
+    least = carbon_g_per_hour(problem, result.solution)
+    if least <= budget * (1 + 1e-6) + 1e-6:
+        return None
+    proven = "" if result.stats.status == "optimal" else \
+        f" (the search stopped at the time limit: the least may be lower, down to {_fmt(result.stats.bound or 0)})"
+    return (f"carbon budget {_fmt(budget)} gCO2/h (--carbon-budget) unreachable: the least carbon any plan reaches "
+            f"within the other limits is {_fmt(least)} gCO2/h{proven}")
+
+
 def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str] | None = None,
             fixed_models: dict[str, str] | None = None, time_limit_s: float = 30.0,
             solver: str = "highs") -> list[str]:
@@ -118,6 +144,10 @@ def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str
                        f"reaches {_fmt(best)} ({combo}; {accuracy.description})")
     if reasons:
         return reasons
+    if problem.objective.carbon_budget_g_per_hour is not None:
+        over = _over_budget(problem, accuracy, allowed_tiers, fixed_models, time_limit_s)
+        if over is not None:
+            return [over]
     conflict = find_conflict(problem, accuracy, allowed_tiers=allowed_tiers, fixed_models=fixed_models,
                              time_limit_s=time_limit_s * CONFLICT_SHARE, solver=solver)
     reasons.append(describe_conflict(problem, accuracy, conflict, allowed_tiers=allowed_tiers,
@@ -170,6 +200,10 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
     if slacks.latency_ms > 1e-6 and problem.latency_bound_ms is not None:
         reasons.append(f"latency bound {_fmt(problem.latency_bound_ms)} ms unreachable: the fastest plan within the "
                        f"other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
+    if slacks.carbon_g_per_hour > 1e-6 and problem.objective.carbon_budget_g_per_hour is not None:
+        budget = problem.objective.carbon_budget_g_per_hour
+        reasons.append(f"carbon budget {_fmt(budget)} gCO2/h (--carbon-budget) unreachable within the other limits: "
+                       f"the plan that misses them least emits {_fmt(budget + slacks.carbon_g_per_hour)} gCO2/h")
     for (source, node_index), rate in sorted(slacks.unserved.items()):
         reasons.append(f"{_fmt(rate * nodes[node_index].total)} req/s from {source} at "
                        f"{_site_label(problem, node_index)} cannot be served, however far bandwidth, instance "

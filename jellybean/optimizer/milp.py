@@ -28,7 +28,7 @@ Variables
 
 Constraints (each family is built by one function, called in this order by :func:`_build`:
 :func:`_variant_choice`, :func:`_rates`, :func:`_capacity`, :func:`_flow_conservation`, :func:`_joins`,
-:func:`_bandwidth`, :func:`_accuracy`, :func:`_latency`, :func:`_churn_terms`)
+:func:`_bandwidth`, :func:`_accuracy`, :func:`_latency`, :func:`_churn_terms`, :func:`_carbon`)
 
 - Flow conservation on the tree, for every commodity and node:
   ``P_{k,i} + down_{k,i} + sum_{j in ch(i)} m_j up_{k,j} = q_{k,i} + up_{k,i} + sum_j m_j down_{k,j}``
@@ -52,9 +52,15 @@ Constraints (each family is built by one function, called in this order by :func
   ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
   whose data can reach ``i`` (``net`` = link latencies plus the transmission time of one message of
   the chosen variant's size), and ``T_{sink,i} <= bound``.
+- Carbon (only when the objective or a budget uses it, :mod:`jellybean.optimizer.carbon`): with
+  ``I_i`` gCO2/kWh at node ``i`` and an instance drawing ``idle_g + (busy_g - idle_g) u`` W,
+  ``C = sum_g I_{i(g)} / 1000 (idle_g M_{i(g)} n_g + (busy_g - idle_g) M_{i(g)} sum_{o on g} r_o / mu_o)``
+  gCO2/h, and ``C <= B`` for a carbon budget ``B``.
 
 Objective: minimise $/hour
-``sum_g M_{i(g)} p_g n_g + sum_{k,i} M_i (up_{k,i} c^up_i + down_{k,i} c^down_i) kb_k 3600/1024^2``.
+``cost = sum_g M_{i(g)} p_g n_g + sum_{k,i} M_i (up_{k,i} c^up_i + down_{k,i} c^down_i) kb_k 3600/1024^2``
+(the default), or ``C`` gCO2/h (objective ``carbon``), or ``cost + pi C / 10^6`` $/h (objective
+``cost+carbon``, carbon at ``pi`` $/tCO2).
 
 Identical instances are one integer count, not one binary each: the aggregated model is exact
 (any assignment of loads to individual identical instances maps to a count and back) and has none
@@ -86,6 +92,7 @@ from functools import cached_property
 import pulp
 
 from jellybean.optimizer.accuracy import AccuracyModel
+from jellybean.optimizer.carbon import grams_per_hour, group_power_w, price_per_g
 from jellybean.optimizer.plan import SolverStats
 from jellybean.optimizer.problem import (
     KB_PER_GB,
@@ -123,6 +130,7 @@ class Slacks:
     accuracy: float = 0.0
     latency_ms: float = 0.0
     unserved: dict[tuple[str, int], float] = field(default_factory=dict)  # (source, node) -> req/s
+    carbon_g_per_hour: float = 0.0  # above the carbon budget
 
 
 @dataclass(frozen=True)
@@ -235,6 +243,7 @@ class _Handles:
     slack_lat: pulp.LpVariable | None = None
     # (source, node, commodity) -> requests/s of the source left unserved on the commodity's edge
     slack_unserved: dict[tuple[str, int, int], pulp.LpVariable] = field(default_factory=dict)
+    slack_carbon: pulp.LpVariable | None = None
     acc_log: bool = False
     latency_redundant: bool = False
 
@@ -244,7 +253,8 @@ class _Model:
     """What every constraint family reads and adds to: the model, the problem, how this solve is
     restricted or relaxed, the options it may use, and the objective's terms, added to in a fixed
     order: ``cost_per_hour`` (instances and traffic, $/h) and ``penalties`` (the elastic solve's
-    prices on violated limits, and the re-plan's churn, in the same $/h units)."""
+    prices on violated limits, and the re-plan's churn, in the same $/h units); and, where the
+    objective uses it, ``carbon_g_per_hour`` (what the instances in use emit, gCO2/h)."""
 
     lp: pulp.LpProblem
     problem: Problem
@@ -256,6 +266,7 @@ class _Model:
     unserved: bool = True  # elastic: the sources' traffic may go unserved, at the highest price
     cost_per_hour: list = field(default_factory=list)
     penalties: list = field(default_factory=list)
+    carbon_g_per_hour: list = field(default_factory=list)
 
     @property
     def exclusive(self) -> bool:
@@ -299,8 +310,8 @@ def _build(
     """The MILP of the module docstring, one constraint family at a time (in this order, which fixes
     the model's rows): variant choice, rates, instance counts and capacity (with the pooled
     relaxation's cluster limits), flow conservation, joins, bandwidth (with the network cost),
-    accuracy, latency, and the re-plan's churn; then the objective. ``dropped``: the constraints left
-    out (:class:`Dropped`)."""
+    accuracy, latency, the re-plan's churn and carbon; then the objective (:func:`_objective`).
+    ``dropped``: the constraints left out (:class:`Dropped`)."""
     usable = usable_options(problem, fixed_models, allowed_tiers, without_groups)
     if problem.latency_bound_ms is not None and not elastic and latency:
         usable = prune_by_latency(problem, usable)
@@ -319,8 +330,24 @@ def _build(
     if problem.latency_bound_ms is not None and latency:
         _latency(m, consumers)
     _churn_terms(m)
-    m.lp += pulp.lpSum(m.cost_per_hour) + pulp.lpSum(m.penalties)
+    _carbon(m)
+    m.lp += _objective(m)
     return m.lp, m.handles
+
+
+def _objective(m: _Model) -> pulp.LpAffineExpression:
+    """What is minimised (:class:`jellybean.optimizer.carbon.Objective`): ``cost_per_hour`` ($/h, the
+    default), the carbon (gCO2/h), or the cost plus the carbon at its price ($/h); plus the
+    penalties (elastic slacks, churn) in every case."""
+    objective = m.problem.objective
+    if objective.kind == "carbon":
+        main = pulp.lpSum(m.carbon_g_per_hour)
+    elif objective.kind == "cost+carbon":
+        main = pulp.lpSum(m.cost_per_hour) + price_per_g(objective.carbon_price_per_tonne or 0.0) * \
+            pulp.lpSum(m.carbon_g_per_hour)
+    else:
+        main = pulp.lpSum(m.cost_per_hour)
+    return main + pulp.lpSum(m.penalties)
 
 
 def _variant_choice(m: _Model, fixed_models: dict[str, str] | None) -> None:
@@ -851,6 +878,46 @@ def _churn_terms(m: _Model) -> None:
         m.penalties.append(weight * members * moved)
 
 
+def _carbon(m: _Model) -> None:
+    """The instances' emissions, only where the objective or a carbon budget uses them (the default
+    model is left as it was, row for row). Per group ``g`` at node ``i`` with its counts ``n`` (per
+    member site; per class in the merged relaxation) and load ``L = sum_{o on g} r_o / mu_o`` (per
+    member site): ``I_i / 1000 (idle_g M n + (busy_g - idle_g) M L)`` gCO2/h
+    (:func:`jellybean.optimizer.carbon.group_power_w`; ``M`` is 1 for a class count). A group or site
+    without figures adds nothing (the planner refuses a carbon objective then). A budget ``B``:
+    ``C <= B`` (elastic: plus a priced slack, in gCO2/h)."""
+    problem = m.problem
+    objective = problem.objective
+    if not objective.uses_carbon:
+        return
+    load: dict[int, list] = {}
+    for o in m.usable:
+        load.setdefault(o.group, []).append(m.handles.r[o.index] * (1.0 / o.throughput_per_s))
+    counts: dict[int, list] = {}
+    for (g_index, _stage), var in m.handles.n.items():
+        counts.setdefault(g_index, []).append(var)
+    for g_index, busy in load.items():
+        g = problem.groups[g_index]
+        intensity = problem.nodes[g.node].carbon_intensity_g_per_kwh
+        if not intensity or g.power_idle_w is None or g.power_busy_w is None:
+            continue
+        sites = problem.nodes[g.node].total
+        instances = (1 if m.relax else sites) * pulp.lpSum(counts.get(g_index, []))
+        power = group_power_w(g.power_idle_w, g.power_busy_w, instances, sites * pulp.lpSum(busy))
+        m.carbon_g_per_hour.append(grams_per_hour(power, intensity))
+    budget = objective.carbon_budget_g_per_hour
+    if budget is None:
+        return
+    total = pulp.lpSum(m.carbon_g_per_hour)
+    if m.elastic:
+        slack = m.lp.add_variable("slack_carbon", lowBound=0)
+        m.handles.slack_carbon = slack
+        m.penalties.append(SLACK_PENALTY / 1000.0 * slack)
+        m.lp += total <= budget + slack, "carbon_budget"
+    else:
+        m.lp += total <= budget, "carbon_budget"
+
+
 def usable_options(problem: Problem, fixed_models: dict[str, str] | None, allowed_tiers: set[str] | None,
                    without_groups: frozenset[int] = frozenset()) -> list[Option]:
     """The options a solve may use: the fixed variants only, in the allowed tiers, on the groups kept."""
@@ -972,7 +1039,10 @@ def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: 
     (`make bench-plan`) this proves the optimum in about a second, where the true model had not
     closed a 0.8% gap in 60 s."""
     started = time.perf_counter()
+    # Reassigning a pool's load to faster or slower instances keeps the cost, not the carbon (the busy
+    # power follows the load in instance-equivalents), so pooling serves the cost objective alone.
     applies = (problem.sharing == "exclusive" and problem.latency_bound_ms is None and problem.churn is None
+               and not problem.objective.uses_carbon
                and all(node.total == 1 for node in problem.nodes) and not options.get("elastic")
                and not options.get("relax_symmetry") and not options.get("lp_only"))
     usable = usable_options(problem, options.get("fixed_models"), options.get("allowed_tiers"))
@@ -1181,6 +1251,8 @@ def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
         slacks.accuracy = _val(values, handles.slack_acc)
     if handles.slack_lat is not None:
         slacks.latency_ms = _val(values, handles.slack_lat)
+    if handles.slack_carbon is not None:
+        slacks.carbon_g_per_hour = _val(values, handles.slack_carbon)
     for (source, node, _k), var in handles.slack_unserved.items():
         # A source feeding several stages has one slack per edge: it is unserved on the one served least.
         if _val(values, var) > 1e-6:

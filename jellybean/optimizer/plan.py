@@ -47,6 +47,9 @@ class InstanceUse(_Out):
     cost_per_hour: float = Field(description="Total over all sites of the row.")
     utilization: float
     stages: list[str]
+    power_w: float | None = Field(default=None, description="Average draw of one instance in use, W: idle + (busy - "
+                                  "idle) x utilization (None: the topology gives no `power_w` or site intensity).")
+    carbon_g_per_hour: float | None = Field(default=None, description="gCO2 per hour, total over all sites of the row.")
 
 
 class LinkFlow(_Out):
@@ -77,6 +80,27 @@ class Cost(_Out):
     by_tier: dict[str, TierCost] = Field(default_factory=dict)
 
 
+class TierCarbon(_Out):
+    power_w: float = Field(default=0.0, description="Average draw of the tier's instances in use, W.")
+    g_per_hour: float = Field(default=0.0, description="gCO2 per hour.")
+
+
+class Carbon(_Out):
+    """What the plan's instances emit (:mod:`jellybean.optimizer.carbon`): each instance in use draws
+    idle + (busy - idle) x its utilisation, W, at its site's grid intensity, gCO2/kWh."""
+
+    total_g_per_hour: float = Field(description="gCO2 per hour, all instances in use.")
+    power_w: float = Field(description="Average draw of all instances in use, W.")
+    by_tier: dict[str, TierCarbon] = Field(default_factory=dict)
+    intensity: str = Field(default="daily mean", description="How sites' intensity series were read: their daily "
+                           "mean, or `at HH:MM UTC` (`jellybean plan --at`).")
+    uncounted: list[str] = Field(default_factory=list, description="Instances in use without `power_w` or at a site "
+                                 "without `carbon_intensity_g_per_kwh` (`site/instance`), counted as 0.")
+    price_per_tonne: float | None = Field(default=None, description="$ per tonne CO2 (objective cost+carbon).")
+    cost_per_hour: float | None = Field(default=None, description="The carbon at that price, $/h (not in `cost`).")
+    budget_g_per_hour: float | None = Field(default=None, description="The carbon budget kept to, gCO2/h.")
+
+
 class SolverStats(_Out):
     name: str = Field(description="`HiGHS`, `CBC` or the heuristic's name.")
     status: str = Field(description="`optimal`, `feasible` (time limit reached, gap > 0), `infeasible`, `heuristic`.")
@@ -96,6 +120,7 @@ class BaselineResult(_Out):
     accuracy: float | None
     models: dict[str, str] = Field(default_factory=dict)
     saving_pct: float | None = Field(default=None, description="How much cheaper the main plan is, in % of this cost.")
+    carbon_g_per_hour: float | None = Field(default=None, description="What this plan emits, gCO2/h (when known).")
     reason: str = ""
     seconds: float = 0.0
 
@@ -125,3 +150,7 @@ class Plan(_Out):
     baselines: list[BaselineResult] = Field(default_factory=list)
     explanation: list[str] = Field(default_factory=list, description="Why the problem is infeasible, in words.")
     warnings: list[str] = Field(default_factory=list)
+    objective: Literal["cost", "carbon", "cost+carbon"] = Field(
+        default="cost", description="What was minimised: $/h, gCO2/h (then $/h), or $/h with carbon priced.")
+    carbon: Carbon | None = Field(default=None, description="gCO2/h in total and per tier; None when the topology "
+                                  "gives no power and carbon-intensity figures.")

@@ -9,12 +9,15 @@ order ``plan`` runs the baselines in and reports them, and the CLI's ``--strateg
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import time as time_of_day
 
 from jellybean.optimizer.accuracy import AccuracyModel, choose_model, enumerate_combinations
 from jellybean.optimizer.baselines import NoPlan, edge_first, select_by_cost_proxy
+from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.explain import explain
 from jellybean.optimizer.milp import solve_milp, solve_placement
@@ -41,7 +44,7 @@ class Placements:
     def solve(self, problem: Problem, accuracy: AccuracyModel, **options):  # noqa: ANN201 - a MilpResult
         fixed, tiers = options.get("fixed_models"), options.get("allowed_tiers")
         key = (tuple(sorted(fixed.items())) if fixed else None, tuple(sorted(tiers)) if tiers else None,
-               options.get("solver"), options.get("gap_rel"))
+               options.get("solver"), options.get("gap_rel"), problem.objective)
         known = self._solved.get(key)
         if known is None or (known.stats.status not in ("optimal", "infeasible")):
             known = solve_placement(problem, accuracy, **options)
@@ -60,6 +63,8 @@ def plan(
     gap_rel: float = 1e-4,
     previous: Plan | None = None,
     churn_cost_per_change_per_hour: float | None = None,
+    objective: Objective | None = None,
+    carbon_at: time_of_day | None = None,
 ) -> Plan:
     """Plan ``bundle`` with ``strategy``; with ``baselines``, also run every other strategy and
     report its cost and the saving of the chosen plan against it.
@@ -71,11 +76,19 @@ def plan(
 
     ``time_limit_s`` is wall-clock for the whole call: the chosen strategy gets ``MAIN_SHARE`` of it
     when baselines run, each baseline an equal share of what is left, and a baseline reached after
-    the limit is reported as not run. A plan found by the limit says the gap it reached."""
+    the limit is reported as not run. A plan found by the limit says the gap it reached.
+
+    ``objective``: what is minimised and the carbon budget kept to (default: cost, no budget;
+    :mod:`jellybean.optimizer.carbon`); one that uses carbon needs ``power_w`` on every instance group
+    and ``carbon_intensity_g_per_kwh`` on every site with instances (a ValueError names what lacks
+    them). ``carbon_at``: the UTC time of day at which sites' intensity series are read (default:
+    each series' daily mean)."""
     if strategy not in REGISTRY:
         raise _unknown(strategy)
     deadline = time.perf_counter() + time_limit_s  # wall clock, for the whole call
-    problem = compile_problem(bundle, sharing=sharing)
+    problem = compile_problem(bundle, sharing=sharing, carbon_at=carbon_at)
+    problem.objective = objective or Objective()
+    _check_carbon_data(problem)
     if previous is not None and previous.feasible:
         problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
@@ -98,7 +111,25 @@ def plan(
                                       placements=placements)
             results.append(_baseline(main, other_plan, time.perf_counter() - started))
         main.baselines = results
+    if problem.objective.uses_carbon:
+        main.solver.notes.append(f"objective: {problem.objective.describe()}; sites' intensity: {problem.carbon_at}")
     return main
+
+
+def _check_carbon_data(problem: Problem) -> None:
+    """A carbon objective or budget needs every group's figures (a ValueError names the missing ones);
+    otherwise, figures given for some groups only are a warning (the plan's carbon counts the rest as 0)."""
+    missing = problem.missing_carbon_data()
+    if not missing:
+        return
+    if problem.objective.uses_carbon:
+        raise ValueError(f"{problem.objective.describe()} needs the power of every instance group and the carbon "
+                         f"intensity of every site with instances; missing for {listed(missing, at_most=5)}: give "
+                         "`power_w: {idle: W, busy: W}` and the site's `carbon_intensity_g_per_kwh` in the Topology "
+                         "(0 where an instance really emits nothing)")
+    if len(missing) < len(problem.groups):
+        problem.warnings.append(f"carbon counts only instances with `power_w` at sites with "
+                                f"`carbon_intensity_g_per_kwh`; not counted: {listed(missing, at_most=5)}")
 
 
 def churn_of(problem: Problem, previous: Plan, cost_per_change_per_hour: float | None) -> Churn:
@@ -125,6 +156,7 @@ def _baseline(main: Plan, other: Plan, seconds: float) -> BaselineResult:
     return BaselineResult(
         strategy=other.strategy, feasible=other.feasible, cost=other.cost, accuracy=other.accuracy,
         models=other.models, saving_pct=saving, reason="; ".join(other.explanation), seconds=seconds,
+        carbon_g_per_hour=other.carbon.total_g_per_hour if other.carbon else None,
     )
 
 
@@ -179,12 +211,53 @@ def run_strategy(
     explain_infeasible: bool = True,
     placements: Placements | None = None,
 ) -> Plan:
-    """Plan ``problem`` with the registered strategy named ``strategy``."""
+    """Plan ``problem`` with the registered strategy named ``strategy`` (objective carbon: in two
+    steps, :func:`_least_carbon_then_cost`)."""
     run = REGISTRY.get(strategy)
     if run is None:
         raise _unknown(strategy)
-    return run(problem, accuracy, StrategyOptions(time_limit_s, solver, gap_rel, explain_infeasible,
-                                                  placements or Placements()))
+    options = StrategyOptions(time_limit_s, solver, gap_rel, explain_infeasible, placements or Placements())
+    if problem.objective.kind == "carbon":
+        return _least_carbon_then_cost(run, problem, accuracy, options)
+    return run(problem, accuracy, options)
+
+
+#: Objective carbon's second step keeps the carbon within this share (and these gCO2/h) of the first
+#: step's: the solver's tolerances, not a trade of carbon for cost.
+CARBON_TIE_REL = 1e-6
+CARBON_TIE_ABS = 1e-6
+
+
+def _least_carbon_then_cost(run: Strategy, problem: Problem, accuracy: AccuracyModel, options: StrategyOptions
+                            ) -> Plan:
+    """Objective carbon, lexicographically: the least carbon ``C*`` (half the time limit), then the
+    cheapest plan emitting at most ``C*`` (what is left): carbon ties are common (traffic on paid
+    links emits nothing here; equally efficient instances differ in price), and a carbon-only
+    optimum would pick among them at random. A strategy that does not read the objective (a
+    heuristic) is run once. If the second step finds no plan in time, the first step's plan stands."""
+    started = time.perf_counter()
+    first = run(problem, accuracy, dataclasses.replace(options, time_limit_s=options.time_limit_s / 2))
+    if not first.feasible or first.carbon is None or first.solver.status == "heuristic":
+        return first
+    least = first.carbon.total_g_per_hour
+    budget = least * (1 + CARBON_TIE_REL) + CARBON_TIE_ABS
+    if problem.objective.carbon_budget_g_per_hour is not None:
+        budget = min(budget, max(least, problem.objective.carbon_budget_g_per_hour))
+    cheapest = dataclasses.replace(problem, objective=Objective("cost", carbon_budget_g_per_hour=budget))
+    left = max(0.1, options.time_limit_s - (time.perf_counter() - started))
+    second = run(cheapest, accuracy, dataclasses.replace(options, time_limit_s=left, explain_infeasible=False))
+    gap = "unknown" if first.solver.gap is None else f"{100 * first.solver.gap:.3f}%"
+    step = f"least carbon {least:.6g} gCO2/h ({first.solver.status}, gap {gap})"
+    if not second.feasible or second.carbon is None:
+        first.solver.notes.append(f"{step}; no cheaper plan within it was found in the time left")
+        return first
+    # Reported as the carbon objective's plan: its objective and budget are the user's, not the step's.
+    second.objective = "carbon"
+    second.carbon.budget_g_per_hour = problem.objective.carbon_budget_g_per_hour
+    second.solver.notes.insert(0, f"{step}; then the cheapest plan within {budget:.6g} gCO2/h (the gap below is "
+                                  "this step's, in $/h)")
+    second.solver.seconds = time.perf_counter() - started
+    return second
 
 
 @register_strategy(OPTIMAL)
@@ -452,7 +525,7 @@ def _optimal_joint(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: f
             gap = max(0.0, (stats.objective - lower) / stats.objective) if stats.objective > 0 else 0.0
             stats.bound = lower
             stats.gap = max(gap, stats.gap or 0.0)
-            stats.notes.append(f"lower bound {lower:.4f} $/h from the merged relaxation "
+            stats.notes.append(f"lower bound {lower:.4f} {problem.objective.unit} from the merged relaxation "
                                f"({relaxed.stats.status}, {relaxed.stats.seconds:.2f}s)")
             if stats.status == "optimal" and stats.gap > max(gap_rel, 1e-9):
                 stats.status = "feasible"

@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import time
 
+from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.framing import Framing
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
@@ -61,6 +63,9 @@ class Node:
     children: list[int] = field(default_factory=list)
     groups: list[int] = field(default_factory=list)
     depth: int = 0
+    #: The sites' grid carbon intensity for this plan, gCO2/kWh (a series resolved: its daily mean, or
+    #: the value at the planned time); None: the topology gives none.
+    carbon_intensity_g_per_kwh: float | None = None
 
     @property
     def total(self) -> int:
@@ -80,6 +85,9 @@ class Group:
     elastic: bool
     memory_mb: float | None
     cpus: float | None
+    #: One instance's draw in use, W, idle and fully busy (Topology ``power_w``); None: not given.
+    power_idle_w: float | None = None
+    power_busy_w: float | None = None
 
 
 @dataclass
@@ -212,6 +220,23 @@ class Problem:
     accuracy_tables: list[AccuracyTable] = field(default_factory=list)
     #: The table the workflow's SLO names (``slo.accuracy_table``), which must then cover it; None: none named.
     accuracy_table: AccuracyTable | None = None
+    #: What the planner minimises and the carbon budget it keeps to (:mod:`jellybean.optimizer.carbon`).
+    objective: Objective = field(default_factory=Objective)
+    #: How the sites' carbon-intensity series were read: ``daily mean`` or ``at HH:MM UTC``.
+    carbon_at: str = "daily mean"
+
+    def missing_carbon_data(self) -> list[str]:
+        """What the carbon model lacks: ``site/instance`` for each instance group without ``power_w``
+        or at a site without ``carbon_intensity_g_per_kwh`` (empty: every group's carbon is known)."""
+        missing = []
+        for g in self.groups:
+            node = self.nodes[g.node]
+            lacks = [what for what, absent in (("power_w", g.power_idle_w is None),
+                                               ("the site's carbon_intensity_g_per_kwh",
+                                                node.carbon_intensity_g_per_kwh is None)) if absent]
+            if lacks:
+                missing.append(f"{node.name}/{g.name} ({' and '.join(lacks)})")
+        return missing
 
     # --- tree helpers -------------------------------------------------------------------------
     def ancestors(self, node: int) -> list[int]:
@@ -364,16 +389,19 @@ def compile_problem(
     *,
     sharing: str | None = None,
     aggregate: bool = True,
+    carbon_at: time | None = None,
 ) -> Problem:
     """Build the Problem for ``bundle``: the classes of identical sites (:func:`symmetry_classes`),
     the sources' rates per member site (:func:`source_rates_per_node`), the stages with their rate
     bounds (:func:`compile_stages`) and the ways to serve each (:func:`compile_options`).
-    ``sharing`` overrides the topology's mode; ``aggregate=False`` keeps every site a class of its own."""
+    ``sharing`` overrides the topology's mode; ``aggregate=False`` keeps every site a class of its own;
+    ``carbon_at``: the UTC time of day at which sites' carbon-intensity series are read (None: each
+    series' daily mean, :func:`jellybean.spec.topology.intensity_g_per_kwh`)."""
     wf = bundle.workflow.spec
     topo = bundle.topology.spec
     zoo = bundle.zoo.spec
     sources_at = sources_per_site(wf)
-    classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate)
+    classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate, carbon_at=carbon_at)
     source_rates, payload = source_rates_per_node(wf, sources_at, classes.site_node)
     order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
     framing = framing_of(topo)
@@ -395,6 +423,7 @@ def compile_problem(
         outputs=outputs, link_wait_ms=topo.link_batch_wait_ms,
         accuracy_tables=list(zoo.accuracy_tables),
         accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
+        carbon_at="daily mean" if carbon_at is None else f"at {carbon_at.strftime('%H:%M')} UTC",
     )
 
 
@@ -471,10 +500,12 @@ def site_signatures(topo: TopologySpec, sources_at: dict[str, dict[str, int]], p
         s = sites[name]
         uplink = None if s.uplink is None else (
             tuple(sorted(s.uplink.up.model_dump().items())), tuple(sorted(s.uplink.down.model_dump().items())))
-        instances = tuple((i.name, i.hardware, i.price_per_hour, i.count, i.max_count, i.memory_mb, i.cpus)
-                          for i in s.instances)
+        instances = tuple((i.name, i.hardware, i.price_per_hour, i.count, i.max_count, i.memory_mb, i.cpus,
+                           None if i.power_w is None else (i.power_w.idle, i.power_w.busy)) for i in s.instances)
         srcs = tuple(sorted(sources_at.get(name, {}).items()))
-        return (s.tier.value, uplink, instances, srcs, pinned.get(name, ()))
+        intensity = s.carbon_intensity_g_per_kwh
+        carbon = intensity if not isinstance(intensity, list) else tuple((k.from_, k.g_per_kwh) for k in intensity)
+        return (s.tier.value, uplink, instances, srcs, pinned.get(name, ()), carbon)
 
     # Post-order without recursion (trees can be deep and wide).
     post: list[str] = []
@@ -502,7 +533,7 @@ def site_signatures(topo: TopologySpec, sources_at: dict[str, dict[str, int]], p
 
 
 def symmetry_classes(topo: TopologySpec, sources_at: dict[str, dict[str, int]], pinned: dict[str, tuple[str, ...]],
-                     *, aggregate: bool = True) -> SymmetryClasses:
+                     *, aggregate: bool = True, carbon_at: time | None = None) -> SymmetryClasses:
     """Merge identical sibling sites (equal :func:`site_signatures`) into one :class:`Node`, top-down.
 
     A node's ``multiplicity`` ``m`` is how many of its sites sit under *one* member of its parent
@@ -525,6 +556,7 @@ def symmetry_classes(topo: TopologySpec, sources_at: dict[str, dict[str, int]], 
             index=len(nodes), name=representative, members=members, tier=s.tier, parent=parent,
             multiplicity=len(member_lists[0]),
             up=s.uplink.up if s.uplink else None, down=s.uplink.down if s.uplink else None, depth=depth,
+            carbon_intensity_g_per_kwh=s.carbon_intensity(carbon_at),
         )
         nodes.append(node)
         for m in members:
@@ -533,7 +565,9 @@ def symmetry_classes(topo: TopologySpec, sources_at: dict[str, dict[str, int]], 
             nodes[parent].children.append(node.index)
         for inst in s.instances:
             group = Group(len(groups), node.index, inst.name, inst.hardware, inst.price_per_hour, inst.limit,
-                          inst.elastic, inst.memory_mb, inst.cpus)
+                          inst.elastic, inst.memory_mb, inst.cpus,
+                          power_idle_w=inst.power_w.idle if inst.power_w else None,
+                          power_busy_w=inst.power_w.busy if inst.power_w else None)
             groups.append(group)
             node.groups.append(group.index)
         # Children classes: group each member's children by signature, in a stable order.

@@ -425,6 +425,13 @@ _HINTS = {
 
 
 _STRING_TAGS = ("str", "constrained-str")
+#: A value that is a number *or* a list (a site's carbon intensity: an average or a day's series):
+#: pydantic tags each alternative's errors with these.
+_NUMBER_TAGS = ("float", "constrained-float", "int", "constrained-int")
+
+
+def _union_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _NUMBER_TAGS or part.startswith("list["))
 
 
 def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, list[str]] | None = None,
@@ -440,8 +447,13 @@ def model_issues(exc: ValidationError, source: SourceMap, allowed: dict[tuple, l
             continue
         if loc and loc[-1] == "StageInput" and error["type"] == "model_type" and isinstance(error.get("input"), str):
             continue
+        # A number or a list: keep the alternative of the shape written (a list: the series' errors).
+        if loc and loc[-1] in _NUMBER_TAGS and isinstance(error.get("input"), list):
+            continue
+        if loc and _union_tag(loc[-1]) and str(loc[-1]).startswith("list[") and error["type"] == "list_type":
+            continue
         clean = tuple(p for p in loc if isinstance(p, int)
-                      or not (str(p).startswith("function-") or p in _STRING_TAGS or p == "StageInput"))
+                      or not (str(p).startswith("function-") or p in _STRING_TAGS or p == "StageInput" or _union_tag(p)))
         located = (error.get("ctx") or {}).get("error")
         if isinstance(located, LocatedValueError):
             clean = clean + tuple(located.loc)

@@ -18,13 +18,21 @@ copy (``cam`` under ``store-07`` is ``cam-store-07``; with its own ``replicas: 2
 ``cam-store-07-1`` and ``cam-store-07-2``). A Workflow may name the replicated site
 (``sites: [cam]``) for all its copies. The planner pools identical sites into one class anyway;
 this is the way to say there are forty.
+
+Carbon (for ``jellybean plan --objective carbon | cost+carbon`` and ``--carbon-budget``, and the plan's
+gCO2/h report): a site's ``carbon_intensity_g_per_kwh`` (its grid's gCO2 per kWh: one yearly average,
+or a day's series of steps in UTC) and an instance group's ``power_w`` (``idle`` and ``busy`` watts
+of one instance). The planner models one instance in use as drawing
+``idle + (busy - idle) x utilisation`` W (the planner's carbon module says how it uses them).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from datetime import time
+from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier, first_repeat
 from jellybean.spec.errors import LocatedValueError, did_you_mean
@@ -41,6 +49,75 @@ class Uplink(StrictModel):
     down: LinkDirection = Field(default_factory=LinkDirection, description="From the parent site.")
 
 
+class PowerDraw(StrictModel):
+    """What one instance draws, in W (at the wall; include your site's cooling share, its PUE, if
+    you want it counted). Between the two the planner interpolates linearly in the utilisation."""
+
+    idle: float = Field(ge=0, description="W drawn by one instance in use with nothing to do (powered, models loaded).")
+    busy: float = Field(ge=0, description="W drawn by one instance at full load (100% utilisation).")
+
+    @model_validator(mode="after")
+    def _busy_at_least_idle(self) -> "PowerDraw":
+        if self.busy < self.idle:
+            raise LocatedValueError(("busy",), f"busy power {self.busy:g} W is below idle power {self.idle:g} W",
+                                    "`busy` is the draw at full load, `idle` with nothing to do")
+        return self
+
+
+_HH_MM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+MINUTES_PER_DAY = 24 * 60
+
+
+class IntensityStep(StrictModel):
+    """One step of a site's daily carbon-intensity series: ``g_per_kwh`` holds from ``from`` (UTC)
+    until the next step's ``from`` (the last step's until the first one's, the next day)."""
+
+    from_: str = Field(alias="from", description="UTC time of day the value starts to hold, `HH:MM` (00:00-23:59).")
+    g_per_kwh: float = Field(ge=0, description="Grid carbon intensity from then on, gCO2 per kWh.")
+
+    @field_validator("from_", mode="before")
+    @classmethod
+    def _sexagesimal(cls, value: object) -> object:
+        """YAML 1.1 reads an unquoted ``12:30`` as the base-60 integer 750, which is the minutes after
+        midnight: take it back as the time it was written as."""
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < MINUTES_PER_DAY:
+            return f"{value // 60:02d}:{value % 60:02d}"
+        return value
+
+    @field_validator("from_")
+    @classmethod
+    def _time_of_day(cls, value: str) -> str:
+        if not _HH_MM.match(value):
+            raise LocatedValueError((), f"{value!r} is not a time of day `HH:MM` between 00:00 and 23:59 (UTC)",
+                                    'quote it and give two digits each, e.g. "06:30"')
+        return value
+
+    @property
+    def minute(self) -> int:
+        """Minutes after midnight UTC."""
+        hours, minutes = self.from_.split(":")
+        return int(hours) * 60 + int(minutes)
+
+
+def intensity_g_per_kwh(value: float | list[IntensityStep] | None, at: time | None = None) -> float | None:
+    """A site's carbon intensity for planning, gCO2/kWh: the number itself; for a daily series, the
+    value in force at ``at`` (a UTC time of day), or, without ``at``, the series' mean over the day,
+    each step weighted by how long it holds (a plan that runs around the clock emits at that mean).
+    None: the site gives none."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    steps = sorted(value, key=lambda step: step.minute)
+    if at is not None:
+        minute = at.hour * 60 + at.minute
+        current = [step for step in steps if step.minute <= minute]
+        return (current[-1] if current else steps[-1]).g_per_kwh
+    total = 0.0
+    for k, step in enumerate(steps):
+        end = steps[k + 1].minute if k + 1 < len(steps) else steps[0].minute + MINUTES_PER_DAY
+        total += step.g_per_kwh * (end - step.minute)
+    return total / MINUTES_PER_DAY
+
+
 class InstanceGroup(StrictModel):
     name: Name = Field(description="Instance (group) name, unique within its site.")
     hardware: Name = Field(description="Hardware type, matched against the zoo's latency profiles.")
@@ -49,6 +126,10 @@ class InstanceGroup(StrictModel):
     max_count: int | None = Field(default=None, ge=0, description="Upper bound on elastic instances.")
     memory_mb: float | None = Field(default=None, gt=0, description="Memory per instance in MB; omit for unlimited.")
     cpus: float | None = Field(default=None, gt=0, description="CPU cores per instance (informational; used by the runtime).")
+    power_w: PowerDraw | None = Field(default=None, description="Power of one instance in W, `idle` and `busy`: "
+                                      "an instance in use draws idle + (busy - idle) x its planned utilisation "
+                                      "(unused instances count as off). Needed for the plan's gCO2/h and the carbon "
+                                      "objectives; omit when unknown.")
 
     @model_validator(mode="after")
     def _count_or_max(self) -> "InstanceGroup":
@@ -72,6 +153,12 @@ class Site(StrictModel):
     uplink: Uplink | None = Field(default=None, description="The link to the parent; required when `parent` is set.")
     instances: list[InstanceGroup] = Field(default_factory=list)
     labels: dict[str, str] = Field(default_factory=dict)
+    carbon_intensity_g_per_kwh: Annotated[float, Field(ge=0)] | list[IntensityStep] | None = Field(
+        default=None, description="The site's grid carbon intensity, gCO2 per kWh: a number (a yearly or other "
+        "average), or a day's series of steps `[{from: \"HH:MM\", g_per_kwh: N}, ...]` in UTC, each holding until "
+        "the next (the last until the first, the next day). The planner uses a series' mean over the day (each step "
+        "weighted by how long it holds), or, with `jellybean plan --at HH:MM`, the value in force then. Needed for "
+        "the plan's gCO2/h and the carbon objectives; omit when unknown.")
     replicas: int | None = Field(default=None, ge=1, le=100_000, description="This many identical sites "
                                  "(`<name>-01` .. `<name>-N`, or `replica_names`); children are copied under each.")
     replica_names: str | None = Field(default=None, description="The copies' names: a pattern with `{name}` and "
@@ -91,6 +178,23 @@ class Site(StrictModel):
                 raise LocatedValueError(("replica_names",), f"not a pattern of `{{name}}` and `{{i}}`: {exc}",
                                         'e.g. "{name}-{i:03d}"') from None
         return self
+
+    @field_validator("carbon_intensity_g_per_kwh")
+    @classmethod
+    def _series_in_order(cls, value: float | list[IntensityStep] | None) -> float | list[IntensityStep] | None:
+        if isinstance(value, list):
+            if not value:
+                raise LocatedValueError((), "an empty series", 'give a number, or at least one step '
+                                        '`{from: "00:00", g_per_kwh: N}`')
+            for k in range(1, len(value)):
+                if value[k].minute <= value[k - 1].minute:
+                    raise LocatedValueError((k, "from"), f"step {value[k].from_} does not come after the step before "
+                                            f"it ({value[k - 1].from_})", "list the steps in time order, each once")
+        return value
+
+    def carbon_intensity(self, at: time | None = None) -> float | None:
+        """This site's intensity for planning, gCO2/kWh (:func:`intensity_g_per_kwh`)."""
+        return intensity_g_per_kwh(self.carbon_intensity_g_per_kwh, at)
 
     def copy_names(self) -> list[str]:
         """The names of this site's copies (itself alone when not replicated)."""

@@ -146,11 +146,20 @@ def plot_pareto(result: ParetoSweep, path: str | Path) -> Path:
     ax.annotate(f"workflow's SLO {result.slo_accuracy:g}", (result.slo_accuracy, 0.0),
                 xycoords=("data", "axes fraction"), xytext=(4, 6), textcoords="offset points", fontsize=8,
                 color="#555555")
-    ax.set_xlabel("accuracy target (end-to-end, in the zoo's unit)")
+    return finish_cost_figure(figure, ax, path, xlabel="accuracy target (end-to-end, in the zoo's unit)",
+                              title=f"{result.workflow}: cost against the accuracy target ({result.sharing} instances)",
+                              legend_columns=3)
+
+
+def finish_cost_figure(figure, ax, path: str | Path, *, xlabel: str, title: str,  # noqa: ANN001 - matplotlib's
+                       legend_columns: int) -> Path:
+    """The benchmark pictures' common frame, cost ($/h) upwards from 0: labels, title, a light grid,
+    the legend below the axes; then the figure written to ``path``."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("cost, $/h (compute + network)")
-    ax.set_title(f"{result.workflow}: cost against the accuracy target ({result.sharing} instances)", fontsize=11)
+    ax.set_title(title, fontsize=11)
     ax.set_ylim(bottom=0)
     ax.grid(True, color="#e5e5e5", lw=0.6)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=legend_columns, frameon=False)
     figure.tight_layout()
     return save_figure(figure, path)

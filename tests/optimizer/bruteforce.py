@@ -6,6 +6,12 @@ assigned a stage or nothing; in shared mode every instance group picks the set o
 how many instances it uses. For each such choice the remaining problem is a linear program over
 per-instance rates and *site-to-site* flows (routes are whole tree paths, not the MILP's per-link
 flows), solved with SciPy's ``linprog``. The cheapest over all choices is the optimum.
+
+Carbon, written out here on its own: an instance in use at site ``i`` emits
+``I_i / 1000 (idle + (busy - idle) u)`` gCO2/h, ``u`` its busy fraction. The idle part is fixed by
+the enumerated choice (per instance used), the busy part is linear in the LP's rates
+(``(busy - idle) I_i / 1000 / mu_o`` per request/s of option ``o``). The minimum is taken of
+``cost_weight x $/h + carbon_weight x gCO2/h``, with at most ``carbon_budget`` gCO2/h.
 """
 
 from __future__ import annotations
@@ -20,9 +26,13 @@ from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
 from jellybean.optimizer.problem import KB_PER_GB, MBIT_PER_KB, SECONDS_PER_HOUR, Problem
 
 
-def brute_force(problem: Problem, accuracy: AccuracyModel) -> float:
-    """Minimum $/h over every plan, or ``math.inf`` when none exists. Needs ``aggregate=False``."""
+def brute_force(problem: Problem, accuracy: AccuracyModel, *, cost_weight: float = 1.0, carbon_weight: float = 0.0,
+                carbon_budget: float | None = None) -> float:
+    """Minimum of ``cost_weight x $/h + carbon_weight x gCO2/h`` over every plan emitting at most
+    ``carbon_budget`` gCO2/h (default: $/h, no budget), or ``math.inf`` when none exists. Needs
+    ``aggregate=False``."""
     assert all(n.total == 1 for n in problem.nodes), "compile with aggregate=False"
+    weights = _Weights(cost_weight, carbon_weight, carbon_budget)
     best = math.inf
     for models in enumerate_combinations(problem) or []:
         value = accuracy.evaluate(problem, models)
@@ -31,29 +41,52 @@ def brute_force(problem: Problem, accuracy: AccuracyModel) -> float:
         opts = {s: [o for o in (problem.options[i] for i in problem.options_by_stage[s]) if o.variant == models[s]]
                 for s in problem.order}
         if problem.sharing == "exclusive":
-            best = min(best, _exclusive(problem, models, opts))
+            best = min(best, _exclusive(problem, models, opts, weights))
         else:
-            best = min(best, _shared(problem, models, opts))
+            best = min(best, _shared(problem, models, opts, weights))
     return best
 
 
-def _exclusive(problem: Problem, models, opts) -> float:
+class _Weights:
+    def __init__(self, cost: float, carbon: float, budget: float | None) -> None:
+        self.cost, self.carbon, self.budget = cost, carbon, budget
+
+
+def _g_per_wh(problem: Problem, g: int) -> float:
+    """gCO2 per Wh drawn by group ``g`` (its site's intensity / 1000; 0 without figures)."""
+    return (problem.nodes[problem.groups[g].node].carbon_intensity_g_per_kwh or 0.0) / 1000.0
+
+
+def _idle_g_per_hour(problem: Problem, g: int, instances: float) -> float:
+    return (problem.groups[g].power_idle_w or 0.0) * instances * _g_per_wh(problem, g)
+
+
+def _busy_g_per_request(problem: Problem, o) -> float:  # noqa: ANN001 - an Option
+    """gCO2/h per request/s served with option ``o``: its share of a busy instance's extra draw."""
+    g = problem.groups[o.group]
+    extra_w = (g.power_busy_w or 0.0) - (g.power_idle_w or 0.0)
+    return extra_w / o.throughput_per_s * _g_per_wh(problem, o.group)
+
+
+def _exclusive(problem: Problem, models, opts, weights: _Weights) -> float:
     instances = [(g.index, k) for g in problem.groups for k in range(g.limit)]
     choices = [None] + problem.order
     best = math.inf
     for assignment in itertools.product(choices, repeat=len(instances)):
-        compute = sum(problem.groups[g].price_per_hour for (g, _), s in zip(instances, assignment) if s is not None)
-        if compute >= best:
+        used = [g for (g, _), s in zip(instances, assignment) if s is not None]
+        compute = sum(problem.groups[g].price_per_hour for g in used)
+        idle = sum(_idle_g_per_hour(problem, g, 1.0) for g in used)
+        fixed = weights.cost * compute + weights.carbon * idle
+        if fixed >= best or (weights.budget is not None and idle > weights.budget + 1e-9):
             continue
         # Serving units: one per used instance, with the options of its stage on its group.
         units = [(s, [o for o in opts[s] if o.group == g], 1.0)
                  for (g, _), s in zip(instances, assignment) if s is not None]
-        network = _lp(problem, models, units)
-        best = min(best, compute + network)
+        best = min(best, fixed + _lp(problem, models, units, weights, idle))
     return best
 
 
-def _shared(problem: Problem, models, opts) -> float:
+def _shared(problem: Problem, models, opts, weights: _Weights) -> float:
     per_group = []
     for g in problem.groups:
         menu = []
@@ -69,25 +102,29 @@ def _shared(problem: Problem, models, opts) -> float:
     best = math.inf
     for pick in itertools.product(*per_group):
         compute = sum(problem.groups[g].price_per_hour * n for g, (_, n) in enumerate(pick))
-        if compute >= best:
+        idle = sum(_idle_g_per_hour(problem, g, n) for g, (_, n) in enumerate(pick))
+        fixed = weights.cost * compute + weights.carbon * idle
+        if fixed >= best or (weights.budget is not None and idle > weights.budget + 1e-9):
             continue
         units = []
         for g, (hosted, n) in enumerate(pick):
             if n:
                 units.append((tuple(hosted), [o for s in hosted for o in opts[s] if o.group == g], float(n)))
-        network = _lp(problem, models, units)
-        best = min(best, compute + network)
+        best = min(best, fixed + _lp(problem, models, units, weights, idle))
     return best
 
 
-def _lp(problem: Problem, models, units) -> float:
-    """Cheapest network cost for fixed serving units, or inf. Units: (stage(s), options, instances)."""
+def _lp(problem: Problem, models, units, weights: _Weights, idle_g_per_hour: float) -> float:
+    """Least ``cost_weight x network $/h + carbon_weight x busy gCO2/h`` for fixed serving units,
+    with the busy carbon within ``budget - idle``, or inf. Units: (stage(s), options, instances)."""
     nodes = problem.nodes
     h = problem.max_utilization
     columns: list[tuple] = []  # ("r", unit, option) | ("f", edge_key, i, j)
     for u, (_, options, _) in enumerate(units):
         for o in options:
             columns.append(("r", u, o.index))
+    busy_carbon = {("r", u, o.index): _busy_g_per_request(problem, o)
+                   for u, (_, options, _) in enumerate(units) for o in options}
     edges = [(s, e) for s in problem.order for e in problem.stages[s].inputs]
     pairs = [(i, j) for i in range(len(nodes)) for j in range(len(nodes)) if problem.reachable(i, j)]
     for s, e in edges:
@@ -106,7 +143,14 @@ def _lp(problem: Problem, models, units) -> float:
         for i, j in pairs:
             ups, downs = problem.path(i, j)
             price = sum(nodes[n].up.cost_per_gb for n in ups) + sum(nodes[n].down.cost_per_gb for n in downs)
-            cost[index[("f", e.key, i, j)]] = price * kb * SECONDS_PER_HOUR / KB_PER_GB
+            cost[index[("f", e.key, i, j)]] = weights.cost * price * kb * SECONDS_PER_HOUR / KB_PER_GB
+    carbon_row = np.zeros(len(columns))
+    for column, grams in busy_carbon.items():
+        carbon_row[index[column]] = grams
+    cost += weights.carbon * carbon_row
+    if weights.budget is not None:
+        a_ub.append(carbon_row)
+        b_ub.append(weights.budget - idle_g_per_hour)
     # Capacity of each unit.
     for u, (_, options, n) in enumerate(units):
         row = np.zeros(len(columns))

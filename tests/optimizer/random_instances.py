@@ -24,7 +24,11 @@ def make_bundle(zoo: dict, topology: dict, workflow: dict) -> Bundle:
     return bundle
 
 
-def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None) -> Bundle:
+def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None,
+                  carbon: bool = False) -> Bundle:
+    """A small random instance; ``carbon``: with each site's grid intensity (sometimes a day's series)
+    and each instance group's idle and busy power, drawn from their own generator so that the rest of
+    the instance is the one the same seed gives without them."""
     rng = random.Random(seed)
     hardware = ["cpu", "gpu"]
     join = rng.random() < 0.3 if join is None else join
@@ -92,4 +96,34 @@ def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool
         stages[0]["inputs"] = [{"from": "cams", "ratio": 1.0}]
         sources[0]["rate_per_s"] = 1.0
     workflow = {"sources": sources, "stages": stages, "slo": {"accuracy": round(rng.uniform(40, 75), 1)}}
+    if carbon:
+        add_carbon(topology, random.Random(1_000_003 * seed + 17))
     return make_bundle(zoo, topology, workflow)
+
+
+#: Per tier, the range of grid intensities drawn (gCO2/kWh): the cloud's grid cleaner than the hubs',
+#: whose instances are cheaper, so that the least-carbon plan is seldom the cheapest.
+INTENSITY_RANGE = {"cloud": (20.0, 250.0), "hub": (150.0, 900.0)}
+
+
+def add_carbon(topology: dict, rng: random.Random) -> None:
+    """Random carbon figures, one draw per tier (the hubs' grid alike, so that hubs identical without
+    them stay identical): an intensity in :data:`INTENSITY_RANGE` (a third of the tiers a two- or
+    three-step day series instead), and per instance group name idle 2-60 W and busy up to 8x that."""
+    intensity: dict[str, object] = {}
+    power: dict[str, dict] = {}
+    for site in topology["sites"]:
+        low, high = INTENSITY_RANGE[site["tier"]]
+        if site["tier"] not in intensity:
+            if rng.random() < 1 / 3:
+                steps = sorted(rng.sample(range(24), rng.choice([2, 3])))
+                intensity[site["tier"]] = [{"from": f"{h:02d}:00", "g_per_kwh": round(rng.uniform(low, high), 1)}
+                                           for h in steps]
+            else:
+                intensity[site["tier"]] = round(rng.uniform(low, high), 1)
+        site["carbon_intensity_g_per_kwh"] = intensity[site["tier"]]
+        for group in site["instances"]:
+            if group["name"] not in power:
+                idle = round(rng.uniform(2, 60), 1)
+                power[group["name"]] = {"idle": idle, "busy": round(idle * rng.uniform(1.0, 8.0), 1)}
+            group["power_w"] = dict(power[group["name"]])

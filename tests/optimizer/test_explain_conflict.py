@@ -30,11 +30,13 @@ CAMS = [f"cam{k}" for k in range(10)]
 
 
 def _city(hub_box: dict | None, uplink: dict | None = None) -> dict:
-    """A cloud with GPUs, a hub (with ``hub_box``, behind ``uplink``), ten cameras under the hub."""
+    """A cloud with GPUs, a hub (with ``hub_box``, behind ``uplink``), ten cameras under the hub;
+    payloads alone on the links and no wait for company, so that the numbers below are the
+    documents' (framing and the wait are tested on their own, tests/optimizer/test_framing.py)."""
     hub = {"name": "hub", "tier": "hub", "parent": "cloud", "instances": [hub_box] if hub_box else []}
     if uplink:
         hub["uplink"] = {"up": uplink}
-    return {"sites": [{"name": "cloud", "tier": "cloud",
+    return {"message_framing": False, "link_batch_wait_ms": 0, "sites": [{"name": "cloud", "tier": "cloud",
                        "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 1, "max_count": 4}]},
                       hub, *({"name": cam, "tier": "device", "parent": "hub"} for cam in CAMS)]}
 
