@@ -337,10 +337,18 @@ def worst_latency(problem: Problem, solution: Solution, percentile: str) -> floa
         else:
             value = expected_latency_ms(problem, solution, o_index, rate, fused=key in fused)
         proc[key] = max(proc.get(key, 0.0), value)
-    # A message bound for another site waits for company at most link_wait_ms (the bound's share), and
-    # about half of it on average (the expected time's).
-    finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src),
-                           wait_share=0.5 if percentile == "expected" else 1.0)
+    # A message bound for another site waits for company: the longest wait for the bounds, the mean
+    # for the expected time, at the rate its edge produces at its node (messages/s per member site),
+    # in bursts of the edge's ratio (one upstream request's outputs leave together).
+    flow_of = None
+    if percentile == "expected":
+        produced = production(problem, solution, stage_rates(problem, solution))
+
+        def flow_of(edge, node: int) -> tuple[float, float]:  # noqa: ANN001
+            burst = 1.0 if edge.from_source else edge.ratio_for(solution.models.get(edge.src))
+            return produced.get(edge.key, {}).get(node, 0.0), burst
+
+    finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src), flow_of=flow_of)
     ends = [t for (s, _), t in finish.items() if s == problem.sink]
     return max(ends) if ends else None
 

@@ -3,8 +3,9 @@ that the data plane puts on an uplink.
 
 A message of ``m`` bytes (its fields as the data plane carries them: a source's ``payload_kb``, a
 variant's ``output_kb``, an output's ``result_kb``) crosses a link inside a *send* of
-``n = link_batch_messages`` messages (``Topology.link_batch_messages``: the senders keep to it,
-waiting at most ``link_batch_wait_ms`` for company). On the wire a send is our call header
+``n = min(link_batch_messages, floor(P / m))`` messages, at least one (:meth:`Framing.per_send`:
+the senders keep to it, waiting at most ``link_batch_wait_ms`` for company; a message that fills a
+segment on its own waits for none). On the wire a send is our call header
 (:data:`CALL_HEADER_BYTES`), the batch's own framing (:data:`BATCH_FRAMING_BYTES`: the columns'
 headers, :mod:`jellybean.codec`) and its messages, cut into TCP segments of at most
 :data:`SEGMENT_PAYLOAD_BYTES` bytes, each with :data:`SEGMENT_HEADER_BYTES` of Ethernet, IP and TCP
@@ -39,15 +40,51 @@ SEND_FRAMING_BYTES = CALL_HEADER_BYTES + BATCH_FRAMING_BYTES + SEGMENT_HEADER_BY
 
 @dataclass(frozen=True)
 class Framing:
-    """How messages are priced on links: ``messages_per_send`` share a send's framing; ``enabled``
-    false prices payload bytes alone."""
+    """How messages travel on links, and how they are priced: a send to another site waits at most
+    ``wait_ms`` for company, until it holds :meth:`messages_per_send` messages; ``enabled`` false
+    prices payload bytes alone (the sends are the same)."""
 
     enabled: bool = True
-    messages_per_send: int = 8
+    messages_per_send: int = 8  # Topology.link_batch_messages: the most a send waits for
+    wait_ms: float = 10.0  # Topology.link_batch_wait_ms
+
+    def per_send(self, kb: float) -> int:
+        """How many messages of ``kb`` KB a send to another site carries: ``min(n, floor(P / m))``,
+        at least 1. Company is only worth waiting for while the send would not fill one segment
+        (past that, a message saves its send's framing, under 6% of its own bytes); none is waited
+        for without a wait (``wait_ms`` 0)."""
+        if self.wait_ms <= 0:
+            return 1
+        size = kb * 1024.0
+        if size <= 0:
+            return max(1, self.messages_per_send)
+        return max(1, min(self.messages_per_send, int(SEGMENT_PAYLOAD_BYTES // size)))
 
     def wire_kb(self, kb: float) -> float:
-        """``wire(m)`` of the module docstring, in KB (1024 bytes) as ``kb`` is."""
+        """``wire(m)`` of the module docstring, with ``n`` = :meth:`per_send`, in KB as ``kb`` is."""
         if not self.enabled:
             return kb
         return (kb * 1024.0 * (1.0 + SEGMENT_HEADER_BYTES / SEGMENT_PAYLOAD_BYTES)
-                + SEND_FRAMING_BYTES / max(1, self.messages_per_send)) / 1024.0
+                + SEND_FRAMING_BYTES / self.per_send(kb)) / 1024.0
+
+    def wait_bound_ms(self, kb: float) -> float:
+        """The longest a message of ``kb`` KB waits for company: ``wait_ms``, or nothing when it
+        travels alone."""
+        return self.wait_ms if self.per_send(kb) > 1 else 0.0
+
+    def expected_wait_ms(self, kb: float, rate_per_s: float, burst: float = 1.0) -> float:
+        """The mean wait for company of messages of ``kb`` KB sent at ``rate_per_s`` to one peer, in
+        bursts of ``burst`` (the outputs of one upstream request leave together: they wait together):
+        a send's window opens with a burst and closes once ``k`` messages are there, after
+        ``(k / burst - 1) / lambda_b`` with ``lambda_b = rate / burst`` bursts/s (Poisson), or at
+        ``T``: ``L = min(T, (k / burst - 1) / lambda_b)``. The first burst waits ``L``, the
+        ``lambda_b L`` others about ``L / 2`` each, so the mean is
+        ``(L + lambda_b L^2 / 2) / (1 + lambda_b L)``; none when a burst fills a send."""
+        k = self.per_send(kb)
+        burst = max(burst, 1.0)
+        if k <= burst or self.wait_ms <= 0:
+            return 0.0
+        bursts_per_ms = max(rate_per_s, 1e-9) / burst / 1000.0
+        window = min(self.wait_ms, (k / burst - 1.0) / bursts_per_ms)
+        others = bursts_per_ms * window
+        return (window + others * window / 2.0) / (1.0 + others)

@@ -208,8 +208,11 @@ class Problem:
     outputs: list[OutputEdge] = field(default_factory=list)
     hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
     batch_wait_ms: float = 0.0  # the runtime's dynamic batching wait (Topology.batch_wait_ms)
-    #: Longest a message bound for another site waits for company (Topology.link_batch_wait_ms).
-    link_wait_ms: float = 0.0
+    #: How messages travel on links: sends to another site, their wait for company, their pricing.
+    framing: Framing = field(default_factory=lambda: Framing(enabled=False, wait_ms=0.0))
+    #: A priced (wire) message size -> the message's own size, for :meth:`Framing.per_send` (filled
+    #: by :func:`priced_on_links`; a size not in it is its own).
+    message_kb: dict[float, float] = field(default_factory=dict)
     #: (stage, node) -> upper bound on the stage's rate at one member site of the node: without
     #: downward flows a site only ever sees data produced in its own subtree.
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -264,14 +267,19 @@ class Problem:
             return False
         return self.allow_downward or not route[1]
 
-    def path_latency_ms(self, a: int, b: int, kb: float, wait_share: float = 1.0) -> float:
-        """Propagation plus transmission time of one message of ``kb`` KB from ``a`` to ``b``, plus
-        ``wait_share`` of the longest wait for company of a message bound for another site
-        (``link_wait_ms``: 1 for the bound, about a half for the expected time)."""
+    def path_latency_ms(self, a: int, b: int, kb: float, flow: tuple[float, float] | None = None) -> float:
+        """Propagation plus transmission time of one message of ``kb`` KB (as priced) from ``a`` to
+        ``b``, plus its wait for company when it leaves its site: the longest (``flow`` None: what
+        bounds are checked on) or the mean for ``flow`` = (messages/s to one peer, messages per burst)
+        (:meth:`Framing.expected_wait_ms`)."""
         route = self.path(a, b)
         if route is None:
             return math.inf
-        total = self.link_wait_ms * wait_share if (route[0] or route[1]) else 0.0
+        total = 0.0
+        if route[0] or route[1]:
+            own = self.message_kb.get(kb, kb)
+            total = (self.framing.wait_bound_ms(own) if flow is None
+                     else self.framing.expected_wait_ms(own, *flow))
         for n in route[0]:
             link = self.nodes[n].up
             total += _link_ms(link, kb)
@@ -334,14 +342,15 @@ def forward_times(
     proc_ms: dict[tuple[str, int], float],
     kb_of: Callable[[Edge], float],
     choose: Callable[[list[float]], float] = max,
-    wait_share: float = 1.0,
+    flow_of: Callable[[Edge, int], tuple[float, float]] | None = None,
 ) -> dict[tuple[str, int], float]:
     """Completion time of each (stage, node) in ``proc_ms``, in ms: the arrival of its inputs plus its
     own processing time. An input arrives from every node that produces it and can reach this one,
     after the path's latency and the transmission of one message of ``kb_of(edge)`` KB; ``choose``
     combines those arrivals (``max``: the worst path; ``min``: a lower bound on the earliest), and a
-    stage waits for its slowest input; a message bound for another site waits ``wait_share`` of the
-    longest wait for company (:meth:`Problem.path_latency_ms`). One forward pass in topological order; used for the
+    stage waits for its slowest input; a message bound for another site waits for company, the
+    longest wait, or the mean for ``flow_of(edge, origin node)`` = (messages/s, messages per burst)
+    (:meth:`Problem.path_latency_ms`). One forward pass in topological order; used for the
     reported latency, the latency pruning and the check that a bound cannot bind."""
     finish: dict[tuple[str, int], float] = {}
     for s in problem.order:
@@ -355,7 +364,8 @@ def forward_times(
                 else:
                     starts = [(j, t) for (u, j), t in finish.items() if u == edge.src]
                 kb = kb_of(edge)
-                times = [t + problem.path_latency_ms(j, i, kb, wait_share) for j, t in starts if problem.reachable(j, i)]
+                times = [t + problem.path_latency_ms(j, i, kb, None if flow_of is None else flow_of(edge, j))
+                         for j, t in starts if problem.reachable(j, i)]
                 if times:
                     arrival = max(arrival, choose(times))
                 elif choose is min:
@@ -405,7 +415,7 @@ def compile_problem(
     source_rates, payload = source_rates_per_node(wf, sources_at, classes.site_node)
     order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
     framing = framing_of(topo)
-    payload, outputs_kb = priced_on_links(framing, stages, payload)
+    payload, outputs_kb, own_sizes = priced_on_links(framing, stages, payload)
     options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
                                         hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
     member_bound = member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
@@ -420,7 +430,7 @@ def compile_problem(
         allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=unprofiled_batch_sizes(order, stages), hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
-        outputs=outputs, link_wait_ms=topo.link_batch_wait_ms,
+        outputs=outputs, framing=framing, message_kb=own_sizes,
         accuracy_tables=list(zoo.accuracy_tables),
         accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
         carbon_at="daily mean" if carbon_at is None else f"at {carbon_at.strftime('%H:%M')} UTC",
@@ -431,24 +441,31 @@ def compile_problem(
 
 
 def framing_of(topo: TopologySpec) -> Framing:
-    """How the topology's links carry messages (:mod:`jellybean.optimizer.framing`): sends of
-    ``link_batch_messages``, or of one where nothing waits for company (``link_batch_wait_ms`` 0)."""
-    per_send = topo.link_batch_messages if topo.link_batch_wait_ms > 0 else 1
-    return Framing(enabled=topo.message_framing, messages_per_send=per_send)
+    """How the topology's links carry messages (:mod:`jellybean.optimizer.framing`)."""
+    return Framing(enabled=topo.message_framing, messages_per_send=topo.link_batch_messages,
+                   wait_ms=topo.link_batch_wait_ms)
 
 
 def priced_on_links(framing: Framing, stages: dict[str, StageInfo], payload_kb: dict[str, float]):  # noqa: ANN201
     """Every message size the Problem holds, as it travels on a link (:meth:`Framing.wire_kb`): the
     sources' payloads, each candidate variant's ``output_kb`` (the stage's variants are copies with
-    the priced size: strategies, flows, costs and transmission times all read them), and a function
-    for the outputs' declared result sizes. Compiled once, so that no strategy prices bytes its own way."""
+    the priced size: strategies, flows, costs and transmission times all read them), a function for
+    the outputs' declared result sizes, and each priced size's own size (for the wait for company,
+    which depends on it). Compiled once, so that no strategy prices bytes its own way."""
+    own: dict[float, float] = {}
+
+    def priced(kb: float) -> float:
+        wire = framing.wire_kb(kb)
+        own[wire] = kb
+        return wire
+
     for info in stages.values():
-        info.variants = [v.model_copy(update={"output_kb": framing.wire_kb(v.output_kb)}) for v in info.variants]
+        info.variants = [v.model_copy(update={"output_kb": priced(v.output_kb)}) for v in info.variants]
 
     def result_kb(kb: float | None) -> float | None:
-        return None if kb is None else framing.wire_kb(kb)
+        return None if kb is None else priced(kb)
 
-    return {name: framing.wire_kb(kb) for name, kb in payload_kb.items()}, result_kb
+    return {name: priced(kb) for name, kb in payload_kb.items()}, result_kb, own
 
 
 # --- symmetry classes -------------------------------------------------------------------------------

@@ -162,7 +162,6 @@ class Pipeline:
                         "max_in_flight": max_in_flight, "frame_timeout_s": frame_timeout_s, "overload": overload,
                         "shed_after_ms": shed_after_ms, "seed": seed, "threaded": threaded,
                         "link_buffer_capacity": link_buffer_capacity,
-                        "link_batch_messages": self.deployment.link_batch_messages,
                         "link_batch_wait_ms": self.deployment.link_batch_wait_ms}
         self.drain_timeout_s = drain_timeout_s
         self.detached = detached
@@ -254,6 +253,7 @@ class Pipeline:
             "sink": deployment.sink, "stateful": replica.stateful,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "model_store": str(self.model_store) if self.model_store else None})
+        spec["options"]["link_batch_messages"] = deployment.link_batch_of(replica.chain[-1].stage)
         name = replica.name(deployment.workflow) if self.detached else None
         handle = self.backend.adopt(name) if name else None
         actor = _Actor("replica", replica.key, replica, handle, adopted=handle is not None)
@@ -271,6 +271,7 @@ class Pipeline:
             "shape": list(source.shape) if source.shape else None, "consumers": list(source.consumers),
             "token": self.data_token, "bind_host": self.bind_host, "advertise_host": self.advertise_host})
         spec["options"]["offset"] = len(self._sources())
+        spec["options"]["link_batch_messages"] = self.deployment.link_batch_of(source.source)
         actor = _Actor("source", source.key, source, self.backend.create(ActorSpec("source", source.site, spec, 0.0)))
         self.actors[source.key] = actor
         return actor

@@ -18,8 +18,9 @@ and every one of them reads the same value.
 - **Routes.** For a stage and the site a message comes from, the replicas of the stage it may go to
   (those it can reach without flowing down the tiers, unless the topology allows it, and not across a
   cut uplink) with their planned shares as weights: :meth:`Deployment.route_weights`.
-- **Link batching**: sends to another site carry ``link_batch_messages`` messages, waiting at most
-  ``link_batch_wait_ms`` for them (the Topology's; the plan priced each send's framing so).
+- **Link batching**: a send to another site carries as many messages as the plan priced
+  (:meth:`Deployment.link_batch_of`: up to ``link_batch_messages``, fewer for messages near a TCP
+  segment's size), waiting at most ``link_batch_wait_ms`` for them (the Topology's).
 - **Message sizes** (bytes of one message, as the plan priced it: a source's ``payload_kb``, a
   variant's ``output_kb``, an output's result size; 1 KB = 1024 bytes) and **planned link traffic**
   (bytes/s per uplink and direction, from the plan's flows).
@@ -36,6 +37,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from jellybean.optimizer.framing import Framing
 from jellybean.plugins import serving_ref
 
 if TYPE_CHECKING:
@@ -206,6 +208,12 @@ class Deployment:
     link_batch_wait_ms: float = 0.0
 
     # --- lookups ---------------------------------------------------------------------------------
+    def link_batch_of(self, sender: str) -> int:
+        """How many messages a send of ``sender``'s (a stage or a source) to another site carries, as
+        the plan priced it (:meth:`jellybean.optimizer.framing.Framing.per_send` of its message size)."""
+        framing = Framing(messages_per_send=self.link_batch_messages, wait_ms=self.link_batch_wait_ms)
+        return framing.per_send(self.message_bytes.get(sender, 0.0) / KB)
+
     @property
     def specs(self) -> list[ReplicaSpec]:
         return [spec for replica in self.replicas for spec in replica.chain]

@@ -241,12 +241,15 @@ class _Channel:
     callers (a replica's ``max_forwarding`` batches, a source's room).
 
     A peer on *another site* is reached over an uplink, where each send costs framing of its own
-    (our header, the batch's, TCP/IP's per segment, the ACKs: about a hundred bytes) that the plan
-    prices at ``link_messages`` messages per send: so a send there waits until ``link_messages``
-    messages are queued or its oldest has waited ``link_wait_s``, and carries at most
-    ``link_messages`` (a larger unit is split, its outcome merged). The bytes a link carries are then
-    those the plan priced whatever the machine's speed (a slower one queues more, but does not send
-    bigger batches). A peer on the same site gets whatever is queued, at once."""
+    (our header, the batch's, TCP/IP's per segment: about a hundred bytes) that the plan prices at
+    ``link_messages`` messages per send (:meth:`jellybean.optimizer.framing.Framing.per_send`): so a
+    send there waits until ``link_messages`` messages are queued or its oldest has waited
+    ``link_wait_s``, and carries at most ``link_messages`` (a larger unit, such as a batch's outputs
+    arriving at once, is split, its outcome merged). The bytes a link carries are then those the plan
+    priced, bursts or not. Only when every call of the window is outstanding (the peer or the link
+    cannot keep up) does a send take whatever is queued: fewer bytes than priced, and no more calls
+    than the backlog needs. A message that fills a segment alone (``link_messages`` 1) waits for
+    nobody. A peer on the same site gets whatever is queued, at once."""
 
     def __init__(self, peer: Peer, owner: Forwarder) -> None:
         self.peer = peer
@@ -255,7 +258,8 @@ class _Channel:
         self.arrived = asyncio.Event()
         self.window = asyncio.Semaphore(owner.window)
         self.calls: set[asyncio.Task] = set()
-        self.remote = owner.link_wait_s > 0 and owner.site is not None and peer.site != owner.site
+        self.remote = (owner.link_wait_s > 0 and owner.link_messages > 1 and owner.site is not None
+                       and peer.site != owner.site)
         self.limit = owner.link_messages if self.remote else owner.coalesce
         self.task = asyncio.ensure_future(self._run())
 
@@ -287,10 +291,13 @@ class _Channel:
             while not self.units:
                 self.arrived.clear()
                 await self.arrived.wait()
+            limit = self.limit
             if self.remote:
                 until = self.units[0].at + owner.link_wait_s
                 while self.units and self.queued < self.limit and loop.time() < until:
                     await self._company(0.0, until)
+                if self.window.locked():  # every call outstanding: a backlog leaves as one
+                    limit = owner.coalesce
                 await self.window.acquire()
             else:
                 await self.window.acquire()
@@ -299,9 +306,9 @@ class _Channel:
                     await self._company(owner.max_wait_s)
             taken: list[_Unit] = []
             count = 0
-            while self.units and count < self.limit:
+            while self.units and count < limit:
                 unit = self.units[0]
-                room = self.limit - count
+                room = limit - count
                 if len(unit.messages) > room:
                     if taken and not self.remote:
                         break  # the same site: whole units only, the next call takes it

@@ -112,3 +112,43 @@ def test_without_a_wait_sends_to_another_site_are_not_held() -> None:
         await forwarder.close()
 
     run(main())
+
+
+def test_a_backlog_behind_a_full_window_leaves_as_one_send() -> None:
+    """When every call of the window is outstanding (the peer or the link cannot keep up), the next
+    send takes whatever is queued: the backlog needs no more calls than that."""
+    async def main() -> None:
+        recorder = Recorder()
+        gate = asyncio.Event()
+        push = recorder.push
+
+        async def slow(handle, messages, sent):  # noqa: ANN001, ANN202
+            await gate.wait()
+            return await push(handle, messages, sent)
+
+        recorder.push = slow
+        forwarder = Forwarder(recorder, window=1, site="hub", link_messages=8, link_wait_s=0.05)
+        forwarder.configure({"next": [Peer("next/0", "cloud", 1.0, "h")]})
+        first = forwarder.send("next", _frames(8))
+        channel = forwarder.channels["next/0"]
+        while not channel.calls:  # the first send on its way, holding the one window slot (yields, no timing)
+            await asyncio.sleep(0)
+        rest = forwarder.send("next", _frames(30, 8))
+        while channel.queued < 30:
+            await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, rest)
+        assert recorder.sends == [8, 30]
+        await forwarder.close()
+
+    run(main())
+
+
+def test_a_sender_whose_messages_fill_a_segment_alone_waits_for_nobody() -> None:
+    async def main() -> None:
+        forwarder, recorder = _forwarder("cloud", link_messages=1, link_wait_s=5.0)
+        await forwarder.send("next", _frames(3))
+        assert recorder.sends == [3]  # at once, whatever is queued, as on one site
+        await forwarder.close()
+
+    run(main())
