@@ -54,6 +54,15 @@ def message_kb(problem: Problem, models: dict[str, str], src: str) -> float:
     return problem.stages[src].variant(models[src]).output_kb
 
 
+def per_frame(problem: Problem, models: dict[str, str], edge) -> float:  # noqa: ANN001
+    """Messages an edge carries per source request: the product of the ratios from the source to it
+    (through a join, its largest input's)."""
+    if edge.from_source:
+        return edge.ratio
+    upstream = [per_frame(problem, models, e) for e in problem.stages[edge.src].inputs]
+    return edge.ratio_for(models.get(edge.src)) * (max(upstream) if upstream else 1.0)
+
+
 def production(problem: Problem, solution: Solution, rates: dict[tuple[str, int], float]) -> dict[str, dict[int, float]]:
     """Edge key -> node -> messages/s produced per member site (outputs' edges included)."""
     out: dict[str, dict[int, float]] = {}
@@ -337,16 +346,16 @@ def worst_latency(problem: Problem, solution: Solution, percentile: str) -> floa
         else:
             value = expected_latency_ms(problem, solution, o_index, rate, fused=key in fused)
         proc[key] = max(proc.get(key, 0.0), value)
-    # A message bound for another site waits for company: the longest wait for the bounds, the mean
+    # A message bound for another site waits for company: the longest wait for the bounds, the median
     # for the expected time, at the rate its edge produces at its node (messages/s per member site),
-    # in bursts of the edge's ratio (one upstream request's outputs leave together).
+    # in bursts of one source frame's messages on the edge (a frame's messages travel together: the
+    # replicas batch whole pushes, and a frame's outputs leave in one).
     flow_of = None
     if percentile == "expected":
         produced = production(problem, solution, stage_rates(problem, solution))
 
         def flow_of(edge, node: int) -> tuple[float, float]:  # noqa: ANN001
-            burst = 1.0 if edge.from_source else edge.ratio_for(solution.models.get(edge.src))
-            return produced.get(edge.key, {}).get(node, 0.0), burst
+            return produced.get(edge.key, {}).get(node, 0.0), per_frame(problem, solution.models, edge)
 
     finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src), flow_of=flow_of)
     ends = [t for (s, _), t in finish.items() if s == problem.sink]

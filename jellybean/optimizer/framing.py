@@ -73,13 +73,14 @@ class Framing:
         return self.wait_ms if self.per_send(kb) > 1 else 0.0
 
     def expected_wait_ms(self, kb: float, rate_per_s: float, burst: float = 1.0) -> float:
-        """The mean wait for company of messages of ``kb`` KB sent at ``rate_per_s`` to one peer, in
-        bursts of ``burst`` (the outputs of one upstream request leave together: they wait together):
-        a send's window opens with a burst and closes once ``k`` messages are there, after
-        ``(k / burst - 1) / lambda_b`` with ``lambda_b = rate / burst`` bursts/s (Poisson), or at
-        ``T``: ``L = min(T, (k / burst - 1) / lambda_b)``. The first burst waits ``L``, the
-        ``lambda_b L`` others about ``L / 2`` each, so the mean is
-        ``(L + lambda_b L^2 / 2) / (1 + lambda_b L)``; none when a burst fills a send."""
+        """The median wait for company (what a measured median latency is compared with) of messages
+        of ``kb`` KB sent at ``rate_per_s`` to one peer, in bursts of ``burst`` (the messages of one
+        frame leave together: they wait together). A send's window opens with a burst and closes once
+        ``k`` messages are there, after ``(k / burst - 1) / lambda_b`` with ``lambda_b = rate / burst``
+        bursts/s (Poisson), or at ``T``: ``L = min(T, (k / burst - 1) / lambda_b)``. The burst that
+        opens it waits ``L``; the ``x = lambda_b L`` others arrive uniformly within it. So a share
+        ``1 / (1 + x)`` of the bursts waits ``L`` and the rest less: the median is ``L`` while
+        ``x <= 1``, else ``L (1 + x) / (2 x)``. None when a burst fills a send."""
         k = self.per_send(kb)
         burst = max(burst, 1.0)
         if k <= burst or self.wait_ms <= 0:
@@ -87,4 +88,4 @@ class Framing:
         bursts_per_ms = max(rate_per_s, 1e-9) / burst / 1000.0
         window = min(self.wait_ms, (k / burst - 1.0) / bursts_per_ms)
         others = bursts_per_ms * window
-        return (window + others * window / 2.0) / (1.0 + others)
+        return window if others <= 1.0 else window * (1.0 + others) / (2.0 * others)

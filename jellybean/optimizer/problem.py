@@ -270,7 +270,7 @@ class Problem:
     def path_latency_ms(self, a: int, b: int, kb: float, flow: tuple[float, float] | None = None) -> float:
         """Propagation plus transmission time of one message of ``kb`` KB (as priced) from ``a`` to
         ``b``, plus its wait for company when it leaves its site: the longest (``flow`` None: what
-        bounds are checked on) or the mean for ``flow`` = (messages/s to one peer, messages per burst)
+        bounds are checked on) or the median for ``flow`` = (messages/s to one peer, messages per burst)
         (:meth:`Framing.expected_wait_ms`)."""
         route = self.path(a, b)
         if route is None:
@@ -349,7 +349,7 @@ def forward_times(
     after the path's latency and the transmission of one message of ``kb_of(edge)`` KB; ``choose``
     combines those arrivals (``max``: the worst path; ``min``: a lower bound on the earliest), and a
     stage waits for its slowest input; a message bound for another site waits for company, the
-    longest wait, or the mean for ``flow_of(edge, origin node)`` = (messages/s, messages per burst)
+    longest wait, or the median for ``flow_of(edge, origin node)`` = (messages/s, messages per burst)
     (:meth:`Problem.path_latency_ms`). One forward pass in topological order; used for the
     reported latency, the latency pruning and the check that a bound cannot bind."""
     finish: dict[tuple[str, int], float] = {}

@@ -41,10 +41,12 @@ def test_a_message_costs_its_bytes_tcp_headers_and_a_share_of_its_send() -> None
 def test_only_messages_that_share_a_segment_wait_for_company() -> None:
     framing = Framing(messages_per_send=8, wait_ms=10.0)
     assert framing.wait_bound_ms(72 / 1024) == 10.0 and framing.wait_bound_ms(1.6) == 0.0
-    # 100 labels/s: the window closes at T (7 more would take 70 ms); 0.1 s^-1 x 10 ms = 1 more on average
-    assert framing.expected_wait_ms(72 / 1024, 100.0) == pytest.approx((10 + 1 * 10 / 2) / 2)
-    # 10,000 labels/s: 7 more come in 0.7 ms, which closes the window
-    assert framing.expected_wait_ms(72 / 1024, 10_000.0) == pytest.approx((0.7 + 7 * 0.7 / 2) / 8)
+    # 100 labels/s: the window closes at T (7 more would take 70 ms), with 1 more in it on average:
+    # half the labels open a window and wait all of it, the median
+    assert framing.expected_wait_ms(72 / 1024, 100.0) == pytest.approx(10.0)
+    # 10,000 labels/s: 7 more come in 0.7 ms, which closes the window; 1 in 8 waits it all, the
+    # others less, uniformly: the median is 0.7 x 8 / 14
+    assert framing.expected_wait_ms(72 / 1024, 10_000.0) == pytest.approx(0.7 * 8 / 14)
 
 
 @pytest.mark.parametrize("spec, payload_kb, per_send", [({}, 0.1, 8), ({"link_batch_messages": 4}, 0.1, 4),
@@ -81,6 +83,7 @@ def test_a_burst_waits_as_one_and_a_burst_that_fills_a_send_not_at_all() -> None
     framing = Framing(messages_per_send=8, wait_ms=10.0)
     label = 72 / 1024
     # 200 labels/s in bursts of 2.5 (one frame's crops): 80 bursts/s; 8 labels take 2.2 more bursts
-    # (27.5 ms) so the window closes at 10 ms, with 0.8 more bursts in it on average
-    assert framing.expected_wait_ms(label, 200.0, 2.5) == pytest.approx((10 + 0.8 * 5) / 1.8)
+    # (27.5 ms) so the window closes at 10 ms, with 0.8 more bursts in it: most wait all of it
+    assert framing.expected_wait_ms(label, 200.0, 2.5) == pytest.approx(10.0)
+    assert framing.expected_wait_ms(label, 2000.0, 2.5) == pytest.approx(2.75 * 3.2 / 4.4)  # 2.2 more in 2.75 ms
     assert framing.expected_wait_ms(label, 200.0, 8.0) == 0.0
