@@ -89,6 +89,7 @@ out, which is how the constraints that conflict are found (:mod:`jellybean.optim
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -187,6 +188,11 @@ def commodities(problem: Problem) -> list[Commodity]:
     return out
 
 
+#: HiGHS options for the count relaxation. It is solved for its bound and its pool counts, which its
+#: branch and bound finds; the sub-MIP heuristics RINS and RENS cost a third to a half of its work
+#: (LP iterations, on the JellyBean-scale instances of `make bench-plan`) and change neither.
+RELAXATION_HIGHS_OPTIONS = {"mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False}
+
 #: A pool's count: (the pool's instance groups, the stage they serve in exclusive mode or None in shared
 #: mode) -> instances.
 PoolCounts = dict[tuple[tuple[int, ...], str | None], int]
@@ -231,7 +237,8 @@ def solve_milp(
                             pooling=pooling, pool_counts=pool_counts, dropped=dropped, unserved=unserved)
     build_s = time.perf_counter() - started
     outcome = solve(model, solver=solver, time_limit_s=max(0.01, time_limit_s - build_s), gap_rel=gap_rel,
-                    threads=threads, lp_only=lp_only, objective_target=objective_target, start=start)
+                    threads=threads, lp_only=lp_only, objective_target=objective_target, start=start,
+                    highs_options=RELAXATION_HIGHS_OPTIONS if pooled else None)
     stats, values = outcome.stats, outcome.values
     stats.seconds = time.perf_counter() - started
     stats.notes.append(f"model built in {build_s:.2f}s")
@@ -409,7 +416,7 @@ def _rates(m: _Model) -> None:
         yv = y[(o.stage, o.variant)]
         if not isinstance(yv, float):
             tight = min(bound, h * problem.groups[o.group].limit * o.throughput_per_s)
-            m.lp += r <= tight * yv, f"r_variant_{o.index}"
+            m.lp += _linear([(r, 1.0), (yv, -tight)]) <= 0, f"r_variant_{o.index}"
         elif yv == 0.0:
             r.upBound = 0
 
@@ -480,8 +487,8 @@ def _exclusive_capacity(m: _Model, g: Group, opts: list[Option], extra: pulp.LpV
         var = m.lp.add_variable(f"n_{g.index}_{_id(s)}", lowBound=0, upBound=None if m.elastic else limit,
                                 cat="Integer")
         m.handles.n[(g.index, s)] = var
-        load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts if o.stage == s)
-        m.lp += members * load <= h * var, f"cap_{g.index}_{_id(s)}"
+        m.lp += _linear([(r[o.index], members / o.throughput_per_s) for o in opts if o.stage == s]
+                        + [(var, -h)]) <= 0, f"cap_{g.index}_{_id(s)}"
         if not m.relax:
             _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
         if s in phi:
@@ -504,8 +511,7 @@ def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra: pulp.LpVari
     limit = g.limit * members
     var = m.lp.add_variable(f"n_{g.index}", lowBound=0, upBound=None if m.elastic else limit, cat="Integer")
     m.handles.n[(g.index, None)] = var
-    load = pulp.lpSum(r[o.index] * (1.0 / o.throughput_per_s) for o in opts)
-    m.lp += members * load <= h * var, f"cap_{g.index}"
+    m.lp += _linear([(r[o.index], members / o.throughput_per_s) for o in opts] + [(var, -h)]) <= 0, f"cap_{g.index}"
     if not m.relax:
         for s in sorted({o.stage for o in opts}):
             _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
@@ -525,9 +531,9 @@ def _relaxed_counts(m: _Model, g: Group, opts: list[Option]) -> None:
     r, h = m.handles.r, m.problem.max_utilization
     keys = sorted({o.stage for o in opts}) if m.exclusive else [None]
     for s in keys:
-        m.handles.n[(g.index, s)] = pulp.lpSum(r[o.index] * (1.0 / (h * o.throughput_per_s))
-                                               for o in opts if s is None or o.stage == s)
-    m.lp += pulp.lpSum(m.handles.n[(g.index, s)] for s in keys) <= g.limit, f"count_{g.index}"
+        m.handles.n[(g.index, s)] = _linear([(r[o.index], 1.0 / (h * o.throughput_per_s))
+                                             for o in opts if s is None or o.stage == s])
+    m.lp += _linear([(r[o.index], 1.0 / (h * o.throughput_per_s)) for o in opts]) <= g.limit, f"count_{g.index}"
 
 
 def _pool_counts(m: _Model, k: int, pool: list[int], fixed: PoolCounts | None) -> None:
@@ -543,7 +549,8 @@ def _pool_counts(m: _Model, k: int, pool: list[int], fixed: PoolCounts | None) -
     problem). For integral ``k`` that polytope in ``n`` is a transportation polytope, whose vertices
     are integral: the relaxation's capacities are convex combinations of those of true assignments
     of ``k`` instances, at the same cost. Hence a bound within a fraction of one instance's jitter."""
-    keys = sorted({key[1] for key in m.handles.n if key[0] in pool}, key=lambda s: (s is not None, s or ""))
+    members = set(pool)
+    keys = sorted({key[1] for key in m.handles.n if key[0] in members}, key=lambda s: (s is not None, s or ""))
     limit = sum(m.problem.groups[g].limit for g in pool)
     relaxed = m.pooling == "relaxed"
     counts = []
@@ -552,13 +559,16 @@ def _pool_counts(m: _Model, k: int, pool: list[int], fixed: PoolCounts | None) -
         var = m.lp.add_variable(label, lowBound=0, upBound=limit, cat="Integer")
         if fixed is not None:
             var.lowBound = var.upBound = fixed.get((tuple(pool), s), 0)
-        used = pulp.lpSum(m.handles.n[(g, s)] for g in pool if (g, s) in m.handles.n)
+        terms = [(m.handles.n[(g, s)], 1.0) for g in pool if (g, s) in m.handles.n]
+        if relaxed:  # the loads are expressions: their terms
+            terms = [term for count, _ in terms for term in count.items()]
+        used = _linear(terms + [(var, -1.0)])
         if relaxed:
-            m.lp += used <= var, f"{label}_sum"
+            m.lp += used <= 0, f"{label}_sum"
             m.cost_per_hour.append(m.problem.groups[pool[0]].price_per_hour * var)
             _pool_site_cuts(m, pool, s, var, label)
         else:
-            m.lp += used == var, f"{label}_sum"
+            m.lp += used == 0, f"{label}_sum"
         m.handles.pools[(tuple(pool), s)] = var
         counts.append(var)
     if relaxed and len(counts) > 1:
@@ -571,13 +581,14 @@ def _pool_site_cuts(m: _Model, pool: list[int], s: str | None, count: pulp.LpVar
     where ``B`` is below what the pool could serve (else it cannot bind)."""
     problem, r = m.problem, m.handles.r
     node = problem.groups[pool[0]].node
-    opts = [o for o in m.usable if o.group in pool and (s is None or o.stage == s)]
+    members = set(pool)
+    opts = [o for o in m.usable if o.group in members and (s is None or o.stage == s)]
     for t in sorted({o.stage for o in opts}):
         served = [o for o in opts if o.stage == t]
         reach = problem.member_rate_bound.get((t, node), math.inf)
         if math.isfinite(reach) and reach < sum(problem.max_utilization * problem.groups[o.group].limit
                                                 * o.throughput_per_s for o in served):
-            m.lp += pulp.lpSum(r[o.index] for o in served) <= reach * count, f"{label}_site_{_id(t)}"
+            m.lp += _linear([(r[o.index], 1.0) for o in served] + [(count, -reach)]) <= 0, f"{label}_site_{_id(t)}"
 
 
 def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
@@ -613,7 +624,8 @@ def _site_cut(m: _Model, g: Group, stage: str, opts: list[Option], count: pulp.L
     most = min(reach, problem.max_utilization * g.limit * max(o.throughput_per_s for o in opts))
     if not math.isfinite(most) or most <= 0:
         return
-    m.lp += pulp.lpSum(m.handles.r[o.index] for o in opts) <= most * count, f"site_cut_{g.index}_{_id(stage)}"
+    m.lp += _linear([(m.handles.r[o.index], 1.0) for o in opts] + [(count, -most)]) <= 0, \
+        f"site_cut_{g.index}_{_id(stage)}"
 
 
 def _consumer_nodes(m: _Model) -> dict[str, set[int]]:
@@ -1199,8 +1211,16 @@ def _message_kb(problem: Problem, edge, pick) -> float:
     return pick(v.output_kb for v in problem.stages[edge.src].variants)
 
 
+@functools.cache
 def _id(text: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in text)
+
+
+def _linear(terms: list[tuple[pulp.LpVariable, float]]) -> pulp.LpAffineExpression:
+    """``sum coefficient * variable`` over (variable, coefficient) pairs, each variable once, built in
+    one step: PuLP's operators copy the expression at every term, which dominated building large
+    models (a repeated variable would keep only its last coefficient: callers list each once)."""
+    return pulp.LpAffineExpression(terms)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -92,12 +92,21 @@ def test_pooled_placements_cost_the_true_optimum(tmp_path: Path, seed: int, shar
         assert verify(problem, fast.solution, accuracy) == []
 
 
-def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Path, sharing: str) -> None:
+    """Out of time at once, the plan is JellyBean's heuristic plan (found for the optimal strategy,
+    so its baseline is reported too), bounded by the LP relaxation; every other baseline is reported
+    as not run. With time, the optimum, every baseline run, none costlier than it."""
     bundle = _scaled(tmp_path, 3, 0)
-    hurried = plan(bundle, sharing="exclusive", time_limit_s=1e-3)
-    assert not hurried.feasible or hurried.solver.gap is not None
-    assert hurried.baselines and all(not b.feasible and "time limit of 0.001 s was spent" in b.reason
-                                     for b in hurried.baselines)
-    relaxed = plan(bundle, sharing="exclusive", time_limit_s=60)
+    hurried = plan(bundle, sharing=sharing, time_limit_s=1e-3)
+    assert hurried.feasible and hurried.solver.gap is not None and hurried.solver.bound is not None
+    assert any("heuristic plan is cheaper" in note for note in hurried.solver.notes)
+    by_name = {b.strategy: b for b in hurried.baselines}
+    assert by_name["jellybean"].feasible and by_name["jellybean"].cost == hurried.cost
+    assert all(not b.feasible and "time limit of 0.001 s was spent" in b.reason
+               for name, b in by_name.items() if name != "jellybean")
+    relaxed = plan(bundle, sharing=sharing, time_limit_s=60)
     assert relaxed.feasible and relaxed.solver.status == "optimal"
     assert all(b.reason == "" or "time limit" not in b.reason for b in relaxed.baselines)
+    assert all(relaxed.cost.total_per_hour <= b.cost.total_per_hour for b in relaxed.baselines if b.feasible)
+    assert relaxed.solver.bound <= relaxed.cost.total_per_hour <= hurried.cost.total_per_hour
