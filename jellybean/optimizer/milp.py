@@ -193,6 +193,10 @@ def commodities(problem: Problem) -> list[Commodity]:
 #: (LP iterations, on the JellyBean-scale instances of `make bench-plan`) and change neither.
 RELAXATION_HIGHS_OPTIONS = {"mip_heuristic_run_rins": False, "mip_heuristic_run_rens": False}
 
+#: Of :func:`solve_placement`'s time, the share the count relaxation may take: stopped by the time
+#: limit, its incumbent's pool counts still lead to a plan, in the time it leaves.
+RELAXATION_SHARE = 0.6
+
 #: A pool's count: (the pool's instance groups, the stage they serve in exclusive mode or None in shared
 #: mode) -> instances.
 PoolCounts = dict[tuple[tuple[int, ...], str | None], int]
@@ -1091,7 +1095,8 @@ def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: 
     gap_rel = options.pop("gap_rel", 1e-6)
     note = (f"{sum(len(p) for p in pools)} instance groups pooled into {len(pools)} (one node, one price), "
             "planned through the count relaxation")
-    relaxed = solve_milp(problem, accuracy, time_limit_s=left(), pooled=True, gap_rel=gap_rel / 10, **options)
+    relaxed = solve_milp(problem, accuracy, time_limit_s=RELAXATION_SHARE * left(), pooled=True,
+                         gap_rel=gap_rel / 10, **options)
     if relaxed.stats.status == "infeasible":  # a relaxation: the true problem is infeasible too
         relaxed.stats.notes.append(f"{note}, which is infeasible")
         return relaxed

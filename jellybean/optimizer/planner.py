@@ -92,6 +92,7 @@ def plan(
     churn_cost_per_change_per_hour: float | None = None,
     objective: Objective | None = None,
     carbon_at: time_of_day | None = None,
+    started: float | None = None,
 ) -> Plan:
     """Plan ``bundle`` with ``strategy``; with ``baselines``, also run every other strategy and
     report its cost and the saving of the chosen plan against it.
@@ -103,7 +104,9 @@ def plan(
 
     ``time_limit_s`` is wall-clock for the whole call: the chosen strategy gets ``MAIN_SHARE`` of it
     when baselines run, each baseline an equal share of what is left, and a baseline reached after
-    the limit is reported as not run. A plan found by the limit says the gap it reached.
+    the limit is reported as not run. A plan found by the limit says the gap it reached. ``started``:
+    when the run began (a ``time.perf_counter()`` reading, e.g. before the documents were loaded), if
+    before this call; the limit counts from there.
 
     ``objective``: what is minimised and the carbon budget kept to (default: cost, no budget;
     :mod:`jellybean.optimizer.carbon`); one that uses carbon needs ``power_w`` on every instance group
@@ -112,7 +115,8 @@ def plan(
     each series' daily mean)."""
     if strategy not in REGISTRY:
         raise _unknown(strategy)
-    deadline = time.perf_counter() + time_limit_s  # wall clock, for the whole call
+    now = time.perf_counter()
+    deadline = (now if started is None else min(started, now)) + time_limit_s  # wall clock, for the whole run
     problem = compile_problem(bundle, sharing=sharing, carbon_at=carbon_at)
     problem.objective = objective or Objective()
     _check_carbon_data(problem)
@@ -120,23 +124,24 @@ def plan(
         problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
     placements = Placements()
-    main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s * (MAIN_SHARE if baselines else 1.0),
+    left_s = max(1e-3, deadline - time.perf_counter())
+    main = run_strategy(problem, accuracy, strategy, time_limit_s=left_s * (MAIN_SHARE if baselines else 1.0),
                         solver=solver, gap_rel=gap_rel, placements=placements)
     if baselines:
         results = []
         others = [other for other in REGISTRY if other != strategy]
         for k, other in enumerate(others):
-            started = time.perf_counter()
-            left = deadline - started
+            begun = time.perf_counter()
+            left = deadline - begun
             if left <= 0.05 and not (other == "jellybean" and placements.heuristic_known):  # that one is free
                 results.append(BaselineResult(strategy=other, feasible=False, cost=None, accuracy=None, seconds=0.0,
                                               reason=f"not run: the time limit of {time_limit_s:g} s was spent"))
                 continue
             # Explaining costs an extra (elastic) solve: worth it for site-sized problems only.
-            other_plan = run_strategy(problem, accuracy, other, time_limit_s=left / (len(others) - k), solver=solver,
-                                      gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50,
+            other_plan = run_strategy(problem, accuracy, other, time_limit_s=max(left, 1e-3) / (len(others) - k),
+                                      solver=solver, gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50,
                                       placements=placements)
-            results.append(_baseline(main, other_plan, time.perf_counter() - started))
+            results.append(_baseline(main, other_plan, time.perf_counter() - begun))
         main.baselines = results
     if problem.objective.uses_carbon:
         main.solver.notes.append(f"objective: {problem.objective.describe()}; sites' intensity: {problem.carbon_at}")
@@ -495,6 +500,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             continue
         bounds[k] = relaxed.stats.bound
     best = None
+    unplaced = 0
     counts = {"tightened": 0, "placed": 0, "pruned": 0}
     for k in sorted(bounds, key=lambda i: (bounds[i], i)):
         models = combos[k]
@@ -526,13 +532,16 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
                 del bounds[k]
             elif result.stats.bound is not None:
                 bounds[k] = max(bounds[k], result.stats.bound)
+        if result.solution is None and result.stats.status != "infeasible":
+            unplaced += 1  # stopped by the time limit: not a proof that the combination has no plan
         if result.solution is not None and (best is None or result.stats.objective < best.stats.objective):
             best = result
     if best is None:
-        status = "time-limit" if unknown else "infeasible"
+        status = "time-limit" if unknown or unplaced else "infeasible"
         stats = SolverStats(name=solver_name(solver), status=status, gap=None,
                             seconds=time.perf_counter() - started)
-        stats.status = status
+        if status == "time-limit" and not unknown and bounds:
+            stats.bound = min(bounds.values())  # every combination bounded: a bound on the optimum
         reasons = _why_none(problem, accuracy, stats, explain_infeasible=explain_infeasible, time_limit_s=time_limit_s,
                             started=started, solver=solver)
         stats.seconds = time.perf_counter() - started

@@ -9,6 +9,7 @@ its time limit as a whole: baselines reached after it are reported as not run.""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,33 @@ def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Pat
     assert all(b.reason == "" or "time limit" not in b.reason for b in relaxed.baselines)
     assert all(relaxed.cost.total_per_hour <= b.cost.total_per_hour for b in relaxed.baselines if b.feasible)
     assert relaxed.solver.bound <= relaxed.cost.total_per_hour <= hurried.cost.total_per_hour
+
+
+def test_the_limit_counts_from_when_the_run_began(tmp_path: Path) -> None:
+    """``started`` (the CLI passes when it began, before loading the documents): a run that began 10 s
+    ago with a 5 s limit has no time left, and says so with the limit the user gave."""
+    bundle = _scaled(tmp_path, 2, 0)
+    late = plan(bundle, sharing="exclusive", time_limit_s=5, started=time.perf_counter() - 10)
+    assert late.feasible and any("heuristic plan is cheaper" in note for note in late.solver.notes)
+    assert all("time limit of 5 s was spent" in b.reason for b in late.baselines if b.strategy != "jellybean")
+
+
+def test_a_placement_stopped_by_the_time_limit_is_no_proof_of_infeasibility(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every placement MILP stops without a plan (as at a time limit): the optimal strategy reports
+    JellyBean's plan with the combinations' LP bound, not 'infeasible'."""
+    from jellybean.optimizer import planner
+    from jellybean.optimizer.milp import MilpResult
+    from jellybean.optimizer.plan import SolverStats
+
+    def stopped(self, problem, accuracy, **options):  # noqa: ANN001, ANN202
+        return MilpResult(None, SolverStats(name="HiGHS", status="time-limit", gap=None, seconds=0.0))
+
+    monkeypatch.setattr(planner.Placements, "solve", stopped)
+    problem = compile_problem(_scaled(tmp_path, 2, 1), sharing="shared")
+    accuracy = choose_model(problem)
+    result = run_strategy(problem, accuracy, "optimal")
+    heuristic = run_strategy(problem, accuracy, "jellybean")
+    assert result.feasible and result.solver.status == "feasible"
+    assert result.cost.total_per_hour == pytest.approx(heuristic.cost.total_per_hour)
+    assert 0 < result.solver.bound < result.cost.total_per_hour and result.solver.gap > 0
