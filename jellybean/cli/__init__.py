@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -150,6 +151,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    started = time.perf_counter()  # --time-limit is for the whole run: loading the documents counts
     from jellybean.cli.render import render_plan
     from jellybean.optimizer import plan as make_plan
     from jellybean.spec.bundle import load_bundle
@@ -177,7 +179,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     try:
         result = make_plan(bundle, strategy=args.strategy, sharing=sharing, baselines=not args.no_baselines,
                            time_limit_s=args.time_limit, solver=args.solver, objective=objective,
-                           carbon_at=carbon_at)
+                           carbon_at=carbon_at, started=started)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.format == "json":

@@ -23,6 +23,7 @@ from jellybean.optimizer.explain import explain
 from jellybean.optimizer.milp import solve_milp, solve_placement
 from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
+from jellybean.optimizer.solution import Solution
 from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.errors import did_you_mean, listed
@@ -36,10 +37,36 @@ MAIN_SHARE = 0.75
 class Placements:
     """Placement MILPs solved during one ``plan`` call, by (fixed variants, allowed tiers): the
     two-stage baseline often fixes exactly the variants the optimal plan chose, and solving the same
-    problem twice would double the run. Each caller gets its own copy (callers amend the stats)."""
+    problem twice would double the run. Each caller gets its own copy (callers amend the stats).
+    Likewise JellyBean's heuristic plan (:meth:`heuristic`): the optimal strategy's incumbent and the
+    ``jellybean`` baseline."""
 
     def __init__(self) -> None:
         self._solved: dict[tuple, object] = {}
+        self._heuristic: tuple[Solution | None, str, float] | None = None
+
+    @property
+    def heuristic_known(self) -> bool:
+        """Whether :meth:`heuristic` has run in this ``plan`` call (then it costs nothing)."""
+        return self._heuristic is not None
+
+    def heuristic(self, problem: Problem, accuracy: AccuracyModel) -> tuple[Solution | None, str, float]:
+        """JellyBean's heuristic plan of ``problem``, checked: (the solution or None, why none, the
+        seconds it took), computed once per ``plan`` call."""
+        if self._heuristic is None:
+            from jellybean.optimizer.jellybean_heuristic import jellybean_heuristic
+
+            started = time.perf_counter()
+            try:
+                solution, reason = jellybean_heuristic(problem, accuracy), ""
+            except NoPlan as exc:
+                solution, reason = None, str(exc)
+            if solution is not None:
+                violations = verify(problem, solution, accuracy)
+                if violations:
+                    solution, reason = None, "heuristic plan violates: " + _first(violations)
+            self._heuristic = (solution, reason, time.perf_counter() - started)
+        return self._heuristic
 
     def solve(self, problem: Problem, accuracy: AccuracyModel, **options):  # noqa: ANN201 - a MilpResult
         fixed, tiers = options.get("fixed_models"), options.get("allowed_tiers")
@@ -65,6 +92,7 @@ def plan(
     churn_cost_per_change_per_hour: float | None = None,
     objective: Objective | None = None,
     carbon_at: time_of_day | None = None,
+    started: float | None = None,
 ) -> Plan:
     """Plan ``bundle`` with ``strategy``; with ``baselines``, also run every other strategy and
     report its cost and the saving of the chosen plan against it.
@@ -76,7 +104,9 @@ def plan(
 
     ``time_limit_s`` is wall-clock for the whole call: the chosen strategy gets ``MAIN_SHARE`` of it
     when baselines run, each baseline an equal share of what is left, and a baseline reached after
-    the limit is reported as not run. A plan found by the limit says the gap it reached.
+    the limit is reported as not run. A plan found by the limit says the gap it reached. ``started``:
+    when the run began (a ``time.perf_counter()`` reading, e.g. before the documents were loaded), if
+    before this call; the limit counts from there.
 
     ``objective``: what is minimised and the carbon budget kept to (default: cost, no budget;
     :mod:`jellybean.optimizer.carbon`); one that uses carbon needs ``power_w`` on every instance group
@@ -85,7 +115,8 @@ def plan(
     each series' daily mean)."""
     if strategy not in REGISTRY:
         raise _unknown(strategy)
-    deadline = time.perf_counter() + time_limit_s  # wall clock, for the whole call
+    now = time.perf_counter()
+    deadline = (now if started is None else min(started, now)) + time_limit_s  # wall clock, for the whole run
     problem = compile_problem(bundle, sharing=sharing, carbon_at=carbon_at)
     problem.objective = objective or Objective()
     _check_carbon_data(problem)
@@ -93,23 +124,24 @@ def plan(
         problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
     placements = Placements()
-    main = run_strategy(problem, accuracy, strategy, time_limit_s=time_limit_s * (MAIN_SHARE if baselines else 1.0),
+    left_s = max(1e-3, deadline - time.perf_counter())
+    main = run_strategy(problem, accuracy, strategy, time_limit_s=left_s * (MAIN_SHARE if baselines else 1.0),
                         solver=solver, gap_rel=gap_rel, placements=placements)
     if baselines:
         results = []
         others = [other for other in REGISTRY if other != strategy]
         for k, other in enumerate(others):
-            started = time.perf_counter()
-            left = deadline - started
-            if left <= 0.05:
+            begun = time.perf_counter()
+            left = deadline - begun
+            if left <= 0.05 and not (other == "jellybean" and placements.heuristic_known):  # that one is free
                 results.append(BaselineResult(strategy=other, feasible=False, cost=None, accuracy=None, seconds=0.0,
                                               reason=f"not run: the time limit of {time_limit_s:g} s was spent"))
                 continue
             # Explaining costs an extra (elastic) solve: worth it for site-sized problems only.
-            other_plan = run_strategy(problem, accuracy, other, time_limit_s=left / (len(others) - k), solver=solver,
-                                      gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50,
+            other_plan = run_strategy(problem, accuracy, other, time_limit_s=max(left, 1e-3) / (len(others) - k),
+                                      solver=solver, gap_rel=gap_rel, explain_infeasible=len(problem.nodes) <= 50,
                                       placements=placements)
-            results.append(_baseline(main, other_plan, time.perf_counter() - started))
+            results.append(_baseline(main, other_plan, time.perf_counter() - begun))
         main.baselines = results
     if problem.objective.uses_carbon:
         main.solver.notes.append(f"objective: {problem.objective.describe()}; sites' intensity: {problem.carbon_at}")
@@ -327,20 +359,12 @@ def _run_two_stage(problem: Problem, accuracy: AccuracyModel, options: StrategyO
 @register_strategy("jellybean")
 def _run_jellybean(problem: Problem, accuracy: AccuracyModel, options: StrategyOptions) -> Plan:
     """JellyBean's published heuristic (:mod:`jellybean.optimizer.jellybean_heuristic`), checked
-    before it is priced."""
-    from jellybean.optimizer.jellybean_heuristic import jellybean_heuristic
-
-    started = time.perf_counter()
-    try:
-        solution = jellybean_heuristic(problem, accuracy)
-    except NoPlan as exc:
-        return _failed(problem, accuracy, "jellybean", str(exc), started)
-    stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None,
-                        seconds=time.perf_counter() - started)
-    violations = verify(problem, solution, accuracy)
-    if violations:
-        return _failed(problem, accuracy, "jellybean", "heuristic plan violates: " + _first(violations),
-                       started)
+    before it is priced (computed once per ``plan`` call, :meth:`Placements.heuristic`)."""
+    solution, reason, seconds = options.placements.heuristic(problem, accuracy)
+    if solution is None:
+        stats = SolverStats(name="jellybean", status="infeasible", gap=None, seconds=seconds)
+        return build_plan(problem, None, strategy="jellybean", stats=stats, accuracy=accuracy, explanation=[reason])
+    stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None, seconds=seconds)
     return build_plan(problem, solution, strategy="jellybean", stats=stats, accuracy=accuracy)
 
 
@@ -390,13 +414,53 @@ def admissible_combinations(problem: Problem, accuracy: AccuracyModel, limit: in
 
 def _optimal(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float, solver: str, gap_rel: float,
              explain_infeasible: bool, placements: Placements) -> Plan:
+    """The MILP's plan (:func:`_optimal_by_combinations`, or :func:`_optimal_joint` when the variant
+    combinations are too many), never costlier than JellyBean's heuristic plan (:func:`_at_least_as_good`)."""
+    started = time.perf_counter()
     combos = admissible_combinations(problem, accuracy)
     if combos:
-        return _optimal_by_combinations(problem, accuracy, combos, time_limit_s=time_limit_s, solver=solver,
-                                        gap_rel=gap_rel, explain_infeasible=explain_infeasible,
-                                        placements=placements)
-    return _optimal_joint(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
-                          explain_infeasible=explain_infeasible)
+        found = _optimal_by_combinations(problem, accuracy, combos, time_limit_s=time_limit_s, solver=solver,
+                                         gap_rel=gap_rel, explain_infeasible=explain_infeasible,
+                                         placements=placements)
+    else:
+        found = _optimal_joint(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
+                               explain_infeasible=explain_infeasible)
+    return _at_least_as_good(problem, accuracy, found, placements, gap_rel, started)
+
+
+#: Seconds the LP relaxation may take to bound the heuristic's plan when the time limit left no bound.
+HEURISTIC_BOUND_S = 0.5
+
+
+def _at_least_as_good(problem: Problem, accuracy: AccuracyModel, found: Plan, placements: Placements,
+                      gap_rel: float, started: float) -> Plan:
+    """``found``, or JellyBean's heuristic plan (checked) where that is cheaper: a MILP stopped by the
+    time limit may hold a worse plan, or none, and one proven within the gap may still cost up to the
+    gap more. The bound the MILP proved still bounds the optimum, so the heuristic plan's gap is
+    measured against it. Only for the cost objective (the heuristic knows neither carbon nor a carbon
+    budget), not when re-planning (nor churn: the MILP's plan is the cheapest with churn priced in),
+    nor where the MILP proved that no plan exists."""
+    if problem.objective.uses_carbon or problem.churn is not None or found.solver.status == "infeasible":
+        return found
+    solution, _reason, _seconds = placements.heuristic(problem, accuracy)
+    if solution is None:
+        return found
+    stats = found.solver.model_copy(deep=True)
+    candidate = build_plan(problem, solution, strategy=OPTIMAL, stats=stats, accuracy=accuracy)
+    if found.feasible and found.cost.total_per_hour <= candidate.cost.total_per_hour:
+        return found
+    cost = candidate.cost.total_per_hour
+    if stats.bound is None:  # stopped before any bound: the LP relaxation's, briefly (a fraction of a second)
+        relaxed = solve_milp(problem, accuracy, relax_symmetry=True, latency=False, lp_only=True,
+                             time_limit_s=HEURISTIC_BOUND_S)
+        stats.bound = relaxed.stats.bound if relaxed.stats.status == "optimal" else None
+    stats.objective = cost
+    stats.gap = max(0.0, (cost - stats.bound) / cost) if stats.bound is not None and cost > 0 else None
+    stats.status = "optimal" if stats.gap is not None and stats.gap <= max(gap_rel, 1e-9) else "feasible"
+    stats.notes.append("JellyBean's heuristic plan is cheaper than any the solver found within the time "
+                       "limit: that plan, with the solver's lower bound")
+    stats.seconds = time.perf_counter() - started
+    return build_plan(problem, solution, strategy=OPTIMAL, stats=stats, accuracy=accuracy)
 
 
 def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: list[dict[str, str]], *,
@@ -436,6 +500,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             continue
         bounds[k] = relaxed.stats.bound
     best = None
+    unplaced = 0
     counts = {"tightened": 0, "placed": 0, "pruned": 0}
     for k in sorted(bounds, key=lambda i: (bounds[i], i)):
         models = combos[k]
@@ -467,13 +532,16 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
                 del bounds[k]
             elif result.stats.bound is not None:
                 bounds[k] = max(bounds[k], result.stats.bound)
+        if result.solution is None and result.stats.status != "infeasible":
+            unplaced += 1  # stopped by the time limit: not a proof that the combination has no plan
         if result.solution is not None and (best is None or result.stats.objective < best.stats.objective):
             best = result
     if best is None:
-        status = "time-limit" if unknown else "infeasible"
+        status = "time-limit" if unknown or unplaced else "infeasible"
         stats = SolverStats(name=solver_name(solver), status=status, gap=None,
                             seconds=time.perf_counter() - started)
-        stats.status = status
+        if status == "time-limit" and not unknown and bounds:
+            stats.bound = min(bounds.values())  # every combination bounded: a bound on the optimum
         reasons = _why_none(problem, accuracy, stats, explain_infeasible=explain_infeasible, time_limit_s=time_limit_s,
                             started=started, solver=solver)
         stats.seconds = time.perf_counter() - started

@@ -51,11 +51,16 @@ def solve(
     threads: int | None = None,
     lp_only: bool = False,
     objective_target: float | None = None,
+    start: dict[str, float] | None = None,
+    highs_options: dict[str, object] | None = None,
 ) -> Outcome:
     """Solve ``model`` with ``solver`` (``highs`` or ``cbc``) within ``time_limit_s`` seconds of wall
     clock, stopping at a relative gap of ``gap_rel``; ``lp_only`` drops integrality (the LP
     relaxation, whose optimum is a lower bound); ``objective_target`` stops HiGHS at the first plan at
-    least that cheap (CBC has no such option and simply solves on). ``None``: the solver's default.
+    least that cheap (CBC has no such option and simply solves on); ``start``: values of the model's
+    variables, by name, offered to HiGHS as a first plan (those of another model's variables are
+    ignored; HiGHS completes or discards it; CBC ignores it); ``highs_options``: further HiGHS
+    options by name (CBC ignores them). ``None``: the solver's default.
 
     HiGHS asked for but not importable: CBC runs instead, stated in :attr:`Outcome.fallback` and in
     the stats' notes."""
@@ -70,7 +75,7 @@ def solve(
             import highspy  # noqa: F401
 
             stats, values = _run_highs(model, time_limit_s, gap_rel, threads, n_vars, n_cons, lp_only,
-                                       objective_target)
+                                       objective_target, start, highs_options)
             return Outcome(stats, values)
         except ImportError as exc:
             fallback = f"HiGHS was asked for but cannot be loaded ({exc}); solved with CBC instead"
@@ -124,13 +129,17 @@ def silence_highs_banner() -> None:
 
 
 def _run_highs(model: pulp.LpProblem, time_limit_s: float | None, gap_rel: float | None, threads: int | None,
-               n_vars: int, n_cons: int, lp_only: bool = False, objective_target: float | None = None
+               n_vars: int, n_cons: int, lp_only: bool = False, objective_target: float | None = None,
+               start: dict[str, float] | None = None, highs_options: dict[str, object] | None = None
                ) -> tuple[SolverStats, dict[str, float] | None]:
     import highspy
 
     silence_highs_banner()
-    extra = {} if objective_target is None else {"objective_target": objective_target}
-    cmd = pulp.HiGHS(mip=not lp_only, msg=False, timeLimit=time_limit_s, gapRel=gap_rel, threads=threads, **extra)
+    extra = dict(highs_options or {})
+    if objective_target is not None:
+        extra["objective_target"] = objective_target
+    cmd = _Highs(start if start and not lp_only else None, mip=not lp_only, msg=False, timeLimit=time_limit_s,
+                 gapRel=gap_rel, threads=threads, **extra)
     model.solve(cmd)
     highs = model.solverModel
     status = highs.getModelStatus()
@@ -164,6 +173,26 @@ def _run_highs(model: pulp.LpProblem, time_limit_s: float | None, gap_rel: float
         return stats, None
     values = list(highs.getSolution().col_value)
     return stats, {v.name: values[v.index] for v in model.variables()}
+
+
+class _Highs(pulp.HiGHS):
+    """PuLP's HiGHS interface, plus a first plan: ``start`` (values by variable name) handed to
+    ``Highs.setSolution`` once the model is built (PuLP has no warm start for HiGHS)."""
+
+    def __init__(self, start: dict[str, float] | None, **options) -> None:
+        super().__init__(**options)
+        self.start = start
+
+    def callSolver(self, lp: pulp.LpProblem) -> None:
+        if self.start:
+            import numpy as np
+
+            known = [(v.index, self.start[v.name]) for v in lp.variables() if v.name in self.start]
+            if known:
+                index, value = zip(*known)
+                lp.solverModel.setSolution(len(known), np.array(index, dtype=np.int32),
+                                           np.array(value, dtype=np.float64))
+        super().callSolver(lp)
 
 
 def _run_cbc(model: pulp.LpProblem, time_limit_s: float | None, gap_rel: float | None, n_vars: int, n_cons: int

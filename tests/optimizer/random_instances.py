@@ -24,6 +24,27 @@ def make_bundle(zoo: dict, topology: dict, workflow: dict) -> Bundle:
     return bundle
 
 
+def _variant_maker(rng: random.Random, profiles):  # noqa: ANN202 - (name, lowest, highest accuracy) -> variant
+    """A variant document: its profiles drawn first, then accuracy, output size and memory."""
+
+    def variant(name: str, acc_lo: float, acc_hi: float) -> dict:
+        drawn = profiles()
+        return {"name": name, "accuracy": round(rng.uniform(acc_lo, acc_hi), 2),
+                "output_kb": round(rng.uniform(0.5, 30), 2), "memory_mb": rng.choice([100, 300, 600]),
+                "profiles": drawn}
+
+    return variant
+
+
+def _two_tasks(rng: random.Random, profiles) -> list[dict]:  # noqa: ANN001 - () -> profiles
+    """Task t1 with two variants (the second more accurate), t2 with one or two."""
+    variant = _variant_maker(rng, profiles)
+    return [
+        {"name": "t1", "variants": [variant("t1a", 60, 80), variant("t1b", 80, 95)]},
+        {"name": "t2", "variants": [variant("t2a", 70, 99)] + ([variant("t2b", 85, 99)] if rng.random() < 0.5 else [])},
+    ]
+
+
 def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None,
                   carbon: bool = False) -> Bundle:
     """A small random instance; ``carbon``: with each site's grid intensity (sometimes a day's series)
@@ -33,24 +54,20 @@ def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool
     hardware = ["cpu", "gpu"]
     join = rng.random() < 0.3 if join is None else join
 
-    def variant(name: str, acc_lo: float, acc_hi: float) -> dict:
+    def profiles() -> list[dict]:
         base = rng.uniform(5, 60)
-        profiles = []
+        out = []
         for hw in hardware:
             speed = 1.0 if hw == "cpu" else rng.uniform(0.1, 0.5)
             lat1 = base * speed
             lat = {1: round(lat1, 3)}
             if rng.random() < 0.5:
                 lat[4] = round(lat1 * rng.uniform(2.0, 4.5), 3)
-            profiles.append({"hardware": hw, "latency_ms": lat})
-        return {"name": name, "accuracy": round(rng.uniform(acc_lo, acc_hi), 2),
-                "output_kb": round(rng.uniform(0.5, 30), 2), "memory_mb": rng.choice([100, 300, 600]),
-                "profiles": profiles}
+            out.append({"hardware": hw, "latency_ms": lat})
+        return out
 
-    tasks = [
-        {"name": "t1", "variants": [variant("t1a", 60, 80), variant("t1b", 80, 95)]},
-        {"name": "t2", "variants": [variant("t2a", 70, 99)] + ([variant("t2b", 85, 99)] if rng.random() < 0.5 else [])},
-    ]
+    tasks = _two_tasks(rng, profiles)
+    variant = _variant_maker(rng, profiles)
     if join:
         tasks.append({"name": "t3", "variants": [variant("t3a", 90, 99)]})
     zoo = {"tasks": tasks}
@@ -127,3 +144,55 @@ def add_carbon(topology: dict, rng: random.Random) -> None:
                 idle = round(rng.uniform(2, 60), 1)
                 power[group["name"]] = {"idle": idle, "busy": round(idle * rng.uniform(1.0, 8.0), 1)}
             group["power_w"] = dict(power[group["name"]])
+
+
+def random_pooled_bundle(seed: int, *, sharing: str) -> Bundle:
+    """Small instances whose instance groups pool (:func:`jellybean.optimizer.milp.instance_pools`):
+    at the cloud two groups of one price, at a hub two boxes of one price, each pair on hardware
+    whose speeds differ by up to +-15% per variant (four instances in all, for brute force), with
+    cameras at the hub sending about one to two boxes' worth of requests, so that how many of each
+    pool serve which stage matters."""
+    rng = random.Random(1000 + seed)
+    families = {"gpu": ["gpu", "gpu2"], "cpu": ["cpu", "cpu2"]}
+
+    def profiles() -> list[dict]:
+        base = rng.uniform(5, 60)
+        out = []
+        for family, members in families.items():
+            lat1 = base * (1.0 if family == "cpu" else rng.uniform(0.1, 0.5))
+            batch = rng.uniform(2.0, 4.5) if rng.random() < 0.5 else None
+            for hw in members:
+                jitter = rng.uniform(0.85, 1.15)
+                lat = {1: round(lat1 * jitter, 3)}
+                if batch is not None:
+                    lat[4] = round(lat1 * jitter * batch, 3)
+                out.append({"hardware": hw, "latency_ms": lat})
+        return out
+
+    tasks = _two_tasks(rng, profiles)
+    box_speed = 1000.0 / tasks[0]["variants"][0]["profiles"][2]["latency_ms"][1]  # t1a on a box, batch 1
+    vm_price = round(rng.uniform(0.5, 3), 3)
+    box_price = round(rng.uniform(0.01, 0.3), 3)
+    bandwidth = rng.choice([None, None, 20.0, 100.0])
+    up = {"cost_per_gb": round(rng.uniform(0.0, 0.2), 3)}
+    if bandwidth is not None:
+        up["bandwidth_mbps"] = bandwidth
+    sites = [
+        {"name": "cloud", "tier": "cloud", "instances": [
+            {"name": f"vm-{hw}", "hardware": hw, "price_per_hour": vm_price, "max_count": 1}
+            for hw in families["gpu"]]},
+        {"name": "hub0", "tier": "hub", "parent": "cloud", "uplink": {"up": up, "down": {"cost_per_gb": 1.0}},
+         "instances": [{"name": f"box-{hw}", "hardware": hw, "price_per_hour": box_price, "count": 1,
+                        "memory_mb": rng.choice([400, 800, 2000])} for hw in families["cpu"]]},
+    ]
+    topology = {"sites": sites, "sharing": sharing, "max_utilization": rng.choice([0.7, 0.9, 1.0])}
+    sources = [{"name": "cams", "rate_per_s": round(box_speed * rng.uniform(0.6, 2.0), 2),
+                "payload_kb": round(rng.uniform(5, 120), 1), "sites": ["hub0"]}]
+    stages = [
+        {"name": "s1", "task": "t1", "inputs": ["cams"]},
+        {"name": "s2", "task": "t2", "inputs": [
+            {"from": "s1", "ratio": round(rng.uniform(0.3, 1.5), 2),
+             "ratio_by_variant": {"t1b": round(rng.uniform(0.3, 1.5), 2)}}]},
+    ]
+    workflow = {"sources": sources, "stages": stages, "slo": {"accuracy": round(rng.uniform(40, 75), 1)}}
+    return make_bundle({"tasks": tasks}, topology, workflow)

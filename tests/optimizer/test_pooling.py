@@ -1,11 +1,15 @@
-"""Near-identical instances pooled (jellybean.optimizer.milp.solve_placement): on JellyBean instances
-scaled up with jittered copies (jellybean.generate.jellybean_scaled), every placement it returns costs
-what the true MILP's proven optimum costs, keeps every instance within its limit, and passes the
-independent checker; the pooled bound never exceeds the true optimum. And the planner keeps to its
-time limit as a whole: baselines reached after it are reported as not run."""
+"""Pools of near-identical instances (jellybean.optimizer.milp.solve_placement, the count relaxation):
+the relaxation's bound never exceeds the true optimum, the restriction to its pool counts never
+undercuts it, and the plans solve_placement returns cost the true optimum, keep every instance whole
+and within its limit, and pass the independent checker. Checked against brute force on small random
+instances with pools (both sharing modes), and against the true MILP's proven optimum on JellyBean
+instances scaled up with jittered copies (jellybean.generate.jellybean_scaled). And the planner keeps to
+its time limit as a whole: baselines reached after it are reported as not run."""
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +18,14 @@ from jellybean.generate.jellybean_scaled import scale_instance
 from jellybean.importers.jellybean_csv import import_jellybean, write_documents
 from jellybean.optimizer import plan
 from jellybean.optimizer.accuracy import choose_model
-from jellybean.optimizer.evaluate import verify
-from jellybean.optimizer.milp import instance_pools, solve_milp, solve_placement, within_limits
-from jellybean.optimizer.planner import admissible_combinations
+from jellybean.optimizer.evaluate import build_plan, verify
+from jellybean.optimizer.milp import instance_pools, solve_milp, solve_placement, usable_options, within_limits
+from jellybean.optimizer.planner import admissible_combinations, run_strategy
 from jellybean.optimizer.problem import compile_problem
 from jellybean.spec import load_bundle
+
+from .bruteforce import brute_force
+from .random_instances import random_pooled_bundle
 
 VQA_DATA = Path(__file__).resolve().parents[1] / "data" / "jellybean-vqa-medium"
 
@@ -39,30 +46,98 @@ def test_the_scaled_instance_has_no_two_workers_alike_and_load_grows_with_it(tmp
     assert all(3 * 0.6 * 40 <= r <= 3 * 1.2 * 40 for r in rates.values())
 
 
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", range(16))
+def test_pooled_planning_matches_brute_force(seed: int, sharing: str) -> None:
+    flat = compile_problem(random_pooled_bundle(seed, sharing=sharing), aggregate=False)
+    accuracy = choose_model(flat)
+    assert [len(p) for p in instance_pools(flat, usable_options(flat, None, None))] == [2, 2]
+    expected = brute_force(flat, accuracy)
+    relaxed = solve_milp(flat, accuracy, pooled=True, gap_rel=1e-9)
+    fast = solve_placement(flat, accuracy, gap_rel=1e-7)
+    planned = run_strategy(flat, accuracy, "optimal", gap_rel=1e-7)
+    if math.isinf(expected):
+        assert relaxed.stats.status == "infeasible" or relaxed.solution is None
+        assert fast.solution is None and not planned.feasible
+        return
+    assert relaxed.stats.objective <= expected * (1 + 1e-7) + 1e-9  # a relaxation
+    restricted = solve_milp(flat, accuracy, pool_counts=relaxed.pool_counts, gap_rel=1e-9)
+    if restricted.solution is not None:  # a restriction: its plans are plans
+        assert restricted.stats.objective >= expected * (1 - 1e-7) - 1e-9
+        assert within_limits(flat, restricted.solution)
+    assert fast.stats.status == "optimal"
+    assert fast.stats.bound <= expected * (1 + 1e-7) + 1e-9
+    assert within_limits(flat, fast.solution)
+    assert verify(flat, fast.solution, accuracy) == []
+    cost = build_plan(flat, fast.solution, strategy="optimal", stats=fast.stats, accuracy=accuracy)
+    assert cost.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert planned.solver.status == "optimal"
+    assert planned.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_pooled_placements_cost_the_true_optimum(tmp_path: Path, seed: int) -> None:
-    problem = compile_problem(_scaled(tmp_path, 3, seed), sharing="exclusive")
+def test_pooled_placements_cost_the_true_optimum(tmp_path: Path, seed: int, sharing: str) -> None:
+    problem = compile_problem(_scaled(tmp_path, 2, seed), sharing=sharing)
     accuracy = choose_model(problem)
     for models in admissible_combinations(problem, accuracy):
-        usable = [o for o in problem.options if models[o.stage] == o.variant]
-        assert instance_pools(problem, usable)  # copies of one worker pool together
+        assert instance_pools(problem, usable_options(problem, models, None))
         true = solve_milp(problem, accuracy, fixed_models=models, gap_rel=1e-9, time_limit_s=120)
-        pooled_bound = solve_milp(problem, accuracy, fixed_models=models, gap_rel=1e-9, time_limit_s=120, pooled=True)
+        relaxed = solve_milp(problem, accuracy, fixed_models=models, gap_rel=1e-9, time_limit_s=120, pooled=True)
         fast = solve_placement(problem, accuracy, fixed_models=models, gap_rel=1e-6, time_limit_s=120)
         assert true.stats.status == "optimal" and fast.stats.status == "optimal"
-        assert pooled_bound.stats.objective <= true.stats.objective * (1 + 1e-9)  # a relaxation
+        assert relaxed.stats.objective <= true.stats.objective * (1 + 1e-9)  # a relaxation
         assert fast.stats.objective == pytest.approx(true.stats.objective, rel=2e-6)
         assert fast.stats.bound <= true.stats.objective * (1 + 1e-9)
         assert within_limits(problem, fast.solution)
         assert verify(problem, fast.solution, accuracy) == []
 
 
-def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Path, sharing: str) -> None:
+    """Out of time at once, the plan is JellyBean's heuristic plan (found for the optimal strategy,
+    so its baseline is reported too), bounded by the LP relaxation; every other baseline is reported
+    as not run. With time, the optimum, every baseline run, none costlier than it."""
     bundle = _scaled(tmp_path, 3, 0)
-    hurried = plan(bundle, sharing="exclusive", time_limit_s=1e-3)
-    assert not hurried.feasible or hurried.solver.gap is not None
-    assert hurried.baselines and all(not b.feasible and "time limit of 0.001 s was spent" in b.reason
-                                     for b in hurried.baselines)
-    relaxed = plan(bundle, sharing="exclusive", time_limit_s=60)
+    hurried = plan(bundle, sharing=sharing, time_limit_s=1e-3)
+    assert hurried.feasible and hurried.solver.gap is not None and hurried.solver.bound is not None
+    assert any("heuristic plan is cheaper" in note for note in hurried.solver.notes)
+    by_name = {b.strategy: b for b in hurried.baselines}
+    assert by_name["jellybean"].feasible and by_name["jellybean"].cost == hurried.cost
+    assert all(not b.feasible and "time limit of 0.001 s was spent" in b.reason
+               for name, b in by_name.items() if name != "jellybean")
+    relaxed = plan(bundle, sharing=sharing, time_limit_s=60)
     assert relaxed.feasible and relaxed.solver.status == "optimal"
     assert all(b.reason == "" or "time limit" not in b.reason for b in relaxed.baselines)
+    assert all(relaxed.cost.total_per_hour <= b.cost.total_per_hour for b in relaxed.baselines if b.feasible)
+    assert relaxed.solver.bound <= relaxed.cost.total_per_hour <= hurried.cost.total_per_hour
+
+
+def test_the_limit_counts_from_when_the_run_began(tmp_path: Path) -> None:
+    """``started`` (the CLI passes when it began, before loading the documents): a run that began 10 s
+    ago with a 5 s limit has no time left, and says so with the limit the user gave."""
+    bundle = _scaled(tmp_path, 2, 0)
+    late = plan(bundle, sharing="exclusive", time_limit_s=5, started=time.perf_counter() - 10)
+    assert late.feasible and any("heuristic plan is cheaper" in note for note in late.solver.notes)
+    assert all("time limit of 5 s was spent" in b.reason for b in late.baselines if b.strategy != "jellybean")
+
+
+def test_a_placement_stopped_by_the_time_limit_is_no_proof_of_infeasibility(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every placement MILP stops without a plan (as at a time limit): the optimal strategy reports
+    JellyBean's plan with the combinations' LP bound, not 'infeasible'."""
+    from jellybean.optimizer import planner
+    from jellybean.optimizer.milp import MilpResult
+    from jellybean.optimizer.plan import SolverStats
+
+    def stopped(self, problem, accuracy, **options):  # noqa: ANN001, ANN202
+        return MilpResult(None, SolverStats(name="HiGHS", status="time-limit", gap=None, seconds=0.0))
+
+    monkeypatch.setattr(planner.Placements, "solve", stopped)
+    problem = compile_problem(_scaled(tmp_path, 2, 1), sharing="shared")
+    accuracy = choose_model(problem)
+    result = run_strategy(problem, accuracy, "optimal")
+    heuristic = run_strategy(problem, accuracy, "jellybean")
+    assert result.feasible and result.solver.status == "feasible"
+    assert result.cost.total_per_hour == pytest.approx(heuristic.cost.total_per_hour)
+    assert 0 < result.solver.bound < result.cost.total_per_hour and result.solver.gap > 0

@@ -77,3 +77,30 @@ def test_the_routing_lp_of_edge_first_states_its_fallback(no_highs: None) -> Non
     result = run_strategy(problem, choose_model(problem), "edge-first")
     assert result.feasible
     assert any(note.startswith("routing: ") and "CBC" in note for note in result.solver.notes)
+
+
+def _cover() -> pulp.LpProblem:
+    """Pick items (near-equal weights, costs rising by index) covering 17.5, or pay 10 per missing unit."""
+    model = pulp.LpProblem("cover", pulp.LpMinimize)
+    picks = [pulp.LpVariable(f"x{i}", cat="Binary") for i in range(30)]
+    short = pulp.LpVariable("short", lowBound=0)
+    model += pulp.lpSum((1 + 0.001 * i) * x for i, x in enumerate(picks)) + 10 * short
+    model += pulp.lpSum((1 + 0.01 * ((7 * i) % 13)) * x for i, x in enumerate(picks)) + short >= 17.5
+    return model
+
+
+def test_a_start_is_offered_to_highs_completed_and_kept() -> None:
+    """The first eighteen items, given without the shortfall variable: HiGHS completes the start (no
+    shortfall) and, told to stop at the first plan under a generous target, returns exactly it."""
+    start = {f"x{i}": 1.0 for i in range(18)}
+    started = solve(_cover(), time_limit_s=10, gap_rel=1e-9, start=start, objective_target=1e9)
+    assert started.stats.status == "feasible"  # stopped at the target, by the start
+    assert started.stats.objective == pytest.approx(sum(1 + 0.001 * i for i in range(18)))
+    assert started.values is not None and all(started.values[f"x{i}"] > 0.5 for i in range(18))
+    optimal = solve(_cover(), time_limit_s=10, gap_rel=1e-9)
+    assert optimal.stats.status == "optimal" and optimal.stats.objective < started.stats.objective
+
+
+def test_a_start_naming_no_variable_of_the_model_is_ignored() -> None:
+    outcome = solve(_cover(), time_limit_s=10, gap_rel=1e-9, start={"not_a_variable": 3.0})
+    assert outcome.stats.status == "optimal"
