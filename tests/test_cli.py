@@ -250,8 +250,9 @@ def test_uplink_too_thin_for_raw_frames(capsys: pytest.CaptureFixture[str], tmp_
     assert "No feasible plan" in out
     reason = next(line for line in out.splitlines() if "uplink" in line)
     assert "hub -> cloud" in reason
-    # 250 Mbit/s of payload, as it travels: TCP/IP's 66 B per 1,448 and each send's share (framing.py)
-    framed = 250.0 * (1 + 66 / 1448) + 250 * SEND_FRAMING_BYTES / 8 * 8 / 1e6  # 250 frames/s, sends of 8
+    # 250 Mbit/s of payload, as it travels: TCP/IP's 66 B per 1,448 and each send's framing (framing.py;
+    # a frame of 122 KB fills segments alone: it waits for no company)
+    framed = 250.0 * (1 + 66 / 1448) + 250 * SEND_FRAMING_BYTES * 8 / 1e6  # 250 frames/s, each its own send
     assert f"{framed:.2f}" in reason and "at most 100 Mbps" in reason
     # Tripling the capacity makes it feasible.
     path.write_text(BANDWIDTH.replace("bandwidth_mbps: 100", "bandwidth_mbps: 300"))
