@@ -85,9 +85,10 @@ bench-runtime: install
 bench-sites: install
 	$(BIN)/python bench/sites.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
-# Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min).
+# Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min,
+# written nowhere unless OUT=DIR: a quick run never overwrites the committed full results).
 bench-resilience: install
-	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 # Each artifact format's runner against the artifact called directly at the same batch size.
 bench-artifacts: install
