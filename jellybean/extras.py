@@ -27,7 +27,7 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
     "yaml": ("PyYAML", None),
     "pulp": ("pulp", None),
     "highspy": ("highspy", None),
-    "numpy": ("numpy", "runtime"),
+    "numpy": ("numpy", None),  # the optimizer hands HiGHS its warm start as arrays
     "torch": ("torch", "runtime"),
     "sklearn": ("scikit-learn", "runtime"),
     "scipy": ("scipy", "runtime"),
