@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
+.PHONY: install test image demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime,viz]'
 	@touch $(STAMP)
 
 test: install prometheus espeak
@@ -44,6 +44,11 @@ demo-audio: install espeak model-store
 # planned against the unsplit plans, and the split plan served 15 s; figures in bench/results/split.md.
 demo-split: install
 	$(BIN)/python bench/split.py --model-store $(MODEL_STORE)
+
+# The image the Helm chart's defaults name (Dockerfile; needs a Docker engine): jellybean:<appVersion>.
+IMAGE ?= jellybean:$(shell sed -n 's/^appVersion: "\(.*\)"$$/\1/p' helm/jellybean/Chart.yaml)
+image:
+	docker build -t $(IMAGE) .
 
 # Regenerates the Grafana dashboards the Helm chart ships (a test fails when they are stale).
 dashboards: install
@@ -80,9 +85,10 @@ bench-runtime: install
 bench-sites: install
 	$(BIN)/python bench/sites.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
-# Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min).
+# Site failure, load spike and controller restart drills on a local multi-node Ray (QUICK=1: < 5 min,
+# written nowhere unless OUT=DIR: a quick run never overwrites the committed full results).
 bench-resilience: install
-	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick)
+	$(BIN)/python bench/resilience.py $(if $(QUICK),--quick) $(if $(OUT),--out $(OUT))
 
 # Each artifact format's runner against the artifact called directly at the same batch size.
 bench-artifacts: install

@@ -12,9 +12,13 @@ site with compute: the cloud's node also carries the cameras' site resources, th
 3. ``controller_restart``: a controller joined to the cluster serves two workflows; it shuts down
    (the replicas, detached, stay) and a new controller on the same state directory adopts them.
 
-    python bench/resilience.py [--quick] [--format json|markdown] [--out bench/results]
+    python bench/resilience.py [--quick] [--format json|markdown] [--out DIR]
 
 Targets: recovery under 10 s, zero frames lost, every workflow kept. ``--quick`` takes under 5 minutes.
+
+The full run writes ``bench/results/resilience.json`` and ``resilience.md``; a quick run prints its
+results and writes them only where ``--out`` says (:func:`results_folder`): a quick run never
+overwrites the committed full results.
 """
 
 from __future__ import annotations
@@ -37,6 +41,17 @@ from plan import machine  # noqa: E402  (the same machine description as the oth
 
 DRILLS = [ROOT / "workflows" / "digits" / "zoo.yaml", ROOT / "bench" / "drills"]
 DIGITS = [ROOT / "workflows" / "digits"]
+#: Where a full run's results are committed.
+RESULTS = ROOT / "bench" / "results"
+
+
+def results_folder(args: argparse.Namespace) -> Path | None:
+    """Where a run writes resilience.json and .md: ``--out`` when given; else bench/results for a
+    full run (every drill at full length) and nowhere for a quick one, whose shorter phases would
+    replace the committed figures with ones not comparable to them."""
+    if args.out is not None:
+        return args.out
+    return None if args.quick else RESULTS
 
 
 def wait_until(condition, timeout_s: float) -> bool:
@@ -257,12 +272,18 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter phases (under 5 minutes)")
     parser.add_argument("--format", choices=["json", "markdown"], default="markdown")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write resilience.json and resilience.md (default: bench/results for a full "
+                             "run, nowhere for a quick one)")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = arguments()
 
     import logging
 
@@ -284,9 +305,11 @@ def main() -> None:
         "zero_frames_lost": sf["frames_lost"] == 0 and ls["frames_lost"] == 0,
         "every_workflow_kept": cr["workflows_after"] == cr["workflows_before"] > 0,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "resilience.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / "resilience.md").write_text(markdown(result))
+    out = results_folder(args)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "resilience.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (out / "resilience.md").write_text(markdown(result))
     print(json.dumps(result, indent=2, default=str) if args.format == "json" else markdown(result))
 
 

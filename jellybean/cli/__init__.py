@@ -1016,12 +1016,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except ImportError as exc:
+        # A part whose extra is not installed (jellybean.extras): the user's install, said as such.
+        from jellybean.extras import missing_extra
+
+        missing = missing_extra(exc, f"jellybean {args.command}")
+        if missing is not None:
+            print(f"error: {missing}", file=sys.stderr)
+            return EXIT_INVALID
+        return _internal_error(exc)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no tracebacks for users
-        if os.environ.get("JELLYBEAN_DEBUG"):
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc} (please report it; JELLYBEAN_DEBUG=1 shows the "
-              "traceback)", file=sys.stderr)
-        return 3
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    """A bug: one line for the user (no traceback), the traceback with JELLYBEAN_DEBUG=1."""
+    if os.environ.get("JELLYBEAN_DEBUG"):
+        raise exc
+    print(f"internal error: {type(exc).__name__}: {exc} (please report it; JELLYBEAN_DEBUG=1 shows the "
+          "traceback)", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -371,9 +371,9 @@ def _stack_in(box: SiteBox) -> float:
 
 def draw_layout(layout: PlanLayout) -> Figure:
     """The layout as a matplotlib figure, one axes spanning it in inches."""
+    figure = new_figure(layout.width_in, layout.height_in)  # first: says which extra when matplotlib is missing
     from matplotlib.patches import FancyBboxPatch, Rectangle
 
-    figure = new_figure(layout.width_in, layout.height_in)
     ax = figure.add_axes((0, 0, 1, 1))
     ax.set_xlim(0, layout.width_in)
     ax.set_ylim(0, layout.height_in)

@@ -27,7 +27,6 @@ import functools
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +79,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "model-store": {"modelStore": {"claimName": "models", "mountPath": "/srv/models"}},
     "overrides": {"fullnameOverride": "jellybean", "imagePullSecrets": [{"name": "registry"}],
                   "image": {"repository": "registry.example.com/jellybean", "tag": "0.1.0-rc1"},
+                  "ray": {"image": {"repository": "registry.example.com/jellybean-ray", "tag": "0.1.0-rc2",
+                                    "pullPolicy": "Always"}},
                   "operator": {"extraArgs": ["--log-level=debug"], "extraEnv": [{"name": "X", "value": "1"}],
                                "tolerations": [{"key": "infra", "operator": "Exists"}],
                                "podAnnotations": {"example.com/owner": "ml"}},
@@ -435,18 +436,34 @@ def test_ray_token_authentication():
     assert not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} & {e["name"] for e in operator_container(off)["env"]}
 
 
-def test_ray_images_match_the_projects_ray():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    runtime = " ".join(pyproject["project"]["optional-dependencies"]["runtime"])
-    major = re.search(r"ray\[serve\]>=(\d+)\.", runtime).group(1)
-    cluster = one(manifests("default"), "RayCluster")
-    version = cluster["spec"]["rayVersion"]
-    assert version.split(".")[0] == major
-    pods = [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
-    for pod in pods:
+def ray_pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    spec = one(docs, "RayCluster")["spec"]
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+def test_every_pod_runs_the_image_the_dockerfile_builds_by_default():
+    """By default the operator and every Ray pod run the image the repository's Dockerfile builds
+    (`make image`: jellybean:<appVersion>), whose Ray is the RayCluster's rayVersion; the values
+    name another image for each."""
+    from dockerfile_parse import DockerfileParser
+
+    dockerfile = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    labels = dockerfile.labels
+    built = f"{labels['org.opencontainers.image.title']}:{labels['org.opencontainers.image.version']}"
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    assert built == f"jellybean:{app_version}"
+    docs = manifests("default")
+    assert operator_container(docs)["image"] == built
+    for pod in ray_pods(docs):
         (container,) = pod["spec"]["containers"]
-        repository, tag = container["image"].rsplit(":", 1)
-        assert repository == "rayproject/ray" and tag.split("-")[0] == version
+        assert container["image"] == built
+    assert one(docs, "RayCluster")["spec"]["rayVersion"] == dockerfile.args["RAY_VERSION"] == labels["io.ray.version"]
+
+    docs = manifests("overrides")
+    assert operator_container(docs)["image"] == "registry.example.com/jellybean:0.1.0-rc1"
+    for pod in ray_pods(docs):
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == "registry.example.com/jellybean-ray:0.1.0-rc2"
 
 
 # --- monitoring ------------------------------------------------------------------------------------

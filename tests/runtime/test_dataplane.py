@@ -5,7 +5,7 @@ processes (an actor killed by Ray, CPU pinning, replay at the planned rate, over
 from __future__ import annotations
 
 import os
-import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,6 @@ from jellybean.runtime.replicas import ReplicaState
 from jellybean.spec import load_bundle
 from tests.runtime.inprocess import eventually, split
 
-pytest.importorskip("ray")
-pytest.importorskip("torch")
-
 DIGITS = Path(__file__).resolve().parents[2] / "workflows" / "digits"
 
 
@@ -27,11 +24,6 @@ DIGITS = Path(__file__).resolve().parents[2] / "workflows" / "digits"
 def digits():
     bundle = load_bundle([DIGITS])
     return bundle, make_plan(bundle, baselines=False)
-
-
-def pause(seconds: float) -> None:
-    """Let frames flow for a while (the sources replay at their planned rate)."""
-    threading.Event().wait(seconds)
 
 
 def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
@@ -54,8 +46,6 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
         assert not layout.pinned and "need 2 cores" in layout.reason
     # The served rate in steady state (after the start-up's backlog has cleared) is the planned one.
     eventually(lambda: pipeline.ledger.completed >= 100, 30, p=pipeline)
-    import time
-
     start, done = time.monotonic(), pipeline.ledger.completed
     eventually(lambda: pipeline.ledger.completed >= done + 300, 30, p=pipeline)
     steady = (pipeline.ledger.completed - done) / (time.monotonic() - start)

@@ -54,30 +54,14 @@ def test_late_arrivals_join_the_batch_within_the_wait() -> None:
     assert run(go()) == [1, 2]
 
 
-def test_bounded_queue_blocks_the_producer_until_the_consumer_takes() -> None:
-    """Backpressure: with a bounded queue the producer waits instead of piling items up."""
-
-    async def go():
-        q: asyncio.Queue = asyncio.Queue(maxsize=queue_capacity(2))
-        produced = []
-
-        async def producer():
-            for i in range(50):
-                await q.put(i)
-                produced.append(i)
-
-        task = asyncio.ensure_future(producer())
-        await asyncio.sleep(0.05)
-        stalled_at = len(produced)
-        taken = []
-        while len(taken) < 50:
-            taken.extend(await collect_batch(q, 2, 0.0))
-        await task
-        return stalled_at, taken
-
-    stalled_at, taken = run(go())
-    assert stalled_at == queue_capacity(2) == 8
-    assert taken == list(range(50))
+def test_a_replicas_queue_holds_a_few_batches() -> None:
+    """The bound a replica's queue gets: four batches (room for the next while one runs), at least two.
+    That a full queue holds its senders back is the worker's behaviour, tested on it
+    (test_worker.py::test_backpressure_reaches_the_source) and on Ray (test_dataplane.py)."""
+    assert queue_capacity(2) == 8 and queue_capacity(16) == 64
+    assert queue_capacity(3, batches=2) == 6
+    assert queue_capacity(0) == queue_capacity(1) == 4  # a batch of at least one
+    assert queue_capacity(1, batches=1) == 2  # never fewer than two
 
 
 def test_retry_policy() -> None:

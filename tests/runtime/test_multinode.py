@@ -14,9 +14,6 @@ from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 from jellybean.spec import load_bundle
 from tests.runtime.inprocess import eventually
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("torch")
-
 DIGITS = Path(__file__).resolve().parents[2] / "workflows" / "digits"
 
 
@@ -24,6 +21,7 @@ DIGITS = Path(__file__).resolve().parents[2] / "workflows" / "digits"
 def cluster(_ray_session):
     from ray.cluster_utils import Cluster
 
+    ray = _ray_session
     if ray.is_initialized():
         ray.shutdown()  # the shared local instance gives way; `ray_local` restarts it when next needed
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

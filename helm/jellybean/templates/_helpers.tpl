@@ -60,6 +60,10 @@ jellybean.io/release: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{- define "jellybean.rayImage" -}}
+{{- printf "%s:%s" .Values.ray.image.repository (default .Chart.AppVersion .Values.ray.image.tag) }}
+{{- end }}
+
 {{- define "jellybean.tokenSecretName" -}}
 {{- default (printf "%s-token" (include "jellybean.fullname" .)) .Values.auth.existingSecret }}
 {{- end }}
