@@ -149,11 +149,12 @@ def cross_check(bundle: Bundle) -> list[Issue]:
         elif output.site is not None and output.site not in site_names:
             add(("spec", "outputs", i, "site"), f"unknown site {output.site!r}{did_you_mean(output.site, site_names)}",
                 f"sites of topology {bundle.topology.metadata.name!r}: {listed(site_names)}")
-    table = wf.slo.accuracy_table
-    if table is not None and table not in {t.name for t in zoo.accuracy_tables}:
-        names = [t.name for t in zoo.accuracy_tables]
-        add(("spec", "slo", "accuracy_table"), f"zoo has no accuracy table {table!r}{did_you_mean(table, names)}",
-            f"tables: {listed(names)}")
+    tables = [t.name for t in zoo.accuracy_tables]
+    named = [(("spec", "slo", "accuracy_table"), wf.slo.accuracy_table)]
+    named += [(("spec", "slo", "sinks", i, "accuracy_table"), o.accuracy_table) for i, o in enumerate(wf.slo.sinks)]
+    for loc, table in named:
+        if table is not None and table not in tables:
+            add(loc, f"zoo has no accuracy table {table!r}{did_you_mean(table, tables)}", f"tables: {listed(tables)}")
     return issues
 
 

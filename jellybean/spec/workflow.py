@@ -6,17 +6,26 @@ crops per frame depend on the detector). Each request of a stage receives one me
 of its inputs, so a stage with several inputs (a join) pairs them one to one: the rates arriving
 on all of its inputs must agree, and the stage's rate is that common rate.
 
-The SLO names an end-to-end accuracy target at the workflow's sink (the stage nothing consumes),
-in the zoo's unit, and optionally a bound on the end-to-end latency in milliseconds.
+A *sink* is a stage no stage reads from. A workflow may have several (cameras -> vision and
+microphones -> keywords, in one store), each with an end-to-end accuracy target of its own, in the
+zoo's unit: ``slo.sinks`` gives a sink its own target (and, optionally, the end-to-end table it is
+measured by); ``slo.accuracy`` is the target of every sink ``slo.sinks`` does not list (of the only
+sink, in a workflow with one). A sink's end-to-end accuracy depends on the variants of the sink and
+of every stage upstream of it, and on nothing else. The SLO may also bound the end-to-end latency in
+milliseconds (every sink's worst path). A stage may carry ``min_accuracy``: the lowest accuracy its
+variant may have on its task's own metric (a detector's mAP >= 45), which is often what users mean,
+rather than one product of unrelated metrics; it is checked on the variant's own ``accuracy``.
 
 Data in and out. A source's frames arrive over HTTP at an ingest endpoint served at each of its
 sites (``ingest: http``, the default) or are replayed from a registered dataset (``replay: NAME``,
 for demos and benchmarks). A payload decodes to one named array (``payload``: its name, and the
-dtype and shape it must have, so that a malformed payload is refused at the endpoint). The sink's
+dtype and shape it must have, so that a malformed payload is refused at the endpoint). The sinks'
 results go to the workflow's ``outputs``: a ``stream`` (NDJSON, read with long polling), a
-``webhook`` (batched POSTs, retried) or a ``file`` (JSONL, rotated). An output served where the sink
-runs moves no data; one pinned to another ``site`` receives its results over the tree's links, and
-the planner prices that flow (``ratio`` results per request of the sink, ``result_kb`` each).
+``webhook`` (batched POSTs, retried) or a ``file`` (JSONL, rotated). An output carries the results of
+the sinks it names (``sinks``; default: every sink's), each result saying which sink made it. An
+output served where its sinks run moves no data; one pinned to another ``site`` receives their
+results over the tree's links, and the planner prices that flow (``ratio`` results per request of
+each sink, ``result_kb`` each).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier
+from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier, first_repeat
 from jellybean.spec.errors import LocatedValueError, did_you_mean, listed
 
 
@@ -102,18 +111,22 @@ class Source(StrictModel):
 
 
 class Output(StrictModel):
-    """Where the sink's results go. Each result carries ``frame_id``, ``source``, ``site``,
-    ``received_at``, ``completed_at`` and the sink's output fields."""
+    """Where sinks' results go. Each result carries ``frame_id``, ``source``, ``site``, ``sink`` (the
+    stage that made it), ``received_at``, ``completed_at`` and the sink's output fields."""
 
     name: Name
     kind: Literal["stream", "webhook", "file"] = Field(
         description="`stream`: NDJSON at an endpoint (GET ...?after=OFFSET, long polling); `webhook`: POSTed to "
         "`url` in batches, retried with backoff; `file`: JSONL, rotated by size.")
+    sinks: list[Name] | None = Field(
+        default=None, min_length=1, description="The sinks (stages no stage reads from) whose results this output "
+        "receives. Default: every sink's. Each result names its sink in its `sink` field.")
     site: Name | None = Field(
-        default=None, description="Site the results are delivered at. Default: wherever the sink runs (no result "
+        default=None, description="Site the results are delivered at. Default: wherever its sinks run (no result "
         "crosses a link); a site elsewhere receives them over the tree's links, priced in the plan.")
     url: str | None = Field(default=None, max_length=2048, description="The receiver, for `webhook` (http:// or https://).")
-    ratio: float = Field(default=1.0, gt=0, description="Results per request of the sink (for pricing a pinned output).")
+    ratio: float = Field(default=1.0, gt=0, description="Results per request of each of its sinks (for pricing a "
+                         "pinned output).")
     result_kb: float | None = Field(default=None, gt=0, description="Size of one result in KB (default: the sink "
                                     "variant's `output_kb`).")
     batch_max: int = Field(default=100, ge=1, le=10_000, description="`webhook`: results per POST at most.")
@@ -157,20 +170,40 @@ class Stage(StrictModel):
     variants: list[Name] | None = Field(default=None, description="Restrict the variants considered.")
     batch_sizes: list[int] | None = Field(default=None, description="Restrict the batch sizes considered.")
     placement: Placement | None = None
+    min_accuracy: float | None = Field(
+        default=None, description="Lowest accuracy the stage's variant may have on its task's own metric (the zoo "
+        "task's `metric`, e.g. a detector's mAP), in the zoo's unit: only variants at least this accurate are "
+        "chosen. Unlike the end-to-end targets of `slo`, it reads the variant's own `accuracy`.")
 
     def input_specs(self) -> list[StageInput]:
         return [i if isinstance(i, StageInput) else StageInput(**{"from": i}) for i in self.inputs]
 
 
+class SinkObjective(StrictModel):
+    """One sink's end-to-end accuracy target (a sink: a stage no stage reads from)."""
+
+    stage: Name = Field(description="The sink.")
+    accuracy: float = Field(description="End-to-end accuracy target at this sink, in the zoo's unit.")
+    accuracy_table: Name | None = Field(
+        default=None, description="Name of the zoo's end-to-end accuracy table this sink is measured by (default: "
+        "any that covers the sink and the stages upstream of it).")
+
+
 class SLO(StrictModel):
-    accuracy: float = Field(description="End-to-end accuracy target at the sink, in the zoo's unit.")
+    accuracy: float | None = Field(
+        default=None, description="End-to-end accuracy target at the sink, in the zoo's unit. With several sinks: "
+        "the target of every sink that `sinks` does not list (needed unless `sinks` lists every sink).")
     latency_ms: float | None = Field(default=None, gt=0, description="Bound on the end-to-end latency (worst path).")
     latency_percentile: Literal["mean", "p90"] = Field(
         default="p90", description="Profile the latency bound is checked on (p90 falls back to the mean where not profiled)."
     )
     accuracy_table: Name | None = Field(
-        default=None, description="Name of the zoo's end-to-end accuracy table to use (default: any that covers the stages)."
+        default=None, description="Name of the zoo's end-to-end accuracy table to use (default: any that covers the "
+        "stages), for every sink that `sinks` does not list."
     )
+    sinks: list[SinkObjective] = Field(
+        default_factory=list, description="Sinks with a target of their own (a workflow may have several sinks, e.g. "
+        "cameras -> vision and microphones -> keywords); the others take `accuracy` and `accuracy_table`.")
 
 
 class WorkflowSpec(StrictModel):
@@ -179,7 +212,7 @@ class WorkflowSpec(StrictModel):
     sources: list[Source] = Field(min_length=1)
     stages: list[Stage] = Field(min_length=1)
     slo: SLO
-    outputs: list[Output] = Field(default_factory=list, description="Where the sink's results go (none: they are "
+    outputs: list[Output] = Field(default_factory=list, description="Where the sinks' results go (none: they are "
                                   "counted and dropped).")
 
     @model_validator(mode="after")
@@ -215,27 +248,80 @@ class WorkflowSpec(StrictModel):
                                     f"stages form a cycle: {' -> '.join(cycle)}; a workflow must be a DAG",
                                     "remove the input that closes the loop")
         consumed = {i.from_ for s in self.stages for i in s.input_specs()}
-        sinks = [s.name for s in self.stages if s.name not in consumed]
-        if len(sinks) != 1:
-            raise LocatedValueError(
-                ("stages",),
-                f"a workflow needs exactly one sink stage (one that no stage reads from); found {len(sinks)}: "
-                f"{', '.join(sinks)}")
+        self._check_objectives(consumed)
         seen_outputs: set[str] = set()
         for i, output in enumerate(self.outputs):
             if output.name in seen_outputs:
                 raise LocatedValueError(("outputs", i, "name"), f"output name {output.name!r} is used twice")
             seen_outputs.add(output.name)
+            for j, sink in enumerate(output.sinks or []):
+                self._check_sink(sink, consumed, ("outputs", i, "sinks", j), f"output {output.name!r}")
+            repeat = first_repeat(output.sinks or [])
+            if repeat is not None:
+                raise LocatedValueError(("outputs", i, "sinks", repeat),
+                                        f"output {output.name!r} lists sink {output.sinks[repeat]!r} twice", "keep one")
         for i, source in enumerate(self.sources):
             if source.name not in consumed:
                 unused = [s.name for s in self.sources if s.name not in consumed]
                 raise LocatedValueError(("sources", i), f"sources not read by any stage: {', '.join(unused)}")
         return self
 
+    def _check_sink(self, name: str, consumed: set[str], loc: tuple, what: str) -> None:
+        """``name`` (named by ``what`` at ``loc``) must be a sink: a stage that no stage reads from."""
+        stages = [s.name for s in self.stages]
+        sinks = [s for s in stages if s not in consumed]
+        if name not in stages:
+            raise LocatedValueError(loc, f"{what} names unknown stage {name!r}{did_you_mean(name, sinks or stages)}",
+                                    f"sinks: {listed(sinks)}")
+        if name in consumed:
+            readers = [s.name for s in self.stages if any(i.from_ == name for i in s.input_specs())]
+            raise LocatedValueError(loc, f"{what} names stage {name!r}, which is not a sink ({listed(readers)} "
+                                    "read from it)", f"name a stage no stage reads from: {listed(sinks)}")
+
+    def _check_objectives(self, consumed: set[str]) -> None:
+        """Every ``slo.sinks`` entry names a sink, once; every sink has a target (its own, or ``slo.accuracy``)."""
+        named: set[str] = set()
+        for i, objective in enumerate(self.slo.sinks):
+            self._check_sink(objective.stage, consumed, ("slo", "sinks", i, "stage"), "`slo.sinks`")
+            if objective.stage in named:
+                raise LocatedValueError(("slo", "sinks", i, "stage"), f"sink {objective.stage!r} has two targets "
+                                        "in `slo.sinks`", "keep one entry per sink")
+            named.add(objective.stage)
+        if self.slo.accuracy is None:
+            missing = [s for s in self.sinks if s not in named]
+            if missing:
+                raise LocatedValueError(("slo",), f"no accuracy target for sink{'s' if len(missing) > 1 else ''} "
+                                        f"{listed(missing)}", "give `slo.accuracy` (the target of every sink "
+                                        "`slo.sinks` does not list) or an entry in `slo.sinks`")
+
+    @property
+    def sinks(self) -> list[str]:
+        """The stages no stage reads from, in the order they are declared (at least one: a DAG ends)."""
+        consumed = {i.from_ for s in self.stages for i in s.input_specs()}
+        return [s.name for s in self.stages if s.name not in consumed]
+
     @property
     def sink(self) -> str:
-        consumed = {i.from_ for s in self.stages for i in s.input_specs()}
-        return next(s.name for s in self.stages if s.name not in consumed)
+        """The first of :attr:`sinks` (the only one of a workflow with one sink)."""
+        return self.sinks[0]
+
+    def objective(self, sink: str) -> SinkObjective:
+        """The accuracy target of ``sink``: its own entry of ``slo.sinks``, else ``slo.accuracy`` and
+        ``slo.accuracy_table`` (validation made sure one exists)."""
+        for objective in self.slo.sinks:
+            if objective.stage == sink:
+                return objective
+        assert self.slo.accuracy is not None, "validated: every sink has a target"
+        return SinkObjective(stage=sink, accuracy=self.slo.accuracy, accuracy_table=self.slo.accuracy_table)
+
+    def objectives(self) -> list[SinkObjective]:
+        """Every sink's target, in the order of :attr:`sinks`."""
+        return [self.objective(sink) for sink in self.sinks]
+
+    def output_sinks(self, output: Output) -> list[str]:
+        """The sinks whose results ``output`` carries, in the order of :attr:`sinks`."""
+        wanted = set(output.sinks) if output.sinks is not None else None
+        return [s for s in self.sinks if wanted is None or s in wanted]
 
 
 def topological_order(spec: WorkflowSpec) -> list[str] | None:
