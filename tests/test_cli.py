@@ -168,6 +168,50 @@ def test_plan_table_with_baselines(capsys: pytest.CaptureFixture[str]) -> None:
         assert strategy in out
 
 
+TWO_SINKS = ROOT / "workflows" / "two-sinks"
+
+
+def test_two_sinks_shares_the_digits_zoo_and_topology() -> None:
+    for name in ("zoo.yaml", "topology.yaml"):
+        assert (TWO_SINKS / name).read_bytes() == (ROOT / "workflows" / "digits" / name).read_bytes(), name
+
+
+def test_plan_of_two_sinks_shows_each_sink_and_the_minimum(capsys: pytest.CaptureFixture[str]) -> None:
+    """workflows/two-sinks: two chains in one store, each sink with its own target, and a detector
+    with a minimum on its task's own metric; the table shows every sink and the minimum."""
+    code, out, err = run(capsys, "plan", "-f", TWO_SINKS, "--no-baselines")
+    assert code == 0, err
+    lines = out.splitlines()
+    sinks = lines[lines.index("Accuracy by sink") + 3:][:2]
+    (readings,) = [line.split() for line in sinks if line.startswith("readings ")]
+    (meters,) = [line.split() for line in sinks if line.startswith("meter-readings ")]
+    assert float(readings[1]) >= 95 and readings[2] == "95.000"
+    assert float(meters[1]) >= 98 and meters[2] == "98.000"
+    assert "Stage minimums (on the task's own metric)" in lines
+    minimum = lines[lines.index("Stage minimums (on the task's own metric)") + 3].split()
+    assert minimum[1:4] == ["frames-all-digits-located-pct", "99.000", "digits-detector-large"]
+    code, plan = plan_json(capsys, "-f", TWO_SINKS, "--no-baselines")
+    assert code == 0
+    assert [(s["stage"], s["accuracy_target"]) for s in plan["sinks"]] == [("readings", 95.0), ("meter-readings", 98.0)]
+    assert all(s["accuracy"] >= s["accuracy_target"] for s in plan["sinks"])
+    assert plan["accuracy"] == plan["sinks"][0]["accuracy"] and plan["accuracy_target"] == 95.0
+    assert plan["latency_ms"] == max(s["latency_ms"] for s in plan["sinks"])
+    assert plan["stage_minimums"] == [{"stage": "meter-detect", "metric": "frames-all-digits-located-pct",
+                                       "min_accuracy": 99.0, "variant": "digits-detector-large", "accuracy": 99.7}]
+    assert plan["models"]["meter-detect"] == "digits-detector-large"
+
+
+def test_a_sink_target_out_of_reach_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "two"
+    shutil.copytree(TWO_SINKS, folder)
+    workflow = folder / "workflow.yaml"
+    workflow.write_text(workflow.read_text().replace("        accuracy: 98.0\n", "        accuracy: 99.0\n"))
+    code, out, err = run(capsys, "plan", "-f", folder, "--no-baselines")
+    assert code == 1
+    assert "accuracy target 99 at sink meter-readings unreachable: the best combination with every stage at its " \
+        "min_accuracy reaches 98.45" in out
+
+
 # --- plan: infeasible -----------------------------------------------------------------------
 
 

@@ -105,8 +105,7 @@ def render_plan(plan: Plan) -> str:
         out.append("")
         out.append(render_carbon(plan))
     out.append("")
-    acc = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
-    out.append(f"Accuracy: {acc} (target {plan.accuracy_target:g}; {plan.accuracy_method})")
+    out.extend(render_accuracy(plan))
     lat = "-" if plan.latency_ms is None else f"{plan.latency_ms:.1f} ms"
     p90 = "-" if plan.latency_ms_p90 is None else f"{plan.latency_ms_p90:.1f} ms"
     bound = "" if plan.latency_bound_ms is None else f"; bound {plan.latency_bound_ms:g} ms"
@@ -142,6 +141,34 @@ def render_carbon(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def render_accuracy(plan: Plan) -> list[str]:
+    """The accuracy line (one sink), or a table of every sink's accuracy, target, worst-path latency
+    and model; then the stages' minimums on their tasks' own metrics, where there are any."""
+    out = []
+    if len(plan.sinks) > 1:
+        out.append("Accuracy by sink")
+        out.append(table(["SINK", "ACCURACY", "TARGET", "LATENCY MS", "P90 MS", "HOW"],
+                         [[s.stage, s.accuracy, s.accuracy_target, s.latency_ms, s.latency_ms_p90, s.accuracy_method]
+                          for s in plan.sinks], right={1, 2, 3, 4}))
+    else:
+        acc = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
+        out.append(f"Accuracy: {acc} (target {plan.accuracy_target:g}; {plan.accuracy_method})")
+    if plan.stage_minimums:
+        out.append("")
+        out.append("Stage minimums (on the task's own metric)")
+        out.append(table(["STAGE", "METRIC", "MINIMUM", "VARIANT", "ITS ACCURACY"],
+                         [[m.stage, m.metric, m.min_accuracy, m.variant, m.accuracy] for m in plan.stage_minimums],
+                         right={2, 4}))
+    return out
+
+
+def _baseline_accuracy(b) -> object:  # noqa: ANN001 - a BaselineResult
+    """The first sink's accuracy, or every sink's (``a / b``, in the sinks' order) when there are several."""
+    if len(b.accuracy_by_sink) > 1:
+        return " / ".join("-" if a is None else f"{a:.2f}" for a in b.accuracy_by_sink.values())
+    return b.accuracy
+
+
 def render_baselines(plan: Plan) -> str:
     carbon = plan.carbon is not None
     rows, in_full = [], []
@@ -149,7 +176,7 @@ def render_baselines(plan: Plan) -> str:
         if b.feasible and b.cost:
             saving = "-" if b.saving_pct is None else f"{b.saving_pct:.1f}%"
             rows.append([b.strategy, "yes", b.cost.compute_per_hour, b.cost.network_per_hour, b.cost.total_per_hour,
-                         *([b.carbon_g_per_hour] if carbon else []), b.accuracy, saving, ""])
+                         *([b.carbon_g_per_hour] if carbon else []), _baseline_accuracy(b), saving, ""])
         else:
             reason = b.reason
             if len(reason) > WHY_NOT_WIDTH:

@@ -18,7 +18,7 @@ import math
 
 import pulp
 
-from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations, targets_text
 from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem
 from jellybean.optimizer.solution import Solution
 from jellybean.optimizer.solver import solve
@@ -31,21 +31,21 @@ class NoPlan(Exception):
 
 
 def select_by_cost_proxy(problem: Problem, accuracy: AccuracyModel) -> dict[str, str]:
-    """The combination with the lowest summed cost proxy that meets the accuracy target."""
+    """The combination with the lowest summed cost proxy that meets every accuracy target and stage
+    minimum (ties to the more accurate, sink by sink)."""
     combos = enumerate_combinations(problem)
     if combos is None:
         raise NoPlan("too many variant combinations to enumerate for cost-proxy selection")
-    best: tuple[float, float, dict[str, str]] | None = None
+    best: tuple[float, tuple[float, ...], dict[str, str]] | None = None
     for models in combos:
-        value = accuracy.evaluate(problem, models)
-        if value is None or value < problem.accuracy_target - 1e-9:
+        if not accuracy.admissible(problem, models):
             continue
         proxy = sum(problem.stages[s].variant(v).default_cost_proxy() for s, v in models.items())
-        key = (proxy, -value)
+        key = (proxy, tuple(-a for a in accuracy.ranking(problem, models)))
         if best is None or key < best[:2]:
-            best = (proxy, -value, models)
+            best = (*key, models)
     if best is None:
-        raise NoPlan(f"no variant combination reaches the accuracy target {problem.accuracy_target}")
+        raise NoPlan(f"no variant combination reaches {targets_text(problem)}")
     return best[2]
 
 

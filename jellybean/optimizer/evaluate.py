@@ -2,8 +2,9 @@
 
 ``build_plan`` computes costs (compute: instances in use x price; network: traffic on each uplink
 direction x its $/GB), carbon (each instance in use at idle + (busy - idle) x utilisation W, at its
-site's grid intensity: :func:`carbon_by_group`), accuracy (with the workflow's accuracy model), the worst-path latency, and
-the tables the CLI prints. ``verify`` re-checks a solution against every constraint independently
+site's grid intensity: :func:`carbon_by_group`), accuracy (each sink's, with its accuracy model),
+the worst-path latency (to each sink, and over all), and the tables the CLI prints. ``verify``
+re-checks a solution against every constraint independently
 of how it was produced; tests run it on every strategy's output.
 
 Heuristic strategies give no flows; their traffic is routed in proportion to where the consuming
@@ -28,7 +29,9 @@ from jellybean.optimizer.plan import (
     InstanceUse,
     LinkFlow,
     Plan,
+    SinkResult,
     SolverStats,
+    StageMinimum,
     TierCarbon,
     TierCost,
 )
@@ -327,7 +330,13 @@ def _fused(problem: Problem, solution: Solution) -> set[tuple[str, int]]:
 
 
 def worst_latency(problem: Problem, solution: Solution, percentile: str) -> float | None:
-    """Longest source-to-sink path over the sites actually used, in ms: ``mean`` / ``p90``, each
+    """Longest source-to-sink path over every sink (:func:`sink_latencies`), in ms."""
+    ends = [t for t in sink_latencies(problem, solution, percentile).values() if t is not None]
+    return max(ends) if ends else None
+
+
+def sink_latencies(problem: Problem, solution: Solution, percentile: str) -> dict[str, float | None]:
+    """Sink -> its longest source-to-sink path over the sites actually used, in ms: ``mean`` / ``p90``, each
     stage's profile at the planned batch plus the runtime's overhead bound (the hop and the longest
     batching wait: what latency bounds are checked on); ``expected``, each request's expected time
     under the planned load (:func:`expected_latency_ms`: the batches that really form, the wait for
@@ -358,8 +367,11 @@ def worst_latency(problem: Problem, solution: Solution, percentile: str) -> floa
             return produced.get(edge.key, {}).get(node, 0.0), per_frame(problem, solution.models, edge)
 
     finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src), flow_of=flow_of)
-    ends = [t for (s, _), t in finish.items() if s == problem.sink]
-    return max(ends) if ends else None
+    out: dict[str, float | None] = {}
+    for sink in problem.sink_names:
+        ends = [t for (s, _), t in finish.items() if s == sink]
+        out[sink] = max(ends) if ends else None
+    return out
 
 
 def build_plan(
@@ -377,7 +389,8 @@ def build_plan(
         warnings=list(problem.warnings), objective=problem.objective.kind,
     )
     if solution is None:
-        return Plan(feasible=False, explanation=explanation or [], **base)
+        return Plan(feasible=False, explanation=explanation or [], sinks=sink_results(problem, None, accuracy),
+                    stage_minimums=stage_minimums(problem, None), **base)
     nodes, groups = problem.nodes, problem.groups
     loads = _group_loads(problem, solution)
     by_tier: dict[str, TierCost] = {}
@@ -440,13 +453,43 @@ def build_plan(
     tier_order = ["device", "hub", "edge", "cloud"]
     cost = Cost(compute_per_hour=compute, network_per_hour=network, total_per_hour=compute + network,
                 by_tier={t: by_tier[t] for t in tier_order if t in by_tier})
+    sinks = sink_results(problem, solution, accuracy)
     return Plan(
         feasible=True, models=dict(solution.models), assignments=assignments, instances=instances, links=links,
         cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
-        latency_ms=worst_latency(problem, solution, "mean"), latency_ms_p90=worst_latency(problem, solution, "p90"),
+        latency_ms=_worst(s.latency_ms for s in sinks), latency_ms_p90=_worst(s.latency_ms_p90 for s in sinks),
         latency_ms_expected=worst_latency(problem, solution, "expected"),
-        rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon), **base,
+        rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon),
+        sinks=sinks, stage_minimums=stage_minimums(problem, solution), **base,
     )
+
+
+def _worst(values) -> float | None:  # noqa: ANN001 - an iterable of latencies
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def sink_results(problem: Problem, solution: Solution | None, accuracy: AccuracyModel) -> list[SinkResult]:
+    """Every sink's accuracy (None without a solution), target, method and worst-path latencies."""
+    mean = sink_latencies(problem, solution, "mean") if solution is not None else {}
+    p90 = sink_latencies(problem, solution, "p90") if solution is not None else {}
+    return [SinkResult(stage=target.stage, accuracy_target=target.accuracy_target, accuracy_method=model.description,
+                       accuracy=model.evaluate(problem, solution.models) if solution is not None else None,
+                       latency_ms=mean.get(target.stage), latency_ms_p90=p90.get(target.stage))
+            for target, model in zip(problem.sinks, accuracy.sinks)]
+
+
+def stage_minimums(problem: Problem, solution: Solution | None) -> list[StageMinimum]:
+    """Every stage with a minimum on its task's own metric, and the chosen variant's accuracy on it."""
+    out = []
+    for s in problem.order:
+        info = problem.stages[s]
+        if info.min_accuracy is None:
+            continue
+        variant = solution.models.get(s) if solution is not None else None
+        out.append(StageMinimum(stage=s, metric=info.metric, min_accuracy=info.min_accuracy, variant=variant,
+                                accuracy=info.variant(variant).accuracy if variant is not None else None))
+    return out
 
 
 @dataclass
@@ -471,8 +514,8 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
     """Check ``solution`` against every constraint, independently of how it was produced: variants as
     chosen, memory, capacity ``sum_o r_o / mu_o <= h n`` per count, counts within limits, shared
     memory, flow conservation per edge and node (joins pairing one to one), no flow down the tiers
-    unless allowed, link bandwidth within ``max_link_utilization``, the accuracy target and the
-    latency bound, and the carbon budget. Reads the solution only."""
+    unless allowed, link bandwidth within ``max_link_utilization``, every sink's accuracy target and
+    every stage's minimum, the latency bound, and the carbon budget. Reads the solution only."""
     problems: list[str] = []
     nodes, groups = problem.nodes, problem.groups
     h = problem.max_utilization
@@ -546,9 +589,7 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
                     f" ({problem.max_link_utilization:g} of {link.bandwidth_mbps:g}, max_link_utilization)"
                 problems.append(f"uplink of {node.name} ({load.direction}) carries {load.mbps:.2f} Mbps > "
                                 f"{allowed:g}{share}")
-    value = accuracy.evaluate(problem, solution.models)
-    if value is None or value < problem.accuracy_target - 1e-6:
-        problems.append(f"accuracy {value} below target {problem.accuracy_target}")
+    problems += accuracy.shortfalls(problem, solution.models, tol=1e-6)
     if problem.latency_bound_ms is not None:
         latency = worst_latency(problem, solution, problem.latency_percentile)
         if latency is not None and latency > problem.latency_bound_ms * (1 + tol):

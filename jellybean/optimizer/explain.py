@@ -1,15 +1,16 @@
 """Explain an infeasible problem in words, naming what binds, with numbers.
 
-Three passes. Cheap checks first (a stage no instance can run; an accuracy target above what any
-combination reaches): each is one limit that cannot be met alone. With a carbon budget, the least
+Three passes. Cheap checks first (a stage no instance can run; a stage's minimum accuracy above every
+variant's; a sink's accuracy target above what any combination reaches): each is one limit that
+cannot be met alone. With a carbon budget, the least
 carbon any plan reaches within the other limits (one solve with carbon as the objective): above the
 budget, that is the answer, with the number. Then the limits that cannot be met together: the
 smallest set of constraints that conflict (:func:`jellybean.optimizer.conflict.find_conflict`, a
 deletion filter), each said with its numbers (:func:`describe_conflict`). Then by how much: an
 *elastic* solve of the same MILP in which every limit may be exceeded at a steep price (link
-bandwidth, instance counts, the accuracy target, the latency bound, the carbon budget), and, only
-where no such violation serves the sources' traffic, that traffic may go unserved: the cheapest way
-to violate the limits says how far each binding one is exceeded.
+bandwidth, instance counts, each sink's accuracy target, the latency bound, the carbon budget), and,
+only where no such violation serves the sources' traffic, that traffic may go unserved: the cheapest
+way to violate the limits says how far each binding one is exceeded.
 
 Words for the user: constraint names as the documents spell them, units in every number, no
 variable of the model.
@@ -21,7 +22,7 @@ import dataclasses
 import math
 import time
 
-from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.accuracy import AccuracyModel, SinkAccuracy, enumerate_combinations
 from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.conflict import Conflict, Constraint, find_conflict
 from jellybean.optimizer.evaluate import carbon_g_per_hour
@@ -38,29 +39,49 @@ def _fmt(x: float) -> str:
     return f"{x:.2f}".rstrip("0").rstrip(".") if abs(x) < 1e6 else f"{x:.3g}"
 
 
-def best_accuracy(problem: Problem, accuracy: AccuracyModel) -> tuple[float | None, dict[str, str] | None]:
-    if accuracy.kind == "table" and accuracy.table is not None:
-        allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
-        rows = [r for r in accuracy.table.rows
-                if all(v in allowed[s] for s, v in zip(accuracy.table_stages, r.variants))]
+def best_accuracy(problem: Problem, accuracy: AccuracyModel | SinkAccuracy
+                  ) -> tuple[float | None, dict[str, str] | None]:
+    """The best accuracy a sink can reach (the first sink's, given the workflow's model), with every
+    stage at its minimum or above, and the variants that reach it; (None, None) when unknown or when
+    no combination meets the minimums."""
+    model = accuracy.first if isinstance(accuracy, AccuracyModel) else accuracy
+    meets = {s: [v.name for v in problem.stages[s].variants if problem.stages[s].meets_minimum(v.name)]
+             for s in problem.order}
+    if model.kind == "table" and model.table is not None:
+        rows = [r for r in model.table.rows if all(v in meets[s] for s, v in zip(model.table_stages, r.variants))]
         if not rows:
             return None, None
         row = max(rows, key=lambda r: r.accuracy)
-        models = {s: problem.stages[s].variants[0].name for s in problem.order}
-        models.update(dict(zip(accuracy.table_stages, row.variants)))
-        return row.accuracy, models
+        models = {s: (meets[s] or [problem.stages[s].variants[0].name])[0] for s in problem.order}
+        models.update(dict(zip(model.table_stages, row.variants)))
+        return row.accuracy, {s: models[s] for s in model.stages}
     combos = enumerate_combinations(problem)
     if combos is None:
-        if accuracy.kind == "product":
-            models = {s: max(problem.stages[s].variants, key=lambda v: v.accuracy).name for s in problem.order}
-            return accuracy.evaluate(problem, models), models
+        if model.kind == "product" and all(meets.values()):
+            models = {s: max((v for v in problem.stages[s].variants if v.name in meets[s]),
+                             key=lambda v: v.accuracy).name for s in problem.order}
+            return model.evaluate(problem, models), {s: models[s] for s in model.stages}
         return None, None
     best: tuple[float, dict[str, str]] | None = None
     for models in combos:
-        value = accuracy.evaluate(problem, models)
+        if not all(models[s] in meets[s] for s in problem.order):
+            continue
+        value = model.evaluate(problem, models)
         if value is not None and (best is None or value > best[0]):
             best = (value, models)
-    return (best[0], best[1]) if best else (None, None)
+    return (best[0], {s: best[1][s] for s in model.stages}) if best else (None, None)
+
+
+def _unmet_minimums(problem: Problem) -> list[str]:
+    """Each stage whose minimum on its task's own metric no candidate variant reaches."""
+    out = []
+    for s in problem.order:
+        info = problem.stages[s]
+        if info.min_accuracy is not None and not any(info.meets_minimum(v.name) for v in info.variants):
+            top = max(info.variants, key=lambda v: v.accuracy)
+            out.append(f"stage {s}: no variant reaches its min_accuracy {_fmt(info.min_accuracy)} ({info.metric}); "
+                       f"the most accurate, {top.name}, has {_fmt(top.accuracy)}")
+    return out
 
 
 def _site_label(problem: Problem, node_index: int) -> str:
@@ -137,11 +158,16 @@ def explain(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[str
             opts = [o for o in opts if problem.node_of(o).tier.value in allowed_tiers]
         if not opts:
             reasons.append(_nowhere(problem, s, allowed_tiers))
-    best, models = best_accuracy(problem, accuracy)
-    if best is not None and best < problem.accuracy_target - 1e-9:
-        combo = ", ".join(f"{s}={v}" for s, v in (models or {}).items())
-        reasons.append(f"accuracy target {_fmt(problem.accuracy_target)} unreachable: the best combination "
-                       f"reaches {_fmt(best)} ({combo}; {accuracy.description})")
+    reasons += _unmet_minimums(problem)
+    for target, model in zip(problem.sinks, accuracy.sinks):
+        best, models = best_accuracy(problem, model)
+        if best is not None and best < target.accuracy_target - 1e-9:
+            combo = ", ".join(f"{s}={v}" for s, v in (models or {}).items())
+            at = f" at sink {target.stage}" if len(problem.sinks) > 1 else ""
+            within = " with every stage at its min_accuracy" if any(
+                problem.stages[s].min_accuracy is not None for s in model.stages) else ""
+            reasons.append(f"accuracy target {_fmt(target.accuracy_target)}{at} unreachable: the best combination"
+                           f"{within} reaches {_fmt(best)} ({combo}; {model.description})")
     if reasons:
         return reasons
     if problem.objective.carbon_budget_g_per_hour is not None:
@@ -190,13 +216,16 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
         g = problem.groups[g_index]
         reasons.append(f"instances {g.name} at {_site_label(problem, g.node)}: the plan needs "
                        f"{_fmt(g.limit + extra)}, the site has {g.limit}")
-    if slacks.accuracy > 1e-6:
-        if accuracy.kind == "product":
-            reached = problem.accuracy_target * math.exp(-slacks.accuracy)
-        else:
-            reached = problem.accuracy_target - slacks.accuracy
-        reasons.append(f"accuracy target {_fmt(problem.accuracy_target)} unreachable within the other limits: "
-                       f"the best feasible combination reaches {_fmt(reached)}")
+    for target, model in zip(problem.sinks, accuracy.sinks):
+        missed = slacks.accuracy_by_sink.get(target.stage, 0.0)
+        if missed > 1e-6:
+            if model.kind == "product":
+                reached = target.accuracy_target * math.exp(-missed)
+            else:
+                reached = target.accuracy_target - missed
+            at = f" at sink {target.stage}" if len(problem.sinks) > 1 else ""
+            reasons.append(f"accuracy target {_fmt(target.accuracy_target)}{at} unreachable within the other limits: "
+                           f"the best feasible combination reaches {_fmt(reached)}")
     if slacks.latency_ms > 1e-6 and problem.latency_bound_ms is not None:
         reasons.append(f"latency bound {_fmt(problem.latency_bound_ms)} ms unreachable: the fastest plan within the "
                        f"other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
@@ -346,7 +375,20 @@ def _describe(problem: Problem, relaxed: Problem, accuracy: AccuracyModel, c: Co
         return text
     if c.family == "latency":
         return _describe_latency(relaxed, allowed_tiers, fixed_models)
-    return f"accuracy target {_fmt(problem.accuracy_target)} ({accuracy.description})"
+    return _describe_accuracy(problem, accuracy)
+
+
+def _describe_accuracy(problem: Problem, accuracy: AccuracyModel) -> str:
+    """The accuracy family: the sink's target (each sink's, when there are several) with how it is
+    modelled, and the stages' minimums on their own metrics, where there are any."""
+    if len(problem.sinks) == 1:
+        text = f"accuracy target {_fmt(problem.accuracy_target)} ({accuracy.description})"
+    else:
+        text = "accuracy targets " + ", ".join(f"{t.stage} {_fmt(t.accuracy_target)} ({m.description})"
+                                               for t, m in zip(problem.sinks, accuracy.sinks))
+    minimums = [f"{s} {info.metric} >= {_fmt(info.min_accuracy)}" for s, info in problem.stages.items()
+                if info.min_accuracy is not None]
+    return text + (f" and the stages' minimums ({', '.join(minimums)})" if minimums else "")
 
 
 def _describe_memory(problem: Problem, relaxed: Problem, g_index: int, fixed_models: dict[str, str] | None) -> str:

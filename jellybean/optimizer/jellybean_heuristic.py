@@ -8,7 +8,9 @@ The algorithm
 -------------
 1. **Model selection.** A beam search over the stages in reverse topological order (sink first)
    with back-propagated accuracy requirements. A state holds the variants chosen so far and the
-   minimum accuracy required of each stage not yet assigned; it starts as ``{sink: target}``. A
+   minimum accuracy required of each stage not yet assigned; it starts as ``{sink: target}`` (with
+   several sinks, every sink with its own target; a stage's ``min_accuracy``, which JellyBean does
+   not have, rules out the variants below it). A
    stage with requirement ``a`` may take each variant whose best profiled output reaches ``a``;
    for each sample of that variant with ``output >= a`` (in order of output, then input
    accuracies), the sample's input accuracies become requirements of the corresponding upstream
@@ -108,7 +110,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations
+from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations, targets_text
 from jellybean.optimizer.baselines import NoPlan
 from jellybean.optimizer.evaluate import build_plan, route_proportionally
 from jellybean.optimizer.plan import SolverStats
@@ -137,12 +139,11 @@ def _proxy(problem: Problem, models: dict[str, str]) -> float:
 
 def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str]]:
     """JellyBean's model-selection beam search over per-stage accuracy samples."""
+    # Reverse topological order: a stage is reached after every stage it feeds has set its requirement
+    # (a workflow with one sink starts there, as JellyBean does).
     order = list(reversed(problem.order))
-    if problem.sink in order:
-        order.remove(problem.sink)
-        order.insert(0, problem.sink)
-    # A state: (models, requirements)
-    states: list[tuple[dict[str, str], dict[str, float]]] = [({}, {problem.sink: problem.accuracy_target})]
+    # A state: (models, requirements); each sink starts with its target.
+    states: list[tuple[dict[str, str], dict[str, float]]] = [({}, {t.stage: t.accuracy_target for t in problem.sinks})]
     for stage in order:
         info = problem.stages[stage]
         upstream = [e.src for e in info.inputs if not e.from_source]
@@ -150,6 +151,8 @@ def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str
         for models, reqs in states:
             need = reqs.get(stage, -math.inf)
             for variant in info.variants:
+                if not info.meets_minimum(variant.name):
+                    continue  # below the stage's minimum on its own metric (not in JellyBean: its extension)
                 if upstream:
                     samples = [(sample.output, tuple(sample.inputs.get(problem.stages[u].task, -math.inf)
                                                      for u in upstream))
@@ -186,10 +189,9 @@ def _enumerated_models(problem: Problem, accuracy: AccuracyModel, beam_width: in
                      "profiles for JellyBean's model search")
     scored = []
     for index, models in enumerate(combos):
-        value = accuracy.evaluate(problem, models)
-        if value is None or value < problem.accuracy_target - EPS:
+        if not accuracy.admissible(problem, models, EPS):
             continue
-        scored.append((_proxy(problem, models), -value, index, models))
+        scored.append((_proxy(problem, models), tuple(-a for a in accuracy.ranking(problem, models)), index, models))
     scored.sort(key=lambda t: t[:3])
     return [t[3] for t in scored[:beam_width]]
 
@@ -202,10 +204,7 @@ def select_models(problem: Problem, accuracy: AccuracyModel, beam_width: int = 1
         found = _enumerated_models(problem, accuracy, beam_width)
     out: list[dict[str, str]] = []
     for models in found:
-        if models in out:
-            continue
-        value = accuracy.evaluate(problem, models)
-        if value is None or value < problem.accuracy_target - EPS:
+        if models in out or not accuracy.admissible(problem, models, EPS):
             continue
         out.append(models)
     return out
@@ -536,15 +535,13 @@ def jellybean_heuristic(problem: Problem, accuracy: AccuracyModel, *, beam_width
     tier-by-tier worker assignment; the cheapest pair wins. Raises NoPlan when nothing is found."""
     candidates = select_models(problem, accuracy, beam_width)
     if not candidates:
-        raise NoPlan(f"JellyBean's model search found no variant combination reaching the accuracy target "
-                     f"{problem.accuracy_target}")
+        raise NoPlan(f"JellyBean's model search found no variant combination reaching {targets_text(problem)}")
     stage_orders = topological_orders(problem, max(1, orders))
     stats = SolverStats(name="jellybean-heuristic", status="heuristic", gap=None, seconds=0)
-    best: tuple[float, float, Solution] | None = None
+    best: tuple[float, tuple[float, ...], Solution] | None = None
     for models in candidates:
         placer = _Placer(problem, models, beam_width)
-        value = accuracy.evaluate(problem, models)
-        value = -math.inf if value is None else value
+        value = accuracy.ranking(problem, models)
         for state in placer.run(stage_orders):
             solution = placer.solution(state)
             # build_plan prices the traffic routed proportionally, as JellyBean does.

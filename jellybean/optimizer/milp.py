@@ -42,16 +42,18 @@ Constraints (each family is built by one function, called in this order by :func
   group and the load spreads evenly over them, so per-instance utilisation and memory both hold.
 - Bandwidth: ``sum_k kb_k * 8192/10^6 * up_{k,i} <= u B^up_i`` (and likewise down), ``u`` the
   topology's ``max_link_utilization``.
-- Accuracy (:mod:`jellybean.optimizer.accuracy`): a table picks one admissible row
+- Accuracy (:mod:`jellybean.optimizer.accuracy`), for every sink ``k`` with target ``A_k``, in its
+  own model, over its stages (itself and those upstream): a table picks one admissible row
   ``sum_r t_r = 1, y_{s,v} = sum_{r: r_s = v} t_r``; the product form is
-  ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``; JellyBean's profiles pick one sample per stage,
-  ``sum_k w_{s,k} = 1, w_{s,k} <= y_{s,v(k)}``, with certified accuracies
-  ``alpha_s = sum_k w_{s,k} out_k``, ``alpha_u >= sum_k w_{s,k} req_{k,u}`` and ``alpha_sink >= A``.
+  ``sum_{s in stages(k),v} y_{s,v} ln(a_v/100) >= ln(A_k/100)``; JellyBean's profiles pick one sample
+  per stage, ``sum_k w_{s,k} = 1, w_{s,k} <= y_{s,v(k)}``, with certified accuracies
+  ``alpha_s = sum_k w_{s,k} out_k``, ``alpha_u >= sum_k w_{s,k} req_{k,u}`` and ``alpha_k >= A_k``.
+  A stage's minimum on its task's own metric: ``y_{s,v} = 0`` for every variant below it.
 - Latency (only when the SLO bounds it): binaries ``x_{s,i}`` (stage ``s`` runs at ``i``) and
   ``w_o`` (option used), processing time ``P_{s,i} >= lat_o - BIG (1 - w_o)``, completion time
   ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
   whose data can reach ``i`` (``net`` = link latencies plus the transmission time of one message of
-  the chosen variant's size), and ``T_{sink,i} <= bound``.
+  the chosen variant's size), and ``T_{k,i} <= bound`` at every sink ``k``.
 - Carbon (only when the objective or a budget uses it, :mod:`jellybean.optimizer.carbon`): with
   ``I_i`` gCO2/kWh at node ``i`` and an instance drawing ``idle_g + (busy_g - idle_g) u`` W,
   ``C = sum_g I_{i(g)} / 1000 (idle_g M_{i(g)} n_g + (busy_g - idle_g) M_{i(g)} sum_{o on g} r_o / mu_o)``
@@ -97,7 +99,7 @@ from functools import cached_property
 
 import pulp
 
-from jellybean.optimizer.accuracy import AccuracyModel
+from jellybean.optimizer.accuracy import AccuracyModel, SinkAccuracy
 from jellybean.optimizer.carbon import grams_per_hour, group_power_w, price_per_g
 from jellybean.optimizer.plan import SolverStats
 from jellybean.optimizer.problem import (
@@ -107,6 +109,7 @@ from jellybean.optimizer.problem import (
     Group,
     Option,
     Problem,
+    SinkTarget,
     forward_times,
 )
 from jellybean.optimizer.solution import Solution
@@ -133,7 +136,8 @@ class Slacks:
 
     bandwidth_mbps: dict[tuple[int, str], float] = field(default_factory=dict)  # (node, up|down)
     instances: dict[tuple[int, str | None], float] = field(default_factory=dict)
-    accuracy: float = 0.0
+    accuracy: float = 0.0  # the first sink's (in its model's unit: log for the product form)
+    accuracy_by_sink: dict[str, float] = field(default_factory=dict)  # every sink's
     latency_ms: float = 0.0
     unserved: dict[tuple[str, int], float] = field(default_factory=dict)  # (source, node) -> req/s
     carbon_g_per_hour: float = 0.0  # above the carbon budget
@@ -274,7 +278,7 @@ class _Handles:
     relax: bool = False
     slack_bw: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
     slack_n: dict[tuple[int, str | None], pulp.LpVariable] = field(default_factory=dict)
-    slack_acc: pulp.LpVariable | None = None
+    slack_acc: dict[str, pulp.LpVariable] = field(default_factory=dict)  # sink -> its accuracy slack
     slack_lat: pulp.LpVariable | None = None
     # (source, node, commodity) -> requests/s of the source left unserved on the commodity's edge
     slack_unserved: dict[tuple[str, int, int], pulp.LpVariable] = field(default_factory=dict)
@@ -762,85 +766,106 @@ def _bandwidth(m: _Model) -> None:
 
 
 def _accuracy(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None) -> None:
-    """The accuracy target, in the form of the workflow's accuracy model
-    (:mod:`jellybean.optimizer.accuracy`): :func:`_accuracy_table`, :func:`_accuracy_product` or
-    :func:`_accuracy_profiles`. Elastic: the target may be missed, at a price (``slack_accuracy``).
-    Dropped (:class:`Dropped`): no target, the model's structure only (a table's measured rows)."""
-    slack = None
+    """Every sink's accuracy target, in the form of its accuracy model
+    (:mod:`jellybean.optimizer.accuracy`): :func:`_accuracy_table`, :func:`_accuracy_product` or, on
+    the certified accuracies of :func:`_profile_accuracies` (built once for every sink that uses
+    them), ``alpha_k >= A_k``; then the stages' minimums (:func:`_stage_minimums`). Elastic: each
+    sink's target may be missed, at a price (``slack_accuracy``, one per sink). Dropped
+    (:class:`Dropped`): no target and no minimum, the models' structure only (a table's measured rows)."""
+    problem = m.problem
+    several = len(problem.sinks) > 1
+    tags = {t.stage: f"_{_id(t.stage)}" if several else "" for t in problem.sinks}
+    slacks: dict[str, pulp.LpVariable | None] = {t.stage: None for t in problem.sinks}
     if m.elastic and not m.dropped.accuracy_target:
-        slack = m.lp.add_variable("slack_accuracy", lowBound=0)
-        m.handles.slack_acc = slack
-        m.penalties.append(SLACK_PENALTY * 100 * slack)
-    if accuracy.kind == "table":
-        _accuracy_table(m, accuracy, fixed_models, slack)
-    elif accuracy.kind == "product":
-        _accuracy_product(m, slack)
-    else:
-        _accuracy_profiles(m, slack)
+        for target in problem.sinks:
+            slack = slacks[target.stage] = m.lp.add_variable(f"slack_accuracy{tags[target.stage]}", lowBound=0)
+            m.handles.slack_acc[target.stage] = slack
+            m.penalties.append(SLACK_PENALTY * 100 * slack)
+    profiled = [model for model in accuracy.sinks if model.kind == "profiles"]
+    alpha = _profile_accuracies(m, {s for model in profiled for s in model.stages}) if profiled else {}
+    zero_checked: set[str] = set()
+    for target, model in zip(problem.sinks, accuracy.sinks):
+        slack, tag = slacks[target.stage], tags[target.stage]
+        if model.kind == "table":
+            _accuracy_table(m, model, target, fixed_models, slack, tag)
+        elif model.kind == "product":
+            _accuracy_product(m, model, target, slack, tag, zero_checked)
+        elif slack is not None:
+            m.lp += alpha[target.stage] + slack >= target.accuracy_target, f"accuracy{tag}"
+        elif not m.dropped.accuracy_target:
+            m.lp += alpha[target.stage] >= target.accuracy_target, f"accuracy{tag}"
+    _stage_minimums(m)
 
 
-def _accuracy_table(m: _Model, accuracy: AccuracyModel, fixed_models: dict[str, str] | None,
-                    slack: pulp.LpVariable | None) -> None:
+def _accuracy_table(m: _Model, model: SinkAccuracy, target: SinkTarget, fixed_models: dict[str, str] | None,
+                    slack: pulp.LpVariable | None, tag: str) -> None:
     """A measured end-to-end table: pick one admissible row, ``t_r in {0,1}``, ``sum_r t_r = 1`` and
     ``y_{s,v} = sum_{r: r_s = v} t_r`` for each of the table's stages. Admissible: its variants are
-    candidates, it meets the target (elastic: ``sum_r acc_r t_r + slack >= A`` instead) and agrees
-    with the fixed variants, if any."""
-    assert accuracy.table is not None
-    problem, y, target = m.problem, m.handles.y, m.problem.accuracy_target
-    allowed = {s: {v.name for v in problem.stages[s].variants} for s in accuracy.table_stages}
-    rows = [row for row in accuracy.table.rows
-            if all(v in allowed[s] for s, v in zip(accuracy.table_stages, row.variants))]
+    candidates, it meets the sink's target (elastic: ``sum_r acc_r t_r + slack >= A`` instead) and
+    agrees with the fixed variants, if any."""
+    assert model.table is not None
+    problem, y, goal = m.problem, m.handles.y, target.accuracy_target
+    allowed = {s: {v.name for v in problem.stages[s].variants} for s in model.table_stages}
+    rows = [row for row in model.table.rows
+            if all(v in allowed[s] for s, v in zip(model.table_stages, row.variants))]
     if not m.elastic and not m.dropped.accuracy_target:
-        rows = [row for row in rows if row.accuracy >= target - 1e-9]
+        rows = [row for row in rows if row.accuracy >= goal - 1e-9]
     if fixed_models is not None:
-        rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(accuracy.table_stages, row.variants))]
-    t = [m.lp.add_variable(f"t_{k}", cat="Binary") for k in range(len(rows))]
-    m.lp += pulp.lpSum(t) == 1, "one_table_row"
-    for s in accuracy.table_stages:
+        rows = [row for row in rows if all(fixed_models[s] == v for s, v in zip(model.table_stages, row.variants))]
+    t = [m.lp.add_variable(f"t{tag}_{k}", cat="Binary") for k in range(len(rows))]
+    m.lp += pulp.lpSum(t) == 1, f"one_table_row{tag}"
+    for s in model.table_stages:
         for v in problem.stages[s].variants:
-            picks = [t[k] for k, row in enumerate(rows) if row.variants[accuracy.table_stages.index(s)] == v.name]
-            m.lp += pulp.lpSum(picks) == y[(s, v.name)], f"table_{_id(s)}_{_id(v.name)}"
+            picks = [t[k] for k, row in enumerate(rows) if row.variants[model.table_stages.index(s)] == v.name]
+            m.lp += pulp.lpSum(picks) == y[(s, v.name)], f"table{tag}_{_id(s)}_{_id(v.name)}"
     if slack is not None:
-        m.lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= target, "accuracy"
+        m.lp += pulp.lpSum(row.accuracy * t[k] for k, row in enumerate(rows)) + slack >= goal, f"accuracy{tag}"
 
 
-def _accuracy_product(m: _Model, slack: pulp.LpVariable | None) -> None:
-    """Errors compound independently: ``A = 100 prod_s a_s / 100``, linear in logs,
-    ``sum_{s,v} y_{s,v} ln(a_v/100) >= ln(A/100)``. A variant of accuracy 0 cannot be chosen (its
-    log is -inf): ``y = 0``, or an infeasible row where it is fixed."""
-    problem, y, target = m.problem, m.handles.y, m.problem.accuracy_target
-    if target <= 0 or m.dropped.accuracy_target:
+def _accuracy_product(m: _Model, model: SinkAccuracy, target: SinkTarget, slack: pulp.LpVariable | None, tag: str,
+                      zero_checked: set[str]) -> None:
+    """Errors compound independently along the sink's stages: ``A_k = 100 prod_{s in stages(k)} a_s / 100``,
+    linear in logs, ``sum_{s in stages(k), v} y_{s,v} ln(a_v/100) >= ln(A_k/100)``. A variant of
+    accuracy 0 cannot be chosen (its log is -inf): ``y = 0``, or an infeasible row where it is fixed
+    (once per stage, whichever sinks it feeds)."""
+    problem, y, goal = m.problem, m.handles.y, target.accuracy_target
+    if goal <= 0 or m.dropped.accuracy_target:
         return
     terms = []
-    for s in problem.order:
+    for s in model.stages:
         for v in problem.stages[s].variants:
             a = v.accuracy
             if a <= 0:
-                if isinstance(y[(s, v.name)], float):
-                    if y[(s, v.name)] > 0 and not m.elastic:
-                        m.lp += pulp.LpAffineExpression() >= 1, f"accuracy_zero_{_id(s)}"
-                else:
-                    m.lp += y[(s, v.name)] == 0, f"accuracy_zero_{_id(s)}_{_id(v.name)}"
+                if s not in zero_checked:
+                    if isinstance(y[(s, v.name)], float):
+                        if y[(s, v.name)] > 0 and not m.elastic:
+                            m.lp += pulp.LpAffineExpression() >= 1, f"accuracy_zero_{_id(s)}"
+                    else:
+                        m.lp += y[(s, v.name)] == 0, f"accuracy_zero_{_id(s)}_{_id(v.name)}"
                 continue
             terms.append(math.log(min(a, 100.0) / 100.0) * y[(s, v.name)])
+        zero_checked.add(s)
     m.handles.acc_log = True
-    rhs = math.log(min(target, 100.0) / 100.0) if target < 100 else 0.0
+    rhs = math.log(min(goal, 100.0) / 100.0) if goal < 100 else 0.0
     if slack is not None:
-        m.lp += pulp.lpSum(terms) + slack >= rhs, "accuracy"
+        m.lp += pulp.lpSum(terms) + slack >= rhs, f"accuracy{tag}"
     else:
-        m.lp += pulp.lpSum(terms) >= rhs, "accuracy"
+        m.lp += pulp.lpSum(terms) >= rhs, f"accuracy{tag}"
 
 
-def _accuracy_profiles(m: _Model, slack: pulp.LpVariable | None) -> None:
-    """JellyBean's per-stage profiles: a stage fed by stages picks one sample,
-    ``w_{s,k} in {0,1}``, ``sum_k w_{s,k} = 1``, ``w_{s,k} <= y_{s,v(k)}``; its certified accuracy is
-    ``alpha_s = sum_k w_{s,k} out_k`` and its inputs must meet the sample's requirements,
-    ``alpha_u >= sum_k w_{s,k} req_{k,u}`` (a requirement not stated: the upstream's lowest). A
-    source-fed stage has ``alpha_s = sum_v a_v y_{s,v}``. The target: ``alpha_sink >= A``."""
+def _profile_accuracies(m: _Model, stages: set[str]) -> dict[str, object]:
+    """JellyBean's per-stage profiles, for ``stages`` (every stage a sink measured by them depends
+    on): a stage fed by stages picks one sample, ``w_{s,k} in {0,1}``, ``sum_k w_{s,k} = 1``,
+    ``w_{s,k} <= y_{s,v(k)}``; its certified accuracy is ``alpha_s = sum_k w_{s,k} out_k`` and its
+    inputs must meet the sample's requirements, ``alpha_u >= sum_k w_{s,k} req_{k,u}`` (a requirement
+    not stated: the upstream's lowest). A source-fed stage has ``alpha_s = sum_v a_v y_{s,v}``.
+    Returns ``alpha``; the targets are ``alpha_k >= A_k`` (:func:`_accuracy`)."""
     problem, y = m.problem, m.handles.y
     alpha: dict[str, object] = {}
     lowest: dict[str, float] = {}
     for s in problem.order:
+        if s not in stages:
+            continue
         info = problem.stages[s]
         upstream = [e.src for e in info.inputs if not e.from_source]
         if not upstream:
@@ -859,10 +884,30 @@ def _accuracy_profiles(m: _Model, slack: pulp.LpVariable | None) -> None:
             task = problem.stages[u].task
             need = pulp.lpSum(smp.inputs.get(task, lowest[u]) * w[k] for k, (_, smp) in enumerate(samples))
             m.lp += alpha[u] >= need, f"sample_input_{_id(s)}_{_id(u)}"
-    if slack is not None:
-        m.lp += alpha[problem.sink] + slack >= problem.accuracy_target, "accuracy"
-    elif not m.dropped.accuracy_target:
-        m.lp += alpha[problem.sink] >= problem.accuracy_target, "accuracy"
+    return alpha
+
+
+def _stage_minimums(m: _Model) -> None:
+    """A stage's minimum on its task's own metric (``StageInfo.min_accuracy``): ``y_{s,v} = 0`` for
+    every variant below it, or an infeasible row where such a variant is fixed (left out of the
+    elastic solve, whose caller checks minimums by enumeration first: an elastic model stays feasible).
+    Dropped with the accuracy targets (:class:`Dropped`: they are the workflow's accuracy SLO too)."""
+    problem, y = m.problem, m.handles.y
+    if m.dropped.accuracy_target:
+        return
+    for s in problem.order:
+        info = problem.stages[s]
+        if info.min_accuracy is None:
+            continue
+        for v in info.variants:
+            if info.meets_minimum(v.name):
+                continue
+            chosen = y[(s, v.name)]
+            if isinstance(chosen, float):
+                if chosen > 0 and not m.elastic:
+                    m.lp += pulp.LpAffineExpression() >= 1, f"min_accuracy_{_id(s)}"
+            else:
+                m.lp += chosen == 0, f"min_accuracy_{_id(s)}_{_id(v.name)}"
 
 
 def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
@@ -872,8 +917,8 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
     ``P_{s,i} >= lat_o - BIG (1 - w_o)``, completion time
     ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
     whose data can reach ``i`` (``net``: the path's latency plus the transmission of one message of
-    the chosen variant's size; from a source, the payload's), and ``T_{sink,i} <= bound`` (elastic:
-    plus a priced slack). In the merged relaxation a class's 0/1 decisions become fractions."""
+    the chosen variant's size; from a source, the payload's), and ``T_{k,i} <= bound`` at every sink
+    ``k`` (elastic: plus a priced slack). In the merged relaxation a class's 0/1 decisions become fractions."""
     problem, y, r, comms = m.problem, m.handles.y, m.handles.r, m.handles.comms
     bound = problem.latency_bound_ms
     assert bound is not None
@@ -939,12 +984,14 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
                         )
                         lp += T[(s, i)] >= T[(u, j)] + prop + transmit + P[(s, i)] - big * (2 - x[(u, j)] - x[(s, i)]), \
                             f"lat_{_id(u)}_{_id(s)}_{j}_{i}"
+    sinks = set(problem.sink_names)
     for (s, i), t in T.items():
-        if s == problem.sink:
+        if s in sinks:
+            name = f"lat_bound_{i}" if len(sinks) == 1 else f"lat_bound_{_id(s)}_{i}"
             if slack is not None:
-                lp += t <= bound + slack, f"lat_bound_{i}"
+                lp += t <= bound + slack, name
             else:
-                lp += t <= bound, f"lat_bound_{i}"
+                lp += t <= bound, name
 
 
 def _churn_terms(m: _Model) -> None:
@@ -1206,7 +1253,8 @@ def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
         key = (o.stage, groups[o.group].node)
         proc[key] = max(proc.get(key, 0.0), lat(o))
     finish = forward_times(problem, proc, lambda e: _message_kb(problem, e, max), choose=max)
-    return max((t for (s, _), t in finish.items() if s == problem.sink), default=0.0)
+    sinks = set(problem.sink_names)
+    return max((t for (s, _), t in finish.items() if s in sinks), default=0.0)
 
 
 def _message_kb(problem: Problem, edge, pick) -> float:
@@ -1278,8 +1326,10 @@ def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
     for key, var in handles.slack_n.items():
         if _val(values, var) > 1e-6:
             slacks.instances[key] = _val(values, var)
-    if handles.slack_acc is not None:
-        slacks.accuracy = _val(values, handles.slack_acc)
+    for sink, var in handles.slack_acc.items():
+        slacks.accuracy_by_sink[sink] = _val(values, var)
+    if handles.slack_acc:
+        slacks.accuracy = next(iter(slacks.accuracy_by_sink.values()))
     if handles.slack_lat is not None:
         slacks.latency_ms = _val(values, handles.slack_lat)
     if handles.slack_carbon is not None:

@@ -113,11 +113,34 @@ class SolverStats(_Out):
     notes: list[str] = Field(default_factory=list)
 
 
+class SinkResult(_Out):
+    """One sink (a stage no stage reads from): its end-to-end accuracy and worst-path latency."""
+
+    stage: str
+    accuracy: float | None = Field(default=None, description="Predicted end-to-end accuracy at the sink.")
+    accuracy_target: float
+    accuracy_method: str = Field(default="", description="How the sink's accuracy is modelled.")
+    latency_ms: float | None = Field(default=None, description="Worst path from a source to the sink (as `latency_ms`).")
+    latency_ms_p90: float | None = None
+
+
+class StageMinimum(_Out):
+    """A stage's minimum accuracy on its task's own metric (the workflow's `min_accuracy`), and what the
+    plan's variant has."""
+
+    stage: str
+    metric: str = Field(description="The task's metric (the zoo's `metric`, e.g. mAP).")
+    min_accuracy: float
+    variant: str | None = None
+    accuracy: float | None = Field(default=None, description="The chosen variant's own accuracy on the metric.")
+
+
 class BaselineResult(_Out):
     strategy: str
     feasible: bool
     cost: Cost | None
     accuracy: float | None
+    accuracy_by_sink: dict[str, float | None] = Field(default_factory=dict, description="Each sink's accuracy.")
     models: dict[str, str] = Field(default_factory=dict)
     saving_pct: float | None = Field(default=None, description="How much cheaper the main plan is, in % of this cost.")
     carbon_g_per_hour: float | None = Field(default=None, description="What this plan emits, gCO2/h (when known).")
@@ -135,11 +158,15 @@ class Plan(_Out):
     instances: list[InstanceUse] = Field(default_factory=list)
     links: list[LinkFlow] = Field(default_factory=list)
     cost: Cost | None = None
-    accuracy: float | None = None
-    accuracy_target: float
+    accuracy: float | None = Field(default=None, description="Predicted end-to-end accuracy at the sink (with several "
+                                   "sinks, the first's; `sinks` has each).")
+    accuracy_target: float = Field(description="The sink's accuracy target (with several sinks, the first's).")
     accuracy_method: str = ""
+    sinks: list[SinkResult] = Field(default_factory=list, description="Every sink, in the workflow's order: its "
+                                    "accuracy, target and worst-path latency.")
+    stage_minimums: list[StageMinimum] = Field(default_factory=list, description="Every stage with a `min_accuracy`.")
     latency_ms: float | None = Field(default=None, description="Worst-path end-to-end latency (mean profiles, plus "
-                                     "the runtime's hop and batching-wait bounds).")
+                                     "the runtime's hop and batching-wait bounds), over every sink.")
     latency_ms_p90: float | None = Field(default=None, description="Worst path with p90 profiles where known.")
     latency_ms_expected: float | None = Field(
         default=None, description="Expected end-to-end latency under the planned load (batches as they form, their "

@@ -187,7 +187,8 @@ def _baseline(main: Plan, other: Plan, seconds: float) -> BaselineResult:
         saving = 100.0 * (other.cost.total_per_hour - main.cost.total_per_hour) / other.cost.total_per_hour
     return BaselineResult(
         strategy=other.strategy, feasible=other.feasible, cost=other.cost, accuracy=other.accuracy,
-        models=other.models, saving_pct=saving, reason="; ".join(other.explanation), seconds=seconds,
+        accuracy_by_sink={s.stage: s.accuracy for s in other.sinks}, models=other.models, saving_pct=saving,
+        reason="; ".join(other.explanation), seconds=seconds,
         carbon_g_per_hour=other.carbon.total_g_per_hour if other.carbon else None,
     )
 
@@ -403,12 +404,12 @@ COMBINATION_LIMIT = 64
 
 def admissible_combinations(problem: Problem, accuracy: AccuracyModel, limit: int = COMBINATION_LIMIT
                             ) -> list[dict[str, str]] | None:
-    """Variant assignments that meet the accuracy target, or None when there are too many to enumerate."""
+    """Variant assignments that meet every sink's accuracy target and every stage's minimum, or None
+    when there are too many to enumerate."""
     combos = enumerate_combinations(problem, limit=50_000)
     if combos is None:
         return None
-    good = [c for c in combos if (a := accuracy.evaluate(problem, c)) is not None
-            and a >= problem.accuracy_target - 1e-9]
+    good = [c for c in combos if accuracy.admissible(problem, c)]
     return good if len(good) <= limit else None
 
 

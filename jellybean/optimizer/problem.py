@@ -129,8 +129,9 @@ class Edge:
 
 @dataclass
 class OutputEdge:
-    """Results of the sink carried to an output pinned at a site (``node``): priced like any flow.
-    ``ratio`` results per request of the sink, ``kb`` each (None: the sink variant's ``output_kb``)."""
+    """Results of one sink carried to an output pinned at a site (``node``): priced like any flow.
+    ``ratio`` results per request of the sink, ``kb`` each (None: the sink variant's ``output_kb``).
+    An output carrying several sinks' results has one edge per sink."""
 
     name: str
     src: str  # the sink
@@ -160,9 +161,32 @@ class StageInfo:
     allowed_nodes: set[int]
     rate_bound_per_s: float = 0.0  # upper bound on the stage's total rate over all sites
     batch_sizes: list[int] | None = None  # the workflow's restriction, if any
+    #: The lowest ``Variant.accuracy`` (the task's own metric, ``metric``) the stage may run: the
+    #: workflow's ``min_accuracy``; None: no minimum.
+    min_accuracy: float | None = None
+    metric: str = "accuracy"
 
     def variant(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
+
+    def meets_minimum(self, variant: str, tol: float = 1e-9) -> bool:
+        """Whether ``variant`` is at least the stage's ``min_accuracy`` on the task's own metric."""
+        return self.min_accuracy is None or self.variant(variant).accuracy >= self.min_accuracy - tol
+
+
+@dataclass
+class SinkTarget:
+    """One sink (a stage no stage reads from) and its end-to-end accuracy target, in the zoo's unit.
+
+    Its accuracy depends on the variants of ``stages`` only: the sink and every stage upstream of it,
+    in topological order (for a workflow with one sink, every stage)."""
+
+    stage: str
+    accuracy_target: float
+    #: The table its SLO names (``slo.sinks[].accuracy_table``, or ``slo.accuracy_table``), which must
+    #: then cover it; None: none named.
+    accuracy_table: AccuracyTable | None = None
+    stages: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -190,7 +214,8 @@ class Problem:
     groups: list[Group]
     stages: dict[str, StageInfo]  # in topological order
     order: list[str]
-    sink: str
+    #: Every sink with its accuracy target, in the order the workflow declares them (at least one).
+    sinks: list[SinkTarget]
     options: list[Option]
     options_by_stage: dict[str, list[int]]
     source_rates: dict[str, dict[int, float]]  # source group -> node -> rate per member site
@@ -198,13 +223,13 @@ class Problem:
     sharing: str
     max_utilization: float
     allow_downward: bool
-    accuracy_target: float
     latency_bound_ms: float | None
     latency_percentile: str
     warnings: list[str] = field(default_factory=list)
     #: The highest planned share of a link's bandwidth (Topology.max_link_utilization).
     max_link_utilization: float = 1.0
-    #: Outputs pinned to a site: the sink's results flow there (see :class:`OutputEdge`).
+    #: Outputs pinned to a site: their sinks' results flow there (see :class:`OutputEdge`), one edge per
+    #: (output, sink it carries).
     outputs: list[OutputEdge] = field(default_factory=list)
     hop_ms: float = 0.0  # the runtime's cost of one hop (Topology.hop_latency_ms)
     batch_wait_ms: float = 0.0  # the runtime's dynamic batching wait (Topology.batch_wait_ms)
@@ -218,11 +243,9 @@ class Problem:
     member_rate_bound: dict[tuple[str, int], float] = field(default_factory=dict)
     #: Re-planning a running workflow: what runs now, and what a change costs (see :class:`Churn`).
     churn: Churn | None = None
-    #: The zoo's measured end-to-end accuracy tables, in the zoo's order: the first that covers the
-    #: workflow is its accuracy model (:func:`jellybean.optimizer.accuracy.choose_model`).
+    #: The zoo's measured end-to-end accuracy tables, in the zoo's order: the first that covers a sink
+    #: is its accuracy model (:func:`jellybean.optimizer.accuracy.choose_model`).
     accuracy_tables: list[AccuracyTable] = field(default_factory=list)
-    #: The table the workflow's SLO names (``slo.accuracy_table``), which must then cover it; None: none named.
-    accuracy_table: AccuracyTable | None = None
     #: What the planner minimises and the carbon budget it keeps to (:mod:`jellybean.optimizer.carbon`).
     objective: Objective = field(default_factory=Objective)
     #: How the sites' carbon-intensity series were read: ``daily mean`` or ``at HH:MM UTC``.
@@ -240,6 +263,34 @@ class Problem:
             if lacks:
                 missing.append(f"{node.name}/{g.name} ({' and '.join(lacks)})")
         return missing
+
+    # --- the sinks --------------------------------------------------------------------------------
+    @property
+    def sink(self) -> str:
+        """The first sink (the only one of a workflow with one sink)."""
+        return self.sinks[0].stage
+
+    @property
+    def sink_names(self) -> list[str]:
+        return [t.stage for t in self.sinks]
+
+    @property
+    def accuracy_target(self) -> float:
+        """The first sink's accuracy target (see :attr:`sinks` for every sink's)."""
+        return self.sinks[0].accuracy_target
+
+    @accuracy_target.setter
+    def accuracy_target(self, value: float) -> None:
+        self.sinks[0].accuracy_target = value
+
+    @property
+    def accuracy_table(self) -> AccuracyTable | None:
+        """The table the first sink's SLO names, if any."""
+        return self.sinks[0].accuracy_table
+
+    @accuracy_table.setter
+    def accuracy_table(self, table: AccuracyTable | None) -> None:
+        self.sinks[0].accuracy_table = table
 
     # --- tree helpers -------------------------------------------------------------------------
     def ancestors(self, node: int) -> list[int]:
@@ -289,7 +340,7 @@ class Problem:
         return total
 
     def flow_edges(self) -> list:
-        """Every edge messages flow on: the stages' inputs, then the sink's results to pinned outputs."""
+        """Every edge messages flow on: the stages' inputs, then the sinks' results to pinned outputs."""
         return [edge for s in self.order for edge in self.stages[s].inputs] + list(self.outputs)
 
     def output_kb(self, edge_key: str) -> float | None:
@@ -419,20 +470,20 @@ def compile_problem(
     options, by_stage = compile_options(order, stages, classes.groups, latency_bound=wf.slo.latency_ms is not None,
                                         hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms)
     member_bound = member_rate_bounds(classes.nodes, order, stages, source_rates, topo.allow_downward_flows)
-    outputs = [OutputEdge(o.name, wf.sink, classes.site_node[o.site], o.ratio, outputs_kb(o.result_kb))
-               for o in wf.outputs if o.site is not None]
+    outputs = [OutputEdge(o.name, sink, classes.site_node[o.site], o.ratio, outputs_kb(o.result_kb))
+               for o in wf.outputs if o.site is not None for sink in wf.output_sinks(o)]
     return Problem(
         member_rate_bound=member_bound,
         name=bundle.name, nodes=classes.nodes, groups=classes.groups, stages=stages, order=order,
-        sink=wf.sink, options=options, options_by_stage=by_stage, source_rates=source_rates,
+        sinks=compile_sinks(wf, zoo, order, stages), options=options, options_by_stage=by_stage,
+        source_rates=source_rates,
         source_payload_kb=payload, sharing=sharing or topo.sharing, max_utilization=topo.max_utilization,
         max_link_utilization=topo.max_link_utilization,
-        allow_downward=topo.allow_downward_flows, accuracy_target=wf.slo.accuracy,
+        allow_downward=topo.allow_downward_flows,
         latency_bound_ms=wf.slo.latency_ms, latency_percentile=wf.slo.latency_percentile,
         warnings=unprofiled_batch_sizes(order, stages), hop_ms=topo.hop_latency_ms, batch_wait_ms=topo.batch_wait_ms,
         outputs=outputs, framing=framing, message_kb=own_sizes,
         accuracy_tables=list(zoo.accuracy_tables),
-        accuracy_table=_named_table(zoo.accuracy_tables, wf.slo.accuracy_table),
         carbon_at="daily mean" if carbon_at is None else f"at {carbon_at.strftime('%H:%M')} UTC",
     )
 
@@ -466,6 +517,24 @@ def priced_on_links(framing: Framing, stages: dict[str, StageInfo], payload_kb: 
         return None if kb is None else priced(kb)
 
     return {name: priced(kb) for name, kb in payload_kb.items()}, result_kb, own
+
+
+def compile_sinks(wf: WorkflowSpec, zoo: ModelZooSpec, order: list[str], stages: dict[str, StageInfo]
+                  ) -> list[SinkTarget]:
+    """Each sink with its target and named table (:meth:`WorkflowSpec.objective`) and the stages its
+    accuracy depends on: itself and every stage upstream (:func:`upstream_of`)."""
+    return [SinkTarget(o.stage, o.accuracy, _named_table(zoo.accuracy_tables, o.accuracy_table),
+                       upstream_of(o.stage, order, stages))
+            for o in wf.objectives()]
+
+
+def upstream_of(stage: str, order: list[str], stages: dict[str, StageInfo]) -> list[str]:
+    """``stage`` and every stage it reads from, directly or not, in topological ``order``."""
+    seen = {stage}
+    for name in reversed(order):
+        if name in seen:
+            seen.update(e.src for e in stages[name].inputs if not e.from_source)
+    return [name for name in order if name in seen]
 
 
 # --- symmetry classes -------------------------------------------------------------------------------
@@ -634,8 +703,8 @@ def source_rates_per_node(wf: WorkflowSpec, sources_at: dict[str, dict[str, int]
 def compile_stages(wf: WorkflowSpec, zoo: ModelZooSpec, nodes: list[Node], site_node: dict[str, int],
                    source_rates: dict[str, dict[int, float]]) -> tuple[list[str], dict[str, StageInfo]]:
     """The stages in topological order, each with its candidate variants (the workflow may restrict
-    them), its input edges, the nodes it may run at (its placement's tiers and sites) and the bound
-    on its total rate (:func:`_stage_rate_bounds`)."""
+    them), its input edges, the nodes it may run at (its placement's tiers and sites), its minimum
+    accuracy on its task's own metric (if any) and the bound on its total rate (:func:`_stage_rate_bounds`)."""
     order = topological_order(wf) or []
     stage_specs = {s.name: s for s in wf.stages}
     source_names = {s.name for s in wf.sources}
@@ -657,7 +726,8 @@ def compile_stages(wf: WorkflowSpec, zoo: ModelZooSpec, nodes: list[Node], site_
             wanted = {site_node[s] for s in spec.placement.sites}
             allowed &= wanted
         stages[name] = StageInfo(name, task.name, variants, inputs, allowed,
-                                 batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None)
+                                 batch_sizes=list(spec.batch_sizes) if spec.batch_sizes is not None else None,
+                                 min_accuracy=spec.min_accuracy, metric=task.metric)
     _stage_rate_bounds(order, stages, nodes, source_rates)
     return order, stages
 
@@ -741,7 +811,7 @@ def compile_options(order: list[str], stages: dict[str, StageInfo], groups: list
 
 
 def _named_table(tables: list[AccuracyTable], name: str | None) -> AccuracyTable | None:
-    """The accuracy table the SLO names (the bundle's cross-check has made sure the zoo has it)."""
+    """The accuracy table a sink's SLO names (the bundle's cross-check has made sure the zoo has it)."""
     if name is None:
         return None
     for table in tables:

@@ -35,8 +35,7 @@ def brute_force(problem: Problem, accuracy: AccuracyModel, *, cost_weight: float
     weights = _Weights(cost_weight, carbon_weight, carbon_budget)
     best = math.inf
     for models in enumerate_combinations(problem) or []:
-        value = accuracy.evaluate(problem, models)
-        if value is None or value < problem.accuracy_target - 1e-9:
+        if not admissible(problem, accuracy, models):
             continue
         opts = {s: [o for o in (problem.options[i] for i in problem.options_by_stage[s]) if o.variant == models[s]]
                 for s in problem.order}
@@ -45,6 +44,38 @@ def brute_force(problem: Problem, accuracy: AccuracyModel, *, cost_weight: float
         else:
             best = min(best, _shared(problem, models, opts, weights))
     return best
+
+
+def admissible(problem: Problem, accuracy: AccuracyModel, models: dict[str, str]) -> bool:
+    """Every sink reaches its target and every stage its minimum, decided here on its own: a sink's
+    stages are found by walking the workflow's edges upstream from it, and the product form is
+    multiplied out here (a table or profiles are the zoo's measurements, read through the sink's
+    model); a minimum is compared with the chosen variant's own accuracy."""
+    for target, model in zip(problem.sinks, accuracy.sinks):
+        if model.kind == "product":
+            value = 100.0
+            for stage in _upstream(problem, target.stage):
+                value *= max(problem.stages[stage].variant(models[stage]).accuracy, 0.0) / 100.0
+        else:
+            value = model.evaluate(problem, models)
+        if value is None or value < target.accuracy_target - 1e-9:
+            return False
+    for stage, variant in models.items():
+        minimum = problem.stages[stage].min_accuracy
+        if minimum is not None and problem.stages[stage].variant(variant).accuracy < minimum - 1e-9:
+            return False
+    return True
+
+
+def _upstream(problem: Problem, sink: str) -> set[str]:
+    """``sink`` and every stage whose messages reach it."""
+    found, todo = set(), [sink]
+    while todo:
+        stage = todo.pop()
+        if stage not in found:
+            found.add(stage)
+            todo += [e.src for e in problem.stages[stage].inputs if not e.from_source]
+    return found
 
 
 class _Weights:

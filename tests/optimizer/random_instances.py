@@ -45,14 +45,9 @@ def _two_tasks(rng: random.Random, profiles) -> list[dict]:  # noqa: ANN001 - ()
     ]
 
 
-def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None,
-                  carbon: bool = False) -> Bundle:
-    """A small random instance; ``carbon``: with each site's grid intensity (sometimes a day's series)
-    and each instance group's idle and busy power, drawn from their own generator so that the rest of
-    the instance is the one the same seed gives without them."""
-    rng = random.Random(seed)
-    hardware = ["cpu", "gpu"]
-    join = rng.random() < 0.3 if join is None else join
+def _profiles_maker(rng: random.Random, hardware: list[str]):  # noqa: ANN202 - () -> profiles
+    """Latency profiles on each of ``hardware``: a batch-1 latency (the gpu 0.1-0.5 x the cpu's) and,
+    half the time, a batch of 4."""
 
     def profiles() -> list[dict]:
         base = rng.uniform(5, 60)
@@ -66,12 +61,12 @@ def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool
             out.append({"hardware": hw, "latency_ms": lat})
         return out
 
-    tasks = _two_tasks(rng, profiles)
-    variant = _variant_maker(rng, profiles)
-    if join:
-        tasks.append({"name": "t3", "variants": [variant("t3a", 90, 99)]})
-    zoo = {"tasks": tasks}
+    return profiles
 
+
+def _topology(rng: random.Random, hardware: list[str], sharing: str, max_instances: int) -> tuple[dict, list[str]]:
+    """A cloud and one or two hubs under it (at most ``max_instances`` instances in all); the hubs'
+    names (where the sources are)."""
     hubs = rng.choice([1, 2])
     budget = max_instances
     sites = []
@@ -95,7 +90,26 @@ def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool
         })
     topology = {"sites": sites, "sharing": sharing, "max_utilization": rng.choice([0.7, 0.9, 1.0]),
                 "max_link_utilization": rng.choice([0.6, 1.0])}
-    cam_sites = [f"hub{k}" for k in range(hubs)]
+    return topology, [f"hub{k}" for k in range(hubs)]
+
+
+def random_bundle(seed: int, *, sharing: str, max_instances: int = 4, join: bool | None = None,
+                  carbon: bool = False) -> Bundle:
+    """A small random instance; ``carbon``: with each site's grid intensity (sometimes a day's series)
+    and each instance group's idle and busy power, drawn from their own generator so that the rest of
+    the instance is the one the same seed gives without them."""
+    rng = random.Random(seed)
+    hardware = ["cpu", "gpu"]
+    join = rng.random() < 0.3 if join is None else join
+
+    profiles = _profiles_maker(rng, hardware)
+    tasks = _two_tasks(rng, profiles)
+    variant = _variant_maker(rng, profiles)
+    if join:
+        tasks.append({"name": "t3", "variants": [variant("t3a", 90, 99)]})
+    zoo = {"tasks": tasks}
+
+    topology, cam_sites = _topology(rng, hardware, sharing, max_instances)
     sources = [{"name": "cams", "rate_per_s": round(rng.uniform(2, 40), 2),
                 "payload_kb": round(rng.uniform(5, 120), 1), "sites": cam_sites}]
     stages = [
@@ -195,4 +209,48 @@ def random_pooled_bundle(seed: int, *, sharing: str) -> Bundle:
              "ratio_by_variant": {"t1b": round(rng.uniform(0.3, 1.5), 2)}}]},
     ]
     workflow = {"sources": sources, "stages": stages, "slo": {"accuracy": round(rng.uniform(40, 75), 1)}}
+    return make_bundle({"tasks": tasks}, topology, workflow)
+
+
+def random_sinks_bundle(seed: int, *, sharing: str, max_instances: int = 4) -> Bundle:
+    """A workflow with two sinks, each with its own accuracy target, and perhaps a stage minimum.
+
+    Two shapes: a *fork*, ``cams -> s1 -> s2`` and ``s1 -> s3`` (both sinks depend on s1's
+    variant), or two chains *apart*, ``cams -> s1 -> s2`` and ``mics -> s3``. One sink may take the
+    default target (``slo.accuracy``), the other its own (``slo.sinks``); with probability 0.6 one
+    stage gets a ``min_accuracy`` between its variants' accuracies, ruling some out."""
+    rng = random.Random(10_000 + seed)
+    hardware = ["cpu", "gpu"]
+
+    variant = _variant_maker(rng, _profiles_maker(rng, hardware))
+    tasks = [
+        {"name": "t1", "variants": [variant("t1a", 60, 80), variant("t1b", 80, 95)]},
+        {"name": "t2", "variants": [variant("t2a", 70, 99)] + ([variant("t2b", 85, 99)] if rng.random() < 0.5 else [])},
+        {"name": "t3", "variants": [variant("t3a", 60, 85), variant("t3b", 85, 99)]},
+    ]
+    topology, cam_sites = _topology(rng, hardware, sharing, max_instances)
+    fork = rng.random() < 0.5
+    sources = [{"name": "cams", "rate_per_s": round(rng.uniform(1, 10), 2),
+                "payload_kb": round(rng.uniform(5, 120), 1), "sites": cam_sites}]
+    stages = [
+        {"name": "s1", "task": "t1", "inputs": ["cams"]},
+        {"name": "s2", "task": "t2", "inputs": [
+            {"from": "s1", "ratio": round(rng.uniform(0.5, 2), 2), "ratio_by_variant": {"t1b": round(rng.uniform(0.5, 2), 2)}}]},
+    ]
+    if fork:
+        stages.append({"name": "s3", "task": "t3", "inputs": [{"from": "s1", "ratio": round(rng.uniform(0.2, 1.5), 2)}]})
+    else:
+        sources.append({"name": "mics", "kind": "microphone", "rate_per_s": round(rng.uniform(1, 10), 2),
+                        "payload_kb": round(rng.uniform(1, 40), 1), "sites": [rng.choice(cam_sites)]})
+        stages.append({"name": "s3", "task": "t3", "inputs": ["mics"]})
+    if rng.random() < 0.6:
+        k = rng.randrange(len(stages))
+        accuracies = sorted(v["accuracy"] for v in tasks[k]["variants"])
+        stages[k]["min_accuracy"] = round(rng.uniform(accuracies[0], accuracies[-1]), 2)
+    slo: dict = {"sinks": [{"stage": "s3", "accuracy": round(rng.uniform(50, 85), 1)}]}
+    if rng.random() < 0.5:
+        slo["accuracy"] = round(rng.uniform(40, 75), 1)  # s2's, as the default
+    else:
+        slo["sinks"].insert(0, {"stage": "s2", "accuracy": round(rng.uniform(40, 75), 1)})
+    workflow = {"sources": sources, "stages": stages, "slo": slo}
     return make_bundle({"tasks": tasks}, topology, workflow)

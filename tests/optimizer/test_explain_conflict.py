@@ -221,13 +221,15 @@ def test_many_instance_counts_are_said_together() -> None:
 
 def _relaxed_here(problem: Problem, dropped: set[Constraint]) -> Problem:
     """``problem`` without ``dropped``, written apart from conflict.relax: a dropped link's bandwidth
-    gone from the topology, a dropped count made 10,000, the accuracy target made -1e9."""
+    gone from the topology, a dropped count made 10,000, every accuracy target made -1e9 and the
+    stages' minimums gone."""
     has = {c.family for c in dropped}
     keys = {(c.family, c.key) for c in dropped}
     everywhere = set(range(len(problem.nodes)))
     stages = {s: dataclasses.replace(info, allowed_nodes=everywhere if ("placement", (s,)) in keys else
                                      info.allowed_nodes,
-                                     batch_sizes=None if ("batch_sizes", (s,)) in keys else info.batch_sizes)
+                                     batch_sizes=None if ("batch_sizes", (s,)) in keys else info.batch_sizes,
+                                     min_accuracy=None if "accuracy" in has else info.min_accuracy)
               for s, info in problem.stages.items()}
     groups = [dataclasses.replace(g, memory_mb=None if ("memory", (g.index,)) in keys else g.memory_mb,
                                   limit=10_000 if ("instances", (g.index,)) in keys else g.limit)
@@ -246,7 +248,8 @@ def _relaxed_here(problem: Problem, dropped: set[Constraint]) -> Problem:
         problem, stages=stages, groups=groups, nodes=nodes, options=options, options_by_stage=by_stage,
         allow_downward=downward, member_rate_bound=member_rate_bounds(nodes, problem.order, stages,
                                                                       problem.source_rates, downward),
-        accuracy_target=-1e9 if "accuracy" in has else problem.accuracy_target)
+        sinks=[dataclasses.replace(t, accuracy_target=-1e9) for t in problem.sinks] if "accuracy" in has
+        else problem.sinks)
 
 
 def _tightened(seed: int, sharing: str) -> Problem:
@@ -269,7 +272,8 @@ def _tightened(seed: int, sharing: str) -> Problem:
                                         batch_wait_ms=problem.batch_wait_ms)
     best = max(v.accuracy for v in stages[problem.order[-1]].variants)
     return dataclasses.replace(problem, stages=stages, groups=groups, nodes=nodes, options=options,
-                               options_by_stage=by_stage, accuracy_target=rng.uniform(0.4, 0.9) * best)
+                               options_by_stage=by_stage,
+                               sinks=[dataclasses.replace(problem.sinks[0], accuracy_target=rng.uniform(0.4, 0.9) * best)])
 
 
 def _admits_plan(problem: Problem, accuracy) -> bool:  # noqa: ANN001

@@ -14,8 +14,8 @@ from jellybean.optimizer.planner import run_strategy
 from jellybean.optimizer.problem import compile_problem
 from jellybean.spec.bundle import Bundle
 
-from .bruteforce import brute_force
-from .random_instances import make_bundle, random_bundle
+from .bruteforce import admissible, brute_force
+from .random_instances import make_bundle, random_bundle, random_sinks_bundle
 
 SEEDS = range(14)
 
@@ -106,3 +106,70 @@ def test_both_optimal_paths_agree_with_brute_force(seed: int, sharing: str) -> N
         else:
             assert plan.feasible and plan.solver.status == "optimal"
             assert plan.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+# --- several sinks, stage minimums ------------------------------------------------------------------
+
+SINK_SEEDS = range(12)
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", SINK_SEEDS)
+def test_several_sinks_and_minimums_match_brute_force(seed: int, sharing: str) -> None:
+    """Two sinks with targets of their own (a fork from one stage, or two chains apart) and perhaps a
+    stage minimum: the MILP, the joint MILP and the decomposition over combinations all find
+    enumeration's optimum, and its plan meets every sink's target and every minimum."""
+    from jellybean.optimizer.planner import _optimal_by_combinations, _optimal_joint, admissible_combinations
+
+    bundle = random_sinks_bundle(seed, sharing=sharing)
+    flat = compile_problem(bundle, aggregate=False)
+    assert len(flat.sinks) == 2
+    accuracy = choose_model(flat)
+    expected = brute_force(flat, accuracy)
+    result = solve_milp(flat, accuracy)
+    if math.isinf(expected):
+        assert result.solution is None, f"brute force finds no plan, the MILP found {result.stats.objective}"
+    else:
+        assert result.solution is not None and result.stats.status == "optimal"
+        plan = build_plan(flat, result.solution, strategy="optimal", stats=result.stats, accuracy=accuracy)
+        assert plan.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+        assert verify(flat, result.solution, accuracy) == []
+        assert admissible(flat, accuracy, result.solution.models)
+        assert [s.stage for s in plan.sinks] == ["s2", "s3"]
+        for reported, target in zip(plan.sinks, flat.sinks):
+            assert reported.accuracy_target == target.accuracy_target
+            assert reported.accuracy >= target.accuracy_target - 1e-9
+        for minimum in plan.stage_minimums:
+            assert minimum.accuracy >= minimum.min_accuracy
+    joint = _optimal_joint(flat, accuracy, time_limit_s=60, solver="highs", gap_rel=1e-7, explain_infeasible=False)
+    combos = admissible_combinations(flat, accuracy)
+    assert combos is not None
+    assert all(admissible(flat, accuracy, c) for c in combos)
+    plans = [joint]
+    if combos:
+        plans.append(_optimal_by_combinations(flat, accuracy, combos, time_limit_s=60, solver="highs", gap_rel=1e-7,
+                                              explain_infeasible=False))
+    for plan in plans:
+        if math.isinf(expected):
+            assert not plan.feasible
+        else:
+            assert plan.feasible and plan.solver.status == "optimal"
+            assert plan.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_the_sink_instances_bind_somewhere() -> None:
+    """The instances above test something: most have a plan, some do not, and the targets and
+    minimums rule combinations out."""
+    from jellybean.optimizer.accuracy import enumerate_combinations
+
+    feasible, ruled_out, minimums, shapes = 0, 0, 0, set()
+    for seed in SINK_SEEDS:
+        bundle = random_sinks_bundle(seed, sharing="shared")
+        shapes.add(len(bundle.workflow.spec.sources))  # 1: a fork from s1; 2: two chains apart
+        flat = compile_problem(bundle, aggregate=False)
+        accuracy = choose_model(flat)
+        ruled_out += sum(not admissible(flat, accuracy, c) for c in enumerate_combinations(flat))
+        minimums += any(info.min_accuracy is not None for info in flat.stages.values())
+        feasible += not math.isinf(brute_force(flat, accuracy))
+    assert ruled_out > 0 and minimums > 0 and shapes == {1, 2}
+    assert len(SINK_SEEDS) // 2 <= feasible < len(SINK_SEEDS)
