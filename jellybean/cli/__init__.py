@@ -706,6 +706,12 @@ def _render_workflow(status: dict) -> str:
             measured.append(f"accuracy {status['accuracy_measured']:.2f}")
         if measured:
             lines.append("Measured: " + ", ".join(measured))
+        sinks = status.get("sinks") or []
+        if len(sinks) > 1:
+            lines.append(table(["SINK", "COMPLETED", "FAILED", "ACCURACY", "PREDICTED", "TARGET"],
+                               [[s["sink"], s["frames"]["completed"], s["frames"]["failed"], s.get("accuracy_measured"),
+                                 s.get("accuracy_predicted"), s.get("accuracy_target")] for s in sinks],
+                               right={1, 2, 3, 4, 5}))
     endpoints = status.get("endpoints") or []
     if endpoints:
         lines += ["", table(["ENDPOINT", "NAME", "SITE", "WHERE"],

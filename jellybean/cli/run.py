@@ -148,6 +148,11 @@ def render_summary(summary) -> str:
         ["latency p99 (ms)", None, m.latency_ms_p99],
         ["cost ($/h)", p.cost_per_hour, None],
     ], right={1, 2}))
+    if len(summary.sinks) > 1:
+        lines += ["", table(["SINK", "PREDICTED ACCURACY", "MEASURED ACCURACY", "TARGET", "COMPLETED", "FAILED",
+                             "LATENCY P50 (MS)"],
+                            [[s.sink, s.accuracy_predicted, s.accuracy_measured, s.accuracy_target, s.frames.completed,
+                              s.frames.failed, s.latency_ms_p50] for s in summary.sinks], right={1, 2, 3, 4, 5, 6})]
     lines += ["", f"Frames: sent {f.sent}, completed {f.completed}, failed {f.failed}, lost {f.lost}"]
     for reason, n in summary.failures.items():
         lines.append(f"  failed: {n} x {reason}")

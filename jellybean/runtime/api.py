@@ -59,11 +59,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from jellybean.optimizer.plan import Plan
+from jellybean.optimizer.plan import Plan, SinkResult
 from jellybean.runtime.controller import Controller, NotFound, Rejected
 from jellybean.runtime.parsing import IsolatedParser
 from jellybean.runtime.state import DamagedRecord
-from jellybean.runtime.status import Endpoint, OutputStatus
+from jellybean.runtime.status import Endpoint, OutputStatus, SinkStatus
 from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import MAX_LOAD_BYTES
 
@@ -161,6 +161,7 @@ class PlanSummary(BaseModel):
     accuracy_target: float | None = None
     latency_ms_p90: float | None = None
     models: dict[str, str] = Field(default_factory=dict)
+    sinks: list[SinkResult] = Field(default_factory=list, description="Every sink's predicted accuracy and target.")
 
 
 class EventOut(BaseModel):
@@ -195,6 +196,8 @@ class WorkflowStatus(BaseModel):
     outputs: list[OutputStatus] = Field(default_factory=list, description="Results at each output: accepted, "
                                         "delivered, failed, dropped, backlog.")
     accuracy_measured: float | None = Field(default=None, description="On the completed frames that carry a ground truth.")
+    sinks: list[SinkStatus] = Field(default_factory=list, description="Every sink's frames and measured accuracy "
+                                    "(running only).")
     throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
     events: list[EventOut]
 

@@ -47,7 +47,7 @@ from jellybean.runtime.flow import Sketch, accuracy_percent
 from jellybean.runtime.metrics import Metrics
 from jellybean.runtime.replicas import ActorSpec, Backend, RayBackend, ReplicaState, is_death
 from jellybean.runtime.status import (
-    Endpoint, Frames, Measured, OutputStatus, PipelineStatus, Predicted, RunSummary, StageStatus,
+    Endpoint, Frames, Measured, OutputStatus, PipelineStatus, Predicted, RunSummary, SinkStatus, StageStatus,
 )
 from jellybean.runtime.telemetry import Telemetry
 from jellybean.spec.bundle import Bundle
@@ -103,6 +103,19 @@ class LedgerView:
     @property
     def lost(self) -> int:
         return self.sent - self.completed - self.failed - self.in_flight
+
+    def add(self, report: dict, *, dead: bool) -> None:
+        """Add one source's ledger (its report, or its report of one sink); a dead source's frames in
+        flight are failed."""
+        self.sent += report.get("sent", 0)
+        self.completed += report.get("completed", 0)
+        self.correct += report.get("correct", 0)
+        self.judged += report.get("judged", 0)
+        self.tp += report.get("tp", 0)
+        self.fp += report.get("fp", 0)
+        self.fn += report.get("fn", 0)
+        self.failed += report.get("failed", 0) + (report.get("in_flight", 0) if dead else 0)
+        self.in_flight += 0 if dead else report.get("in_flight", 0)
 
 
 def wire_secret(data_token: str | None, workflow: str) -> str:
@@ -250,7 +263,8 @@ class Pipeline:
             "key": replica.key, "site": replica.site, "stages": [c.stage for c in replica.chain],
             "runners_of": [{"runner": c.runner, "artifact": c.artifact} for c in replica.chain], "batch_sizes": [c.batch_size for c in replica.chain],
             "threads": replica.threads, "consumers": {k: list(v) for k, v in deployment.consumers.items()},
-            "sink": deployment.sink, "stateful": replica.stateful,
+            "sink": deployment.sink, "sinks_below": {k: list(v) for k, v in deployment.sinks_below.items()},
+            "stateful": replica.stateful,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "model_store": str(self.model_store) if self.model_store else None})
         spec["options"]["link_batch_messages"] = deployment.link_batch_of(replica.chain[-1].stage)
@@ -269,6 +283,7 @@ class Pipeline:
             "source": source.source, "site": source.site, "mode": source.mode, "dataset": source.dataset,
             "rate_per_s": source.rate_per_s, "count": source.count, "array": source.array, "dtype": source.dtype,
             "shape": list(source.shape) if source.shape else None, "consumers": list(source.consumers),
+            "sinks_below": {k: list(v) for k, v in self.deployment.sinks_below.items()},
             "token": self.data_token, "bind_host": self.bind_host, "advertise_host": self.advertise_host})
         spec["options"]["offset"] = len(self._sources())
         spec["options"]["link_batch_messages"] = self.deployment.link_batch_of(source.source)
@@ -332,8 +347,8 @@ class Pipeline:
                               "stateful": target.plan.stateful, "batch_size": target.plan.head.batch_size,
                               "delay_ms": deployment.delay_ms(origin, target.site) if self.emulate_latency else 0.0})
             table["stages"][stage] = peers
-        if actor.kind == "replica" and actor.plan.tail.stage == deployment.sink:
-            for output in deployment.outputs_for(actor.site):
+        if actor.kind == "replica" and actor.plan.tail.stage in deployment.sinks:
+            for output in deployment.outputs_for(actor.site, actor.plan.tail.stage):
                 target = self.actors.get(output.key)
                 if target is not None and target.alive:
                     delay = deployment.delay_ms(actor.site, output.site) if self.emulate_latency else 0.0
@@ -401,22 +416,35 @@ class Pipeline:
         view = LedgerView(carried.sent, carried.completed, carried.failed, carried.correct, 0, Counter(carried.reasons),
                           carried.judged, carried.tp, carried.fp, carried.fn)
         for actor in self._sources():
-            r = actor.report
-            view.sent += r.get("sent", 0)
-            view.completed += r.get("completed", 0)
-            view.correct += r.get("correct", 0)
-            view.judged += r.get("judged", 0)
-            view.tp += r.get("tp", 0)
-            view.fp += r.get("fp", 0)
-            view.fn += r.get("fn", 0)
-            view.reasons.update(r.get("failures", {}))
-            if actor.state == ReplicaState.DEAD:
-                view.failed += r.get("failed", 0) + r.get("in_flight", 0)
-            else:
-                view.failed += r.get("failed", 0)
-                view.in_flight += r.get("in_flight", 0)
+            view.add(actor.report, dead=actor.state == ReplicaState.DEAD)
+            view.reasons.update(actor.report.get("failures", {}))
         view.reasons.update(self._lost_sources)
         return view
+
+    @property
+    def sink_ledgers(self) -> dict[str, LedgerView]:
+        """Per sink, in the workflow's order: the ends there of the frames of every source that reaches
+        it (each source's ledger of the sink, or its own where it reaches that sink alone), the frames
+        of a source whose actor died counted failed. Carried totals of an earlier pipeline are not."""
+        views = {sink: LedgerView() for sink in self.deployment.sinks}
+        for actor in self._sources():
+            for sink, report in actor.report.get("sinks", {}).items():
+                views.setdefault(sink, LedgerView()).add(report, dead=actor.state == ReplicaState.DEAD)
+        return views
+
+    def _sink_rows(self) -> list[SinkStatus]:
+        predicted = {s.stage: s for s in self.plan.sinks}
+        rows = []
+        for sink, view in self.sink_ledgers.items():
+            latencies = Sketch.merge(a.report.get("sinks", {}).get(sink, {}).get("latency") for a in self._sources())
+            plan = predicted.get(sink)
+            rows.append(SinkStatus(
+                sink=sink, frames=Frames(sent=view.sent, completed=view.completed, failed=view.failed,
+                                         in_flight=view.in_flight, lost=view.lost),
+                accuracy_measured=view.accuracy_percent, accuracy_predicted=plan.accuracy if plan else None,
+                accuracy_target=plan.accuracy_target if plan else None,
+                latency_ms_p50=Sketch.quantile(latencies, 50)))
+        return rows
 
     @property
     def generated(self) -> dict[str, int]:
@@ -688,7 +716,7 @@ class Pipeline:
             frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
                           in_flight=ledger.in_flight, lost=ledger.lost),
             failures=dict(ledger.reasons), endpoints=self.endpoints(), outputs=self._output_rows(),
-            accuracy_measured=ledger.accuracy_percent,
+            accuracy_measured=ledger.accuracy_percent, sinks=self._sink_rows(),
             throughput_per_s=throughput, held_messages=self.held, shed=self.shed)
         return status.model_dump()
 
@@ -721,8 +749,8 @@ class Pipeline:
                               hop_overhead_ms_p50=Sketch.quantile(hops, 50), hop_overhead_ms_p99=Sketch.quantile(hops, 99)),
             frames=Frames(sent=ledger.sent, completed=ledger.completed, failed=ledger.failed,
                           in_flight=ledger.in_flight, lost=ledger.lost),
-            failures=dict(ledger.reasons), stages=self._stage_rows(), endpoints=self.endpoints(),
-            outputs=self._output_rows(),
+            failures=dict(ledger.reasons), sinks=self._sink_rows(), stages=self._stage_rows(),
+            endpoints=self.endpoints(), outputs=self._output_rows(),
             time_to_first_result_s=(self.first_result_at - started) if self.first_result_at else None,
             first_result_at_unix=self.first_result_at, cpu_pinning=self._pinning_report(),
             plan=plan.model_dump(mode="json", by_alias=True))

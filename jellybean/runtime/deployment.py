@@ -13,8 +13,11 @@ and every one of them reads the same value.
   into one actor (:func:`plan_fusion`): the plan is unchanged, one hop moves inside a process.
 - **Sources.** One per (source group, site): an ingest endpoint or a replay loop there, with the
   rate of its ``count_per_site`` sources and what a payload must decode to.
+- **Sinks.** A workflow may have several (stages no stage reads from): ``sinks``, and for every stage
+  the sinks downstream of it (``sinks_below``), which is how a frame's ends are kept per sink.
 - **Outputs.** One per output and site where results are delivered: the output's own site when it
-  names one, else every site where the sink runs.
+  names one, else every site where one of its sinks runs. Each carries the results of its sinks
+  (``OutputPlan.sinks``; by default every sink's).
 - **Routes.** For a stage and the site a message comes from, the replicas of the stage it may go to
   (those it can reach without flowing down the tiers, unless the topology allows it, and not across a
   cut uplink) with their planned shares as weights: :meth:`Deployment.route_weights`.
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING
 
 from jellybean.optimizer.framing import Framing
 from jellybean.plugins import serving_ref
+from jellybean.spec.workflow import WorkflowSpec, topological_order
 
 if TYPE_CHECKING:
     from jellybean.optimizer.plan import Plan
@@ -180,6 +184,7 @@ class OutputPlan:
     tier: str
     url: str | None
     options: dict = field(default_factory=dict, hash=False, compare=False)  # batch_max, flush_ms, ...
+    sinks: tuple[str, ...] = ()  # the sinks whose results it carries
 
     @property
     def key(self) -> str:
@@ -206,6 +211,9 @@ class Deployment:
     #: How sends to another site batch (Topology.link_batch_messages / link_batch_wait_ms), as priced.
     link_batch_messages: int = 8
     link_batch_wait_ms: float = 0.0
+    #: Every sink (``sink`` is the first), and stage -> the sinks downstream of it (a sink: itself).
+    sinks: tuple[str, ...] = ()
+    sinks_below: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     # --- lookups ---------------------------------------------------------------------------------
     def link_batch_of(self, sender: str) -> int:
@@ -225,10 +233,11 @@ class Deployment:
         """The actors whose first stage is ``stage`` (a fused stage is reached through its head)."""
         return [r for r in self.replicas if r.head.stage == stage]
 
-    def outputs_for(self, site: str) -> list[OutputPlan]:
-        """The outputs a sink replica at ``site`` delivers to: pinned ones wherever they are, and the
-        unpinned ones at ``site`` itself."""
-        return [o for o in self.outputs if o.site == site or o.options.get("pinned")]
+    def outputs_for(self, site: str, sink: str | None = None) -> list[OutputPlan]:
+        """The outputs a replica of ``sink`` (default: the first sink) at ``site`` delivers to: those
+        carrying its results, pinned ones wherever they are and the unpinned ones at ``site`` itself."""
+        sink = sink or self.sink
+        return [o for o in self.outputs if (o.site == site or o.options.get("pinned")) and sink in o.sinks]
 
     def route_weights(self, stage: str, origin: str, *, dead: frozenset[str] | set[str] = frozenset(),
                       links_down: frozenset[str] | set[str] = frozenset()) -> dict[str, float]:
@@ -415,14 +424,15 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
     for spec in specs:
         variant = bundle.zoo.spec.task(stage_task[spec.stage]).variant(spec.variant)
         message_bytes[spec.stage] = float(variant.output_kb) * KB
-    sink_sites = sorted({spec.site for spec in specs if spec.stage == wf.sink})
     outputs = []
     for output in wf.outputs:
         options = {"batch_max": output.batch_max, "flush_ms": output.flush_ms, "give_up_s": output.give_up_s,
                    "rotate_mb": output.rotate_mb, "keep": output.keep, "retain": output.retain,
                    "pinned": output.site is not None}
+        carried = tuple(wf.output_sinks(output))
+        sink_sites = sorted({spec.site for spec in specs if spec.stage in carried})
         for site in ([output.site] if output.site is not None else sink_sites):
-            outputs.append(OutputPlan(output.name, output.kind, site, tiers[site], output.url, options))
+            outputs.append(OutputPlan(output.name, output.kind, site, tiers[site], output.url, options, carried))
     result_kb = next((o.result_kb for o in wf.outputs if o.result_kb is not None), None)
     planned: dict[tuple[str, str], float] = defaultdict(float)
     for flow in plan.links:
@@ -439,4 +449,19 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
         link_batch_messages=topology.spec.link_batch_messages, link_batch_wait_ms=topology.spec.link_batch_wait_ms,
         link_latency_ms={(s.name, direction): getattr(s.uplink, direction).latency_ms
                          for s in topology.spec.sites if s.uplink is not None for direction in ("up", "down")},
+        sinks=tuple(wf.sinks), sinks_below=sinks_below(wf),
     )
+
+
+def sinks_below(wf: WorkflowSpec) -> dict[str, tuple[str, ...]]:
+    """Stage -> the sinks its messages reach (a sink reaches itself), in the order of ``wf.sinks``:
+    what an end of a message sent to that stage concerns (:func:`jellybean.runtime.worker.scope`).
+    One pass against the topological order: a stage reaches what its consumers reach."""
+    sinks = wf.sinks
+    reach: dict[str, set[str]] = {}
+    for stage in reversed(topological_order(wf) or []):
+        reach[stage] = {stage} if stage in sinks else set()
+        for other in wf.stages:
+            if any(i.from_ == stage for i in other.input_specs()):
+                reach[stage] |= reach[other.name]
+    return {stage: tuple(s for s in sinks if s in found) for stage, found in reach.items()}

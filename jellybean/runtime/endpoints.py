@@ -14,7 +14,9 @@ Ingest, served by the source actor of one (source, site)::
   ``multipart/mixed`` / ``multipart/form-data`` (each part with its own content type);
 - ``202 {"frame_id": ...}`` (``{"frame_ids": [...]}`` for several); with ``wait`` a ``200`` carrying
   each frame's end (``{"frame_id", "state": "completed", "result": {...}}`` or ``"state": "failed",
-  "reason"``) once it comes, or the 202 when it does not come in time;
+  "reason"``) once it comes, or the 202 when it does not come in time; a frame that reaches several
+  sinks ends when each has ended it, and its ``result`` is ``{"frame_id", "by_sink": {sink: result or
+  null}}`` (null: that sink had nothing to report), its ``reason`` names the sink that failed it;
 - ``429`` with ``Retry-After`` when the pipeline has no room (backpressure reaches the client);
   ``400`` a payload that does not decode or has the wrong dtype or shape, ``415`` an unsupported
   content type, ``413`` a body over ``MAX_REQUEST_BYTES``; a request with a bad payload admits none.

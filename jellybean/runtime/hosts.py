@@ -123,8 +123,8 @@ class _Housekeeping:
 
 class ReplicaHost(_Housekeeping):
     def __init__(self, spec: dict) -> None:
-        #: {"key", "site", "stages", "runners_of", "batch_sizes", "threads", "consumers", "sink", "stateful",
-        #:  "cache_dir", "transport", "options", "runners" (in-process only)}
+        #: {"key", "site", "stages", "runners_of", "batch_sizes", "threads", "consumers", "sink", "sinks_below",
+        #:  "stateful", "cache_dir", "transport", "options", "runners" (in-process only)}
         self.spec = spec
         self.worker: StageWorker | None = None
         self.outputs: list[Peer] = []
@@ -143,6 +143,7 @@ class ReplicaHost(_Housekeeping):
         self.transport = self.forwarder.transport
         self.worker = StageWorker(spec["stages"], spec["batch_sizes"], runners, self.forwarder,
                                   consumers={k: tuple(v) for k, v in spec["consumers"].items()}, sink=spec["sink"],
+                                  sinks_below={k: tuple(v) for k, v in spec.get("sinks_below", {}).items()},
                                   stateful=stateful, max_wait_s=options.get("max_wait_ms", 2.0) / 1000.0,
                                   max_forwarding=options.get("max_forwarding", 8), deliver=self._deliver,
                                   threaded=options.get("threaded", False))
@@ -197,7 +198,8 @@ class ReplicaHost(_Housekeeping):
 class SourceHost(_Housekeeping):
     def __init__(self, spec: dict) -> None:
         #: {"workflow", "source", "site", "mode", "dataset", "rate_per_s", "count", "array", "dtype", "shape",
-        #:  "consumers", "transport", "options", "token", "bind_host", "port", "frames" (in-process only)}
+        #:  "consumers", "sinks_below", "transport", "options", "token", "bind_host", "port", "frames" (in-process
+        #:  only)}
         self.spec = spec
         self.loops: list = []
         self.endpoint: str | None = None
@@ -211,7 +213,8 @@ class SourceHost(_Housekeeping):
         self.forwarder = _forwarder(spec.get("transport", "ray"), options, spec.get("wire_secret", ""), spec.get("site"))
         self.source = FrameSource(spec["source"], spec["site"], self.forwarder, tuple(spec["consumers"]),
                                   max_in_flight=options.get("max_in_flight", 256),
-                                  frame_timeout_s=options.get("frame_timeout_s", 120.0))
+                                  frame_timeout_s=options.get("frame_timeout_s", 120.0),
+                                  sinks_below={k: tuple(v) for k, v in spec.get("sinks_below", {}).items()})
         if spec["mode"] == "replay":
             frames = spec.get("frames")
             if frames is None:

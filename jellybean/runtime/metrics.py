@@ -78,6 +78,13 @@ class Metrics:
         self.frames_in_flight = Gauge(
             "jellybean_frames_in_flight", "Frames sent and not yet completed or failed.",
             ("workflow",), registry=r)
+        self.sink_frames = Counter(
+            "jellybean_sink_frames_total", "Frames a sink ended, by outcome: completed (its result, or none to give) "
+            "or failed (with a reason); a frame that reaches several sinks ends at each.",
+            ("workflow", "sink", "outcome"), registry=r)
+        self.sink_frames_correct = Counter(
+            "jellybean_sink_frames_correct_total", "Frames whose result at a sink matched the ground truth.",
+            ("workflow", "sink"), registry=r)
         self.end_to_end_latency = Histogram(
             "jellybean_end_to_end_latency_seconds", "From a frame leaving its source to its result at the sink.",
             ("workflow",), buckets=LATENCY_BUCKETS_S, registry=r)
@@ -168,6 +175,14 @@ class Metrics:
         self.accuracy_measured = Gauge(
             "jellybean_accuracy_measured_percent", "Accuracy measured on completed frames since the deployment started.",
             ("workflow",), registry=r)
+        self.sink_accuracy_predicted = Gauge(
+            "jellybean_sink_accuracy_predicted_percent", "End-to-end accuracy the plan predicts at each sink.",
+            ("workflow", "sink"), registry=r)
+        self.sink_accuracy_target = Gauge(
+            "jellybean_sink_accuracy_target_percent", "Each sink's accuracy SLO.", ("workflow", "sink"), registry=r)
+        self.sink_accuracy_measured = Gauge(
+            "jellybean_sink_accuracy_measured_percent", "Accuracy measured at each sink since the deployment started.",
+            ("workflow", "sink"), registry=r)
         self.throughput_planned = Gauge(
             "jellybean_planned_frames_per_second", "Frames per second the sources send, as planned.",
             ("workflow",), registry=r)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from jellybean.runtime.flow import Ledger
-from jellybean.runtime.worker import COMPLETED, FAILED, PENDING, Forwarder, merged
+from jellybean.runtime.worker import COMPLETED, FAILED, PENDING, Forwarder, merged, scoped
 
 CONTENT_TYPES = ("application/x-npy", "image/png", "image/jpeg", "audio/wav", "application/json")
 #: The largest array one payload may decode to (a 4K RGB float32 image is 99 MB; this is 64 MiB).
@@ -154,12 +154,22 @@ class FrameSource:
     """The frames of one source group at one site, and their ledger."""
 
     def __init__(self, source: str, site: str, forwarder: Forwarder, consumers: tuple[str, ...], *,
-                 max_in_flight: int = 256, frame_timeout_s: float = 120.0) -> None:
+                 max_in_flight: int = 256, frame_timeout_s: float = 120.0,
+                 sinks_below: dict[str, tuple[str, ...]] | None = None) -> None:
         self.source = source
         self.site = site
         self.forwarder = forwarder
         self.consumers = consumers
         self.ledger = Ledger()
+        #: The sinks this source's frames reach (from ``sinks_below``: stage -> the sinks downstream of
+        #: it). Where they reach several, a frame ends when each has ended it, and each sink keeps a
+        #: ledger of its own (:attr:`sink_ledgers`): per sink, a frame completed (its result, or none:
+        #: the models found nothing to report) or failed, with the reason.
+        reached = sorted({sink for stage in consumers for sink in (sinks_below or {}).get(stage, ())})
+        several = len({sink for sinks in (sinks_below or {}).values() for sink in sinks}) > 1
+        self.sinks_below = sinks_below if several else None
+        self.sinks: tuple[str, ...] = tuple(reached)
+        self.sink_ledgers: dict[str, Ledger] = {sink: Ledger() for sink in reached} if len(reached) > 1 else {}
         self.capacity = max_in_flight
         self.taken = 0  # frames admitted and not yet ended
         self._freed = asyncio.Event()
@@ -212,47 +222,71 @@ class FrameSource:
             frame.update(frame_id=frame_id, source=self.source, site=self.site, received_at=now, sent_at=now)
             if reply:
                 frame["reply"] = True
-            self.ledger.send(frame_id, at=now)
+            self.sent(frame_id, at=now)
             frames.append(frame)
         self.generated += len(frames)
         parts = [self.forwarder.send(stage, frames if n == 0 else [dict(f) for f in frames])
                  for n, stage in enumerate(self.consumers)]
+        if self.sinks_below is not None:  # several sinks: each part's ends concern the sinks below its stage
+            parts = [scoped(part, self.sinks_below[stage]) for part, stage in zip(parts, self.consumers)]
         ends = asyncio.get_running_loop().create_future()
         merged(parts).add_done_callback(lambda done: self._ended(frames, now, done, ends))
         return [f["frame_id"] for f in frames], ends
 
     def _ended(self, frames: list[dict], sent_at: float, done: asyncio.Future, ends: asyncio.Future) -> None:
-        """The frames' ends, from their merged outcome, into the ledger."""
+        """The frames' ends, from their merged outcome, into the ledger (and each sink's)."""
         outcome = done.result()["ends"] if not done.cancelled() else {}
         answers = {}
         for frame in frames:
             frame_id = frame["frame_id"]
             end = outcome.get(frame_id)
-            truth = frame.get("truth")
-            yes_no = isinstance(truth, (bool, np.bool_))
-            if end is not None and end[0] == COMPLETED:
-                # A result: the sink's verdict where the frame had a truth (a yes/no one: it said yes).
-                verdict = None if truth is None else bool(end[2]) if end[2] is not None else bool(truth) if yes_no else False
-                self._completed(frame_id, sent_at, verdict, end[3], (True, bool(truth)) if yes_no else None)
-                answers[frame_id] = (COMPLETED, end[1])
+            if self.sink_ledgers:
+                answers[frame_id] = self._ended_at_sinks(frame, sent_at, end)
                 continue
-            if end is not None and end[0] == FAILED:
-                reason = str(end[1])
-            elif end is not None and end[0] == PENDING:
-                reason = "a join held parts of the frame and never completed it (its other parts were lost)"
+            state, detail, verdict, latency_ms, detection = _judged(end, frame.get("truth"))
+            if state == COMPLETED:
+                self._completed(frame_id, sent_at, verdict, latency_ms, detection)
             else:
-                # The models produced no result for it (a detector found nothing, a VAD heard no
-                # speech): it ended. Right exactly when its truth says there was nothing to find.
-                verdict = None if truth is None else not bool(truth) if yes_no else False
-                self._completed(frame_id, sent_at, verdict, None, (False, bool(truth)) if yes_no else None)
-                answers[frame_id] = (COMPLETED, None)
-                continue
-            self.fail(frame_id, reason)
-            answers[frame_id] = (FAILED, reason)
+                self.fail(frame_id, detail)
+            answers[frame_id] = (state, detail)
         self.taken -= len(frames)
         self._freed.set()
         if not ends.done():
             ends.set_result(answers)
+
+    def _ended_at_sinks(self, frame: dict, sent_at: float, end: list | None) -> tuple[str, Any]:
+        """A frame that reached several sinks ends once each has ended it: completed when none failed
+        it (its latency is the last sink's; it is right when every sink that judged it was), else
+        failed with the first failure's reason, naming the sink. Each sink's ledger takes the frame's
+        end there. A waiting client gets ``{"frame_id", "by_sink": {sink: result or None}}``."""
+        frame_id, truth = frame["frame_id"], frame.get("truth")
+        per_sink = end[4] if end is not None and len(end) > 4 else {}
+        verdicts, latencies, results, failure = [], [], {}, None
+        for sink in self.sinks:
+            state, detail, verdict, latency_ms, detection = _judged(per_sink.get(sink), truth)
+            ledger = self.sink_ledgers[sink]
+            if state == COMPLETED:
+                ledger.complete(frame_id, correct=verdict, latency_ms=latency_ms if latency_ms is not None else
+                                (time.time() - sent_at) * 1000.0, detection=detection)
+                verdicts.append(verdict)
+                latencies.append(latency_ms)
+                results[sink] = detail
+            else:
+                ledger.fail(frame_id, detail)
+                failure = failure or f"at sink {sink}: {detail}"
+        if failure is not None:
+            self.fail(frame_id, failure)
+            return FAILED, failure
+        judged = [v for v in verdicts if v is not None]
+        known = [t for t in latencies if t is not None]
+        self._completed(frame_id, sent_at, all(judged) if judged else None, max(known) if known else None)
+        return COMPLETED, {"frame_id": frame_id, "by_sink": results} if frame.get("reply") else None
+
+    def sent(self, frame_id: str, at: float | None = None) -> None:
+        """A frame enters the ledger (and each sink's)."""
+        self.ledger.send(frame_id, at=at)
+        for ledger in self.sink_ledgers.values():
+            ledger.send(frame_id, at=at)
 
     def _completed(self, frame_id: str, sent_at: float, correct: bool | None, latency_ms: float | None = None,
                    detection: tuple[bool, bool] | None = None) -> None:
@@ -268,6 +302,8 @@ class FrameSource:
             self.last_completed_sent_at = sent_at
 
     def fail(self, frame_id: str, reason: str) -> bool:
+        for ledger in self.sink_ledgers.values():  # each sink that has not ended the frame yet
+            ledger.fail(frame_id, reason)
         if self.ledger.fail(frame_id, reason):
             self.failures[reason] += 1
             return True
@@ -289,7 +325,33 @@ class FrameSource:
                 "generated": self.generated, "shed": self.shed, "failures": dict(ledger.reasons),
                 "refused_full": self.refused_full, "refused_bad": self.refused_bad,
                 "latency": ledger.latency_ms.state(), "first_completed_at": self.first_completed_at,
-                "last_completed_at": self.last_completed_at, "last_completed_sent_at": self.last_completed_sent_at}
+                "last_completed_at": self.last_completed_at, "last_completed_sent_at": self.last_completed_sent_at,
+                "sinks": {sink: _ledger_counts(self.sink_ledgers.get(sink, ledger)) for sink in self.sinks}}
+
+
+def _ledger_counts(ledger: Ledger) -> dict:
+    """What a sink's ledger reports: its frames' ends, right answers and latencies."""
+    return {"sent": ledger.sent, "completed": ledger.completed, "failed": ledger.failed, "correct": ledger.correct,
+            "judged": ledger.judged, "tp": ledger.tp, "fp": ledger.fp, "fn": ledger.fn, "in_flight": ledger.in_flight,
+            "latency": ledger.latency_ms.state()}
+
+
+def _judged(end: list | None, truth: Any) -> tuple[str, Any, bool | None, float | None, tuple[bool, bool] | None]:
+    """How a frame ended (at its sink, or at one of its sinks): ``(state, detail, verdict, latency_ms,
+    detection)``, ``detail`` the result (completed) or the reason (failed). A result carries the
+    sink's verdict where the frame had a truth (a yes/no one: it said yes). No end at all: the models
+    produced no result for it (a detector found nothing, a VAD heard no speech), so it ended, right
+    exactly when its truth says there was nothing to find."""
+    yes_no = isinstance(truth, (bool, np.bool_))
+    if end is not None and end[0] == COMPLETED:
+        verdict = None if truth is None else bool(end[2]) if end[2] is not None else bool(truth) if yes_no else False
+        return COMPLETED, end[1], verdict, end[3], (True, bool(truth)) if yes_no else None
+    if end is not None and end[0] == FAILED:
+        return FAILED, str(end[1]), None, None, None
+    if end is not None and end[0] == PENDING:
+        return FAILED, "a join held parts of the frame and never completed it (its other parts were lost)", None, None, None
+    verdict = None if truth is None else not bool(truth) if yes_no else False
+    return COMPLETED, None, verdict, None, (False, bool(truth)) if yes_no else None
 
 
 class ReplayLoop:
@@ -344,7 +406,7 @@ class ReplayLoop:
                         source.generated += 1
                         source.shed += 1
                         frame_id = source.frame_id()
-                        source.ledger.send(frame_id)
+                        source.sent(frame_id)
                         source.fail(frame_id, f"shed at the source: no room within {self.shed_after_s * 1000:g} ms "
                                               "(overload)")
             else:

@@ -19,6 +19,18 @@ class Frames(BaseModel):
     lost: int = Field(default=0, description="Sent, and neither completed, failed nor in flight: must stay 0.")
 
 
+class SinkStatus(BaseModel):
+    """One sink's frames (of the sources that reach it) and its accuracy: measured on the frames that
+    carry a ground truth, against what the plan predicts and the target."""
+
+    sink: str
+    frames: Frames = Frames()
+    accuracy_measured: float | None = None
+    accuracy_predicted: float | None = None
+    accuracy_target: float | None = None
+    latency_ms_p50: float | None = Field(default=None, description="From a frame leaving its source to its end here.")
+
+
 class StageStatus(BaseModel):
     stage: str
     site: str
@@ -62,6 +74,7 @@ class PipelineStatus(BaseModel):
     endpoints: list[Endpoint] = []
     outputs: list[OutputStatus] = []
     accuracy_measured: float | None = None
+    sinks: list[SinkStatus] = Field(default_factory=list, description="Every sink's frames and measured accuracy.")
     throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
     held_messages: int = 0
     shed: int = 0
@@ -91,6 +104,7 @@ class RunSummary(BaseModel):
     measured: Measured
     frames: Frames
     failures: dict[str, int] = {}
+    sinks: list[SinkStatus] = []
     stages: list[StageStatus] = []
     endpoints: list[Endpoint] = []
     outputs: list[OutputStatus] = []

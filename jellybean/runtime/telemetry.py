@@ -107,6 +107,10 @@ class Telemetry:
             m.frames_shed.labels(wf, source.source, source.site, source.tier)
         for metric in (m.frames_completed, m.frames_correct, m.frames_failed):
             metric.labels(wf)
+        for sink in d.sinks:
+            for outcome in ("completed", "failed"):
+                m.sink_frames.labels(wf, sink, outcome)
+            m.sink_frames_correct.labels(wf, sink)
         m.frames_in_flight.labels(wf).set(0)
         m.held_messages.labels(wf).set(0)
         for output in d.outputs:
@@ -150,6 +154,10 @@ class Telemetry:
         if plan.accuracy is not None:
             m.accuracy_predicted.labels(wf).set(plan.accuracy)
         m.accuracy_target.labels(wf).set(plan.accuracy_target)
+        for sink in plan.sinks:
+            m.sink_accuracy_target.labels(wf, sink.stage).set(sink.accuracy_target)
+            if sink.accuracy is not None:
+                m.sink_accuracy_predicted.labels(wf, sink.stage).set(sink.accuracy)
         m.throughput_planned.labels(wf).set(d.planned_frames_per_s)
         if plan.latency_ms is not None:
             m.latency_predicted.labels(wf).set(plan.latency_ms / 1000.0)
@@ -199,6 +207,9 @@ class Telemetry:
         m.held_messages.labels(wf).set(held)
         if ledger.accuracy_percent is not None:
             m.accuracy_measured.labels(wf).set(ledger.accuracy_percent)
+        for sink, view in pipeline.sink_ledgers.items():
+            if view.accuracy_percent is not None:
+                m.sink_accuracy_measured.labels(wf, sink).set(view.accuracy_percent)
         for site, tier in d.tiers.items():
             if d.parent.get(site) is not None:
                 m.link_up.labels(wf, site, tier).set(0.0 if site in pipeline.links_down else 1.0)
@@ -245,6 +256,10 @@ class Telemetry:
         m.frames_completed.labels(wf).inc(self._delta(key, "completed", report.get("completed", 0)))
         m.frames_correct.labels(wf).inc(self._delta(key, "correct", report.get("correct", 0)))
         m.frames_failed.labels(wf).inc(self._delta(key, "failed", report.get("failed", 0)))
+        for sink, counts in report.get("sinks", {}).items():
+            for outcome in ("completed", "failed"):
+                m.sink_frames.labels(wf, sink, outcome).inc(self._delta(key, f"{outcome}@{sink}", counts.get(outcome, 0)))
+            m.sink_frames_correct.labels(wf, sink).inc(self._delta(key, f"correct@{sink}", counts.get("correct", 0)))
         self._histogram(m.end_to_end_latency.labels(wf), key, "latency", report.get("latency"), 1e-3)
 
     def replanned(self, reason: str, sites_down: int) -> None:

@@ -29,6 +29,12 @@ sender until everything downstream of it is done, which gives three properties:
 A join (a stateful runner: a frame's parts meet at one replica, routed by frame id) reports the parts
 it holds as ``pending``; the part that completes the frame carries ``completed``.
 
+Several sinks. Where a workflow ends in several sinks, a frame may reach more than one, and its
+outcome says how it ended at each (:func:`mark`): a sink's replica names itself in the ends it
+marks, and a sender names, in the ends of what it sent to a stage, the sinks below that stage
+(:func:`scope`). The source then ends the frame once every sink it reaches has: completed if none
+failed it (:mod:`jellybean.runtime.sources`). A workflow with one sink pays nothing for this.
+
 Batching happens twice, both dynamic (:func:`~jellybean.runtime.flow.collect_batch`: whatever is
 there, up to the size, waiting at most ``max_wait_s`` for company): a sender coalesces messages for
 one peer into one call (calls cost about a millisecond), and a replica forms its model's batches from
@@ -75,16 +81,59 @@ def new_outcome() -> dict:
 
 
 def mark(outcome: dict, frame_id: Any, state: str, detail: Any = None, correct: bool = False,
-         latency_ms: float | None = None) -> dict:
+         latency_ms: float | None = None, sinks: dict | None = None) -> dict:
     """Record ``state`` for ``frame_id`` unless the outcome already holds a stronger one. A completed
     frame also says whether its result was right (``correct``: frames that carry their ground truth)
     and how long it took from its source to its result (``latency_ms``, measured at the sink), so
-    accuracy and latency are measured at the sources without sending results back."""
+    accuracy and latency are measured at the sources without sending results back.
+
+    Several sinks. A frame may reach several sinks, and it ends at each: ``sinks`` holds its ends per
+    sink, ``{sink: [state, detail, correct, latency_ms]}``, kept as a fifth element of the frame's
+    entry, each sink's by the same rank (the frame-level four stay the strongest of all). An end that
+    names no sink (a model error, no route: it concerns every sink downstream of where it happened)
+    joins an entry that has per-sink ends under the key None, until :func:`scope` says which sinks it
+    concerns. A workflow with one sink never has per-sink ends: its entries stay four elements."""
     ends = outcome["ends"]
     known = ends.get(frame_id)
-    if known is None or _RANK[state] > _RANK[known[0]]:
-        ends[frame_id] = [state, detail, correct, latency_ms]
+    if sinks is None and (known is None or len(known) == 4):
+        if known is None or _RANK[state] > _RANK[known[0]]:
+            ends[frame_id] = [state, detail, correct, latency_ms]
+        return outcome
+    per_sink = {} if known is None else dict(known[4]) if len(known) > 4 else {None: known[:4]}
+    for sink, end in (sinks if sinks is not None else {None: [state, detail, correct, latency_ms]}).items():
+        have = per_sink.get(sink)
+        if have is None or _RANK[end[0]] > _RANK[have[0]]:
+            per_sink[sink] = end
+    top = known[:4] if known is not None else None
+    if top is None or _RANK[state] > _RANK[top[0]]:
+        top = [state, detail, correct, latency_ms]
+    ends[frame_id] = [*top, per_sink]
     return outcome
+
+
+def scope(outcome: dict, sinks: tuple[str, ...]) -> dict:
+    """``outcome`` (of messages sent to one stage) with every end that names no sink made an end at
+    each of ``sinks``, the sinks downstream of that stage: what happened to a message on its way there
+    happened on its way to each of them. A new outcome; ``outcome`` is left as it was."""
+    out = new_outcome()
+    for frame_id, end in outcome["ends"].items():
+        per_sink = dict(end[4]) if len(end) > 4 else {None: end[:4]}
+        unnamed = per_sink.pop(None, None)
+        if unnamed is not None:
+            for sink in sinks:
+                have = per_sink.get(sink)
+                if have is None or _RANK[unnamed[0]] > _RANK[have[0]]:
+                    per_sink[sink] = unnamed
+        out["ends"][frame_id] = [*end[:4], per_sink]
+    return out
+
+
+def scoped(future: asyncio.Future, sinks: tuple[str, ...]) -> asyncio.Future:
+    """A future of ``future``'s outcome passed through :func:`scope`."""
+    result = asyncio.get_running_loop().create_future()
+    future.add_done_callback(lambda done: _settle(result, scope(done.result(), sinks)) if not done.cancelled()
+                             else result.cancel())
+    return result
 
 
 def merge_into(total: dict, part: dict, only: Any = None) -> dict:
@@ -115,12 +164,15 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-def result_of(message: dict, completed_at: float) -> dict:
-    """What an output receives for one frame: its identity and timing, the sink model's outputs under
-    ``outputs`` (name -> nested lists), and, as before ``outputs`` existed, the same fields at the top
-    level too (readers of the first results' shape keep working)."""
+def result_of(message: dict, completed_at: float, sink: str | None = None) -> dict:
+    """What an output receives for one frame: its identity and timing, the sink that made it
+    (``sink``), the sink model's outputs under ``outputs`` (name -> nested lists), and, as before
+    ``outputs`` existed, the same fields at the top level too (readers of the first results' shape
+    keep working)."""
     out = {"frame_id": message.get("frame_id"), "source": message.get("source"), "site": message.get("site"),
            "received_at": message.get("received_at"), "completed_at": completed_at}
+    if sink is not None:
+        out["sink"] = sink
     produced = {}
     for key, value in message.items():
         if key not in out and key not in INTERNAL:
@@ -604,6 +656,11 @@ class StageCounts:
     batch_sizes: dict = field(default_factory=dict)  # size -> batches run at that size
 
 
+def _sinks_of(sinks_below: dict[str, tuple[str, ...]] | None) -> frozenset[str]:
+    """The sinks of a workflow, from its map of the sinks downstream of each stage."""
+    return frozenset(sink for sinks in (sinks_below or {}).values() for sink in sinks)
+
+
 class StageWorker:
     """One replica: its runners (a fused chain), its inbound queue, its batches, its outputs.
 
@@ -618,13 +675,18 @@ class StageWorker:
     def __init__(self, stages: list[str], batch_sizes: list[int], runners: list[Runner], forwarder: Forwarder, *,
                  consumers: dict[str, tuple[str, ...]], sink: str, stateful: bool = False, max_wait_s: float = 0.002,
                  max_forwarding: int = 8, deliver: Callable[[list[dict]], Any] | None = None,
-                 threaded: bool = False, capacity: int | None = None, max_take: int = 64) -> None:
+                 threaded: bool = False, capacity: int | None = None, max_take: int = 64,
+                 sinks_below: dict[str, tuple[str, ...]] | None = None) -> None:
         self.stages = stages
         self.batch_sizes = batch_sizes
         self.runners = runners
         self.forwarder = forwarder
         self.consumers = consumers
         self.sink = sink
+        #: stage -> the sinks downstream of it (itself, for a sink), for a workflow with several sinks:
+        #: ends are then kept per sink (:func:`mark`). None or one sink: the workflow's only sink, ``sink``.
+        self.sinks_below = sinks_below if sinks_below and len(_sinks_of(sinks_below)) > 1 else None
+        self.sinks = _sinks_of(self.sinks_below) if self.sinks_below else frozenset([sink])
         self.stateful = stateful
         self.max_wait_s = max_wait_s
         self.deliver = deliver
@@ -770,7 +832,8 @@ class StageWorker:
             for message, produced in zip(messages, outputs):
                 if not produced:
                     mark(own, message.get("frame_id"), PENDING)  # a join holds the part for the frame's others
-        if tail == self.sink:
+        if tail in self.sinks:
+            several = self.sinks_below is not None
             results: list[dict] = []
             now = time.time()
             for produced in outputs:
@@ -780,7 +843,8 @@ class StageWorker:
                     if known is not None:
                         # A frame sent again (its first outcome was lost with a replica that died after
                         # the sink had it): it did complete, once; its result is not delivered twice.
-                        mark(own, frame_id, COMPLETED, None, *known)
+                        mark(own, frame_id, COMPLETED, None, *known,
+                             sinks={tail: [COMPLETED, None, *known]} if several else None)
                         continue
                     latency = (now - out["received_at"]) * 1000.0 if out.get("received_at") else None
                     correct = out.get("correct")  # None: no ground truth, nothing to judge
@@ -789,22 +853,26 @@ class StageWorker:
                     if len(self.completed_recently) > 100_000:
                         self.completed_recently.popitem(last=False)
                     self.completed += 1
-                    result = result_of(out, now)
+                    result = result_of(out, now, tail)
                     results.append(result)
-                    mark(own, frame_id, COMPLETED, result if out.get("reply") else None, correct, latency)
+                    detail = result if out.get("reply") else None
+                    mark(own, frame_id, COMPLETED, detail, correct, latency,
+                         sinks={tail: [COMPLETED, detail, correct, latency]} if several else None)
             if results and self.deliver is not None:
                 try:
                     await self.deliver(results)
                 except Exception as exc:  # noqa: BLE001 - an output that cannot take results fails them
                     reason = f"output: {type(exc).__name__}: {str(exc)[:200]}"
+                    failed = [FAILED, reason, False, None]
                     for frame_id, end in list(own["ends"].items()):
                         if end[0] == COMPLETED:
-                            own["ends"][frame_id] = [FAILED, reason, False, None]
+                            own["ends"][frame_id] = [*failed, {tail: failed}] if several else failed
         else:
             flat = [out for produced in outputs for out in produced]
             if flat:
                 for n, consumer in enumerate(self.consumers.get(tail, ())):
-                    sends.append(self.forwarder.send(consumer, flat if n == 0 else [dict(m) for m in flat]))
+                    sent = self.forwarder.send(consumer, flat if n == 0 else [dict(m) for m in flat])
+                    sends.append(sent if self.sinks_below is None else scoped(sent, self.sinks_below[consumer]))
         downstream = await merged(sends) if sends else new_outcome()
         ends, mine = downstream["ends"], own["ends"]
         for batch, future in entries:

@@ -26,7 +26,8 @@ def telemetry():
     telemetry = Telemetry(deployment, plan, Metrics())
     actors = {"cameras@cam-1": SimpleNamespace(key="cameras@cam-1", site="cam-1")}
     pipeline = SimpleNamespace(bundle=bundle, actors=actors, links_down=set(), replicas={},
-                               ledger=SimpleNamespace(in_flight=0, completed=0, correct=0, accuracy_percent=None))
+                               ledger=SimpleNamespace(in_flight=0, completed=0, correct=0, accuracy_percent=None),
+                               sink_ledgers={"aggregate": SimpleNamespace(accuracy_percent=90.0)})
     telemetry.started(pipeline)
     return telemetry, pipeline
 
@@ -53,7 +54,8 @@ def test_reports_move_counters_by_their_difference(telemetry) -> None:  # noqa: 
             latency.add(5.0)
         return {"kind": "source", "key": "cameras@cam-1", "source": "cameras", "site": "cam-1", "sent": sent,
                 "completed": sent, "failed": 0, "correct": sent, "shed": 0, "latency": latency.state(),
-                "link_bytes": {"cloud": size}, "link_messages": {"cloud": sent}}
+                "link_bytes": {"cloud": size}, "link_messages": {"cloud": sent},
+                "sinks": {"aggregate": {"sent": sent, "completed": sent - 1, "failed": 1, "correct": sent - 2}}}
 
     t.update(pipeline, [report(1000, 10)])
     assert value("jellybean_link_bytes_total", cam) == 1000 and value("jellybean_link_bytes_total", hub) == 1000
@@ -61,6 +63,12 @@ def test_reports_move_counters_by_their_difference(telemetry) -> None:  # noqa: 
     assert value("jellybean_link_bytes_total", hub) == 1500 and value("jellybean_link_messages_total", hub) == 12
     sent = {"workflow": "digits", "source": "cameras", "site": "cam-1", "tier": "device"}
     assert value("jellybean_frames_sent_total", sent) == 12
+    at_sink = {"workflow": "digits", "sink": "aggregate"}
+    assert value("jellybean_sink_frames_total", {**at_sink, "outcome": "completed"}) == 11
+    assert value("jellybean_sink_frames_total", {**at_sink, "outcome": "failed"}) == 1
+    assert value("jellybean_sink_frames_correct_total", at_sink) == 10
+    assert value("jellybean_sink_accuracy_measured_percent", at_sink) == 90.0
+    assert value("jellybean_sink_accuracy_target_percent", at_sink) == 95.0
     e2e = {"workflow": "digits"}
     assert value("jellybean_end_to_end_latency_seconds_count", e2e) == 12  # the sketch's gain, once
     assert value("jellybean_end_to_end_latency_seconds_bucket", {**e2e, "le": "0.005"}) == 12
