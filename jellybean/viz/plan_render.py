@@ -164,8 +164,13 @@ def layout_plan(plan: Plan, topology: Topology, *, max_boxes_per_tier: int = MAX
                                                and box_of.get(_parent_of(l)) != key])
     cost = plan.cost
     accuracy = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
+    accuracy = f"accuracy {accuracy} (target {plan.accuracy_target:g})"
+    if len(plan.sinks) > 1:
+        accuracy = "accuracy " + ", ".join(
+            f"{s.stage} {'-' if s.accuracy is None else f'{s.accuracy:.2f}'} (target {s.accuracy_target:g})"
+            for s in plan.sinks)
     title = (f"{plan.workflow}: ${cost.total_per_hour:.3f}/h (compute ${cost.compute_per_hour:.3f} + network "
-             f"${cost.network_per_hour:.3f}), accuracy {accuracy} (target {plan.accuracy_target:g})")
+             f"${cost.network_per_hour:.3f}), {accuracy}")
     subtitle = [f"strategy {plan.strategy}, {plan.sharing} instances; models: "
                 + ", ".join(f"{stage} = {variant}" for stage, variant in plan.models.items()),
                 f"share: the fraction of a stage's requests served there; {ARROWS['up']} {ARROWS['down']} traffic per "
