@@ -172,3 +172,32 @@ def test_backpressure_paces_the_sources_and_loses_nothing(ray_local, digits, dig
     summary = pipeline.stop(drain=True)
     assert 0 < peak <= 64  # no source ever had more in flight than its room
     assert summary.frames.lost == 0 and summary.frames.failed == 0 and summary.frames.completed == summary.frames.sent
+
+
+def test_two_sinks_served_end_to_end(ray_local, digits_zoo, tmp_path: Path) -> None:
+    """workflows/two-sinks on real Ray with the digits models, its cameras replayed: every frame ends
+    at its sink, each output gets its own sinks' results, and accuracy is measured per sink, near
+    what the plan predicts for each."""
+    bundle = load_bundle([Path(__file__).resolve().parents[2] / "workflows" / "two-sinks"])
+    replayed = bundle.workflow.model_copy(deep=True)
+    for source in replayed.spec.sources:
+        source.ingest, source.payload, source.replay = None, None, "digits-frames"
+    bundle = type(bundle)(replayed, bundle.zoo, bundle.topology, bundle.sources)
+    plan = make_plan(bundle, baselines=False)
+    pipeline = Pipeline(bundle, plan, cache_dir=digits_zoo, output_dir=tmp_path, report_interval_s=0.2)
+    pipeline.start()
+    eventually(lambda: all(view.completed >= 150 for view in pipeline.sink_ledgers.values()), 60, p=pipeline)
+    summary = pipeline.stop(drain=True)
+    assert summary.frames.lost == 0 and summary.frames.failed == 0, summary.failures
+    sinks = {s.sink: s for s in summary.sinks}
+    assert list(sinks) == ["readings", "meter-readings"]
+    assert sum(s.frames.completed for s in sinks.values()) == summary.frames.completed == summary.frames.sent
+    predicted = {s.stage: s.accuracy for s in plan.sinks}
+    for name, row in sinks.items():
+        assert row.accuracy_predicted == predicted[name]
+        assert row.accuracy_measured is not None and abs(row.accuracy_measured - predicted[name]) < 8, row
+    import json
+
+    billing = [json.loads(line) for line in (tmp_path / "two-sinks" / "billing.jsonl").read_text().splitlines()]
+    assert len(billing) == sinks["meter-readings"].frames.completed
+    assert {r["sink"] for r in billing} == {"meter-readings"}
