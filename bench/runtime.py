@@ -95,7 +95,7 @@ class Direct:
         stage_task = {s.name: s.task for s in bundle.workflow.spec.stages}
         order = [s.name for s in bundle.workflow.spec.stages]
         by_stage = {a.stage: a for a in plan.assignments}
-        loader = {st: bundle.zoo.spec.task(stage_task[st]).variant(by_stage[st].variant).loader for st in order}
+        loader = {st: bundle.zoo.spec.task(stage_task[st]).variant(by_stage[st].variant).runner for st in order}
         self.sites = list(dict.fromkeys(by_stage[st].site for st in order))
         frames = [dict(f, frame_id=n) for n, f in enumerate(load_dataset(bundle.workflow.spec.sources[0].replay_dataset))]
         frames = frames[:2048]

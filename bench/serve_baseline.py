@@ -27,7 +27,7 @@ def serve_max(bundle, plan, cache: Path, seconds: float, *, in_flight: int = 256
 
     stage_task = {s.name: s.task for s in bundle.workflow.spec.stages}
     placed = {a.stage: a for a in plan.assignments}
-    loaders = {a.stage: bundle.zoo.spec.task(stage_task[a.stage]).variant(a.variant).loader for a in plan.assignments}
+    loaders = {a.stage: bundle.zoo.spec.task(stage_task[a.stage]).variant(a.variant).runner for a in plan.assignments}
     order = [s.name for s in bundle.workflow.spec.stages]
     if len(order) != 3:
         raise ValueError("the Ray Serve baseline is written for the digits workflow (detect, classify, aggregate)")
