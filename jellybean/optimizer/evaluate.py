@@ -451,7 +451,7 @@ def build_plan(
     cost = Cost(compute_per_hour=compute, network_per_hour=network, total_per_hour=compute + network,
                 by_tier={t: by_tier[t] for t in tier_order if t in by_tier})
     sinks = sink_results(problem, solution, accuracy)
-    return Plan(
+    result = Plan(
         feasible=True, models=dict(solution.models), assignments=assignments, instances=instances, links=links,
         cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
         latency_ms=_worst(s.latency_ms for s in sinks), latency_ms_p90=_worst(s.latency_ms_p90 for s in sinks),
@@ -459,6 +459,8 @@ def build_plan(
         rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon),
         sinks=sinks, stage_minimums=stage_minimums(problem, solution), **base,
     )
+    result._solution = solution
+    return result
 
 
 def _worst(values) -> float | None:  # noqa: ANN001 - an iterable of latencies
