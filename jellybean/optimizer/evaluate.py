@@ -459,7 +459,7 @@ def build_plan(
         rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon),
         sinks=sinks, stage_minimums=stage_minimums(problem, solution), **base,
     )
-    result._solution = solution
+    result.keep_solution(solution)
     return result
 
 

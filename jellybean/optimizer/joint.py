@@ -328,7 +328,7 @@ def plan_jointly(
                            baselines=combined.baselines, sequential=comparison,
                            running=sorted({p.workflow for p in running})),
         explanation=combined.explanation, warnings=combined.warnings)
-    result._combined = combined
+    result.keep_combined(combined)
     return result
 
 
@@ -336,7 +336,7 @@ def _workflow_plans(joint: JointProblem, combined: Plan, strategy: str) -> list[
     """Each workflow's Plan: its part of the joint solution, priced on its own Problem (the same
     code as a single workflow's plan), with the joint solve's statistics and a note naming the others."""
     names = list(joint.parts)
-    solution = combined._solution
+    solution = combined.solution
     pieces = split(joint, solution) if solution is not None else {}
     plans = []
     for wf, part in joint.parts.items():

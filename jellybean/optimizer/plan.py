@@ -15,6 +15,21 @@ class _Out(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
 
+class _Beside:
+    """A value kept beside a model in memory and never part of it: not serialised, and equal to any
+    other, so that a Plan made here equals the same Plan read back from its JSON."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Assignment(_Out):
     """One stage served by one instance group at one site (or one class of identical sites)."""
 
@@ -181,10 +196,18 @@ class Plan(_Out):
         default="cost", description="What was minimised: $/h, gCO2/h (then $/h), or $/h with carbon priced.")
     carbon: Carbon | None = Field(default=None, description="gCO2/h in total and per tier; None when the topology "
                                   "gives no power and carbon-intensity figures.")
-    #: The decisions this plan was priced from (a ``jellybean.optimizer.solution.Solution``, None when
-    #: infeasible), kept in memory for whoever planned it (several workflows' joint plan is split from
-    #: it); never serialised.
-    _solution: Any = PrivateAttr(default=None)
+    #: The decisions this plan was priced from (:attr:`solution`), kept beside it in memory.
+    _solution: _Beside = PrivateAttr(default_factory=_Beside)
+
+    @property
+    def solution(self) -> Any:  # noqa: ANN401 - a jellybean.optimizer.solution.Solution, or None
+        """The decisions this plan was priced from (a ``jellybean.optimizer.solution.Solution``), when
+        it was made in this process and is feasible: several workflows' joint plan is split from it.
+        Never serialised, and no part of the plan's value (a plan read back from JSON equals it)."""
+        return self._solution.value
+
+    def keep_solution(self, solution: Any) -> None:  # noqa: ANN401 - a Solution
+        self._solution = _Beside(solution)
 
 
 # --- several workflows planned together (jellybean.optimizer.joint) ------------------------------
@@ -253,11 +276,15 @@ class JointPlan(_Out):
     joint: JointSummary
     explanation: list[str] = Field(default_factory=list, description="Why no joint plan exists, in words.")
     warnings: list[str] = Field(default_factory=list)
-    #: The joint plan as one Plan over every workflow (stages named ``workflow/stage``): what a picture
-    #: of the whole topology draws; kept in memory, never serialised.
-    _combined: Any = PrivateAttr(default=None)
+    #: The joint plan as one Plan over every workflow (:attr:`combined`), kept beside it in memory.
+    _combined: _Beside = PrivateAttr(default_factory=_Beside)
 
     @property
     def combined(self) -> Plan | None:
-        """The joint plan as one Plan (stages named ``workflow/stage``), when it was made here."""
-        return self._combined
+        """The joint plan as one Plan over every workflow (stages named ``workflow/stage``): what a
+        picture of the whole topology draws; when it was made in this process (never serialised, and
+        no part of the value)."""
+        return self._combined.value
+
+    def keep_combined(self, combined: Plan) -> None:
+        self._combined = _Beside(combined)

@@ -258,11 +258,12 @@ def random_sinks_bundle(seed: int, *, sharing: str, max_instances: int = 4) -> B
     return make_bundle({"tasks": tasks}, topology, workflow)
 
 
-def random_joint_bundles(seed: int, *, sharing: str, max_instances: int = 4) -> list[Bundle]:
+def random_joint_bundles(seed: int, *, sharing: str, max_instances: int = 4, carbon: bool = False) -> list[Bundle]:
     """Two workflows on one small random topology, each with a zoo of its own: ``vision``
     (``cams -> s1 -> s2``, zoo ``zv``) and ``audio`` (``mics -> s1``, zoo ``za``, whose task is named
     ``t1`` like vision's first one but has other variants: the zoos must not mix). Their sources are
-    at the same hubs, so they compete for the hubs' instances and uplinks."""
+    at the same hubs, so they compete for the hubs' instances and uplinks. ``carbon``: with carbon
+    figures (:func:`add_carbon`, from their own generator)."""
     rng = random.Random(20_000 + seed)
     hardware = ["cpu", "gpu"]
     profiles = _profiles_maker(rng, hardware)
@@ -285,5 +286,7 @@ def random_joint_bundles(seed: int, *, sharing: str, max_instances: int = 4) -> 
         "stages": [{"name": "s1", "task": "t1", "inputs": ["mics"]}],
         "slo": {"accuracy": round(rng.uniform(55, 90), 1)},
     }
+    if carbon:
+        add_carbon(topology, random.Random(3_000_017 * seed + 5))
     return [make_bundle(vision_zoo, topology, vision, names=("vision", "zv", "t")),
             make_bundle(audio_zoo, topology, audio, names=("audio", "za", "t"))]

@@ -12,6 +12,7 @@ import pytest
 
 from jellybean.optimizer.accuracy import choose_model
 from jellybean.optimizer.capacity import capacity_left
+from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.joint import compile_joint, joint_name, plan_jointly, split
 from jellybean.optimizer.planner import plan, run_strategy
@@ -43,7 +44,7 @@ def test_joint_plan_is_the_brute_force_optimum_of_the_combined_problem(seed: int
         return
     assert result.feasible, f"brute force finds {expected:.4f} $/h, the joint plan none: {result.explanation}"
     assert result.cost.total_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    solution = result._solution
+    solution = result.solution
     assert verify(problem, solution, joint.accuracy) == []
     if sharing == "shared":  # an instance serves one workflow: counts are kept per workflow
         assert {key for _g, key in solution.counts} <= {"vision", "audio"}
@@ -85,6 +86,23 @@ def test_joint_is_never_dearer_than_one_after_another(seed: int, sharing: str) -
     if result.feasible:
         assert result.total.cost_by_workflow.keys() == {"vision", "audio"}
         assert sum(result.total.cost_by_workflow.values()) == pytest.approx(result.total.cost.total_per_hour)
+
+
+@pytest.mark.parametrize("sharing", ["exclusive", "shared"])
+@pytest.mark.parametrize("seed", range(6))
+def test_least_carbon_together_is_the_brute_force_optimum(seed: int, sharing: str) -> None:
+    """Objective carbon, for both workflows together: the least gCO2/h enumeration finds (each
+    instance in use at idle + (busy - idle) x utilisation, its site's intensity)."""
+    bundles = random_joint_bundles(seed, sharing=sharing, carbon=True)
+    joint = compile_joint(bundles, aggregate=False)
+    joint.problem.objective = Objective("carbon")
+    expected = brute_force(joint.problem, joint.accuracy, cost_weight=0.0, carbon_weight=1.0)
+    result = run_strategy(joint.problem, joint.accuracy, "optimal", gap_rel=1e-9)
+    if math.isinf(expected):
+        assert not result.feasible
+        return
+    assert result.feasible and result.carbon.total_g_per_hour == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert verify(joint.problem, result.solution, joint.accuracy) == []
 
 
 def test_the_random_instances_make_sharing_matter() -> None:
@@ -217,7 +235,7 @@ def test_each_workflow_keeps_its_own_latency_bound() -> None:
     assert vision_plan.latency_bound_ms == 30 and audio_plan.latency_bound_ms is None
     assert vision_plan.latency_ms <= 30
     assert [a.site for a in vision_plan.assignments] == ["store"]
-    assert verify(joint.problem, result.combined._solution, joint.accuracy) == []
+    assert verify(joint.problem, result.combined.solution, joint.accuracy) == []
     # A bound on audio too, of 30 ms: still feasible (both at the store), and checked for each.
     audio = workflow("kws", "kws", "mics", 0.1, latency_ms=30)
     audio["slo"]["latency_percentile"] = "mean"
@@ -337,3 +355,43 @@ def test_a_latency_bound_out_of_reach_is_said_for_its_workflow() -> None:
     result = plan_jointly(two(store(boxes=2), vision=vision), baselines=False, sequential=False)
     assert not result.feasible
     assert any("latency bounds (vision/detect 10 ms)" in reason for reason in result.explanation), result.explanation
+
+
+def test_outputs_pinned_to_sites_are_each_workflows() -> None:
+    """Each workflow's results delivered to a site: the joint plan carries each to its output (named
+    ``workflow/output``), and each workflow's part carries its own, in its own names. Audio runs at
+    the store (the box) and its alerts go up to the cloud; vision runs in the cloud, where its
+    dashboard is."""
+    vision, audio = workflow("detect", "detect", "cams", 2.0), workflow("kws", "kws", "mics", 200.0)
+    vision["outputs"] = [{"name": "dashboard", "kind": "stream", "site": "cloud"}]
+    audio["outputs"] = [{"name": "alerts", "kind": "stream", "site": "cloud", "result_kb": 4.0}]
+    bundles = two(store(), vision, audio)
+    joint = compile_joint(bundles)
+    assert [o.key for o in joint.problem.outputs] == ["vision/detect->output:vision/dashboard",
+                                                      "audio/kws->output:audio/alerts"]
+    result = plan_jointly(bundles, baselines=False, sequential=False)
+    assert result.feasible
+    solution = result.combined.solution
+    assert verify(joint.problem, solution, joint.accuracy) == []
+    for name, part in split(joint, solution).items():
+        assert verify(joint.parts[name], part, joint.part_accuracy[name]) == []
+    vision_plan, audio_plan = result.workflows
+    assert [a.site for a in audio_plan.assignments] == ["store"]
+    (alerts,) = audio_plan.links
+    assert alerts.carries == ["kws->output:alerts"] and alerts.gb_per_hour == pytest.approx(20 * 4.0 * 3600 / 1024 ** 2)
+    (up,) = [row for row in result.total.links if row.from_ == "store"]
+    assert up.carries == ["audio/kws->output:audio/alerts", "vision/cams->vision/detect"]
+
+
+def test_what_is_kept_in_memory_is_no_part_of_a_plans_value() -> None:
+    """A plan keeps the Solution it was priced from (and a joint plan its combined plan) in memory,
+    for splitting and drawing; neither is serialised nor compared: read back from JSON, both are equal
+    (the controller stores plans as JSON and compares them)."""
+    result = plan_jointly(two(store()), baselines=False)
+    assert result.combined is not None and result.combined.solution is not None
+    back = type(result).model_validate(result.model_dump(mode="json", by_alias=True))
+    assert back.combined is None and back == result
+    (single,) = [p for p in result.workflows if p.workflow == "vision"]
+    again = type(single).model_validate_json(single.model_dump_json(by_alias=True))
+    assert again.solution is None and again == single and single.solution is not None
+    assert "solution" not in single.model_dump() and "combined" not in result.model_dump()
