@@ -70,6 +70,7 @@ demo: install
 plan-demo: install
 	$(BIN)/jellybean plan -f workflows/vqa-medium
 	$(BIN)/jellybean plan -f workflows/vehicle-tracking
+	$(BIN)/jellybean plan -f workflows/store
 
 # JELLYBEAN=DIR (a checkout of libertyeagle/JellyBean) and JELLYBEAN_PYTHON=PY (with its dependencies)
 # also time JellyBean's own optimizer on the scaled instances.

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="choose models and placement; show the plan beside every baseline")
     _add_files(p)
     add_model_store_argument(p, checked="when given, the workflow's artifacts are proved loadable first")
-    p.add_argument("--workflow", help="the Workflow to plan when the files hold several")
+    p.add_argument("--workflow", action="append", metavar="NAME",
+                   help="plan this Workflow only, when the files hold several (repeat to plan several of them "
+                   "together; default: every Workflow given, planned together on their one Topology)")
     p.add_argument("--strategy", default="optimal", choices=STRATEGIES,
                    help="optimal (MILP, default) or a baseline: cloud-only, edge-first, two-stage, jellybean")
     mode = p.add_mutually_exclusive_group()
@@ -151,10 +153,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """``jellybean plan``: one workflow's plan, as ever; with several workflows in the files (and no
+    ``--workflow``, or several), their joint plan (:func:`jellybean.optimizer.joint.plan_jointly`):
+    JSON/YAML ``{"feasible", "workflows", "total", "joint", "explanation", "warnings"}``."""
     started = time.perf_counter()  # --time-limit is for the whole run: loading the documents counts
     from jellybean.cli.render import render_plan
     from jellybean.optimizer import plan as make_plan
-    from jellybean.spec.bundle import load_bundle
+    from jellybean.spec.bundle import load_bundles
 
     if args.render is not None:
         from jellybean.viz.figure import check_picture_path
@@ -163,23 +168,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
             check_picture_path(args.render)
         except ValueError as exc:
             raise UsageError(f"--render: {exc}") from None
-    bundle = load_bundle(args.files, args.workflow)
-    if getattr(args, "model_store", None) is not None:  # asked for: the workflow's artifacts, proved loadable
+    bundles = load_bundles(args.files, args.workflow)
+    if getattr(args, "model_store", None) is not None:  # asked for: the workflows' artifacts, proved loadable
         from jellybean.artifacts import ModelStore
         from jellybean.plugins import unservable
         from jellybean.spec.errors import SpecError
 
-        problems = unservable(bundle, ModelStore(args.model_store))
+        store = ModelStore(args.model_store)
+        problems = [issue for bundle in bundles for issue in unservable(bundle, store)]
         if problems:
             raise SpecError(problems)
     sharing = "exclusive" if args.exclusive_instances else "shared" if args.shared_instances else None
     if not args.time_limit > 0:  # also refuses nan
         raise UsageError("--time-limit must be positive")
     objective, carbon_at = _carbon_options(args)
+    options = dict(strategy=args.strategy, sharing=sharing, baselines=not args.no_baselines,
+                   time_limit_s=args.time_limit, solver=args.solver, objective=objective, carbon_at=carbon_at,
+                   started=started)
     try:
-        result = make_plan(bundle, strategy=args.strategy, sharing=sharing, baselines=not args.no_baselines,
-                           time_limit_s=args.time_limit, solver=args.solver, objective=objective,
-                           carbon_at=carbon_at, started=started)
+        if len(bundles) > 1:  # several workflows: planned together, and one after another for the comparison
+            from jellybean.cli.render import render_joint_plan
+            from jellybean.optimizer.joint import plan_jointly
+
+            result = plan_jointly(bundles, **options)
+            text, picture = render_joint_plan, result.combined
+        else:
+            result = make_plan(bundles[0], **options)
+            text, picture = render_plan, result
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.format == "json":
@@ -187,9 +202,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     elif args.format == "yaml":
         print(yaml.safe_dump(result.model_dump(mode="json", by_alias=True), sort_keys=False), end="")
     else:
-        print(render_plan(result))
+        print(text(result))
     if args.render is not None:
-        _render_picture(result, bundle.topology, args.render)
+        _render_picture(picture, bundles[0].topology, args.render)
     return EXIT_OK if result.feasible else EXIT_INFEASIBLE
 
 

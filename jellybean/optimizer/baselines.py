@@ -53,15 +53,14 @@ def edge_first(problem: Problem, models: dict[str, str]) -> Solution:
     """Greedy lowest-tier-first placement of fixed variants, then cheapest routing."""
     nodes, groups = problem.nodes, problem.groups
     h = problem.max_utilization
-    exclusive = problem.sharing == "exclusive"
     used_count: dict[tuple[int, str | None], float] = {}
     rates: dict[int, float] = {}
     bottom_up = sorted(range(len(nodes)), key=lambda i: -nodes[i].depth)
 
-    def load_of(g: int, stage: str | None = None) -> float:
-        """Busy instance-equivalents on group g (of one stage, or all), per member site."""
+    def load_of(g: int, key: str | None) -> float:
+        """Busy instance-equivalents on group g of one count (:meth:`Problem.count_key`), per member site."""
         return sum(r / problem.options[oi].throughput_per_s for oi, r in rates.items()
-                   if problem.options[oi].group == g and (stage is None or problem.options[oi].stage == stage))
+                   if problem.options[oi].group == g and problem.count_key(problem.options[oi].stage) == key)
 
     def best_option(stage: str, g: int):
         opts = [problem.options[o] for o in problem.options_by_stage[stage]
@@ -97,18 +96,17 @@ def edge_first(problem: Problem, models: dict[str, str]) -> Solution:
                         candidates.append((groups[g].price_per_hour / o.throughput_per_s, g, o))
                 for _, g, o in sorted(candidates, key=lambda c: (c[0], c[1])):
                     group = groups[g]
-                    if exclusive:
-                        others = sum(c for (gg, st), c in used_count.items() if gg == g and st != s)
-                        capacity = h * (group.limit - others) - load_of(g, s)
-                    else:
-                        capacity = h * group.limit - load_of(g)
+                    # The instances of the group's other counts (other stages in exclusive mode, other
+                    # workflows planned together in shared mode) are not this stage's to use.
+                    key = problem.count_key(s)
+                    others = sum(c for (gg, k), c in used_count.items() if gg == g and k != key)
+                    capacity = h * (group.limit - others) - load_of(g, key)
                     serve = min(demand, max(0.0, capacity) * o.throughput_per_s)
                     if serve <= TOL:
                         continue
                     rates[o.index] = rates.get(o.index, 0.0) + serve
                     demand -= serve
-                    key = (g, s) if exclusive else (g, None)
-                    used_count[key] = math.ceil(load_of(g, s if exclusive else None) / h - 1e-9)
+                    used_count[(g, key)] = math.ceil(load_of(g, key) / h - 1e-9)
                     if demand <= TOL:
                         break
             if demand > TOL:

@@ -284,7 +284,7 @@ def expected_latency_ms(problem: Problem, solution: Solution, option_index: int,
     A ``fused`` stage (run in its input stage's process) pays neither the hop nor the wait."""
     o = problem.options[option_index]
     group = problem.groups[o.group]
-    count = solution.counts.get((o.group, o.stage), solution.counts.get((o.group, None), 1.0))
+    count = solution.counts.get((o.group, problem.count_key(o.stage)), solution.counts.get((o.group, None), 1.0))
     replicas = max(1, math.ceil(count - 1e-9))
     per_replica = max(rate, 1e-9) / replicas
     wait_ms = problem.batch_wait_ms
@@ -323,7 +323,7 @@ def _fused(problem: Problem, solution: Solution) -> set[tuple[str, int]]:
         for (stage, node), groups in where.items():
             if stage == s and where.get((u, node)) == groups and len(groups) == 1:
                 (group,) = groups
-                count = solution.counts.get((group, s), solution.counts.get((group, None), 1.0))
+                count = solution.counts.get((group, problem.count_key(s)), solution.counts.get((group, None), 1.0))
                 if count <= 1.0 + 1e-9:
                     out.add((s, node))
     return out
@@ -399,10 +399,7 @@ def build_plan(
         o = problem.options[o_index]
         g = groups[o.group]
         node = nodes[g.node]
-        if problem.sharing == "exclusive":
-            count = solution.counts.get((g.index, o.stage), 0.0)
-        else:
-            count = solution.counts.get((g.index, None), 0.0)
+        count = solution.counts.get((g.index, problem.count_key(o.stage)), 0.0)
         busy = rate / o.throughput_per_s
         assignments.append(Assignment(
             stage=o.stage, variant=o.variant, tier=node.tier.value, site=node.name,
@@ -454,7 +451,7 @@ def build_plan(
     cost = Cost(compute_per_hour=compute, network_per_hour=network, total_per_hour=compute + network,
                 by_tier={t: by_tier[t] for t in tier_order if t in by_tier})
     sinks = sink_results(problem, solution, accuracy)
-    return Plan(
+    result = Plan(
         feasible=True, models=dict(solution.models), assignments=assignments, instances=instances, links=links,
         cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
         latency_ms=_worst(s.latency_ms for s in sinks), latency_ms_p90=_worst(s.latency_ms_p90 for s in sinks),
@@ -462,6 +459,8 @@ def build_plan(
         rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon),
         sinks=sinks, stage_minimums=stage_minimums(problem, solution), **base,
     )
+    result.keep_solution(solution)
+    return result
 
 
 def _worst(values) -> float | None:  # noqa: ANN001 - an iterable of latencies
@@ -532,7 +531,7 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
     loads_by_key: dict[tuple[int, str | None], float] = {}
     for o_index, rate in solution.rates.items():
         o = problem.options[o_index]
-        key = (o.group, o.stage if problem.sharing == "exclusive" else None)
+        key = (o.group, problem.count_key(o.stage))
         loads_by_key[key] = loads_by_key.get(key, 0.0) + rate / o.throughput_per_s
     for key, load in loads_by_key.items():
         count = solution.counts.get(key, 0.0)
@@ -543,15 +542,21 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
         used = _group_count(problem, solution, g.index)
         if used > g.limit + tol:
             problems.append(f"group {g.name} at {nodes[g.node].name} uses {used} instances, has {g.limit}")
-    if problem.sharing == "shared":
+    if problem.sharing == "shared":  # an instance in use hosts every model of its count placed on its group
         for g in groups:
             if g.memory_mb is None:
                 continue
-            hosted = {(problem.options[o].stage, problem.options[o].variant)
-                      for o, rate in solution.rates.items() if rate > tol and problem.options[o].group == g.index}
-            total = sum(problem.stages[s].variant(v).memory_mb for s, v in hosted)
-            if total > g.memory_mb + tol:
-                problems.append(f"group {g.name} at {nodes[g.node].name} hosts {total} MB of models, has {g.memory_mb}")
+            hosted: dict[str | None, set[tuple[str, str]]] = {}
+            for o, rate in solution.rates.items():
+                if rate > tol and problem.options[o].group == g.index:
+                    stage = problem.options[o].stage
+                    hosted.setdefault(problem.count_key(stage), set()).add((stage, problem.options[o].variant))
+            for key, models in sorted(hosted.items(), key=lambda kv: kv[0] or ""):
+                total = sum(problem.stages[s].variant(v).memory_mb for s, v in models)
+                if total > g.memory_mb + tol:
+                    whose = "" if key is None else f" for workflow {key}"
+                    problems.append(f"group {g.name} at {nodes[g.node].name} hosts {total} MB of models{whose}, "
+                                    f"has {g.memory_mb}")
     # Flow conservation: everything produced is consumed, joins pair one to one.
     rates = stage_rates(problem, solution)
     produced = production(problem, solution, rates)
@@ -590,16 +595,32 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
                 problems.append(f"uplink of {node.name} ({load.direction}) carries {load.mbps:.2f} Mbps > "
                                 f"{allowed:g}{share}")
     problems += accuracy.shortfalls(problem, solution.models, tol=1e-6)
-    if problem.latency_bound_ms is not None:
-        latency = worst_latency(problem, solution, problem.latency_percentile)
-        if latency is not None and latency > problem.latency_bound_ms * (1 + tol):
-            problems.append(f"latency {latency:.2f} ms above bound {problem.latency_bound_ms}")
+    problems += _latency_violations(problem, solution, tol)
     budget = problem.objective.carbon_budget_g_per_hour
     if budget is not None:
         emitted = carbon_g_per_hour(problem, solution)
         if emitted > budget * (1 + tol) + tol:
             problems.append(f"carbon {emitted:.2f} gCO2/h above the budget of {budget:g} gCO2/h")
     return Verification(problems, up, down)
+
+
+def _latency_violations(problem: Problem, solution: Solution, tol: float) -> list[str]:
+    """The latency bound, on the worst path over every sink; where sinks are bounded apart (several
+    workflows planned together, :meth:`Problem.sink_latency_bound`), each sink on its own."""
+    if problem.latency_bound_ms is None:
+        return []
+    bounds = {t.stage: problem.sink_latency_bound(t) for t in problem.sinks}
+    if all(t.latency_bound_ms is None for t in problem.sinks):
+        latency = worst_latency(problem, solution, problem.latency_percentile)
+        if latency is not None and latency > problem.latency_bound_ms * (1 + tol):
+            return [f"latency {latency:.2f} ms above bound {problem.latency_bound_ms}"]
+        return []
+    out = []
+    for sink, latency in sink_latencies(problem, solution, problem.latency_percentile).items():
+        bound = bounds[sink]
+        if bound is not None and latency is not None and latency > bound * (1 + tol):
+            out.append(f"latency {latency:.2f} ms at sink {sink} above its bound {bound:g}")
+    return out
 
 
 def plan_cost(plan: Plan) -> float:

@@ -227,8 +227,12 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
             reasons.append(f"accuracy target {_fmt(target.accuracy_target)}{at} unreachable within the other limits: "
                            f"the best feasible combination reaches {_fmt(reached)}")
     if slacks.latency_ms > 1e-6 and problem.latency_bound_ms is not None:
-        reasons.append(f"latency bound {_fmt(problem.latency_bound_ms)} ms unreachable: the fastest plan within the "
-                       f"other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
+        if _one_latency_bound(problem):
+            reasons.append(f"latency bound {_fmt(problem.latency_bound_ms)} ms unreachable: the fastest plan within "
+                           f"the other limits takes {_fmt(problem.latency_bound_ms + slacks.latency_ms)} ms")
+        else:
+            reasons.append(f"{_latency_bounds(problem)} unreachable: the fastest plan within the other limits takes "
+                           f"{_fmt(slacks.latency_ms)} ms more at one of those sinks")
     if slacks.carbon_g_per_hour > 1e-6 and problem.objective.carbon_budget_g_per_hour is not None:
         budget = problem.objective.carbon_budget_g_per_hour
         reasons.append(f"carbon budget {_fmt(budget)} gCO2/h (--carbon-budget) unreachable within the other limits: "
@@ -444,9 +448,10 @@ def _describe_instances(relaxed: Problem, g_index: int, allowed_tiers: set[str] 
 def _describe_latency(relaxed: Problem, allowed_tiers: set[str] | None, fixed_models: dict[str, str] | None) -> str:
     """The bound, and the (stage, site) pairs it rules out in ``relaxed``: those whose fastest path
     from the sources through them to the sink already exceeds it, with the links' share of it."""
-    bound = relaxed.latency_bound_ms
-    assert bound is not None
-    text = f"latency bound {_fmt(bound)} ms (on the {relaxed.latency_percentile} latencies)"
+    assert relaxed.latency_bound_ms is not None
+    said = f"latency bound {_fmt(relaxed.latency_bound_ms)} ms" if _one_latency_bound(relaxed) else \
+        _latency_bounds(relaxed)
+    text = f"{said} (on the {relaxed.latency_percentile} latencies)"
     usable = usable_options(relaxed, fixed_models, allowed_tiers)
     fastest: dict[tuple[str, int], float] = {}
     for index, ms in fastest_path_ms(relaxed, usable).items():
@@ -456,7 +461,8 @@ def _describe_latency(relaxed: Problem, allowed_tiers: set[str] | None, fixed_mo
     starts = [j for rates in relaxed.source_rates.values() for j, rate in rates.items() if rate > 0]
     ruled_out = []
     for (s, i), ms in sorted(fastest.items(), key=lambda kv: (kv[1], kv[0])):  # the nearest misses first
-        if ms <= bound + 1e-9 or not math.isfinite(ms):
+        bound = relaxed.stage_latency_bound(s)
+        if bound is None or ms <= bound + 1e-9 or not math.isfinite(ms):
             continue
         links = min((relaxed.path_latency_ms(j, i, 0.0) for j in starts if relaxed.reachable(j, i)), default=0.0)
         ruled_out.append(f"stage {s} at {_site_label(relaxed, i)} (the fastest path through it takes {_fmt(ms)} ms"
@@ -464,6 +470,17 @@ def _describe_latency(relaxed: Problem, allowed_tiers: set[str] | None, fixed_mo
     if ruled_out:
         text += ": it rules out " + listed(ruled_out, at_most=3, ordered=True)
     return text
+
+
+def _one_latency_bound(problem: Problem) -> bool:
+    """Whether the Problem's latency bound is every sink's (one workflow's), not one per workflow."""
+    return all(t.latency_bound_ms is None for t in problem.sinks)
+
+
+def _latency_bounds(problem: Problem) -> str:
+    """Several workflows' latency bounds at their sinks, e.g. ``latency bounds (vision/readings 30 ms)``."""
+    bounded = [(t.stage, problem.sink_latency_bound(t)) for t in problem.sinks]
+    return "latency bounds (" + listed([f"{s} {_fmt(b)} ms" for s, b in bounded if b is not None], ordered=True) + ")"
 
 
 def _raw_mbps_below(problem: Problem, node_index: int) -> float:

@@ -444,13 +444,12 @@ class _Placer:
     def solution(self, state: _State) -> Solution:
         rates: dict[int, float] = {}
         counts: dict[tuple[int, str | None], float] = {}
-        exclusive = self.p.sharing == "exclusive"
         for stage, shares in state.shares.items():
             for g, share in shares:
                 members = self.p.nodes[self.p.groups[g].node].total
                 option = state.options[stage][g]
                 rates[option] = rates.get(option, 0.0) + share / members
-                key = (g, stage) if exclusive else (g, None)
+                key = (g, self.p.count_key(stage))
                 counts[key] = counts.get(key, 0.0) + 1
         return Solution(models=dict(self.models), rates=rates, counts=counts)
 

@@ -92,6 +92,7 @@ out, which is how the constraints that conflict are found (:mod:`jellybean.optim
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -454,7 +455,8 @@ def _capacity(m: _Model, pool_counts: PoolCounts | None) -> None:
             _exclusive_capacity(m, g, opts, extra, phi)
         else:
             _shared_capacity(m, g, opts, extra, phi)
-            _shared_memory(m, g, opts)
+            for key in sorted({problem.count_key(o.stage) for o in opts}, key=lambda k: k or ""):
+                _shared_memory(m, g, [o for o in opts if problem.count_key(o.stage) == key], key)
     for k, pool in enumerate(pools):
         _pool_counts(m, k, pool, pool_counts)
 
@@ -512,23 +514,34 @@ def _shared_capacity(m: _Model, g: Group, opts: list[Option], extra: pulp.LpVari
                      phi: dict[str, pulp.LpVariable]) -> None:
     """Shared mode: ``n_g in Z+`` instances of ``g`` in use, ``M sum_{o on g} r_o / mu_o <= h n_g``,
     ``n_g <= M L_g`` (a bound, or with the elastic slack a constraint); ``p_g`` $/h per instance at
-    each site. Per stage on the group, the :func:`_site_cut` and the merged relaxation's ``n >= M phi``."""
+    each site. Per stage on the group, the :func:`_site_cut` and the merged relaxation's ``n >= M phi``.
+    Several workflows planned together keep their instances apart (:meth:`Problem.count_key`): one
+    count ``n_{g,w}`` per workflow ``w`` on the group, each with its capacity row, and
+    ``sum_w n_{g,w} <= M L_g``."""
     problem, r = m.problem, m.handles.r
     h = problem.max_utilization
     members = m.members(g)
     limit = g.limit * members
-    var = m.lp.add_variable(f"n_{g.index}", lowBound=0, upBound=None if m.elastic else limit, cat="Integer")
-    m.handles.n[(g.index, None)] = var
-    m.lp += _linear([(r[o.index], members / o.throughput_per_s) for o in opts] + [(var, -h)]) <= 0, f"cap_{g.index}"
-    if not m.relax:
-        for s in sorted({o.stage for o in opts}):
-            _site_cut(m, g, s, [o for o in opts if o.stage == s], var)
-    for s, fraction in phi.items():
-        m.lp += var >= members * fraction, f"phi_count_{g.index}_{_id(s)}"
+    keys = sorted({problem.count_key(o.stage) for o in opts}, key=lambda k: k or "")
+    counts = []
+    for key in keys:
+        mine = [o for o in opts if problem.count_key(o.stage) == key]
+        label = f"{g.index}" if key is None else f"{g.index}_{_id(key)}"
+        var = m.lp.add_variable(f"n_{label}", lowBound=0, upBound=None if m.elastic else limit, cat="Integer")
+        m.handles.n[(g.index, key)] = var
+        m.lp += _linear([(r[o.index], members / o.throughput_per_s) for o in mine] + [(var, -h)]) <= 0, f"cap_{label}"
+        if not m.relax:
+            for s in sorted({o.stage for o in mine}):
+                _site_cut(m, g, s, [o for o in mine if o.stage == s], var)
+        for s, fraction in phi.items():
+            if problem.count_key(s) == key:
+                m.lp += var >= members * fraction, f"phi_count_{g.index}_{_id(s)}"
+        m.cost_per_hour.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
+        counts.append(var)
+    if extra is not None or len(counts) > 1:
+        m.lp += pulp.lpSum(counts) <= limit + (extra if extra is not None else 0), f"count_{g.index}"
     if extra is not None:
-        m.lp += var <= limit + extra, f"count_{g.index}"
         m.handles.slack_n[(g.index, None)] = extra
-    m.cost_per_hour.append(g.price_per_hour * (1 if m.relax else problem.nodes[g.node].total) * var)
 
 
 def _relaxed_counts(m: _Model, g: Group, opts: list[Option]) -> None:
@@ -537,10 +550,10 @@ def _relaxed_counts(m: _Model, g: Group, opts: list[Option]) -> None:
     ``t_g = sum_{o on g} r_o / (h mu_o)`` (shared mode), expressions rather than variables, within the
     limit ``sum t <= L_g``. The pool pays for its integral count, which must cover them."""
     r, h = m.handles.r, m.problem.max_utilization
-    keys = sorted({o.stage for o in opts}) if m.exclusive else [None]
-    for s in keys:
-        m.handles.n[(g.index, s)] = _linear([(r[o.index], 1.0 / (h * o.throughput_per_s))
-                                             for o in opts if s is None or o.stage == s])
+    key_of = m.problem.count_key
+    for key in sorted({key_of(o.stage) for o in opts}, key=lambda k: k or ""):
+        m.handles.n[(g.index, key)] = _linear([(r[o.index], 1.0 / (h * o.throughput_per_s))
+                                               for o in opts if key_of(o.stage) == key])
     m.lp += _linear([(r[o.index], 1.0 / (h * o.throughput_per_s)) for o in opts]) <= g.limit, f"count_{g.index}"
 
 
@@ -590,7 +603,7 @@ def _pool_site_cuts(m: _Model, pool: list[int], s: str | None, count: pulp.LpVar
     problem, r = m.problem, m.handles.r
     node = problem.groups[pool[0]].node
     members = set(pool)
-    opts = [o for o in m.usable if o.group in members and (s is None or o.stage == s)]
+    opts = [o for o in m.usable if o.group in members and problem.count_key(o.stage) == s]
     for t in sorted({o.stage for o in opts}):
         served = [o for o in opts if o.stage == t]
         reach = problem.member_rate_bound.get((t, node), math.inf)
@@ -599,11 +612,13 @@ def _pool_site_cuts(m: _Model, pool: list[int], s: str | None, count: pulp.LpVar
             m.lp += _linear([(r[o.index], 1.0) for o in served] + [(count, -reach)]) <= 0, f"{label}_site_{_id(t)}"
 
 
-def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
+def _shared_memory(m: _Model, g: Group, opts: list[Option], key: str | None = None) -> None:
     """Shared mode, where the models that could share ``g`` do not all fit its memory: ``z_{g,s,v}``
     says ``g`` hosts a replica of ``(s, v)``, with ``z <= y_{s,v}``, ``r_o <= R_s z_{g,s,v}`` and
     ``sum_{s,v} Mem_v z_{g,s,v} <= Mem_g``. Every instance in use hosts every model placed on its
-    group (the load spreads evenly over them), so the memory of one instance must hold them all."""
+    group (the load spreads evenly over them), so the memory of one instance must hold them all.
+    ``opts``: those of one count (``key``, a workflow's when several are planned together: its
+    instances host its models only)."""
     problem, y, r = m.problem, m.handles.y, m.handles.r
     hosted = sorted({(o.stage, o.variant) for o in opts})
     memories = {(s, v): problem.stages[s].variant(v).memory_mb for s, v in hosted}
@@ -617,7 +632,8 @@ def _shared_memory(m: _Model, g: Group, opts: list[Option]) -> None:
         for o in opts:
             if o.stage == s and o.variant == v:
                 m.lp += r[o.index] <= problem.stages[s].rate_bound_per_s * z[(s, v)], f"z_rate_{o.index}"
-    m.lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{g.index}"
+    label = f"{g.index}" if key is None else f"{g.index}_{_id(key)}"
+    m.lp += pulp.lpSum(memories[k] * z[k] for k in hosted) <= g.memory_mb, f"mem_{label}"
 
 
 def _site_cut(m: _Model, g: Group, stage: str, opts: list[Option], count: pulp.LpVariable) -> None:
@@ -917,8 +933,10 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
     ``P_{s,i} >= lat_o - BIG (1 - w_o)``, completion time
     ``T_{s,i} >= T_{u,j} + net_{j,i} + P_{s,i} - BIG (2 - x_{u,j} - x_{s,i})`` for every node ``j``
     whose data can reach ``i`` (``net``: the path's latency plus the transmission of one message of
-    the chosen variant's size; from a source, the payload's), and ``T_{k,i} <= bound`` at every sink
-    ``k`` (elastic: plus a priced slack). In the merged relaxation a class's 0/1 decisions become fractions."""
+    the chosen variant's size; from a source, the payload's), and ``T_{k,i} <= bound_k`` at every sink
+    ``k`` (elastic: plus a priced slack). In the merged relaxation a class's 0/1 decisions become fractions.
+    Several workflows planned together may bound their sinks differently, or not at all
+    (:meth:`Problem.sink_latency_bound`): the stages of an unbounded one get no latency variables."""
     problem, y, r, comms = m.problem, m.handles.y, m.handles.r, m.handles.comms
     bound = problem.latency_bound_ms
     assert bound is not None
@@ -929,9 +947,12 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
         return "Continuous" if m.relax and problem.nodes[node].total > 1 else "Binary"
     lat = _latency_of(problem)
 
-    if worst_case_latency_ms(problem, m.usable, lat) <= bound:
+    sink_bounds = {t.stage: problem.sink_latency_bound(t) for t in problem.sinks}
+    worst = worst_case_latency_ms(problem, m.usable, lat, per_sink=True)
+    if all(b is None or worst.get(sink, 0.0) <= b for sink, b in sink_bounds.items()):
         m.handles.latency_redundant = True
         return
+    bound = max(b for b in sink_bounds.values() if b is not None)
     max_p = max((lat(o) for o in m.usable), default=0.0)
     max_net = 0.0
     for i in range(len(problem.nodes)):
@@ -950,9 +971,12 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
     T: dict[tuple[str, int], pulp.LpVariable] = {}
     lp = m.lp
     for (s, i), opts in m.rate_at.items():
+        stage_bound = problem.stage_latency_bound(s)
+        if stage_bound is None:  # it reaches only unbounded sinks (another workflow's)
+            continue
         x[(s, i)] = lp.add_variable(f"x_{_id(s)}_{i}", lowBound=0, upBound=1, cat=cat(i))
         P[(s, i)] = lp.add_variable(f"P_{_id(s)}_{i}", lowBound=0)
-        T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else bound)
+        T[(s, i)] = lp.add_variable(f"T_{_id(s)}_{i}", lowBound=0, upBound=None if elastic else stage_bound)
         rate_bound = problem.stages[s].rate_bound_per_s
         for o in opts:
             w = lp.add_variable(f"use_{o.index}", lowBound=0, upBound=1, cat=cat(i))
@@ -984,14 +1008,13 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
                         )
                         lp += T[(s, i)] >= T[(u, j)] + prop + transmit + P[(s, i)] - big * (2 - x[(u, j)] - x[(s, i)]), \
                             f"lat_{_id(u)}_{_id(s)}_{j}_{i}"
-    sinks = set(problem.sink_names)
     for (s, i), t in T.items():
-        if s in sinks:
-            name = f"lat_bound_{i}" if len(sinks) == 1 else f"lat_bound_{_id(s)}_{i}"
+        if s in sink_bounds and sink_bounds[s] is not None:
+            name = f"lat_bound_{i}" if len(sink_bounds) == 1 else f"lat_bound_{_id(s)}_{i}"
             if slack is not None:
-                lp += t <= bound + slack, name
+                lp += t <= sink_bounds[s] + slack, name
             else:
-                lp += t <= bound, name
+                lp += t <= sink_bounds[s], name
 
 
 def _churn_terms(m: _Model) -> None:
@@ -1018,19 +1041,29 @@ def _churn_terms(m: _Model) -> None:
                                                  if stage == s and v != previous))
     if m.relax:
         return
+    # What is counted: each group's instances (one workflow), or each running workflow's on each group
+    # (several planned together: a count's key is a stage in exclusive mode, the workflow in shared mode).
+    owners: list[str | None] = [None]
+    counts_now: dict[tuple[int, str | None], float] = {(g, None): c for g, c in churn.counts.items()}
+    if churn.counts_by_workflow is not None:
+        owners = sorted({problem.workflow_of[s] for s in churn.variants if s in problem.workflow_of})
+        counts_now = dict(churn.counts_by_workflow)
     for g_index in range(len(problem.groups)):
-        previous = churn.counts.get(g_index, 0.0)  # groups the running plan does not use: 0 instances
         members = problem.nodes[problem.groups[g_index].node].total  # counts are per member site
-        counts = [var for (g, _s), var in n.items() if g == g_index]
-        if not counts:
-            if previous > 0:
-                m.penalties.append(weight * members * previous)  # the group can no longer be used
-            continue
-        moved = lp.add_variable(f"churn_{g_index}", lowBound=0)
-        total = pulp.lpSum(counts)
-        lp += moved >= total - previous, f"churn_up_{g_index}"
-        lp += moved >= previous - total, f"churn_down_{g_index}"
-        m.penalties.append(weight * members * moved)
+        for owner in owners:
+            previous = counts_now.get((g_index, owner), 0.0)  # groups the running plan does not use: 0 instances
+            counts = [var for (g, key), var in n.items() if g == g_index
+                      and (owner is None or problem.workflow_of.get(key, key) == owner)]
+            if not counts:
+                if previous > 0:
+                    m.penalties.append(weight * members * previous)  # the group can no longer be used
+                continue
+            label = f"{g_index}" if owner is None else f"{g_index}_{_id(owner)}"
+            moved = lp.add_variable(f"churn_{label}", lowBound=0)
+            total = pulp.lpSum(counts)
+            lp += moved >= total - previous, f"churn_up_{label}"
+            lp += moved >= previous - total, f"churn_down_{label}"
+            m.penalties.append(weight * members * moved)
 
 
 def _carbon(m: _Model) -> None:
@@ -1204,10 +1237,10 @@ def prune_by_latency(problem: Problem, usable: list) -> list:
     there to the sink, already exceeds the bound (:func:`fastest_path_ms`). Exact (no feasible plan
     uses them); it shrinks the MILP and often lets :func:`worst_case_latency_ms` prove the remaining
     constraints redundant."""
-    bound = problem.latency_bound_ms
-    assert bound is not None
+    assert problem.latency_bound_ms is not None
     fastest = fastest_path_ms(problem, usable)
-    return [o for o in usable if fastest[o.index] <= bound + 1e-9]
+    bounds = {s: problem.stage_latency_bound(s) for s in problem.order}
+    return [o for o in usable if bounds[o.stage] is None or fastest[o.index] <= bounds[o.stage] + 1e-9]
 
 
 def fastest_path_ms(problem: Problem, usable: list) -> dict[int, float]:
@@ -1244,9 +1277,10 @@ def fastest_path_ms(problem: Problem, usable: list) -> dict[int, float]:
             for o in usable}
 
 
-def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
+def worst_case_latency_ms(problem: Problem, usable, lat, *, per_sink: bool = False):  # noqa: ANN201
     """The longest source-to-sink path over *every* possible placement and variant: the largest
-    processing latency at each (stage, node) and the largest message on each hop."""
+    processing latency at each (stage, node) and the largest message on each hop, in ms; with
+    ``per_sink``, sink -> its longest path (a sink no usable option serves is left out)."""
     groups = problem.groups
     proc: dict[tuple[str, int], float] = {}
     for o in usable:
@@ -1254,6 +1288,12 @@ def worst_case_latency_ms(problem: Problem, usable, lat) -> float:
         proc[key] = max(proc.get(key, 0.0), lat(o))
     finish = forward_times(problem, proc, lambda e: _message_kb(problem, e, max), choose=max)
     sinks = set(problem.sink_names)
+    if per_sink:
+        out: dict[str, float] = {}
+        for (s, _), t in finish.items():
+            if s in sinks:
+                out[s] = max(out.get(s, 0.0), t)
+        return out
     return max((t for (s, _), t in finish.items() if s in sinks), default=0.0)
 
 
@@ -1266,7 +1306,14 @@ def _message_kb(problem: Problem, edge, pick) -> float:
 
 @functools.cache
 def _id(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "_" for ch in text)
+    """``text`` as a part of a variable's or row's name: its letters and digits, ``_`` for the rest,
+    and, where something was replaced, 8 hex digits of its hash, so that names that differ only
+    there (``a-b`` and ``a_b``; ``vision/detect`` and ``vision_detect``, several workflows planned
+    together) stay apart: the solver's values are read back by name, and a repeated row name is refused."""
+    plain = "".join(ch if ch.isalnum() else "_" for ch in text)
+    if plain == text:
+        return plain
+    return f"{plain}_{hashlib.blake2s(text.encode('utf-8'), digest_size=4).hexdigest()}"
 
 
 def _linear(terms: list[tuple[pulp.LpVariable, float]]) -> pulp.LpAffineExpression:

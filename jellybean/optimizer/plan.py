@@ -6,13 +6,28 @@ controller and shown in a custom resource's status. Its JSON shape is public (se
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class _Beside:
+    """A value kept beside a model in memory and never part of it: not serialised, and equal to any
+    other, so that a Plan made here equals the same Plan read back from its JSON."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class Assignment(_Out):
@@ -181,3 +196,95 @@ class Plan(_Out):
         default="cost", description="What was minimised: $/h, gCO2/h (then $/h), or $/h with carbon priced.")
     carbon: Carbon | None = Field(default=None, description="gCO2/h in total and per tier; None when the topology "
                                   "gives no power and carbon-intensity figures.")
+    #: The decisions this plan was priced from (:attr:`solution`), kept beside it in memory.
+    _solution: _Beside = PrivateAttr(default_factory=_Beside)
+
+    @property
+    def solution(self) -> Any:  # noqa: ANN401 - a jellybean.optimizer.solution.Solution, or None
+        """The decisions this plan was priced from (a ``jellybean.optimizer.solution.Solution``), when
+        it was made in this process and is feasible: several workflows' joint plan is split from it.
+        Never serialised, and no part of the plan's value (a plan read back from JSON equals it)."""
+        return self._solution.value
+
+    def keep_solution(self, solution: Any) -> None:  # noqa: ANN401 - a Solution
+        self._solution = _Beside(solution)
+
+
+# --- several workflows planned together (jellybean.optimizer.joint) ------------------------------
+
+
+class JointTotal(_Out):
+    """What the workflows planned together use in all: their plans summed. Stages are named
+    ``workflow/stage`` here (in ``instances[].stages`` and ``links[].carries``)."""
+
+    cost: Cost | None = None
+    carbon: Carbon | None = None
+    cost_by_workflow: dict[str, float] = Field(default_factory=dict, description="Each workflow's $/h (they add "
+                                               "up to `cost.total_per_hour`).")
+    instances: list[InstanceUse] = Field(default_factory=list, description="Each instance group in use, every "
+                                         "workflow's instances counted (an instance serves one workflow).")
+    links: list[LinkFlow] = Field(default_factory=list, description="Every workflow's traffic on each link, with "
+                                  "its utilisation of the link's bandwidth.")
+
+
+class SequentialComparison(_Out):
+    """The same workflows planned one after another, in ``order``, each on what the ones before it
+    leave of the topology (``capacity_left``): what the controller does when they are applied one by
+    one. The joint plan is never dearer, up to the solvers' gaps."""
+
+    order: list[str]
+    feasible: bool
+    cost: Cost | None = None
+    carbon_g_per_hour: float | None = None
+    by_workflow: dict[str, float | None] = Field(default_factory=dict, description="Each workflow's $/h "
+                                                 "(None: it got no plan).")
+    objective_value: float | None = Field(default=None, description="Their total in the objective's unit ($/h, "
+                                          "gCO2/h, or $/h with carbon priced).")
+    saving: float | None = Field(default=None, description="How much less the joint plan's objective is, in its "
+                                 "unit (negative: the joint plan is dearer, within the solver's gap).")
+    saving_pct: float | None = Field(default=None, description="`saving` in % of the sequential plans' objective.")
+    reason: str = Field(default="", description="Why the sequential plans are not all there.")
+    seconds: float = 0.0
+
+
+class JointSummary(_Out):
+    """How the workflows were planned together."""
+
+    workflows: list[str]
+    topology: str
+    strategy: str
+    sharing: Literal["shared", "exclusive"]
+    objective: Literal["cost", "carbon", "cost+carbon"] = "cost"
+    solver: SolverStats
+    baselines: list[BaselineResult] = Field(default_factory=list, description="Every other strategy, planning the "
+                                            "same workflows together.")
+    sequential: SequentialComparison | None = Field(default=None, description="Planning them one after another "
+                                                    "instead (None: not asked for).")
+    running: list[str] = Field(default_factory=list, description="Workflows kept as they run: what they use was "
+                               "taken from the topology first.")
+
+
+class JointPlan(_Out):
+    """Several workflows planned together on one topology: one Plan per workflow (each deployable
+    alone, as a single workflow's), what they use in all, and how the joint plan was found and
+    compares with planning them one after another. The JSON of ``jellybean plan`` with several
+    workflows."""
+
+    feasible: bool
+    workflows: list[Plan]
+    total: JointTotal
+    joint: JointSummary
+    explanation: list[str] = Field(default_factory=list, description="Why no joint plan exists, in words.")
+    warnings: list[str] = Field(default_factory=list)
+    #: The joint plan as one Plan over every workflow (:attr:`combined`), kept beside it in memory.
+    _combined: _Beside = PrivateAttr(default_factory=_Beside)
+
+    @property
+    def combined(self) -> Plan | None:
+        """The joint plan as one Plan over every workflow (stages named ``workflow/stage``): what a
+        picture of the whole topology draws; when it was made in this process (never serialised, and
+        no part of the value)."""
+        return self._combined.value
+
+    def keep_combined(self, combined: Plan) -> None:
+        self._combined = _Beside(combined)

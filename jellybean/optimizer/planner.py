@@ -123,6 +123,18 @@ def plan(
     if previous is not None and previous.feasible:
         problem.churn = churn_of(problem, previous, churn_cost_per_change_per_hour)
     accuracy = choose_model(problem)
+    return plan_problem(problem, accuracy, strategy=strategy, baselines=baselines, deadline=deadline,
+                        time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel)
+
+
+def plan_problem(problem: Problem, accuracy: AccuracyModel, *, strategy: str, baselines: bool, deadline: float,
+                 time_limit_s: float, solver: str, gap_rel: float) -> Plan:
+    """:func:`plan` once the Problem is compiled: ``strategy``, then (with ``baselines``) every other
+    strategy, by ``deadline`` (a ``time.perf_counter()`` reading; ``time_limit_s`` is what the
+    messages call the limit). Several workflows planned together come here too
+    (:func:`jellybean.optimizer.joint.plan_jointly`)."""
+    if strategy not in REGISTRY:
+        raise _unknown(strategy)
     placements = Placements()
     left_s = max(1e-3, deadline - time.perf_counter())
     main = run_strategy(problem, accuracy, strategy, time_limit_s=left_s * (MAIN_SHARE if baselines else 1.0),

@@ -187,6 +187,10 @@ class SinkTarget:
     #: then cover it; None: none named.
     accuracy_table: AccuracyTable | None = None
     stages: list[str] = field(default_factory=list)
+    #: A latency bound of the sink's own, ms, where one Problem plans several workflows whose SLOs
+    #: bound latency differently (:mod:`jellybean.optimizer.joint`); ``math.inf``: none. None: the
+    #: Problem's ``latency_bound_ms`` (a single workflow's, the same at every sink).
+    latency_bound_ms: float | None = None
 
 
 @dataclass
@@ -202,6 +206,11 @@ class Churn:
     variants: dict[str, str]  # stage -> variant running now
     counts: dict[int, float]  # group index -> instances in use now, per member site
     cost_per_change_per_hour: float
+    #: Several workflows planned together (:mod:`jellybean.optimizer.joint`): (group index, workflow)
+    #: -> instances the workflow uses now, per member site. Each running workflow's own instances
+    #: started or stopped are then counted (one that a workflow frees and another takes is a stop and
+    #: a start), and a workflow not running yet pays for none; ``counts`` is not read.
+    counts_by_workflow: dict[tuple[int, str], float] | None = None
 
 
 @dataclass
@@ -250,6 +259,32 @@ class Problem:
     objective: Objective = field(default_factory=Objective)
     #: How the sites' carbon-intensity series were read: ``daily mean`` or ``at HH:MM UTC``.
     carbon_at: str = "daily mean"
+    #: Stage -> the workflow it belongs to, when one Problem plans several workflows at once
+    #: (:mod:`jellybean.optimizer.joint`); empty: one workflow. See :meth:`count_key`.
+    workflow_of: dict[str, str] = field(default_factory=dict)
+
+    def count_key(self, stage: str) -> str | None:
+        """The second key of the instance count that serves ``stage`` (``Solution.counts``): in
+        exclusive mode the stage (its instances serve it alone); in shared mode None, or the stage's
+        workflow where several are planned together: an instance then hosts stages of one workflow
+        only, because workflows are deployed and stopped apart and what running workflows use is
+        counted in whole instances (``capacity_left``), never a share of one."""
+        if self.sharing == "exclusive":
+            return stage
+        return self.workflow_of.get(stage)
+
+    def sink_latency_bound(self, target: SinkTarget) -> float | None:
+        """The latency bound at sink ``target``, ms: its own, else the Problem's; None: unbounded."""
+        bound = self.latency_bound_ms if target.latency_bound_ms is None else target.latency_bound_ms
+        return None if bound is None or math.isinf(bound) else bound
+
+    def stage_latency_bound(self, stage: str) -> float | None:
+        """The loosest latency bound of the sinks ``stage`` reaches (a path through it ends at one of
+        them), ms; None: none of them is bounded."""
+        bounds = [self.sink_latency_bound(t) for t in self.sinks if stage in t.stages or stage == t.stage]
+        if not bounds:  # sinks given without their stages (a Problem built from parts): the Problem's
+            return self.latency_bound_ms
+        return None if any(b is None for b in bounds) else max(bounds)
 
     def missing_carbon_data(self) -> list[str]:
         """What the carbon model lacks: ``site/instance`` for each instance group without ``power_w``
@@ -451,18 +486,22 @@ def compile_problem(
     sharing: str | None = None,
     aggregate: bool = True,
     carbon_at: time | None = None,
+    classes: SymmetryClasses | None = None,
 ) -> Problem:
     """Build the Problem for ``bundle``: the classes of identical sites (:func:`symmetry_classes`),
     the sources' rates per member site (:func:`source_rates_per_node`), the stages with their rate
     bounds (:func:`compile_stages`) and the ways to serve each (:func:`compile_options`).
     ``sharing`` overrides the topology's mode; ``aggregate=False`` keeps every site a class of its own;
     ``carbon_at``: the UTC time of day at which sites' carbon-intensity series are read (None: each
-    series' daily mean, :func:`jellybean.spec.topology.intensity_g_per_kwh`)."""
+    series' daily mean, :func:`jellybean.spec.topology.intensity_g_per_kwh`); ``classes``: the
+    topology's classes of identical sites when they are not the workflow's own (several workflows
+    planned together share classes that tell apart what any of them does, :mod:`jellybean.optimizer.joint`)."""
     wf = bundle.workflow.spec
     topo = bundle.topology.spec
     zoo = bundle.zoo.spec
     sources_at = sources_per_site(wf)
-    classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate, carbon_at=carbon_at)
+    if classes is None:
+        classes = symmetry_classes(topo, sources_at, pinned_sites(wf), aggregate=aggregate, carbon_at=carbon_at)
     source_rates, payload = source_rates_per_node(wf, sources_at, classes.site_node)
     order, stages = compile_stages(wf, zoo, classes.nodes, classes.site_node, source_rates)
     framing = framing_of(topo)

@@ -1,4 +1,5 @@
-"""A Bundle: one workflow with the zoo and topology it names, cross-checked against each other."""
+"""A Bundle: one workflow with the zoo and topology it names, cross-checked against each other; and
+several workflows' bundles, for planning them together on one topology (:func:`resolve_all`)."""
 
 from __future__ import annotations
 
@@ -55,8 +56,8 @@ def _pick(documents: list[LoadedDocument], kind: str, wanted: str | None, for_wh
     return candidates[0]
 
 
-def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bundle:
-    """Pick the workflow (by name, or the only one) and the zoo and topology it uses; cross-check."""
+def _unique_names(documents: list[LoadedDocument]) -> None:
+    """Two documents of one kind never share a name (the second is located)."""
     seen: set[tuple[str, str]] = set()
     for doc in documents:
         key = (doc.model.kind, doc.model.metadata.name)
@@ -64,6 +65,11 @@ def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bun
             raise SpecError([Issue(doc.source.file, doc.source.lines.get(("metadata", "name"), doc.source.start_line),
                                    "metadata.name", f"a second {key[0]} named {key[1]!r}", "rename one of them")])
         seen.add(key)
+
+
+def resolve(documents: list[LoadedDocument], workflow: str | None = None) -> Bundle:
+    """Pick the workflow (by name, or the only one) and the zoo and topology it uses; cross-check."""
+    _unique_names(documents)
     wf_doc = _pick(documents, "Workflow", workflow, "the command")
     wf: Workflow = wf_doc.model
     zoo_doc = _pick(documents, "ModelZoo", wf.spec.zoo, f"workflow {wf.metadata.name!r}", wf_doc)
@@ -158,5 +164,64 @@ def cross_check(bundle: Bundle) -> list[Issue]:
     return issues
 
 
+def resolve_all(documents: list[LoadedDocument], workflows: list[str] | None = None) -> list[Bundle]:
+    """Every Workflow of ``documents`` (or those named in ``workflows``, in that order), each with the
+    zoo and topology it uses, cross-checked, for planning together: in the documents' order (files
+    sorted as given, documents as written). Names are unique per kind; every workflow must use the
+    same Topology (a workflow that names another is located at its ``spec.topology``); each may use
+    its own ModelZoo; workflows whose SLOs bound latency check it on one ``latency_percentile``.
+    Every problem found is reported at once."""
+    _unique_names(documents)
+    given = [d for d in documents if d.model.kind == "Workflow"]
+    if workflows:
+        twice = sorted({name for k, name in enumerate(workflows) if name in workflows[:k]})
+        if twice:
+            raise SpecError([Issue("<command line>", None, "--workflow", f"workflow {listed(twice)} named twice",
+                                   "name each workflow once")])
+    elif not given:
+        raise SpecError([Issue("<documents>", None, "", "no Workflow document given",
+                               "pass the Workflow's YAML with -f (with its ModelZoo and Topology)")])
+    names = workflows or [d.model.metadata.name for d in given]
+    bundles: list[Bundle] = []
+    issues: list[Issue] = []
+    for name in names:
+        try:
+            bundles.append(resolve(documents, name))
+        except SpecError as exc:
+            issues.extend(exc.issues)
+    if issues:
+        raise SpecError(issues)
+    first = bundles[0]
+    for bundle in bundles[1:]:
+        topology = bundle.topology.metadata.name
+        if topology != first.topology.metadata.name:
+            src = bundle.sources["Workflow"]
+            loc = ("spec", "topology") if bundle.workflow.spec.topology is not None else ("spec",)
+            issues.append(Issue(src.file, src.line_for(loc), ".".join(loc),
+                                f"workflow {bundle.name!r} uses Topology {topology!r}, but workflow {first.name!r} "
+                                f"uses {first.topology.metadata.name!r}: workflows planned together share one Topology",
+                                "name the same Topology in every Workflow's spec.topology, or plan one workflow "
+                                "with --workflow NAME"))
+    bounded = [b for b in bundles if b.workflow.spec.slo.latency_ms is not None]
+    for bundle in bounded[1:]:
+        mine, theirs = bundle.workflow.spec.slo.latency_percentile, bounded[0].workflow.spec.slo.latency_percentile
+        if mine != theirs:
+            src = bundle.sources["Workflow"]
+            loc = ("spec", "slo", "latency_percentile")
+            issues.append(Issue(src.file, src.line_for(loc), ".".join(loc),
+                                f"workflow {bundle.name!r} checks its latency bound on the {mine} latencies, workflow "
+                                f"{bounded[0].name!r} on the {theirs}: workflows planned together check their bounds "
+                                "on one percentile", f"give both `latency_percentile: {theirs}` (or plan one workflow "
+                                "with --workflow NAME)"))
+    if issues:
+        raise SpecError(issues)
+    return bundles
+
+
 def load_bundle(paths: list[str | os.PathLike], workflow: str | None = None) -> Bundle:
     return resolve(load_documents(paths), workflow)
+
+
+def load_bundles(paths: list[str | os.PathLike], workflows: list[str] | None = None) -> list[Bundle]:
+    """Every Workflow in the files (or those named), each resolved, for planning together (:func:`resolve_all`)."""
+    return resolve_all(load_documents(paths), workflows)

@@ -3,7 +3,7 @@
 It shares only the compiled data (options, sites, paths) with the optimizer, not its model:
 variants are enumerated; in exclusive mode every individual instance (not an aggregated count) is
 assigned a stage or nothing; in shared mode every instance group picks the set of stages it hosts and
-how many instances it uses. For each such choice the remaining problem is a linear program over
+how many instances it uses (per workflow, when several are planned together: an instance serves one). For each such choice the remaining problem is a linear program over
 per-instance rates and *site-to-site* flows (routes are whole tree paths, not the MILP's per-link
 flows), solved with SciPy's ``linprog``. The cheapest over all choices is the optimum.
 
@@ -118,29 +118,41 @@ def _exclusive(problem: Problem, models, opts, weights: _Weights) -> float:
 
 
 def _shared(problem: Problem, models, opts, weights: _Weights) -> float:
+    """Every group picks, for each workflow (the one, or each of several planned together, whose
+    instances serve it alone), the set of its stages it hosts and how many instances they use; the
+    counts of one group add up within its limit."""
+    owners = sorted(set(problem.workflow_of.values())) or [None]
+
+    def stages_of(owner: str | None) -> list[str]:
+        return [s for s in problem.order if owner is None or problem.workflow_of[s] == owner]
+
     per_group = []
     for g in problem.groups:
-        menu = []
-        for hosted in itertools.chain.from_iterable(
-                itertools.combinations(problem.order, k) for k in range(len(problem.order) + 1)):
-            memory = sum(problem.stages[s].variant(models[s]).memory_mb for s in hosted)
-            if g.memory_mb is not None and memory > g.memory_mb + 1e-9:
-                continue
-            counts = [0] if not hosted else range(1, g.limit + 1)
-            for n in counts:
-                menu.append((hosted, n))
-        per_group.append(menu)
+        menus = []
+        for owner in owners:
+            menu = []
+            mine = stages_of(owner)
+            for hosted in itertools.chain.from_iterable(itertools.combinations(mine, k) for k in range(len(mine) + 1)):
+                memory = sum(problem.stages[s].variant(models[s]).memory_mb for s in hosted)
+                if g.memory_mb is not None and memory > g.memory_mb + 1e-9:
+                    continue
+                counts = [0] if not hosted else range(1, g.limit + 1)
+                for n in counts:
+                    menu.append((hosted, n))
+            menus.append(menu)
+        per_group.append([combo for combo in itertools.product(*menus) if sum(n for _, n in combo) <= g.limit])
     best = math.inf
     for pick in itertools.product(*per_group):
-        compute = sum(problem.groups[g].price_per_hour * n for g, (_, n) in enumerate(pick))
-        idle = sum(_idle_g_per_hour(problem, g, n) for g, (_, n) in enumerate(pick))
+        compute = sum(problem.groups[g].price_per_hour * n for g, combo in enumerate(pick) for _, n in combo)
+        idle = sum(_idle_g_per_hour(problem, g, n) for g, combo in enumerate(pick) for _, n in combo)
         fixed = weights.cost * compute + weights.carbon * idle
         if fixed >= best or (weights.budget is not None and idle > weights.budget + 1e-9):
             continue
         units = []
-        for g, (hosted, n) in enumerate(pick):
-            if n:
-                units.append((tuple(hosted), [o for s in hosted for o in opts[s] if o.group == g], float(n)))
+        for g, combo in enumerate(pick):
+            for hosted, n in combo:
+                if n:
+                    units.append((tuple(hosted), [o for s in hosted for o in opts[s] if o.group == g], float(n)))
         best = min(best, fixed + _lp(problem, models, units, weights, idle))
     return best
 

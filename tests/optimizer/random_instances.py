@@ -13,11 +13,13 @@ from jellybean.spec.zoo import ModelZoo
 META = {"apiVersion": "jellybean.io/v1alpha1"}
 
 
-def make_bundle(zoo: dict, topology: dict, workflow: dict) -> Bundle:
+def make_bundle(zoo: dict, topology: dict, workflow: dict, *, names: tuple[str, str, str] = ("w", "z", "t")) -> Bundle:
+    """A Bundle of in-memory documents, cross-checked; ``names``: the Workflow's, ModelZoo's and Topology's."""
+    workflow_name, zoo_name, topology_name = names
     bundle = Bundle(
-        Workflow.model_validate({**META, "kind": "Workflow", "metadata": {"name": "w"}, "spec": workflow}),
-        ModelZoo.model_validate({**META, "kind": "ModelZoo", "metadata": {"name": "z"}, "spec": zoo}),
-        Topology.model_validate({**META, "kind": "Topology", "metadata": {"name": "t"}, "spec": topology}),
+        Workflow.model_validate({**META, "kind": "Workflow", "metadata": {"name": workflow_name}, "spec": workflow}),
+        ModelZoo.model_validate({**META, "kind": "ModelZoo", "metadata": {"name": zoo_name}, "spec": zoo}),
+        Topology.model_validate({**META, "kind": "Topology", "metadata": {"name": topology_name}, "spec": topology}),
         {k: SourceMap("<memory>") for k in ("Workflow", "ModelZoo", "Topology")},
     )
     assert not cross_check(bundle)
@@ -254,3 +256,37 @@ def random_sinks_bundle(seed: int, *, sharing: str, max_instances: int = 4) -> B
         slo["sinks"].insert(0, {"stage": "s2", "accuracy": round(rng.uniform(40, 75), 1)})
     workflow = {"sources": sources, "stages": stages, "slo": slo}
     return make_bundle({"tasks": tasks}, topology, workflow)
+
+
+def random_joint_bundles(seed: int, *, sharing: str, max_instances: int = 4, carbon: bool = False) -> list[Bundle]:
+    """Two workflows on one small random topology, each with a zoo of its own: ``vision``
+    (``cams -> s1 -> s2``, zoo ``zv``) and ``audio`` (``mics -> s1``, zoo ``za``, whose task is named
+    ``t1`` like vision's first one but has other variants: the zoos must not mix). Their sources are
+    at the same hubs, so they compete for the hubs' instances and uplinks. ``carbon``: with carbon
+    figures (:func:`add_carbon`, from their own generator)."""
+    rng = random.Random(20_000 + seed)
+    hardware = ["cpu", "gpu"]
+    profiles = _profiles_maker(rng, hardware)
+    vision_zoo = {"tasks": _two_tasks(rng, profiles)}
+    variant = _variant_maker(rng, profiles)
+    audio_zoo = {"tasks": [{"name": "t1", "variants": [variant("k1", 60, 80), variant("k2", 80, 97)]}]}
+    topology, hubs = _topology(rng, hardware, sharing, max_instances)
+    vision = {
+        "sources": [{"name": "cams", "rate_per_s": round(rng.uniform(2, 30), 2),
+                     "payload_kb": round(rng.uniform(5, 120), 1), "sites": hubs}],
+        "stages": [{"name": "s1", "task": "t1", "inputs": ["cams"]},
+                   {"name": "s2", "task": "t2", "inputs": [
+                       {"from": "s1", "ratio": round(rng.uniform(0.5, 2), 2),
+                        "ratio_by_variant": {"t1b": round(rng.uniform(0.5, 2), 2)}}]}],
+        "slo": {"accuracy": round(rng.uniform(40, 75), 1)},
+    }
+    audio = {
+        "sources": [{"name": "mics", "kind": "microphone", "rate_per_s": round(rng.uniform(2, 30), 2),
+                     "payload_kb": round(rng.uniform(5, 120), 1), "sites": [rng.choice(hubs)]}],
+        "stages": [{"name": "s1", "task": "t1", "inputs": ["mics"]}],
+        "slo": {"accuracy": round(rng.uniform(55, 90), 1)},
+    }
+    if carbon:
+        add_carbon(topology, random.Random(3_000_017 * seed + 5))
+    return [make_bundle(vision_zoo, topology, vision, names=("vision", "zv", "t")),
+            make_bundle(audio_zoo, topology, audio, names=("audio", "za", "t"))]

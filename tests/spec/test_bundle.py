@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from jellybean.spec import Issue, SpecError, load_bundle, load_text, resolve
+from jellybean.spec.bundle import resolve_all
 from jellybean.spec.loader import LoadedDocument
 from tests.spec.test_documents import TOPOLOGY, WORKFLOW, ZOO, edit, line_of, write_bundle
 
@@ -169,3 +170,88 @@ def test_load_bundle_reports_the_real_file_and_line(tmp_path: Path) -> None:
 def test_load_bundle_picks_the_named_workflow(tmp_path: Path) -> None:
     folder = write_bundle(tmp_path / "docs", other=edit(WORKFLOW, "name: wf", "name: wf-2"))
     assert load_bundle([folder], "wf-2").name == "wf-2"
+
+
+# --- several workflows, planned together (resolve_all) ---------------------------------------------
+
+
+def several(*workflows: tuple[str, str], topologies: tuple[str, ...] = (TOPOLOGY,)) -> list[LoadedDocument]:
+    """The zoo, the topologies, and the workflows as (file, text)."""
+    return documents(("zoo.yaml", ZOO), *[(f"topology-{k}.yaml", t) for k, t in enumerate(topologies)], *workflows)
+
+
+def refused_all(docs: list[LoadedDocument], workflows: list[str] | None = None) -> list[Issue]:
+    with pytest.raises(SpecError) as info:
+        resolve_all(docs, workflows)
+    return info.value.issues
+
+
+OTHER = edit(WORKFLOW, "name: wf", "name: wf-2")
+
+
+def test_every_workflow_in_the_documents_order() -> None:
+    docs = several(("b.yaml", OTHER), (WF_FILE, WORKFLOW))
+    assert [b.name for b in resolve_all(docs)] == ["wf-2", "wf"]
+    assert [b.name for b in resolve_all(docs, ["wf", "wf-2"])] == ["wf", "wf-2"]
+    assert [b.name for b in resolve_all(docs, ["wf"])] == ["wf"]
+    bundles = resolve_all(docs)
+    assert bundles[0].topology is bundles[1].topology
+
+
+def test_a_workflow_named_twice_or_not_given() -> None:
+    docs = several((WF_FILE, WORKFLOW), ("b.yaml", OTHER))
+    (issue,) = refused_all(docs, ["wf", "wf"])
+    assert (issue.path, issue.message) == ("--workflow", "workflow wf named twice")
+    (issue,) = refused_all(docs, ["wf", "wf-3"])
+    assert issue.message == "the command names Workflow 'wf-3', which was not given; did you mean 'wf-2'?"
+    (issue,) = refused_all(documents(("zoo.yaml", ZOO), ("topology.yaml", TOPOLOGY)))
+    assert issue.message == "no Workflow document given"
+
+
+def test_workflows_planned_together_share_one_topology() -> None:
+    """The second workflow names another Topology: located at its spec.topology, naming both."""
+    second_topology = edit(TOPOLOGY, "name: topo", "name: topo-2")
+    mine = edit(WORKFLOW, "spec:\n", "spec:\n  topology: topo\n")
+    theirs = edit(OTHER, "spec:\n", "spec:\n  topology: topo-2\n")
+    (issue,) = refused_all(several((WF_FILE, mine), ("b.yaml", theirs), topologies=(TOPOLOGY, second_topology)))
+    assert (issue.file, issue.line, issue.path) == ("b.yaml", line_of(theirs, "topology: topo-2"), "spec.topology")
+    assert issue.message == ("workflow 'wf-2' uses Topology 'topo-2', but workflow 'wf' uses 'topo': workflows "
+                             "planned together share one Topology")
+    assert "--workflow NAME" in issue.hint
+    # Naming none while two are given: the existing rule, located in the workflow that names none.
+    issues = refused_all(several((WF_FILE, mine), ("b.yaml", OTHER), topologies=(TOPOLOGY, second_topology)))
+    assert [(i.file, i.message) for i in issues] == [
+        ("b.yaml", "expected exactly one Topology document, found 2 (topo, topo-2)")]
+
+
+def test_two_workflows_with_one_name_are_refused() -> None:
+    (issue,) = refused_all(several((WF_FILE, WORKFLOW), ("b.yaml", "# x\n" + WORKFLOW)))
+    assert (issue.file, issue.line, issue.message) == ("b.yaml", line_of(WORKFLOW, "name: wf") + 1,
+                                                       "a second Workflow named 'wf'")
+
+
+def test_each_workflow_may_use_its_own_zoo() -> None:
+    zoo_2 = edit(ZOO, "name: zoo", "name: zoo-2")
+    mine = edit(WORKFLOW, "spec:\n", "spec:\n  zoo: zoo\n")
+    theirs = edit(OTHER, "spec:\n", "spec:\n  zoo: zoo-2\n")
+    docs = documents(("zoo.yaml", ZOO), ("zoo-2.yaml", zoo_2), ("topology.yaml", TOPOLOGY), (WF_FILE, mine),
+                     ("b.yaml", theirs))
+    assert [(b.name, b.zoo.metadata.name) for b in resolve_all(docs)] == [("wf", "zoo"), ("wf-2", "zoo-2")]
+    # Every workflow's problems are reported at once.
+    bad = edit(theirs, "task: classify", "task: clasify")
+    worse = edit(mine, "sites: [edge]", "sites: [egde]")
+    issues = refused_all(documents(("zoo.yaml", ZOO), ("zoo-2.yaml", zoo_2), ("topology.yaml", TOPOLOGY),
+                                   (WF_FILE, worse), ("b.yaml", bad)))
+    assert [(i.file, i.path) for i in issues] == [(WF_FILE, "spec.sources[0].sites[0]"), ("b.yaml", "spec.stages[1].task")]
+
+
+def test_latency_bounds_planned_together_are_on_one_percentile() -> None:
+    mine = edit(WORKFLOW, "    accuracy: 60\n", "    accuracy: 60\n    latency_ms: 100\n")
+    theirs = edit(OTHER, "    accuracy: 60\n", "    accuracy: 60\n    latency_ms: 100\n    latency_percentile: mean\n")
+    (issue,) = refused_all(several((WF_FILE, mine), ("b.yaml", theirs)))
+    assert (issue.file, issue.line, issue.path) == ("b.yaml", line_of(theirs, "latency_percentile: mean"),
+                                                    "spec.slo.latency_percentile")
+    assert "checks its latency bound on the mean latencies, workflow 'wf' on the p90" in issue.message
+    # A workflow without a bound has no say.
+    unbounded = edit(OTHER, "    accuracy: 60\n", "    accuracy: 60\n    latency_percentile: mean\n")
+    assert len(resolve_all(several((WF_FILE, mine), ("b.yaml", unbounded)))) == 2

@@ -19,6 +19,7 @@ from jellybean.spec import (
     Topology,
     Workflow,
     load_bundle,
+    load_bundles,
     load_documents,
     load_text,
 )
@@ -208,9 +209,11 @@ def test_vqa_medium_bundle_resolves() -> None:
 
 @pytest.mark.parametrize("folder", sorted(p.name for p in WORKFLOWS.iterdir() if p.is_dir()))
 def test_every_committed_workflow_loads_and_resolves(folder: str) -> None:
-    """Covers vqa-medium and any workflow added later (vehicle-tracking, ...)."""
-    bundle = load_bundle([WORKFLOWS / folder])
-    assert bundle.workflow.spec.stages
+    """Covers vqa-medium and any workflow added later (vehicle-tracking, ...), and every workflow of
+    a folder holding several (store: planned together, on one topology)."""
+    bundles = load_bundles([WORKFLOWS / folder])
+    assert bundles and all(bundle.workflow.spec.stages for bundle in bundles)
+    assert len({bundle.topology.metadata.name for bundle in bundles}) == 1
 
 
 def test_inline_documents_load_from_files(tmp_path: Path) -> None:
