@@ -59,11 +59,11 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from jellybean.optimizer.plan import Plan, SinkResult
+from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
 from jellybean.runtime.parsing import IsolatedParser
 from jellybean.runtime.state import DamagedRecord
-from jellybean.runtime.status import Endpoint, OutputStatus, SinkStatus
+from jellybean.runtime.status import EventOut, WorkflowStatus, WorkflowSummary
 from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import MAX_LOAD_BYTES
 
@@ -140,79 +140,6 @@ class ApplyResponse(BaseModel):
     changed: bool = Field(description="False when every document was already stored as sent: nothing changed.")
     settled: bool | None = Field(default=None, description="With `wait`: whether the changed workflows reached "
                                  "their new state (or failed) in time.")
-
-
-class StageRow(BaseModel):
-    stage: str | None
-    site: str | None
-    variant: str | None = Field(description="The planned variant.")
-    variant_running: str | None = None
-    replicas_planned: int
-    replicas_alive: int
-    rate_planned_per_s: float
-    rate_measured_per_s: float | None = None
-
-
-class PlanSummary(BaseModel):
-    strategy: str | None = None
-    sharing: str | None = None
-    cost_per_hour: float | None = None
-    accuracy: float | None = None
-    accuracy_target: float | None = None
-    latency_ms_p90: float | None = None
-    models: dict[str, str] = Field(default_factory=dict)
-    sinks: list[SinkResult] = Field(default_factory=list, description="Every sink's predicted accuracy and target.")
-
-
-class EventOut(BaseModel):
-    id: int
-    at: float
-    workflow: str | None
-    event: str
-    detail: dict[str, Any]
-
-
-Phase = Literal["Pending", "Starting", "Running", "Updating", "Failed", "Blocked", "Terminating"]
-
-
-class WorkflowStatus(BaseModel):
-    name: str
-    phase: Phase
-    message: str = ""
-    generation: int | None
-    digest: str | None
-    running_generation: int | None
-    running_digest: str | None
-    zoo: str | None
-    topology: str | None
-    applied_at: float | None
-    started_at: float | None
-    plan: PlanSummary | None
-    stages: list[StageRow]
-    frames: dict[str, int] | None = Field(description="`sent`, `completed`, `failed`, `in_flight`, `lost` (running "
-                                          "only).")
-    endpoints: list[Endpoint] = Field(default_factory=list, description="Where data enters (an ingest URL per source "
-                                      "and site) and results leave (stream URLs, webhooks, files).")
-    outputs: list[OutputStatus] = Field(default_factory=list, description="Results at each output: accepted, "
-                                        "delivered, failed, dropped, backlog.")
-    accuracy_measured: float | None = Field(default=None, description="On the completed frames that carry a ground truth.")
-    sinks: list[SinkStatus] = Field(default_factory=list, description="Every sink's frames and measured accuracy "
-                                    "(running only).")
-    throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
-    events: list[EventOut]
-
-
-class WorkflowSummary(BaseModel):
-    name: str
-    phase: Phase
-    message: str = ""
-    generation: int | None
-    running_generation: int | None
-    cost_per_hour: float | None
-    accuracy: float | None
-    replicas_alive: int
-    replicas_planned: int
-    applied_at: float | None
 
 
 class DeleteResponse(BaseModel):

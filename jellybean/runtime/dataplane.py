@@ -201,6 +201,7 @@ class Pipeline:
         self._lock = threading.RLock()
         self._monitor: threading.Thread | None = None
         self._stop_monitor = threading.Event()
+        self._cancelled = threading.Event()
         self._lost_sources: Counter = Counter()  # frames in flight at sources whose actor died
         #: Counts a previous run of the same workflow left (a controller restarted): added to the ledger.
         self.carried = LedgerView()
@@ -229,7 +230,9 @@ class Pipeline:
         made = [self._create_output(o) for o in deployment.outputs]
         made += [self._create_replica(r) for r in deployment.replicas]
         made += [self._create_source(s) for s in deployment.sources]
+        self._give_up_if_cancelled(made)
         self._setup(made, timeout_s)
+        self._give_up_if_cancelled(made)
         if self.pin_cpus:
             self._pin()
         self._wire()
@@ -243,6 +246,22 @@ class Pipeline:
                 raise ServingError(f"source {actor.key} did not start: {type(result).__name__}: {result}")
         self._monitor = threading.Thread(target=self._watch, name="jellybean-dataplane", daemon=True)
         self._monitor.start()
+
+    def cancel(self) -> None:
+        """Make a start under way give up now (the workflow was deleted): the actors made so far are
+        killed, so the setup calls it waits on fail at once instead of at their timeout, and
+        :meth:`start` raises :class:`ServingError` (``cancelled``)."""
+        self._cancelled.set()
+        with self._lock:
+            actors = list(self.actors.values())
+        self._kill(actors)
+
+    def _give_up_if_cancelled(self, made: list[_Actor]) -> None:
+        if self._cancelled.is_set():
+            self._kill(made)
+            for actor in made:
+                self.actors.pop(actor.key, None)
+            raise ServingError(f"the start of {self.plan.workflow} was cancelled")
 
     def _host_spec(self, extra: dict) -> dict:
         return {"workflow": self.deployment.workflow, "transport": self.transport, "wire_secret": self.wire_secret,

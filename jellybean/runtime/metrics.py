@@ -222,6 +222,16 @@ class Metrics:
         self.applies = Counter(
             "jellybean_controller_applies_total", "Document submissions, by outcome.", ("outcome",), registry=r)
 
+    def forget_workflow(self, workflow: str) -> None:
+        """Remove every series labelled ``workflow=<workflow>``: a deleted workflow leaves ``/metrics``
+        (Prometheus then marks its series stale instead of repeating the last values)."""
+        for metric in vars(self).values():
+            if isinstance(metric, (Counter, Gauge, Histogram)):
+                try:
+                    metric.remove_by_labels({"workflow": workflow})
+                except ValueError:  # no such label (or no labels)
+                    continue
+
 
 def bind(metrics: Metrics, port: int, host: str = "127.0.0.1"):
     """A server for ``metrics`` on ``http://host:port/metrics``, bound but not yet serving (so that
