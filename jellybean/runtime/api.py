@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -63,6 +64,7 @@ from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
 from jellybean.runtime.parsing import IsolatedParser
 from jellybean.runtime.state import DamagedRecord
+from jellybean.runtime.reconcile import Phase
 from jellybean.runtime.status import EventOut, WorkflowStatus, WorkflowSummary
 from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import MAX_LOAD_BYTES
@@ -134,12 +136,22 @@ class WorkflowResult(BaseModel):
     reason: str = ""
 
 
+class NotRunning(BaseModel):
+    name: str
+    phase: Phase
+    message: str = ""
+
+
 class ApplyResponse(BaseModel):
     documents: list[DocumentResult]
     workflows: list[WorkflowResult]
     changed: bool = Field(description="False when every document was already stored as sent: nothing changed.")
     settled: bool | None = Field(default=None, description="With `wait`: whether the changed workflows reached "
                                  "their new state (or failed) in time.")
+    running: bool | None = Field(default=None, description="With `wait`: whether every changed workflow runs its "
+                                 "new version (False when one failed, is blocked or was still starting).")
+    not_running: list[NotRunning] = Field(default_factory=list, description="With `wait`: the changed workflows "
+                                          "that do not run their new version, with their phase and why.")
 
 
 class DeleteResponse(BaseModel):
@@ -327,12 +339,18 @@ def create_app(controller: Controller, token: str, *, docs: bool = False, max_bo
             result = await loop.run_in_executor(applying, controller.apply_documents, files, documents)
         finally:
             pending["applies"] -= 1
-        settled = None
+        settled = running = None
+        not_running: list[dict] = []
         changed = [w["name"] for w in result.workflows if w["action"] != "unchanged"]
         if wait > 0 and changed:
             settled = await _settled(controller, changed, wait)
+            for name in changed:
+                if not controller.running(name):
+                    status = await loop.run_in_executor(None, partial(controller.workflow_status, name, events=0))
+                    not_running.append({"name": name, "phase": status["phase"], "message": status["message"]})
+            running = not not_running
         return {"documents": result.documents, "workflows": result.workflows, "changed": result.changed,
-                "settled": settled}
+                "settled": settled, "running": running, "not_running": not_running}
 
     @v1.get("/workflows", response_model=list[WorkflowSummary], summary="Every workflow")
     def workflows() -> list[dict]:
