@@ -359,6 +359,7 @@ class Desired:
     generation: int
     bundle: Bundle
     plan: Plan
+    extra: dict = field(default_factory=dict)  # kept with the deployment (the operator's plan summary)
 
 
 @dataclass
@@ -468,14 +469,15 @@ class Executor:
                            failure, problem, blocked, planned, pipeline_state, self.clock())
 
     # --- effects --------------------------------------------------------------------------------------
-    def execute(self, action: Action, desired: Desired | None) -> None:
+    def execute(self, action: Action, desired: Desired | None, *, on_begin: Callable[[], None] | None = None) -> None:
         """Run one action (``desired`` is what to start for start and replace)."""
         if action.kind == "stop":
             self.stop(action.name, drain=True, reason="deleted")
         elif desired is not None:
-            self.start(desired)
+            self.start(desired, on_begin=on_begin)
 
-    def start(self, desired: Desired, *, on_started: Callable[[PipelineLike], None] | None = None) -> bool:
+    def start(self, desired: Desired, *, on_started: Callable[[PipelineLike], None] | None = None,
+              on_begin: Callable[[], None] | None = None) -> bool:
         """Start ``desired`` (replacing what runs of it: new-first when there is room, else stop-first).
         Returns whether it runs. A failure is recorded (with its backoff); a cancelled start is not."""
         name = desired.name
@@ -497,6 +499,11 @@ class Executor:
             self.transitions[name] = transition
         stopped_old: dict | None = None
         try:
+            if on_begin is not None:  # the caller reports Starting / Updating now (the operator's status)
+                try:
+                    on_begin()
+                except Exception:  # noqa: BLE001 - a report is no reason not to start
+                    log.debug("reporting the start of %s failed", name, exc_info=True)
             if old is not None and rollout.strategy == "stop-first":
                 stopped_old = self._stop_deployed(old, drain=True)
                 with self.lock:
@@ -532,7 +539,7 @@ class Executor:
             if on_started is not None:
                 on_started(pipeline)
             deployed = Deployed(name, desired.digest, desired.generation, pipeline, time.time(), desired.plan,
-                                desired.bundle.topology)
+                                desired.bundle.topology, dict(desired.extra))
             with self.lock:
                 self.running[name] = deployed
                 self.failures.pop(name, None)
@@ -668,8 +675,10 @@ class Executor:
                 if missing:
                     blocked[name] = (f"no node of the Ray cluster advertises {', '.join(missing)}: start the site's "
                                      f"node with `ray start --address ... --resources '{{\"{missing[0]}\": 1000}}'`")
-        with self.lock:
-            self.blocked = blocked
+        with self.lock:  # only the workflows looked at now (the operator asks for one at a time)
+            for name in needs:
+                self.blocked.pop(name, None)
+            self.blocked.update(blocked)
         return set(blocked)
 
     def _cluster_detail(self, resources: Mapping[str, float]) -> dict:
