@@ -218,7 +218,9 @@ class Metrics:
             "jellybean_controller_reconcile_errors_total", "Actions of the reconcile loop that failed.",
             ("workflow",), registry=r)
         self.workflows = Gauge(
-            "jellybean_controller_workflows", "Workflows the controller holds, by state.", ("state",), registry=r)
+            "jellybean_controller_workflows", "Workflows the controller (or the operator) holds, by state: their "
+            "phase, lower-cased (pending, planned, starting, running, updating, degraded, blocked, failed, "
+            "terminating).", ("state",), registry=r)
         self.applies = Counter(
             "jellybean_controller_applies_total", "Document submissions, by outcome.", ("outcome",), registry=r)
 

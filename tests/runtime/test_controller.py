@@ -801,3 +801,29 @@ def test_plan_rollout_is_new_first_only_with_room() -> None:
     crowded = plan_rollout(plan, bundle.topology, [plan])
     assert crowded.strategy == "stop-first" and "needs 1 instance(s), 0 free" in crowded.reason
     assert plan_rollout(None, None, [plan]).strategy == "new-first"
+
+
+def test_a_workflow_applied_next_to_others_is_planned_on_what_they_leave(tmp_path: Path) -> None:
+    """Two copies of vehicle-tracking on one Topology: the second is planned on what the first leaves
+    (each hub's one Jetson is the first one's), so together they never count on the same instance;
+    while nothing runs yet, each is planned on the whole topology."""
+    from jellybean.optimizer.capacity import instances_in_use
+
+    controller, _ = make(tmp_path)
+    controller.apply(files_of(VEHICLES))
+    controller.reconcile()
+    second = edited([f for f in files_of(VEHICLES) if f[0].endswith("workflow.yaml")], "workflow.yaml",
+                    "name: vehicle-tracking\n", "name: second-block\n")
+    [result] = controller.apply(second).workflows
+    controller.reconcile()
+    plans = {name: controller.store.revision(name).plan_model() for name in ("vehicle-tracking", "second-block")}
+    assert instances_in_use([plans["vehicle-tracking"]])[("hub-1", "agx-orin")] == 1
+    assert ("hub-1", "agx-orin") not in instances_in_use([plans["second-block"]])
+    assert result["cost_per_hour"] > plans["vehicle-tracking"].cost.total_per_hour  # the Jetsons were cheaper
+    together = instances_in_use(plans.values())
+    topology = controller.store.revision("vehicle-tracking").bundle().topology
+    for site in topology.spec.sites:
+        for group in site.instances:
+            bound = group.count if group.count is not None else group.max_count
+            assert together.get((site.name, group.name), 0) <= bound
+    assert [w["phase"] for w in controller.list_status()] == ["Running", "Running"]
