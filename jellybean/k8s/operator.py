@@ -857,8 +857,6 @@ class Operator:
         phase, message = phase_of(observation)
         if problem is None and failure is not None and failure.digest == digest and not current:
             problem = ("DeployFailed", message)
-        if last is None and attempt is not None and attempt.reason:
-            last = None  # plan problems are in the Planned condition
         frames = (runtime or {}).get("frames")
         status = WorkflowStatus(
             name=name, phase=phase, message=message, generation=generation, digest=digest,

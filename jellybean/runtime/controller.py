@@ -396,6 +396,10 @@ class Controller:
         if not self.store.delete_workflow(name):
             raise NotFound(name)
         self.executor.cancel(name)
+        with self.executor.lock:
+            idle = name not in self.executor.running and name not in self.executor.transitions
+        if idle:  # nothing to stop (it never ran, or failed): forget it now, its metric series too
+            self.executor.forget(name)
         self.trigger()
 
     # --- the loop -------------------------------------------------------------------------------------

@@ -763,6 +763,15 @@ def test_a_deleted_workflows_series_leave_the_metrics(tmp_path: Path) -> None:
     assert 'workflow="vqa-medium"' not in exported
     assert 'jellybean_frames_completed_total{workflow="vehicle-tracking"} 3.0' in exported
     assert text()("jellybean_controller_workflows", {"state": "running"}) == 1
+    # One that never ran (its start failed) leaves too, with its last failure.
+    rec = controller.pipeline_factory.__self__
+    rec.fail["vqa-medium"] = 1
+    controller.apply(files_of(VQA))
+    controller.reconcile()
+    assert text()("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) == 1
+    controller.delete("vqa-medium")
+    assert text()("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) is None
+    assert "vqa-medium" not in controller.executor.last_failures
 
 
 def test_phase_of_is_pure_and_says_why() -> None:
