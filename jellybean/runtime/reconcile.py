@@ -514,20 +514,26 @@ class Executor:
                                               "summary": stopped_old})
             pipeline = None
             try:
-                pipeline = self.pipeline_factory(desired.bundle, desired.plan)
-                with self.lock:
-                    transition.pipeline = pipeline
-                    if transition.cancelled:
-                        raise Cancelled("the start was cancelled")
-                pipeline.start()
-                if transition.cancelled:
-                    raise Cancelled("the start was cancelled")
+                try:
+                    pipeline = self._start_pipeline(desired, transition)
+                except Exception as exc:
+                    if not (getattr(exc, "no_room", False) and old is not None and stopped_old is None):
+                        raise
+                    # New-first found no room in Ray after all (the plan's topology has more CPUs than
+                    # the machine): stop the old version first, then start the new one on what it frees.
+                    rollout = Rollout("stop-first", f"{message_of(exc)}: the old version is stopped first")
+                    with self.lock:
+                        transition.rollout = (f"rolling out generation {desired.generation} (stop-first): "
+                                              + rollout.reason)
+                    stopped_old = self._stop_deployed(old, drain=True)
+                    with self.lock:
+                        if self.running.get(name) is old:
+                            del self.running[name]
+                    self.record(name, "stopped", {"generation": old.generation, "digest": old.digest,
+                                                  "reason": f"rollout of generation {desired.generation} (stop-first)",
+                                                  "summary": stopped_old})
+                    pipeline = self._start_pipeline(desired, transition)
             except Exception as exc:  # noqa: BLE001 - recorded, shown in status, retried with backoff
-                if pipeline is not None:
-                    try:
-                        pipeline.stop(drain=False)
-                    except Exception:  # noqa: BLE001
-                        log.debug("cleanup of a failed start failed", exc_info=True)
                 if transition.cancelled:
                     self.record(name, "cancelled", {"generation": desired.generation, "digest": desired.digest})
                     log.info("the start of %s was cancelled", name)
@@ -559,6 +565,28 @@ class Executor:
             with self.lock:
                 if self.transitions.get(name) is transition:
                     del self.transitions[name]
+
+    def _start_pipeline(self, desired: Desired, transition: _Transition) -> PipelineLike:
+        """Make and start the pipeline (cleaned up, and the exception raised again, when it fails)."""
+        pipeline = self.pipeline_factory(desired.bundle, desired.plan)
+        with self.lock:
+            transition.pipeline = pipeline
+            cancelled = transition.cancelled
+        try:
+            if cancelled:
+                raise Cancelled("the start was cancelled")
+            pipeline.start()
+            if transition.cancelled:
+                raise Cancelled("the start was cancelled")
+        except Exception:
+            try:
+                pipeline.stop(drain=False)
+            except Exception:  # noqa: BLE001
+                log.debug("cleanup of a failed start failed", exc_info=True)
+            with self.lock:
+                transition.pipeline = None
+            raise
+        return pipeline
 
     def cancel(self, name: str) -> bool:
         """Cancel a start of ``name`` under way (a delete): the pipeline gives up what it waits on.

@@ -157,6 +157,12 @@ class RayBackend:
                 out.append(exc)
         return out
 
+    def free_cpus(self) -> float | None:
+        """CPUs free in the Ray cluster now (all nodes together)."""
+        import ray
+
+        return float(ray.available_resources().get("CPU", 0.0))
+
     def kill(self, handle: Any) -> None:
         import ray
 

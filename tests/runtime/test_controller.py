@@ -836,3 +836,31 @@ def test_a_workflow_applied_next_to_others_is_planned_on_what_they_leave(tmp_pat
             bound = group.count if group.count is not None else group.max_count
             assert together.get((site.name, group.name), 0) <= bound
     assert [w["phase"] for w in controller.list_status()] == ["Running", "Running"]
+
+
+def test_a_new_first_rollout_that_finds_no_room_in_ray_stops_the_old_version_first(tmp_path: Path) -> None:
+    """The plan says there is room (two Jetsons per hub) but Ray has not the CPUs free beside the old
+    version (the machine is smaller than the topology): the start fails at once with NoRoom and the
+    rollout goes on stop-first, said in the event, instead of failing and retrying forever."""
+    from jellybean.runtime.deployment import NoRoom
+
+    rec = Recorder()
+
+    class Crowded(FakePipeline):
+        def start(self) -> None:
+            if any(p.name == self.name for p in rec.live.values()):
+                raise NoRoom(f"{self.name} needs 4 CPU(s) for its replicas and Ray has 0 free")
+            super().start()
+
+    controller, _ = make(tmp_path, rec, pipeline_factory=lambda bundle, plan: Crowded(rec, bundle, plan))
+    controller.apply(roomy(files_of(VEHICLES)))
+    controller.reconcile()
+    controller.apply(edited(roomy(files_of(VEHICLES)), "workflow.yaml", "accuracy: 33.0", "accuracy: 32.0"))
+    controller.reconcile()
+    assert [e[:3] for e in rec.log] == [("start", "vehicle-tracking", 1), ("stop", "vehicle-tracking", 2),
+                                        ("stop", "vehicle-tracking", 1), ("start", "vehicle-tracking", 3)]
+    status = controller.workflow_status("vehicle-tracking")
+    assert (status["phase"], status["running_generation"]) == ("Running", 2)
+    replaced = status["events"][-1]
+    assert replaced["event"] == "replaced" and replaced["detail"]["strategy"] == "stop-first"
+    assert "Ray has 0 free: the old version is stopped first" in replaced["detail"]["why"]

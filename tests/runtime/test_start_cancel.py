@@ -48,3 +48,24 @@ def test_a_cancel_before_the_start_makes_it_give_up_before_any_setup() -> None:
     with pytest.raises(ServingError, match="was cancelled"):
         p.start(timeout_s=60)
     assert calls == [] and p.actors == {}  # nothing was set up, and what was made is gone
+
+
+def test_a_start_without_the_cpus_free_fails_at_once_saying_so() -> None:
+    """Ray has fewer CPUs free than the replicas ask for: NoRoom at once (not after the setup timeout),
+    with the numbers, before any actor is made."""
+    from jellybean.runtime.deployment import NoRoom
+
+    p, backend, _ = pipeline()
+    backend.free_cpus = lambda: 0.5
+    p.room_wait_s = 0.0
+    needed = sum(r.num_cpus for r in p.deployment.replicas)
+    assert needed > 0.5
+    with pytest.raises(NoRoom, match=rf"needs {needed:g} CPU\(s\) for its replicas and Ray has 0.5 free"):
+        p.start(timeout_s=60)
+    assert p.actors == {}
+    # CPUs still being released (actors just stopped) are waited for a moment.
+    frees = iter([0.5, 0.5, needed])
+    p2, backend2, _ = pipeline()
+    backend2.free_cpus = lambda: next(frees)
+    p2.room_wait_s = 30.0
+    p2._check_room()  # returns once the CPUs are free
