@@ -50,6 +50,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -90,6 +91,8 @@ KOPF_PREFIX = "kopf.jellybean.io"
 MAX_MESSAGE = 2000
 #: Placements listed in ``status.plan`` (a city-scale plan has thousands; the status must stay small).
 MAX_PLACEMENTS = 50
+#: Workflows reconciled at once (each start or plan holds a thread while it runs).
+MAX_THREADS = 64
 
 Planner = Callable[["Bundle"], "Plan"]
 
@@ -548,6 +551,7 @@ class Operator:
         self.ready = threading.Event()  # kopf's ready flag: set once it watches
         self._wakes: dict[str, asyncio.Event] = {}
         self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, while it runs
+        self._threads: ThreadPoolExecutor | None = None
         self._discovered: dict[str, Discovery | SpecError] = {}
         self._parsed: dict[tuple[str, str], tuple[str | None, LoadedDocument | SpecError]] = {}
         self._lock = threading.RLock()  # the caches (read by the HTTP probes)
@@ -614,7 +618,7 @@ class Operator:
         try:
             while not stopped:
                 wake.clear()
-                work = asyncio.ensure_future(asyncio.to_thread(self._reconcile_logged, name))
+                work = asyncio.ensure_future(self._in_thread(self._reconcile_logged, name))
                 halt = asyncio.ensure_future(stopped.wait())
                 await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done():  # stopped while reconciling: a start under way gives up
@@ -632,6 +636,14 @@ class Operator:
             raise
         finally:
             self._wakes.pop(name, None)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the operator's own threads (one per workflow being reconciled, so that a long
+        start or plan never waits for another's), with kopf's context (its Events queue)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="jellybean-reconcile")
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._threads, partial(context.run, fn, *args))
 
     def _next_wait(self, name: str) -> float:
         due = [self.executor.next_retry()]
@@ -717,6 +729,9 @@ class Operator:
         """Stop every pipeline this operator runs (the resources and their finalizers stay: the next
         operator redeploys), then Ray."""
         self.executor.shutdown(drain=drain, reason="operator shutdown")
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     def _load(self, kind: str, obj: Mapping) -> LoadedDocument:
         """:func:`load_resource`, remembered per resourceVersion (a resync validates nothing again)."""
@@ -981,7 +996,6 @@ def settings(operator: Operator, *, peering: str | None = None) -> Any:
     config.watching.client_timeout = operator.watch_timeout_s + 30
     config.networking.error_backoffs = [1, 2, 5, 10, 30, 60]
     config.queueing.error_delays = [1, 2, 5, 10, 30, 60]
-    config.execution.max_workers = 64  # each start or plan holds a thread while it runs
     if peering:
         config.peering.name = peering
         config.peering.mandatory = True
@@ -1017,7 +1031,7 @@ def registry(operator: Operator, *, login: Callable[[], Any] | None = None) -> A
                 return
             affected = operator.observe(kind, type, dict(body))
             if kind == WORKFLOW:  # gone without our teardown (its finalizer was removed by hand)
-                await asyncio.to_thread(operator.teardown, name_of(body))
+                await operator._in_thread(operator.teardown, name_of(body))
             operator.wake(affected)
 
     for kind in (WORKFLOW, "ModelZoo", "Topology"):

@@ -228,10 +228,13 @@ class FakeKubeApi:
         self.log.append(("json_patch", name, copy.deepcopy(ops)))
         patched = jsonpatch.apply_patch(obj, ops)
         if status:
-            patched = {**copy.deepcopy(obj), "status": patched.get("status")}
-        else:
-            patched["status"] = copy.deepcopy(obj.get("status"))
-            patched["spec"] = copy.deepcopy(obj.get("spec"))
+            patched = {**copy.deepcopy(obj), "status": patched.get("status") or {}}
+        else:  # the object's patch changes neither its spec nor its status (the subresource's)
+            for key in ("spec", "status"):
+                if key in obj:
+                    patched[key] = copy.deepcopy(obj[key])
+                else:
+                    patched.pop(key, None)
         if patched == obj:
             return copy.deepcopy(obj)
         patched["metadata"]["resourceVersion"] = self._bump()
