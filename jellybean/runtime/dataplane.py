@@ -266,8 +266,8 @@ class Pipeline:
                 return
             if time.monotonic() >= deadline or self._cancelled.wait(0.2):
                 break
-        raise NoRoom(f"{self.plan.workflow} needs {needed:g} CPU(s) for its replicas and Ray has {free:g} free "
-                     "(the pipelines running hold the rest)")
+        raise NoRoom(f"{self.plan.workflow} needs {round(needed, 2):g} CPU(s) for its replicas and Ray has "
+                     f"{round(free, 2):g} free (the pipelines running hold the rest)")
 
     def cancel(self) -> None:
         """Make a start under way give up now (the workflow was deleted): the actors made so far are

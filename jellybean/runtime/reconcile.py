@@ -273,7 +273,8 @@ def message_of(exc: BaseException) -> str:
     """An exception in one line for a status: its text (with its type, unless it is a user-facing
     error), without terminal sequences, at most :data:`MAX_MESSAGE` characters."""
     text = _ANSI.sub("", str(exc)) or type(exc).__name__
-    if not isinstance(exc, (NotServable, SpecError, Cancelled)) and type(exc).__name__ != "ServingError":
+    serving = any(c.__name__ == "ServingError" for c in type(exc).__mro__)  # the data plane's, said for users
+    if not isinstance(exc, (NotServable, SpecError, Cancelled)) and not serving:
         text = f"{type(exc).__name__}: {text}"
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "..."
 

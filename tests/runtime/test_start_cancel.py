@@ -60,7 +60,7 @@ def test_a_start_without_the_cpus_free_fails_at_once_saying_so() -> None:
     p.room_wait_s = 0.0
     needed = sum(r.num_cpus for r in p.deployment.replicas)
     assert needed > 0.5
-    with pytest.raises(NoRoom, match=rf"needs {needed:g} CPU\(s\) for its replicas and Ray has 0.5 free"):
+    with pytest.raises(NoRoom, match=rf"needs {round(needed, 2):g} CPU\(s\) for its replicas and Ray has 0.5 free"):
         p.start(timeout_s=60)
     assert p.actors == {}
     # CPUs still being released (actors just stopped) are waited for a moment.
