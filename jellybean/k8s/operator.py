@@ -175,6 +175,18 @@ class ClientKubeApi:
             certificate_path=conf.cert_file or None, private_key_path=conf.key_file or None,
             username=conf.username or None, password=conf.password or None)
 
+    def nodes_refused(self) -> str | None:
+        """Why the Nodes cannot be listed (RBAC, most likely), or None when they can: asked when
+        discovery finds no Node at all, so that the workflow's condition says which it is."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.CoreV1Api(self.client).list_node(limit=1)
+        except ApiException as exc:
+            return f"({exc.status}) {exc.reason}"
+        return None
+
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
@@ -801,10 +813,15 @@ class Operator:
             return SpecError([Issue("Nodes", None, "", "the workflow names no Topology of the namespace, and node "
                                     "discovery is off", "apply a Topology and name it in spec.topology, or install "
                                     "the chart with operator.discoverNodes=true")])
-        try:
-            found: Discovery | SpecError = discover_topology(nodes, name)
-        except SpecError as exc:
-            found = exc
+        refused = self.api.nodes_refused() if not nodes and hasattr(self.api, "nodes_refused") else None
+        if refused:
+            found: Discovery | SpecError = SpecError([Issue("Nodes", None, "", f"cannot list the Nodes: {refused}",
+                                                            "give the operator's service account list/watch on nodes")])
+        else:
+            try:
+                found = discover_topology(nodes, name)
+            except SpecError as exc:
+                found = exc
         with self._lock:
             self._discovered[name] = found
         return found
@@ -1018,26 +1035,30 @@ def registry(operator: Operator, *, login: Callable[[], Any] | None = None) -> A
             return login()
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    def watch(group: str, version: str, resource: str, kind: str) -> None:
-        # An index handler sees every object of the initial listing before any daemon starts (kopf
-        # holds the handlers until every index is populated): no workflow is planned on a partial view.
-        @kopf.index(group, version, resource, registry=handlers, id=f"cache-{resource}")
-        async def _index(body: Any, **_: Any) -> None:
-            operator.wake(operator.observe(kind, "MODIFIED", dict(body)))
+    def watch(group: str, version: str, resource: str, kind: str, *, gate: bool) -> None:
+        if gate:
+            # An index handler sees every object of the initial listing before any daemon starts (kopf
+            # holds the handlers until every index is populated): no workflow is planned on a partial
+            # view of its own namespace's documents.
+            @kopf.index(group, version, resource, registry=handlers, id=f"cache-{resource}")
+            async def _index(body: Any, **_: Any) -> None:
+                operator.wake(operator.observe(kind, "MODIFIED", dict(body)))
 
-        @kopf.on.event(group, version, resource, registry=handlers, id=f"deleted-{resource}")
+        @kopf.on.event(group, version, resource, registry=handlers, id=f"event-{resource}")
         async def _event(type: str | None, body: Any, **_: Any) -> None:  # noqa: A002 - kopf's name
-            if type != "DELETED":
-                return
+            if gate and type != "DELETED":
+                return  # the index handler has it
             affected = operator.observe(kind, type, dict(body))
-            if kind == WORKFLOW:  # gone without our teardown (its finalizer was removed by hand)
+            if kind == WORKFLOW and type == "DELETED":  # gone without our teardown (finalizer removed by hand)
                 await operator._in_thread(operator.teardown, name_of(body))
             operator.wake(affected)
 
     for kind in (WORKFLOW, "ModelZoo", "Topology"):
-        watch(GROUP, VERSION, plural(kind), kind)
+        watch(GROUP, VERSION, plural(kind), kind, gate=True)
     if operator.discover_nodes:
-        watch("", "v1", "nodes", NODE)
+        # Nodes do not gate the handlers: a cluster that refuses to list them (RBAC) must not stop the
+        # workflows that name a Topology; a workflow discovered from them is re-planned as they arrive.
+        watch("", "v1", "nodes", NODE, gate=False)
 
     @kopf.daemon(GROUP, VERSION, plural(WORKFLOW), registry=handlers, cancellation_backoff=5.0,
                  cancellation_timeout=60.0)
