@@ -225,8 +225,8 @@ def controller_restart(cache: Path, quick: bool) -> dict:
         resumed_s = time.time() - started
         time.sleep(2.0)
         after = {n: second.workflow_status(n)["frames"] for n in sorted(second.store.desired())}
-        adopted = {n: len(getattr(d.pipeline, "adopted", [])) for n, d in second._running.items()}
-        replicas = {n: len(d.pipeline.replicas) for n, d in second._running.items()}
+        adopted = {n: len(getattr(d.pipeline, "adopted", [])) for n, d in second.executor.running.items()}
+        replicas = {n: len(d.pipeline.replicas) for n, d in second.executor.running.items()}
         second.stop(drain=True)
         return {"workflows_before": len(names) if running else 0, "workflows_after": len(after) if back else 0,
                 "replicas_adopted": adopted, "replicas": replicas, "resumed_s": round(resumed_s, 2),

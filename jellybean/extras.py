@@ -4,7 +4,7 @@
 *extra* adds the packages of one part, declared in pyproject.toml:
 
 - ``runtime``: serving on Ray (torch, ONNX Runtime, FastAPI, uvicorn, aiohttp, Prometheus, ...);
-- ``k8s``: the in-cluster operator (the Kubernetes client; it serves, so it brings ``runtime``);
+- ``k8s``: the in-cluster operator (kopf and the Kubernetes client; it serves, so it brings ``runtime``);
 - ``viz``: pictures of plans and benchmarks (matplotlib).
 
 The code of a part imports its packages lazily, when the part runs, so that a command of another
@@ -43,6 +43,7 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
     "onnx": ("onnx", "runtime"),
     "silero_vad": ("silero-vad", "runtime"),
     "kubernetes": ("kubernetes", "k8s"),
+    "kopf": ("kopf", "k8s"),  # the operator's framework: watching, finalizers, Events, peering
     "matplotlib": ("matplotlib", "viz"),
 }
 

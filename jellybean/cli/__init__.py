@@ -19,6 +19,8 @@ import yaml
 EXIT_OK = 0
 EXIT_INFEASIBLE = 1
 EXIT_INVALID = 2
+#: `apply --wait`: a changed workflow does not run its new version in time (failed, blocked, still starting).
+EXIT_NOT_RUNNING = 3
 
 
 class UsageError(Exception):
@@ -668,7 +670,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         result = _call(url, token, "POST", "/v1/apply" + query, {"files": files}, timeout=300.0 + args.wait)
         if args.format == "json":
             print(json.dumps(result, indent=2))
-            return EXIT_OK
+            return EXIT_NOT_RUNNING if result.get("running") is False else EXIT_OK
         for doc in result["documents"]:
             print(f"{doc['kind']} {doc['name']}: {doc['action']}")
         for wf in result["workflows"]:
@@ -680,11 +682,23 @@ def cmd_apply(args: argparse.Namespace) -> int:
             print(line)
         if not result["changed"]:
             print("nothing changed")
-        elif result.get("settled") is False:
-            print(f"not all running after {args.wait:g} s: see `jellybean status`")
+        if result.get("running") is False:
+            what = "not all running" if result.get("settled") else f"not all running after {args.wait:g} s"
+            print(f"{what}: see `jellybean status`")
+            for wf in result.get("not_running") or []:
+                print(f"  {wf['name']}: {wf['phase']}" + (f": {wf['message']}" if wf.get("message") else ""))
+            return EXIT_NOT_RUNNING
         return EXIT_OK
 
     return _client_command(run)
+
+
+def _why(status: dict) -> str:
+    """A workflow's message, or else its last failure (kept after it recovered)."""
+    if status.get("message"):
+        return status["message"]
+    failure = status.get("last_failure")
+    return f"last failure ({_when(failure.get('at'))}): {failure['message']}" if failure else ""
 
 
 def _render_workflow(status: dict) -> str:
@@ -696,6 +710,10 @@ def _render_workflow(status: dict) -> str:
              f"running {running if running is not None else '-'})"]
     if status.get("message"):
         lines.append(f"  {status['message']}")
+    failure = status.get("last_failure")
+    if failure:
+        lines.append(f"Last failure ({failure['reason']}, {_when(failure.get('at'))}"
+                     + (f", attempt {failure['attempts']}" if failure.get("attempts") else "") + f"): {failure['message']}")
     plan = status.get("plan")
     if plan:
         cost = "-" if plan.get("cost_per_hour") is None else f"${plan['cost_per_hour']:.3f}/h"
@@ -758,10 +776,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         elif not workflows:
             print("no workflows (submit some with `jellybean apply -f PATH`)")
         else:
-            print(table(["NAME", "PHASE", "GENERATION", "RUNNING", "$/H", "ACCURACY", "REPLICAS", "APPLIED", "MESSAGE"],
+            print(table(["NAME", "PHASE", "GENERATION", "RUNNING", "$/H", "ACCURACY", "MEASURED", "FRAMES/S", "LOST",
+                         "REPLICAS", "APPLIED", "MESSAGE"],
                         [[w["name"], w["phase"], w["generation"], w["running_generation"], w["cost_per_hour"],
-                          w["accuracy"], f"{w['replicas_alive']}/{w['replicas_planned']}", _when(w["applied_at"]),
-                          (w.get("message") or "")[:80]] for w in workflows], right={2, 3, 4, 5, 6}))
+                          w["accuracy"], w.get("accuracy_measured"), w.get("throughput_per_s"), w.get("frames_lost"),
+                          f"{w['replicas_alive']}/{w['replicas_planned']}", _when(w["applied_at"]),
+                          _why(w)[:100]] for w in workflows], right={2, 3, 4, 5, 6, 7, 8, 9}))
         return EXIT_OK
 
     return _client_command(run)

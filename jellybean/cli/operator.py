@@ -35,6 +35,11 @@ def add_operator_parser(sub) -> None:  # noqa: ANN001 - argparse's private subpa
                    help="solver time limit for each plan (default 60)")
     p.add_argument("--resync", type=float, default=30.0, metavar="SECONDS",
                    help="look at every workflow again this often: pipeline health, retries (default 30)")
+    p.add_argument("--peering", metavar="NAME", default=os.environ.get("JELLYBEAN_PEERING") or None,
+                   help="coordinate with the other replicas of the operator through kopf's peering object NAME "
+                        "(a KopfPeering resource must exist; only the replica of highest priority acts); "
+                        "default: standalone")
+    p.add_argument("--priority", type=int, default=0, help="this replica's peering priority (default 0)")
     p.add_argument("--cache", type=Path, metavar="DIR", help="model cache for the data plane (default: the zoo's)")
     add_model_store_argument(p)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -52,12 +57,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     try:
         import kubernetes  # noqa: F401 - only to say clearly that it is missing
 
-        from jellybean.k8s.operator import ClientKubeApi, ClusterConfigError, Operator, pod_namespace
+        import kopf  # noqa: F401 - the operator's framework
+
+        from jellybean.k8s.operator import ClientKubeApi, ClusterConfigError, Operator, pod_namespace, run
         from jellybean.k8s.probes import create_app
         from jellybean.runtime.api import ApiServer
         from jellybean.runtime.controller import RayCluster
     except ImportError as exc:
-        print(f"error: `jellybean operator` needs the Kubernetes client and the runtime (pip install "
+        print(f"error: `jellybean operator` needs kopf, the Kubernetes client and the runtime (pip install "
               f"'jellybean[k8s,runtime]'): {exc}", file=sys.stderr)
         return EXIT_INFEASIBLE
     try:
@@ -67,8 +74,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         return EXIT_INFEASIBLE
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     namespace = args.namespace or pod_namespace() or "default"
-    # Ray is joined (or started) at the first deployment: a Ray head that is not up yet shows as a
-    # DeployFailed condition, retried with backoff, rather than a crash-looping operator pod.
+    # Ray is joined (or started) at the first deployment: a Ray head that is not up yet shows in the
+    # workflows' status (Blocked, retried with backoff), rather than as a crash-looping operator pod.
     cluster = RayCluster(args.ray_address)
     metrics, metrics_server = start_metrics(args)
     operator = Operator(api, namespace, cluster=cluster, ray_address=args.ray_address,
@@ -88,7 +95,9 @@ def cmd_operator(args: argparse.Namespace) -> int:
         server.start()
         print(f"operator watching namespace {namespace} (Ray: {args.ray_address or 'embedded'}); probes at "
               f"{server.url}/healthz and /readyz", file=sys.stderr)
-        operator.run(stop)  # returns once stopped, after stopping the pipelines (finalizers stay)
+        # kopf watches and handles the finalizers; returns once stopped, after stopping the pipelines
+        # (the finalizers stay: the next operator redeploys).
+        run(operator, stop, login=api.connection, peering=args.peering, priority=args.priority)
     finally:
         server.stop()
         if metrics_server is not None:

@@ -33,26 +33,10 @@ def _zoo_document(path: Path) -> tuple[list[dict], int]:
     raise UsageError(f"{path} holds no ModelZoo document")
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block style, except lists of scalars and per-batch-size tables, which read better on one line."""
-
-
-def _flow_if_flat(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
-    flat = all(isinstance(v, (int, float, str, bool)) or v is None for v in value)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat and len(value) <= 16)
-
-
-def _flow_if_table(dumper: yaml.SafeDumper, value: dict) -> yaml.Node:
-    table = bool(value) and all(isinstance(k, int) and isinstance(v, (int, float)) for k, v in value.items())
-    return dumper.represent_mapping("tag:yaml.org,2002:map", value, flow_style=True if table else None)
-
-
-_Dumper.add_representer(list, _flow_if_flat)
-_Dumper.add_representer(dict, _flow_if_table)
-
-
 def dump_all(docs: list) -> str:
-    return yaml.dump_all(docs, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+    from jellybean.spec.writer import dump_documents
+
+    return dump_documents(docs)
 
 
 def _leading_comment(text: str) -> list[str]:

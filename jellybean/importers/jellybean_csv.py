@@ -63,7 +63,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, NoReturn, Sequence
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from jellybean.spec.common import NAME_RE, Tier
@@ -71,6 +70,7 @@ from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import read_bounded
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
+from jellybean.spec.writer import dump_document
 from jellybean.spec.zoo import ModelZoo
 
 #: JellyBean's published configuration multiplies every link price by this factor.
@@ -1323,22 +1323,6 @@ def import_jellybean(
 # --------------------------------------------------------------------------------------------
 
 
-def _int_batch_keys(value: Any) -> Any:
-    """``mode="json"`` turns the batch-size keys of latency tables into strings; write them as ints."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key in ("latency_ms", "latency_ms_p90"):
-                table = item.get(key)
-                if isinstance(table, dict) and all(isinstance(k, str) and k.isdigit() for k in table):
-                    item[key] = {int(k): v for k, v in table.items()}
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
-    return value
-
-
 def _comment(text: str) -> str:
     lines = text.strip("\n").splitlines()
     return "".join((line if line.startswith("#") else ("# " + line).rstrip()) + "\n" for line in lines)
@@ -1349,8 +1333,8 @@ def write_documents(docs: Iterable[BaseModel], out_dir: Path, *, preamble: str =
 
     Each file starts with ``preamble`` (as comment lines, if given), then a header saying it was
     imported from a JellyBean optimizer-input folder and giving the units, then the document as
-    ``yaml.safe_dump`` of ``model_dump(mode="json", by_alias=True, exclude_none=True)`` in field
-    order. Returns the paths written.
+    written by the one document writer (:func:`jellybean.spec.writer.dump_document`: field order,
+    latency tables on one line). Returns the paths written.
     """
     out_dir = Path(out_dir)
     by_kind: dict[str, BaseModel] = {}
@@ -1367,8 +1351,7 @@ def write_documents(docs: Iterable[BaseModel], out_dir: Path, *, preamble: str =
         doc = by_kind.get(kind)
         if doc is None:
             continue
-        data = _int_batch_keys(doc.model_dump(mode="json", by_alias=True, exclude_none=True))
-        body = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=100)
+        body = dump_document(doc)
         header = _comment(
             f"{kind} {doc.metadata.name!r}, imported from a JellyBean optimizer-input folder by\n"  # type: ignore[attr-defined]
             "jellybean.importers.jellybean_csv (import_jellybean, then write_documents).\n" + _HEADERS[kind]

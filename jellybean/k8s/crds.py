@@ -185,8 +185,9 @@ def status_schema(kind: str) -> dict[str, Any]:
     fields are kept (``x-kubernetes-preserve-unknown-fields``) so that an operator newer than the
     installed CRDs loses nothing."""
     properties: dict[str, Any] = {
-        "phase": {"type": "string", "description": "Where the object is in its life: Pending, Planned, Deployed, "
-                  "Degraded or Failed (the conditions say why)."},
+        "phase": {"type": "string", "description": "Where the object is in its life (the controller's phases): "
+                  "Pending, Planned, Starting, Running, Updating, Degraded, Blocked, Failed or Terminating (the "
+                  "message and the conditions say why)."},
         "message": {"type": "string", "description": "A sentence on the phase, for people."},
         "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0,
                                "description": "The .metadata.generation this status describes."},
@@ -202,6 +203,14 @@ def status_schema(kind: str) -> dict[str, Any]:
             "predictedAccuracy": {"type": "number", "description": "End-to-end accuracy the plan predicts."},
             "predictedLatencyMs": {"type": "number", "description": "End-to-end latency the plan predicts (ms)."},
             "throughputPerSecond": {"type": "number", "description": "Frames completed per second while serving."},
+            "framesLost": {"type": "integer", "format": "int64", "minimum": 0,
+                           "description": "Frames sent and never accounted for while serving (must stay 0)."},
+            "lastFailure": {"type": "object", "description": "The last failure (kept after the workflow recovers).",
+                            "properties": {
+                                "reason": {"type": "string", "description": "DeployFailed, PlanError, ..."},
+                                "message": {"type": "string"},
+                                "time": {"type": "string", "format": "date-time"},
+                                "attempts": {"type": "integer", "format": "int64", "minimum": 0}}},
             "rayAddress": {"type": "string", "description": "The Ray cluster the workflow is served on."},
             "lastPlanTime": {"type": "string", "format": "date-time", "description": "When it was last planned."},
         })

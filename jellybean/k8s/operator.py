@@ -1,57 +1,71 @@
 """The in-cluster operator: InferenceWorkflow custom resources are the desired state, pipelines on Ray
-the actual one, and a reconcile loop moves the second towards the first.
+the actual one. It is "desired state from the watch cache, plus status on the custom resources" on the
+reconcile core shared with the controller (:mod:`jellybean.runtime.reconcile`: decisions, the
+executor of effects, one Phase), with kopf for the Kubernetes machinery.
 
-Watching. One :class:`Watcher` per kind (InferenceWorkflow, ModelZoo, Topology in the operator's
-namespace, and the cluster's Nodes) lists, then watches from the list's ``resourceVersion``; a
-``410 Gone`` (the version was compacted away) makes it list again. Events update a cache of the
-objects; each names the workflows it concerns: the workflow itself, the workflows that use a changed
-ModelZoo or Topology, and, for a Node, the workflows whose topology is discovered from the Nodes.
+kopf (:func:`registry`, :func:`run`). kopf lists and watches (relisting after a ``410 Gone`` or a
+dropped connection), keeps the finalizer ``jellybean.io/teardown`` on every InferenceWorkflow (added
+on first sight, removed once its ``on.delete`` handler has stopped the pipeline; a failure there is
+retried with kopf's backoff), posts Kubernetes Events, and coordinates replicas through peering
+(``--peering NAME``: only the one with the highest priority acts; without it the operator runs
+standalone). Watch events of every kind update the watch cache (:meth:`Operator.observe`) and wake
+the workflows they concern: the workflow itself, those that use a changed ModelZoo or Topology, and,
+for a Node, those whose topology is discovered from the Nodes. Each InferenceWorkflow has a kopf
+daemon: a loop that reconciles it when woken, when a retry is due and every ``resync_s`` (pipeline
+health), and that cancels a start under way when the resource is deleted.
 
 Reconciling one workflow (:meth:`Operator.reconcile`):
 
-1. deletion: when ``metadata.deletionTimestamp`` is set, stop its pipeline, then remove the
-   finalizer ``jellybean.io/teardown`` (a merge patch of ``metadata.finalizers`` carrying the
-   ``resourceVersion`` it read, so a concurrent change is a conflict, not a lost update). Otherwise
-   the finalizer is added on first sight.
-2. resolve: the resource becomes the spec document it holds (:func:`spec_document`) and is validated
+1. resolve: the resource becomes the spec document it holds (:func:`spec_document`) and is validated
    by the same pydantic models as files are; its ``spec.zoo``/``spec.topology`` name a ModelZoo and a
    Topology of the namespace. A topology that is no Topology resource is discovered from the Nodes
    (:mod:`jellybean.k8s.discovery`). Problems become conditions (``InvalidSpec``, ``ZooNotFound``,
    ``DiscoveryFailed``...) with the located message, never a crash.
-3. decide: :func:`needs_replan` compares the generation and the digest of the resolved documents with
-   what runs. Nothing changed: nothing is done (only the status is brought up to date, and only when it
-   differs). Changed: plan (:func:`jellybean.optimizer.plan`), start the new pipeline, then stop the
-   old one (a rollover). An infeasible plan leaves the previous pipeline serving.
-4. report: :func:`desired_status` (pure) computes the status from what was observed; the difference
-   from the stored status is sent as a merge patch of the status subresource
-   (:func:`merge_patch`); ``lastTransitionTime`` changes only when a condition's status flips.
+2. plan: a version (the digest of the resolved documents, :func:`inputs_digest`) not planned yet is
+   planned against what the other workflows running leave of its topology
+   (:func:`jellybean.optimizer.capacity.capacity_left`). An infeasible plan leaves the previous
+   pipeline serving; a planner error is retried with backoff.
+3. act: :func:`jellybean.runtime.reconcile.decide` on this workflow, run by the core's
+   :class:`~jellybean.runtime.reconcile.Executor` (start; a rollout new-first when there is room,
+   stop-first otherwise; failures retried with backoff).
+4. report: :func:`desired_status` (pure) renders the workflow's
+   :class:`~jellybean.runtime.status.WorkflowStatus` (the model ``jellybean status`` and the API show)
+   as the CRD's status: phase and message, plan, measured accuracy, throughput, lost frames, the last
+   failure, and the conditions ``Planned``, ``Deployed``, ``Degraded``. Only the difference from the
+   stored status is sent, as a merge patch of the status subresource (:func:`merge_patch`);
+   ``lastTransitionTime`` changes only when a condition's status flips.
 
-The API calls sit behind :class:`KubeApi` (one implementation on the ``kubernetes`` client, a fake
-replaying recorded objects in the tests); pipelines come from an injected factory (the data plane's
-``Pipeline`` on Ray by default), exactly as for :class:`jellybean.runtime.controller.Controller`,
-whose pure decisions (backoff, Ray's resources) are reused here.
+Status patches and reads go through :class:`KubeApi` (the ``kubernetes`` client); kopf connects with
+the same configuration (:meth:`ClientKubeApi.connection`). The tests run both against a small API
+server over HTTP that replays recorded objects (tests/k8s/kubeserver.py): no real API server runs in
+CI.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from jellybean.k8s.discovery import Discovery, discover_topology
 from jellybean.k8s.names import API_VERSION, FINALIZER, GROUP, KINDS, VERSION
-from jellybean.runtime.controller import (
-    Cluster, NotServable, PipelineFactory, PipelineLike, Planner, backoff_s, decide_cluster,
-    default_pipeline_factory, default_servability_check, default_site_resources, merge_resources,
+from jellybean.runtime.controller import default_pipeline_factory, default_servability_check
+from jellybean.runtime.reconcile import (
+    DEPLOY_FAILURES, PLAN_FAILURES, WAITING, Cluster, Desired, Executor, NotServable, Phase, PipelineFactory,
+    backoff_s, compare_stages, decide, message_of, phase_of,
 )
-from jellybean.runtime.state import digest_of, document_body
+from jellybean.runtime.state import bundle_bodies, bundle_digest
+from jellybean.runtime.status import LastFailure, PlanSummary, WorkflowStatus
 from jellybean.spec.errors import Issue, SpecError
 from jellybean.spec.loader import LoadedDocument, SourceMap, parse_document
 
@@ -66,58 +80,31 @@ log = logging.getLogger("jellybean.operator")
 
 WORKFLOW = "InferenceWorkflow"
 NODE = "Node"
-#: Every kind the operator watches; the workflows first, so that one round sees them before the rest.
+#: Every kind the operator watches; the workflows first.
 WATCHED = (WORKFLOW, "ModelZoo", "Topology", NODE)
 #: The name a discovered topology gets when the workflow names none.
 DISCOVERED_TOPOLOGY = "discovered"
-#: Annotations that tools add to every object they touch: not part of the document.
-TOOL_ANNOTATIONS = ("kubectl.kubernetes.io/", "meta.helm.sh/")
+#: Annotations that tools add to every object they touch: not part of the document (kopf's own too).
+TOOL_ANNOTATIONS = ("kubectl.kubernetes.io/", "meta.helm.sh/", "kopf.zalando.org/", "kopf.jellybean.io/")
+#: Where kopf keeps its handlers' progress and last-handled state on the resource (annotations).
+KOPF_PREFIX = "kopf.jellybean.io"
 MAX_MESSAGE = 2000
 #: Placements listed in ``status.plan`` (a city-scale plan has thousands; the status must stay small).
 MAX_PLACEMENTS = 50
+#: Workflows reconciled at once (each start or plan holds a thread while it runs).
+MAX_THREADS = 64
 
-# Condition reasons. Planning problems keep the workflow from being planned; waiting ones may resolve
-# themselves (the missing resource appears); deployment problems come after a plan.
-PLAN_FAILURES = frozenset({"InvalidSpec", "DiscoveryFailed", "Infeasible", "PlanError"})
-WAITING = frozenset({"ZooNotFound"})
-DEPLOY_FAILURES = frozenset({"NotServable", "DeployFailed"})
-#: Failures retried with backoff (the others wait for a change of the inputs).
-RETRIED = frozenset({"PlanError", "DeployFailed"})
-
-
-class Gone(Exception):
-    """410 Gone: the watch's resourceVersion is too old; list again."""
-
-
-class Conflict(Exception):
-    """409 Conflict: the object changed since it was read."""
-
-
-class WatchError(Exception):
-    """The watch stream reported an error other than 410."""
+Planner = Callable[["Bundle"], "Plan"]
 
 
 class KubeApi(Protocol):
-    """The operator's view of the API server. Objects are plain dicts shaped as the server sends them."""
-
-    def list(self, kind: str, namespace: str) -> dict:
-        """A list object (``{"metadata": {"resourceVersion"}, "items": [...]}``) of a custom kind."""
-
-    def list_nodes(self) -> dict:
-        """The NodeList."""
-
-    def watch(self, kind: str, namespace: str, resource_version: str, timeout_s: float) -> Iterable[dict]:
-        """Events ``{"type": ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, "object": ...}`` after
-        ``resource_version`` (``kind`` may be ``Node``); raises :class:`Gone` when it is too old."""
+    """What the operator asks of the API server itself (kopf does the watching and the finalizers).
+    Objects are plain dicts shaped as the server sends them."""
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None: ...
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping) -> dict:
-        """Merge-patch ``.status`` through the status subresource; the updated object."""
-
-    def patch_metadata(self, kind: str, namespace: str, name: str, metadata: Mapping) -> dict | None:
-        """Merge-patch ``.metadata``; raises :class:`Conflict` when ``metadata.resourceVersion`` is
-        stale. The updated object, or None when the patch let the object go (last finalizer removed)."""
+    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping) -> dict | None:
+        """Merge-patch ``.status`` through the status subresource; the updated object (None: it is gone)."""
 
 
 def plural(kind: str) -> str:
@@ -145,14 +132,13 @@ def pod_namespace() -> str | None:
 
 
 class ClientKubeApi:
-    """:class:`KubeApi` on the ``kubernetes`` client (``CustomObjectsApi`` and ``CoreV1Api``)."""
+    """:class:`KubeApi` on the ``kubernetes`` client (``CustomObjectsApi``)."""
 
     def __init__(self, api_client: Any = None) -> None:
         from kubernetes import client
 
         self.client = api_client if api_client is not None else client.ApiClient()
         self.custom = client.CustomObjectsApi(self.client)
-        self.core = client.CoreV1Api(self.client)
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> ClientKubeApi:
@@ -173,37 +159,33 @@ class ClientKubeApi:
                                      "PATH to run outside the cluster") from None
         return cls(client.ApiClient(configuration))
 
-    def _translate(self, exc: Exception) -> Exception:
-        status = getattr(exc, "status", None)
-        if status == 410:
-            return Gone(getattr(exc, "reason", "") or str(exc))
-        if status == 409:
-            return Conflict(getattr(exc, "reason", "") or str(exc))
-        return exc
+    def connection(self) -> Any:
+        """The same server, credentials and TLS settings for kopf (a ``kopf.ConnectionInfo``)."""
+        import kopf
 
-    def list(self, kind: str, namespace: str) -> dict:
-        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind))
+        conf = self.client.configuration
+        key = (conf.api_key or {}).get("authorization") or (conf.api_key or {}).get("BearerToken") or ""
+        prefix = (conf.api_key_prefix or {}).get("authorization", "")
+        scheme, _, token = f"{prefix} {key}".strip().partition(" ")
+        if not token:
+            scheme, token = ("Bearer", scheme) if scheme else (None, None)
+        return kopf.ConnectionInfo(
+            server=conf.host, ca_path=conf.ssl_ca_cert or None, insecure=not conf.verify_ssl,
+            scheme=scheme.capitalize() if scheme else None, token=token or None,
+            certificate_path=conf.cert_file or None, private_key_path=conf.key_file or None,
+            username=conf.username or None, password=conf.password or None)
 
-    def list_nodes(self) -> dict:
-        return self.client.sanitize_for_serialization(self.core.list_node())
-
-    def watch(self, kind: str, namespace: str, resource_version: str, timeout_s: float) -> Iterator[dict]:
-        from kubernetes import watch
+    def nodes_refused(self) -> str | None:
+        """Why the Nodes cannot be listed (RBAC, most likely), or None when they can: asked when
+        discovery finds no Node at all, so that the workflow's condition says which it is."""
+        from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        if kind == NODE:
-            func, args = self.core.list_node, ()
-        else:
-            func, args = self.custom.list_namespaced_custom_object, (GROUP, VERSION, namespace, plural(kind))
-        stream = watch.Watch()
         try:
-            for event in stream.stream(func, *args, resource_version=resource_version,
-                                       timeout_seconds=max(1, int(timeout_s)), allow_watch_bookmarks=True):
-                yield {"type": event["type"], "object": event.get("raw_object", event.get("object"))}
+            client.CoreV1Api(self.client).list_node(limit=1)
         except ApiException as exc:
-            raise self._translate(exc) from None
-        finally:
-            stream.stop()
+            return f"({exc.status}) {exc.reason}"
+        return None
 
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         from kubernetes.client.exceptions import ApiException
@@ -215,22 +197,17 @@ class ClientKubeApi:
                 return None
             raise
 
-    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping) -> dict:
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, plural(kind), name, {"status": dict(status)},
-            _content_type="application/merge-patch+json")
-
-    def patch_metadata(self, kind: str, namespace: str, name: str, metadata: Mapping) -> dict | None:
+    def patch_status(self, kind: str, namespace: str, name: str, status: Mapping) -> dict | None:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural(kind), name, {"metadata": dict(metadata)},
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural(kind), name, {"status": dict(status)},
                 _content_type="application/merge-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise self._translate(exc) from None
+            raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,48 +269,8 @@ def load_resource(kind: str, obj: Mapping) -> LoadedDocument:
 
 def inputs_digest(bundle: Bundle) -> str:
     """The digest of what a plan depends on: the three documents' names and specs (labels and
-    annotations do not re-plan)."""
-    parts = {}
-    for kind, model in (("Workflow", bundle.workflow), ("ModelZoo", bundle.zoo), ("Topology", bundle.topology)):
-        body = document_body(model)
-        body["metadata"] = {"name": model.metadata.name}
-        parts[kind] = body
-    return digest_of(parts)
-
-
-@dataclass
-class Deployment:
-    """A running pipeline and what it serves."""
-
-    generation: int
-    digest: str
-    pipeline: PipelineLike
-    bundle: Bundle
-    summary: dict  # plan_summary(...) of its plan
-    started_at: float
-
-
-def needs_replan(obj: Mapping, deployed: Deployment | None, digest: str) -> str | None:
-    """Why the workflow must be planned (and deployed) again, in words; None when what runs is current."""
-    generation = generation_of(obj)
-    if deployed is None:
-        return "not deployed"
-    if generation != deployed.generation:
-        return f"spec changed (generation {deployed.generation} -> {generation})"
-    if digest != deployed.digest:
-        return "its ModelZoo or Topology changed"
-    return None
-
-
-def finalizer_patch(obj: Mapping, present: bool) -> dict | None:
-    """The metadata merge patch that adds (or removes) the finalizer, guarded by the resourceVersion
-    read; None when there is nothing to change."""
-    meta = obj.get("metadata") or {}
-    finalizers = list(meta.get("finalizers") or [])
-    if (FINALIZER in finalizers) == present:
-        return None
-    finalizers = finalizers + [FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
-    return {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}
+    annotations do not re-plan), by the one digest function (:func:`jellybean.runtime.state.bundle_digest`)."""
+    return bundle_digest(bundle_bodies(bundle, metadata=False))
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -391,20 +328,6 @@ def merge_patch(current: Mapping, desired: Mapping) -> dict | None:
     return patch or None
 
 
-@dataclass(frozen=True)
-class Observation:
-    """What the operator knows about one workflow, from which its status follows."""
-
-    generation: int
-    plan: dict | None = None  # summary of the plan for the current generation and inputs, once planned
-    problem: tuple[str, str] | None = None  # (reason, message) of what stands in the way
-    running: dict | None = None  # summary of the running pipeline's plan
-    running_current: bool = False  # the running pipeline serves the current generation and inputs
-    runtime: Mapping | None = None  # the running pipeline's status(): state, stages, frames
-    measured_accuracy: float | None = None
-    ray_address: str | None = None
-
-
 def condition(previous: Mapping | None, type_: str, status: str, reason: str, message: str, now: str,
               generation: int) -> dict:
     """A condition; its ``lastTransitionTime`` is kept unless its status flips."""
@@ -439,62 +362,85 @@ def _runtime_line(runtime: Mapping) -> str:
     return text
 
 
-def desired_status(current: Mapping, obs: Observation, now: str) -> dict:
-    """The workflow's whole status for what was observed. ``current`` is the stored status (for the
-    conditions' transition times). Keys are exactly the CRD's status fields."""
+@dataclass(frozen=True)
+class Seen:
+    """What the operator knows of one workflow, from which its custom-resource status follows."""
+
+    status: WorkflowStatus  # the shared model: phase and message (the core's), measured figures, last failure
+    generation: int
+    plan: dict | None = None  # summary of the plan for the current version, once planned
+    problem: tuple[str, str] | None = None  # (reason, message) of what stands in the way
+    running: dict | None = None  # summary of the running pipeline's plan
+    running_current: bool = False  # the running pipeline serves the current version
+    runtime: Mapping | None = None  # the running pipeline's status(): state, stages, frames
+    ray_address: str | None = None
+
+
+def _measured_line(status: WorkflowStatus) -> str:
+    parts = []
+    if status.accuracy_measured is not None:
+        parts.append(f"accuracy {status.accuracy_measured:.1f}")
+    if status.throughput_per_s is not None:
+        parts.append(f"{status.throughput_per_s:.1f} frames/s")
+    if status.frames_lost is not None:
+        parts.append(f"{status.frames_lost} frames lost")
+    return ("measured " + ", ".join(parts)) if parts else ""
+
+
+def _failure_line(failure: LastFailure | None) -> str:
+    return "" if failure is None else f"last failure ({failure.reason}): {failure.message}"
+
+
+def desired_status(current: Mapping, seen: Seen, now: str) -> dict:
+    """The workflow's whole custom-resource status for what was seen. ``current`` is the stored status
+    (for the conditions' transition times). Keys are exactly the CRD's status fields."""
     old = {c.get("type"): c for c in current.get("conditions") or [] if isinstance(c, Mapping)}
-    gen = obs.generation
-    reason, problem = obs.problem or ("", "")
-    running = obs.running is not None
+    status = seen.status
+    gen = seen.generation
+    reason, problem = seen.problem or ("", "")
+    running = seen.running is not None
 
     if reason in PLAN_FAILURES or reason in WAITING:
         planned = ("False", reason, problem)
-    elif obs.plan is not None:
-        planned = ("True", "Planned", _plan_line(obs.plan))
+    elif seen.plan is not None:
+        planned = ("True", "Planned", _plan_line(seen.plan))
     else:
         planned = ("Unknown", "Pending", "not planned yet")
 
-    if running and obs.running_current:
-        deployed = ("True", "Running", f"serving generation {gen}: {_plan_line(obs.running)}")
+    measured, failed = _measured_line(status), _failure_line(status.last_failure)
+    if running and seen.running_current:
+        text = "; ".join(p for p in (f"serving generation {gen}: {_plan_line(seen.running)}", measured, failed) if p)
+        deployed = ("True", "Running", text)
     elif running:
         deployed = ("True", "PreviousPlanRunning",
-                    f"the plan of generation {obs.running.get('generation')} keeps serving until a new one deploys")
+                    f"the plan of generation {seen.running.get('generation')} keeps serving until a new one deploys"
+                    + (f" ({status.message})" if status.message else ""))
     elif reason in DEPLOY_FAILURES:
         deployed = ("False", reason, problem)
-    elif obs.plan is not None:
-        deployed = ("False", "Deploying", "starting the pipeline")
+    elif status.phase is Phase.BLOCKED:
+        deployed = ("False", "Blocked", status.message)
+    elif seen.plan is not None:
+        deployed = ("False", "Deploying", status.message or "starting the pipeline")
     else:
         deployed = ("False", "NotPlanned", "nothing to deploy until the workflow is planned")
 
-    state = (obs.runtime or {}).get("state") if running else None
+    state = (seen.runtime or {}).get("state") if running else None
     if not running:
         degraded = ("Unknown", "NotDeployed", "no pipeline runs")
     elif state == "failed":
-        degraded = ("True", "PipelineFailed", _runtime_line(obs.runtime or {}))
+        degraded = ("True", "PipelineFailed", _runtime_line(seen.runtime or {}))
     elif state == "degraded":
-        degraded = ("True", "ReplicasDown", _runtime_line(obs.runtime or {}))
+        degraded = ("True", "ReplicasDown", _runtime_line(seen.runtime or {}))
     elif state == "running":
-        degraded = ("False", "Healthy", _runtime_line(obs.runtime or {}))
+        degraded = ("False", "Healthy", _runtime_line(seen.runtime or {}))
     else:
-        degraded = ("Unknown", "StatusUnknown", _runtime_line({"state": state or "unknown", **(obs.runtime or {})}))
+        degraded = ("Unknown", "StatusUnknown", _runtime_line({"state": state or "unknown", **(seen.runtime or {})}))
 
-    if reason in PLAN_FAILURES or reason in DEPLOY_FAILURES:
-        phase, message = "Failed", problem
-        if running:
-            message += f" (the plan of generation {obs.running.get('generation')} keeps serving)"
-    elif reason in WAITING:
-        phase, message = "Pending", problem
-    elif running and obs.running_current:
-        phase = "Degraded" if degraded[0] == "True" else "Deployed"
-        message = degraded[2] if phase == "Degraded" else f"serving: {_plan_line(obs.running)}"
-    elif obs.plan is not None:
-        phase, message = "Planned", f"planned ({_plan_line(obs.plan)}); starting the pipeline"
-    else:
-        phase, message = "Pending", "waiting to be planned"
-
-    shown = obs.plan if obs.plan is not None else obs.running
-    status = {
-        "phase": phase,
+    shown = seen.plan if seen.plan is not None else seen.running
+    message = status.message or (f"serving: {_plan_line(seen.running)}" if running and seen.running_current else "")
+    failure = status.last_failure
+    out = {
+        "phase": status.phase.value,
         "message": clip(message),
         "observedGeneration": gen,
         "conditions": [condition(old.get(t), t, *values, now, gen)
@@ -504,54 +450,18 @@ def desired_status(current: Mapping, obs: Observation, now: str) -> dict:
         "predictedAccuracy": ((shown or {}).get("accuracy") or {}).get("predicted"),
         "predictedLatencyMs": ((shown or {}).get("latencyMs") or {}).get("predicted"),
         "lastPlanTime": (shown or {}).get("plannedAt"),
-        "accuracy": _round(obs.measured_accuracy, 1) if running else None,  # 0.1: not a patch per frame
-        "rayAddress": obs.ray_address if running else None,
+        # Rounded so that the status is not patched for every frame.
+        "accuracy": _round(status.accuracy_measured, 1) if running else None,
+        "throughputPerSecond": _round(status.throughput_per_s, 1) if running else None,
+        "framesLost": status.frames_lost if running else None,
+        "lastFailure": None if failure is None else {
+            "reason": failure.reason, "message": clip(failure.message),
+            "time": None if failure.at is None else
+            datetime.fromtimestamp(failure.at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "attempts": failure.attempts},
+        "rayAddress": seen.ray_address if running else None,
     }
-    return compact(status)
-
-
-# --------------------------------------------------------------------------------------------------
-# watching
-
-
-class Watcher:
-    """List, then watch from the list's resourceVersion; a 410 Gone makes the next :meth:`pump` list again."""
-
-    def __init__(self, api: KubeApi, kind: str, namespace: str, timeout_s: float = 300.0) -> None:
-        self.api = api
-        self.kind = kind
-        self.namespace = namespace
-        self.timeout_s = timeout_s
-        self.resource_version: str | None = None
-        self.lists = 0
-        self.expired = 0
-        self.error: str | None = None  # the last failure of the list or the watch (cleared by success)
-
-    def pump(self, emit: Callable[[str, str, Any], Any]) -> None:
-        """One list (when needed) and one watch call until the server ends it. ``emit(kind, type, payload)``
-        gets ``SYNC`` with every listed item, then each ADDED/MODIFIED/DELETED object."""
-        if self.resource_version is None:
-            listing = self.api.list_nodes() if self.kind == NODE else self.api.list(self.kind, self.namespace)
-            emit(self.kind, "SYNC", list(listing.get("items") or []))
-            self.resource_version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
-            self.lists += 1
-        try:
-            for event in self.api.watch(self.kind, self.namespace, self.resource_version, self.timeout_s):
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":
-                    if obj.get("code") == 410:
-                        raise Gone(str(obj.get("message") or "resource version too old"))
-                    raise WatchError(f"{obj.get('reason')}: {obj.get('message')}")
-                if kind in ("ADDED", "MODIFIED", "DELETED"):
-                    emit(self.kind, kind, obj)
-                version = (obj.get("metadata") or {}).get("resourceVersion")
-                if version:
-                    self.resource_version = str(version)
-        except Gone as exc:
-            log.info("watch of %s expired (%s): listing again", self.kind, exc)
-            self.resource_version = None
-            self.expired += 1
-        self.error = None
+    return compact(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -569,7 +479,7 @@ class Unresolved(Exception):
 
 @dataclass
 class Attempt:
-    """Planning (and deploying) one generation and digest of a workflow, kept while it is not running."""
+    """Planning one version (generation and digest) of a workflow, kept while it does not run."""
 
     generation: int
     digest: str
@@ -591,8 +501,14 @@ def _issues_text(exc: SpecError) -> str:
     return clip("; ".join(str(i) for i in exc.issues))
 
 
+#: Events of the core reported as Kubernetes Events: (type, reason).
+_EVENTS = {"started": ("Normal", "Started"), "replaced": ("Normal", "RolledOut"), "stopped": ("Normal", "Stopped"),
+           "failed": ("Warning", "DeployFailed"), "cancelled": ("Normal", "Cancelled")}
+
+
 class Operator:
-    """Watches the cluster and keeps every InferenceWorkflow of ``namespace`` planned, deployed and reported."""
+    """Keeps every InferenceWorkflow of ``namespace`` planned, deployed and reported; kopf feeds it
+    (:func:`registry`, :func:`run`)."""
 
     def __init__(
         self,
@@ -623,10 +539,10 @@ class Operator:
         self.namespace = namespace
         # As the controller does: the data plane's Pipeline unless one is injected, and then the
         # servability check that refuses at plan time what that Pipeline could never start.
-        self.pipeline_factory = pipeline_factory or default_pipeline_factory(
-            cache_dir, metrics, serving={"model_store": model_store} if model_store else None)
         self.check_servable = check_servable or (
             None if pipeline_factory else partial(default_servability_check, model_store=model_store))
+        pipeline_factory = pipeline_factory or default_pipeline_factory(
+            cache_dir, metrics, serving={"model_store": model_store} if model_store else None)
         self.planner = planner or partial(_default_plan, time_limit_s=plan_time_limit_s)
         self.metrics = metrics
         self.cluster = cluster
@@ -636,45 +552,43 @@ class Operator:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
         self.resync_s = resync_s
+        self.watch_timeout_s = watch_timeout_s
+        self.executor = Executor(pipeline_factory, cluster=cluster, record=self._record, metrics=metrics, clock=clock,
+                                 retry_initial_s=retry_initial_s, retry_max_s=retry_max_s)
         self.objects: dict[str, dict[str, dict]] = {kind: {} for kind in WATCHED}
-        self.watchers = {kind: Watcher(api, kind, namespace, watch_timeout_s) for kind in WATCHED
-                         if discover_nodes or kind != NODE}
-        self.deployed: dict[str, Deployment] = {}
         self.attempts: dict[str, Attempt] = {}
-        self.phases: dict[str, str] = {}
-        self.pending: set[str] = set()
+        self.phases: dict[str, Phase] = {}
         self.heartbeat = clock()
+        self.passes: Counter[str] = Counter()  # reconcile passes per workflow (the tests wait on them)
+        self.ready = threading.Event()  # kopf's ready flag: set once it watches
+        self._wakes: dict[str, asyncio.Event] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, while it runs
+        self._threads: ThreadPoolExecutor | None = None
         self._discovered: dict[str, Discovery | SpecError] = {}
         self._parsed: dict[tuple[str, str], tuple[str | None, LoadedDocument | SpecError]] = {}
-        self._lock = threading.RLock()  # the caches and deployments (read by the HTTP probes)
+        self._lock = threading.RLock()  # the caches (read by the HTTP probes)
 
-    # --- events ---------------------------------------------------------------------------------------
-    def observe(self, kind: str, event_type: str, payload: Any) -> set[str]:
-        """Apply one event (``SYNC`` with a full listing, or ADDED/MODIFIED/DELETED with an object) to
-        the cache; the workflows it concerns are added to :attr:`pending` and returned."""
+    @property
+    def deployed(self) -> dict:
+        """What runs, by workflow (the core's deployments)."""
+        with self.executor.lock:
+            return dict(self.executor.running)
+
+    # --- the watch cache --------------------------------------------------------------------------------
+    def observe(self, kind: str, event_type: str | None, obj: Mapping | None) -> set[str]:
+        """Apply one watch event (``None``: the initial listing; ADDED, MODIFIED, DELETED) to the
+        cache; returns the workflows it concerns."""
         with self._lock:
             cache = self.objects[kind]
-            if event_type == "UNAVAILABLE":  # the Nodes cannot be listed: discovery says why
-                names: set[str] = set()
-            elif event_type == "SYNC":
-                fresh = {name_of(o): o for o in payload}
-                names = set(cache) | set(fresh)
-                cache.clear()
-                cache.update(fresh)
+            name = name_of(obj or {})
+            if event_type == "DELETED":
+                cache.pop(name, None)
+                self._parsed.pop((kind, name), None)
             else:
-                names = {name_of(payload)}
-                if event_type == "DELETED":
-                    cache.pop(name_of(payload), None)
-                else:
-                    cache[name_of(payload)] = payload
+                cache[name] = dict(obj or {})
             if kind == NODE:
                 self._discovered.clear()
-            for name in names:
-                if name not in cache:
-                    self._parsed.pop((kind, name), None)
-            affected = self._concerned(kind, names)
-            self.pending |= affected
-            return affected
+            return self._concerned(kind, {name})
 
     def _concerned(self, kind: str, names: set[str]) -> set[str]:
         workflows = self.objects[WORKFLOW]
@@ -691,150 +605,145 @@ class Operator:
         topologies = self.objects["Topology"]
         return (wanted not in topologies) if wanted is not None else not topologies
 
-    # --- the loop -------------------------------------------------------------------------------------
-    def synced(self) -> bool:
-        """Every kind listed once (the Nodes may instead have failed: discovery then says why)."""
-        return all(w.lists > 0 or (w.kind == NODE and w.error) for w in self.watchers.values())
-
-    def step(self) -> None:
-        """One synchronous round: pump every watch once (a list first where needed), then reconcile
-        what changed. The tests drive the operator with it; :meth:`run` does the same with threads."""
-        for watcher in self.watchers.values():
-            watcher.pump(self.observe)
-        self.process()
-
-    def resync(self) -> None:
-        """Look at every workflow again (pipeline health, retries due)."""
-        with self._lock:
-            self.pending |= set(self.objects[WORKFLOW]) | set(self.deployed)
-
-    def process(self) -> None:
-        """Reconcile every pending workflow, each once, in name order."""
-        while True:
-            with self._lock:
-                if not self.pending:
-                    break
-                name = min(self.pending)
-                self.pending.discard(name)
-            self.heartbeat = self.clock()
-            started = time.perf_counter()
-            try:
-                self.reconcile(name)
-            except Exception:  # noqa: BLE001 - one workflow's failure must not stop the others; resync retries
-                log.exception("reconciling %s failed", name)
-                if self.metrics is not None:
-                    self.metrics.reconcile_errors.labels(name).inc()
-            finally:
-                if self.metrics is not None:
-                    self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-        self._export_states()
-
-    def run(self, stop: threading.Event) -> None:
-        """Watch every kind from threads and reconcile on this one until ``stop`` is set; pipelines are
-        then stopped (finalizers stay: the next operator redeploys)."""
-        events: queue.Queue = queue.Queue()
-        threads = [threading.Thread(target=self._watch_loop, args=(w, events, stop), name=f"watch-{w.kind}",
-                                    daemon=True) for w in self.watchers.values()]
-        for thread in threads:
-            thread.start()
-        next_resync = self.clock() + self.resync_s
-        try:
-            while not stop.is_set():
-                self.heartbeat = self.clock()
-                try:
-                    item = events.get(timeout=0.5)
-                    while True:
-                        self.observe(*item)
-                        item = events.get_nowait()
-                except queue.Empty:
-                    pass
-                now = self.clock()
-                if now >= next_resync:
-                    self.resync()
-                    next_resync = now + self.resync_s
-                with self._lock:
-                    self.pending |= {n for n, a in self.attempts.items() if a.reason in RETRIED and a.retry_at <= now}
-                if self.synced():
-                    self.process()
-        finally:
-            self.shutdown()
-
-    def _watch_loop(self, watcher: Watcher, events: queue.Queue, stop: threading.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            try:
-                watcher.pump(lambda *event: events.put(event))
-                failures = 0
-            except Exception as exc:  # noqa: BLE001 - the API server may be away for a while; retry
-                failures += 1
-                watcher.error = clip(f"{type(exc).__name__}: {exc}", 300)
-                delay = backoff_s(failures, 1.0, 60.0)
-                log.warning("watching %s failed (%s); retrying in %.0f s", watcher.kind, watcher.error, delay)
-                if watcher.kind == NODE:
-                    events.put((NODE, "UNAVAILABLE", None))
-                stop.wait(delay)
-
-    def shutdown(self, *, drain: bool = True) -> None:
-        """Stop every pipeline this operator runs (the resources and their finalizers stay)."""
-        with self._lock:
-            names = sorted(self.deployed)
+    def wake(self, names: Iterable[str]) -> None:
+        """Wake the daemons of ``names`` (from kopf's event loop)."""
         for name in names:
-            self._stop(name, drain=drain, reason="operator shutdown")
-        try:
-            if self.cluster is not None:
-                self.cluster.shutdown()
-        except Exception:  # noqa: BLE001 - shutting down anyway
-            log.exception("Ray shutdown failed")
+            event = self._wakes.get(name)
+            if event is not None:
+                event.set()
 
-    # --- one workflow ---------------------------------------------------------------------------------
-    def reconcile(self, name: str) -> None:
-        obj = self.objects[WORKFLOW].get(name)
-        if obj is None:  # gone (its finalizer was removed by someone else): stop what runs
-            self._stop(name, drain=True, reason="the resource is gone")
+    def wake_soon(self, names: Iterable[str]) -> None:
+        """:meth:`wake`, from any thread."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.wake, set(names))
+
+    def synced(self) -> bool:
+        """kopf watches (its ready flag is set)."""
+        return self.ready.is_set()
+
+    # --- the daemon of one workflow ---------------------------------------------------------------------
+    async def daemon(self, name: str, stopped: Any) -> None:
+        """Reconcile ``name`` when woken, when a retry is due and every ``resync_s``, until kopf stops
+        the daemon (the resource is deleted, or the operator stops): a start under way is then cancelled."""
+        wake = self._wakes.setdefault(name, asyncio.Event())
+        try:
+            while not stopped:
+                wake.clear()
+                work = asyncio.ensure_future(self._in_thread(self._reconcile_logged, name))
+                halt = asyncio.ensure_future(stopped.wait())
+                await asyncio.wait({work, halt}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():  # stopped while reconciling: a start under way gives up
+                    self.executor.cancel(name)
+                    await work
+                halt.cancel()
+                if stopped:
+                    break
+                woken, halt = asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())
+                await asyncio.wait({woken, halt}, timeout=self._next_wait(name), return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                halt.cancel()
+        except asyncio.CancelledError:
+            self.executor.cancel(name)
+            raise
+        finally:
+            self._wakes.pop(name, None)
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in the operator's own threads (one per workflow being reconciled, so that a long
+        start or plan never waits for another's), with kopf's context (its Events queue)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="jellybean-reconcile")
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._threads, partial(context.run, fn, *args))
+
+    def _next_wait(self, name: str) -> float:
+        due = [self.executor.next_retry()]
+        with self._lock:
+            attempt = self.attempts.get(name)
+        if attempt is not None and attempt.reason == "PlanError":
+            due.append(attempt.retry_at)
+        wait = self.resync_s
+        for at in due:
+            if at is not None:
+                wait = min(wait, max(0.05, at - self.clock()))
+        return wait
+
+    def _reconcile_logged(self, name: str) -> None:
+        self.heartbeat = self.clock()
+        started = time.perf_counter()
+        try:
+            self.reconcile(name)
+        except Exception:  # noqa: BLE001 - one workflow's failure must not stop the others; resync retries
+            log.exception("reconciling %s failed", name)
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels(name).inc()
+        finally:
+            if self.metrics is not None:
+                self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+            self._export_states()
             with self._lock:
-                self.attempts.pop(name, None)
-                self.phases.pop(name, None)
-            return
-        meta = obj.get("metadata") or {}
-        if meta.get("deletionTimestamp"):
-            if FINALIZER in (meta.get("finalizers") or []):
-                self._stop(name, drain=True, reason="deleted")
-                with self._lock:
-                    self.attempts.pop(name, None)
-                    self.phases.pop(name, None)
-                self._set_finalizer(obj, present=False)
-            return
-        obj = self._set_finalizer(obj, present=True)
-        if obj is None:
-            return
+                self.passes[name] += 1
+
+    # --- one workflow -----------------------------------------------------------------------------------
+    def reconcile(self, name: str) -> None:
+        with self._lock:
+            obj = self.objects[WORKFLOW].get(name)
+        if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return  # deletion is kopf's on.delete handler's (teardown)
         generation = generation_of(obj)
         try:
             bundle, topology = self._resolve(obj)
         except Unresolved as exc:
-            self._report(obj, None, (exc.reason, exc.message))
+            self._report(name, None, (exc.reason, exc.message))
             return
         digest = inputs_digest(bundle)
-        why = needs_replan(obj, self.deployed.get(name), digest)
-        if why is None:
+        running = self.executor.running_digests().get(name)
+        if running == digest:
             with self._lock:
                 self.attempts.pop(name, None)
-            self._report(obj, digest)
+            self._report(name, digest)
             return
-        attempt = self.attempts.get(name)
-        if attempt is None or (attempt.generation, attempt.digest) != (generation, digest):
-            attempt = self._plan(name, generation, digest, bundle, topology, why)
+        with self._lock:
+            attempt = self.attempts.get(name)
+        if attempt is None or attempt.digest != digest:
+            attempt = self._plan(name, generation, digest, bundle, topology)
             if attempt.plan is not None and not attempt.reason:
-                self._report(obj, digest)  # Planned: seen while the (slow) pipeline starts
-        if attempt.reason and (attempt.reason not in RETRIED or self.clock() < attempt.retry_at):
-            self._report(obj, digest)
+                self._report(name, digest)  # Planned: seen while the (slow) pipeline starts
+        elif attempt.reason == "PlanError" and self.clock() >= attempt.retry_at:
+            attempt = self._plan(name, generation, digest, bundle, topology, previous=attempt)
+        if attempt.reason or attempt.plan is None:
+            self._report(name, digest)
             return
-        if attempt.plan is None:  # a planner error due for its retry
-            attempt = self._plan(name, generation, digest, bundle, topology, why, previous=attempt)
-            if attempt.reason:
-                self._report(obj, digest)
-                return
-        self._deploy(name, attempt, bundle)
-        self._report(obj, digest)
+        hold = self.executor.hold({name: digest})
+        if name not in hold and self.cluster is not None:
+            with self.executor.lock:
+                topologies = [d.topology for n, d in self.executor.running.items() if n != name and d.topology]
+            hold |= self.executor.ensure_cluster(topologies + [bundle.topology], {name: bundle.topology})
+        for action in decide({name: digest}, {name: running} if running else {}, hold):
+            # Starting / Updating (with how the rollout goes) is reported as the start begins.
+            self.executor.execute(action, Desired(name, digest, attempt.generation, bundle, attempt.plan,
+                                                  {"summary": attempt.summary}),
+                                  on_begin=partial(self._report, name, digest))
+        self._report(name, digest)
+
+    def teardown(self, name: str) -> None:
+        """The resource is being deleted (kopf's on.delete, before the finalizer goes): cancel a start
+        under way, stop the pipeline, forget the workflow (its metric series leave /metrics)."""
+        self.executor.stop(name, drain=True, reason="deleted")
+        self.executor.forget(name)
+        with self._lock:
+            self.attempts.pop(name, None)
+            self.phases.pop(name, None)
+        self._export_states()
+
+    def shutdown(self, *, drain: bool = True) -> None:
+        """Stop every pipeline this operator runs (the resources and their finalizers stay: the next
+        operator redeploys), then Ray."""
+        self.executor.shutdown(drain=drain, reason="operator shutdown")
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
 
     def _load(self, kind: str, obj: Mapping) -> LoadedDocument:
         """:func:`load_resource`, remembered per resourceVersion (a resync validates nothing again)."""
@@ -904,9 +813,9 @@ class Operator:
             return SpecError([Issue("Nodes", None, "", "the workflow names no Topology of the namespace, and node "
                                     "discovery is off", "apply a Topology and name it in spec.topology, or install "
                                     "the chart with operator.discoverNodes=true")])
-        error = self.watchers[NODE].error
-        if not nodes and error:
-            found: Discovery | SpecError = SpecError([Issue("Nodes", None, "", f"cannot list the Nodes: {error}",
+        refused = self.api.nodes_refused() if not nodes and hasattr(self.api, "nodes_refused") else None
+        if refused:
+            found: Discovery | SpecError = SpecError([Issue("Nodes", None, "", f"cannot list the Nodes: {refused}",
                                                             "give the operator's service account list/watch on nodes")])
         else:
             try:
@@ -917,14 +826,26 @@ class Operator:
             self._discovered[name] = found
         return found
 
-    def _plan(self, name: str, generation: int, digest: str, bundle: Bundle, topology: dict, why: str,
+    def _plan(self, name: str, generation: int, digest: str, bundle: Bundle, topology: dict,
               previous: Attempt | None = None) -> Attempt:
+        """Plan on what the other running workflows leave of the topology."""
+        from jellybean.optimizer.capacity import capacity_left
+
         attempt = Attempt(generation, digest, attempts=previous.attempts if previous else 0)
-        log.info("planning %s: %s", name, why)
+        log.info("planning %s (generation %d)", name, generation)
         try:
-            plan = self.planner(bundle)
+            others = self.executor.plans_beside(name)
+            planning = replace(bundle, topology=capacity_left(bundle.topology, others)) if others else bundle
+            plan = self.planner(planning)
         except Exception as exc:  # noqa: BLE001 - reported in the status, retried with backoff
-            self._fail(name, attempt, "PlanError", f"planning failed: {type(exc).__name__}: {exc}")
+            attempt.attempts += 1
+            delay = backoff_s(attempt.attempts, self.retry_initial_s, self.retry_max_s)
+            attempt.reason = "PlanError"
+            attempt.message = clip(f"planning failed: {message_of(exc)}; attempt {attempt.attempts}, retrying in "
+                                   f"{delay:.0f} s")
+            attempt.retry_at = self.clock() + delay
+            if self.metrics is not None:
+                self.metrics.reconcile_errors.labels(name).inc()
         else:
             attempt.plan = plan
             attempt.summary = plan_summary(plan, generation, topology, self.now())
@@ -936,170 +857,243 @@ class Operator:
                     self.check_servable(bundle, plan)
                 except NotServable as exc:
                     attempt.reason, attempt.message = "NotServable", clip(str(exc))
+        if attempt.reason:
+            self._record(name, "plan-failed", {"reason": attempt.reason, "message": attempt.message})
         with self._lock:
             self.attempts[name] = attempt
         return attempt
 
-    def _fail(self, name: str, attempt: Attempt, reason: str, message: str) -> None:
-        attempt.attempts += 1
-        delay = backoff_s(attempt.attempts, self.retry_initial_s, self.retry_max_s)
-        attempt.reason = reason
-        attempt.message = clip(f"{message}; attempt {attempt.attempts}, retrying in {delay:.0f} s")
-        attempt.retry_at = self.clock() + delay
-        if self.metrics is not None:
-            self.metrics.reconcile_errors.labels(name).inc()
-
-    def _deploy(self, name: str, attempt: Attempt, bundle: Bundle) -> None:
-        """Start the new pipeline; once it runs, stop the old one (a rollover)."""
-        assert attempt.plan is not None and attempt.summary is not None
-        pipeline = None
-        try:
-            self._ensure_ray(name, bundle)
-            pipeline = self.pipeline_factory(bundle, attempt.plan)
-            pipeline.start()
-        except Exception as exc:  # noqa: BLE001 - reported in the status, retried with backoff
-            with suppress(Exception):  # what a failed start left behind
-                if pipeline is not None:
-                    pipeline.stop(drain=False)
-            text = str(exc) if type(exc).__name__ in ("ServingError", "NotServable") else f"{type(exc).__name__}: {exc}"
-            self._fail(name, attempt, "DeployFailed", f"starting the pipeline failed: {text}")
-            log.warning("deploying %s failed: %s", name, attempt.message)
-            return
+    def _seen(self, name: str, generation: int, digest: str | None, problem: tuple[str, str] | None) -> Seen:
         with self._lock:
-            old = self.deployed.get(name)
-            self.deployed[name] = Deployment(attempt.generation, attempt.digest, pipeline, bundle, attempt.summary,
-                                             time.time())
-            self.attempts.pop(name, None)
-        log.info("deployed %s (generation %d)", name, attempt.generation)
-        if old is not None:
-            try:
-                old.pipeline.stop(drain=True)
-            except Exception:  # noqa: BLE001 - the new one serves; the old one is gone from our view
-                log.exception("stopping the previous pipeline of %s failed", name)
-
-    def _ensure_ray(self, name: str, bundle: Bundle) -> None:
-        """Ray offers every site of what runs and of ``bundle`` (an embedded Ray is started, or restarted
-        with more sites: the pipelines it held are then started again by the next passes)."""
-        if self.cluster is None:
-            return
-        with self._lock:
-            bundles = [d.bundle for n, d in self.deployed.items() if n != name] + [bundle]
-        required = merge_resources(default_site_resources(b.topology) for b in bundles)
-        decision = decide_cluster(self.cluster.offered(), required, embedded=self.cluster.embedded)
-        if decision.action == "start":
-            self.cluster.start(decision.resources)
-        elif decision.action == "restart":
-            with self._lock:
-                names = sorted(self.deployed)
-            for other in names:
-                self._stop(other, drain=True, reason="Ray restarts to add site resources")
-            self.cluster.restart(decision.resources)
-            with self._lock:
-                self.pending |= set(names) - {name}
-        elif decision.missing:
-            missing = ", ".join(sorted(decision.missing))
-            raise NotServable(f"no node of the Ray cluster advertises {missing}: start each site's Ray node with "
-                              f"`ray start --address ... --resources '{{\"site:<name>\": 1000}}'`")
-
-    def _stop(self, name: str, *, drain: bool, reason: str) -> None:
-        with self._lock:
-            deployed = self.deployed.pop(name, None)
-        if deployed is None:
-            return
-        try:
-            deployed.pipeline.stop(drain=drain)
-        except Exception:  # noqa: BLE001 - the pipeline is gone from our view either way
-            log.exception("stopping %s failed", name)
-        log.info("stopped %s (generation %d): %s", name, deployed.generation, reason)
-
-    def _set_finalizer(self, obj: dict, *, present: bool) -> dict | None:
-        """Add (or remove) the finalizer; the object as it is afterwards (None when it went away)."""
-        name = name_of(obj)
-        for _ in range(5):
-            patch = finalizer_patch(obj, present)
-            if patch is None:
-                return obj
-            try:
-                updated = self.api.patch_metadata(WORKFLOW, self.namespace, name, patch)
-            except Conflict:
-                fresh = self.api.get(WORKFLOW, self.namespace, name)
-                if fresh is None:
-                    return None
-                obj = fresh
-                continue
-            with self._lock:
-                if updated is None:
-                    self.objects[WORKFLOW].pop(name, None)
-                else:
-                    self.objects[WORKFLOW][name] = updated
-            return updated
-        raise Conflict(f"the finalizer of {name} kept conflicting")
-
-    def _observation(self, name: str, generation: int, digest: str | None,
-                     problem: tuple[str, str] | None) -> Observation:
-        with self._lock:
-            deployed = self.deployed.get(name)
             attempt = self.attempts.get(name)
-        if attempt is not None and (attempt.generation, attempt.digest) != (generation, digest):
+        with self.executor.lock:
+            deployed = self.executor.running.get(name)
+            failure = self.executor.failures.get(name)
+            last = self.executor.last_failures.get(name)
+        if attempt is not None and attempt.digest != digest:
             attempt = None
-        current = deployed is not None and (deployed.generation, deployed.digest) == (generation, digest)
-        runtime = accuracy = None
+        current = deployed is not None and deployed.digest == digest
+        runtime = None
         if deployed is not None:
             try:
                 runtime = deployed.pipeline.status()
             except Exception as exc:  # noqa: BLE001
-                runtime = {"state": "unknown", "error": clip(f"status unavailable: {type(exc).__name__}: {exc}", 300)}
-            ledger = getattr(deployed.pipeline, "ledger", None)
-            if ledger is not None and getattr(ledger, "completed", 0):
-                accuracy = 100.0 * ledger.correct / ledger.completed
-        if problem is None and attempt is not None and attempt.reason:
+                runtime = {"state": "unknown", "error": clip(f"status unavailable: {message_of(exc)}", 300)}
+        if problem is None and attempt is not None and attempt.reason and not current:
             problem = (attempt.reason, attempt.message)
         plan = attempt.summary if attempt is not None and attempt.reason not in PLAN_FAILURES else None
         if plan is None and current:
-            plan = deployed.summary
-        return Observation(generation, plan, problem, deployed.summary if deployed else None, current, runtime,
-                           accuracy, self.ray_address)
+            plan = deployed.extra.get("summary")
+        observation = self.executor.observe(name, digest if digest is not None else "", problem=problem,
+                                            planned=plan is not None, pipeline_state=(runtime or {}).get("state"))
+        phase, message = phase_of(observation)
+        if problem is None and failure is not None and failure.digest == digest and not current:
+            problem = ("DeployFailed", message)
+        frames = (runtime or {}).get("frames")
+        status = WorkflowStatus(
+            name=name, phase=phase, message=message, generation=generation, digest=digest,
+            running_generation=deployed.generation if deployed else None,
+            running_digest=deployed.digest if deployed else None, zoo=None, topology=None, applied_at=None,
+            started_at=deployed.started_at if deployed else None,
+            plan=None if plan is None else PlanSummary(
+                strategy=plan.get("strategy"), sharing=plan.get("sharing"),
+                cost_per_hour=(plan.get("costPerHour") or {}).get("total"),
+                accuracy=(plan.get("accuracy") or {}).get("predicted"),
+                accuracy_target=(plan.get("accuracy") or {}).get("target"), models=plan.get("models") or {}),
+            stages=compare_stages(deployed.plan.model_dump(mode="json", by_alias=True)
+                                  if deployed is not None and deployed.plan is not None else None, runtime),
+            frames=frames, accuracy_measured=self._measured_accuracy(deployed, runtime),
+            throughput_per_s=(runtime or {}).get("throughput_per_s"),
+            frames_lost=None if not frames else int(frames.get("lost", 0)),
+            last_failure=None if last is None else LastFailure(
+                reason=last.reason, message=last.message, at=last.at, attempts=last.attempts))
+        return Seen(status, generation, plan, problem, deployed.extra.get("summary") if deployed else None, current,
+                    runtime, self.ray_address)
 
-    def _report(self, obj: dict, digest: str | None, problem: tuple[str, str] | None = None) -> None:
-        """Patch the status where it differs from what was observed (an unchanged status sends nothing)."""
-        name = name_of(obj)
+    @staticmethod
+    def _measured_accuracy(deployed: Any, runtime: Mapping | None) -> float | None:
+        if runtime and runtime.get("accuracy_measured") is not None:
+            return float(runtime["accuracy_measured"])
+        ledger = getattr(deployed.pipeline, "ledger", None) if deployed is not None else None
+        if ledger is not None and getattr(ledger, "completed", 0):
+            return 100.0 * ledger.correct / ledger.completed
+        return None
+
+    def status_model(self, name: str) -> WorkflowStatus:
+        """The workflow's :class:`WorkflowStatus`, as ``jellybean status`` shows the controller's."""
         with self._lock:
-            obj = self.objects[WORKFLOW].get(name, obj)
-        observation = self._observation(name, generation_of(obj), digest, problem)
+            obj = self.objects[WORKFLOW].get(name) or {}
+        try:
+            digest = inputs_digest(self._resolve(obj)[0]) if obj else None
+        except Unresolved:
+            digest = None
+        return self._seen(name, generation_of(obj), digest, None).status
+
+    def _report(self, name: str, digest: str | None, problem: tuple[str, str] | None = None) -> None:
+        """Patch the status where it differs from what was seen (an unchanged status sends nothing)."""
+        with self._lock:
+            obj = self.objects[WORKFLOW].get(name)
+        if obj is None:
+            return
+        seen = self._seen(name, generation_of(obj), digest, problem)
         current = obj.get("status") or {}
-        status = desired_status(current, observation, self.now())
+        status = desired_status(current, seen, self.now())
         with self._lock:
-            self.phases[name] = status["phase"]
+            self.phases[name] = seen.status.phase
         patch = merge_patch(current, status)
         if patch is None:
             return
         updated = self.api.patch_status(WORKFLOW, self.namespace, name, patch)
         if isinstance(updated, dict):
-            with self._lock:
-                if name in self.objects[WORKFLOW]:
-                    self.objects[WORKFLOW][name] = updated
+            with self._lock:  # only the status: the watch may have brought a newer spec meanwhile
+                cached = self.objects[WORKFLOW].get(name)
+                if cached is not None:
+                    self.objects[WORKFLOW][name] = {**cached, "status": updated.get("status") or {}}
 
-    def _export_states(self) -> None:
-        if self.metrics is None:
+    def _record(self, workflow: str | None, event: str, detail: Mapping) -> None:
+        """The core's events, as Kubernetes Events on the resource (posted by kopf)."""
+        if workflow is None:
+            log.info("%s: %s", event, dict(detail))
             return
         with self._lock:
+            body = self.objects[WORKFLOW].get(workflow)
+        if body is None:
+            return
+        kind, reason = _EVENTS.get(event, ("Warning" if "fail" in event else "Normal",
+                                           event.title().replace("-", "")))
+        words = ", ".join(f"{k} {v}" for k, v in detail.items()
+                          if k in ("generation", "strategy", "why", "reason", "message") and v)
+        with suppress(Exception):  # outside kopf (or its queue gone): the log has it
+            import kopf
+
+            kopf.event(body, type=kind, reason=reason, message=clip(f"{event}: {words}" if words else event, 1000))
+
+    def _export_states(self) -> None:
+        with self._lock:
             phases = dict(self.phases)
-        for phase in ("Pending", "Planned", "Deployed", "Degraded", "Failed"):
-            self.metrics.workflows.labels(phase.lower()).set(sum(1 for p in phases.values() if p == phase))
+        self.executor.export_phases(phases)
 
     # --- for the probes -------------------------------------------------------------------------------
     def describe(self) -> dict:
         with self._lock:
-            return {
-                "namespace": self.namespace,
-                "synced": self.synced(),
-                "watches": {k: {"listed": w.lists, "expired": w.expired, "error": w.error,
-                                "resourceVersion": w.resource_version} for k, w in self.watchers.items()},
-                "workflows": {name: {"phase": self.phases.get(name),
-                                     "generation": generation_of(obj),
-                                     "runningGeneration": self.deployed[name].generation if name in self.deployed
-                                     else None}
-                              for name, obj in sorted(self.objects[WORKFLOW].items())},
-                "nodes": len(self.objects[NODE]),
-                "ray": self.ray_address or ("embedded" if self.cluster is not None else None),
-            }
+            workflows = sorted(self.objects[WORKFLOW].items())
+            phases = dict(self.phases)
+            nodes = len(self.objects[NODE])
+        running = self.deployed
+        return {
+            "namespace": self.namespace,
+            "synced": self.synced(),
+            "workflows": {name: {"phase": phases[name].value if name in phases else None,
+                                 "generation": generation_of(obj),
+                                 "runningGeneration": running[name].generation if name in running else None}
+                          for name, obj in workflows},
+            "nodes": nodes,
+            "ray": self.ray_address or ("embedded" if self.cluster is not None else None),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# kopf
+
+
+def settings(operator: Operator, *, peering: str | None = None) -> Any:
+    """kopf's settings for the operator: the finalizer ``jellybean.io/teardown``; handler progress in
+    annotations under ``kopf.jellybean.io`` (never in ``status``, which is the CRD's); Events posted for
+    warnings and the core's events; no scan of CRDs (the resources are known); peering only when named."""
+    import kopf
+
+    config = kopf.OperatorSettings()
+    config.persistence.finalizer = FINALIZER
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=KOPF_PREFIX,
+                                                                          key="last-handled-configuration")
+    config.posting.level = logging.WARNING
+    config.scanning.disabled = True
+    config.watching.server_timeout = operator.watch_timeout_s
+    config.watching.client_timeout = operator.watch_timeout_s + 30
+    config.networking.error_backoffs = [1, 2, 5, 10, 30, 60]
+    config.queueing.error_delays = [1, 2, 5, 10, 30, 60]
+    if peering:
+        config.peering.name = peering
+        config.peering.mandatory = True
+    else:
+        config.peering.standalone = True
+    return config
+
+
+def registry(operator: Operator, *, login: Callable[[], Any] | None = None) -> Any:
+    """kopf's handlers for ``operator``: the watch cache fed from every kind's events (waking the
+    workflows they concern), one daemon per InferenceWorkflow, teardown on deletion (behind the
+    finalizer), and the login (``login()``, or the pod's service account / the kubeconfig)."""
+    import kopf
+
+    handlers = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=handlers)
+    def _login(**kwargs: Any) -> Any:
+        if login is not None:
+            return login()
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    def watch(group: str, version: str, resource: str, kind: str, *, gate: bool) -> None:
+        if gate:
+            # An index handler sees every object of the initial listing before any daemon starts (kopf
+            # holds the handlers until every index is populated): no workflow is planned on a partial
+            # view of its own namespace's documents.
+            @kopf.index(group, version, resource, registry=handlers, id=f"cache-{resource}")
+            async def _index(body: Any, **_: Any) -> None:
+                operator.wake(operator.observe(kind, "MODIFIED", dict(body)))
+
+        @kopf.on.event(group, version, resource, registry=handlers, id=f"event-{resource}")
+        async def _event(type: str | None, body: Any, **_: Any) -> None:  # noqa: A002 - kopf's name
+            if gate and type != "DELETED":
+                return  # the index handler has it
+            affected = operator.observe(kind, type, dict(body))
+            if kind == WORKFLOW and type == "DELETED":  # gone without our teardown (finalizer removed by hand)
+                await operator._in_thread(operator.teardown, name_of(body))
+            operator.wake(affected)
+
+    for kind in (WORKFLOW, "ModelZoo", "Topology"):
+        watch(GROUP, VERSION, plural(kind), kind, gate=True)
+    if operator.discover_nodes:
+        # Nodes do not gate the handlers: a cluster that refuses to list them (RBAC) must not stop the
+        # workflows that name a Topology; a workflow discovered from them is re-planned as they arrive.
+        watch("", "v1", "nodes", NODE, gate=False)
+
+    @kopf.daemon(GROUP, VERSION, plural(WORKFLOW), registry=handlers, cancellation_backoff=5.0,
+                 cancellation_timeout=60.0)
+    async def _daemon(name: str, stopped: Any, **_: Any) -> None:
+        await operator.daemon(name, stopped)
+
+    @kopf.on.delete(GROUP, VERSION, plural(WORKFLOW), registry=handlers, backoff=5.0)
+    def _delete(name: str, **_: Any) -> None:
+        operator.teardown(name)
+
+    return handlers
+
+
+def run(operator: Operator, stop: threading.Event, *, login: Callable[[], Any] | None = None,
+        peering: str | None = None, priority: int = 0) -> None:
+    """Run kopf for ``operator`` in this thread until ``stop`` is set; then stop the pipelines (the
+    finalizers stay: the next operator redeploys)."""
+    import kopf
+
+    async def main() -> None:
+        async def beat() -> None:  # liveness: the event loop turns
+            while not stop.is_set():
+                operator.heartbeat = operator.clock()
+                await asyncio.sleep(1.0)
+
+        operator.loop = asyncio.get_running_loop()
+        beating = asyncio.ensure_future(beat())
+        try:
+            await kopf.operator(registry=registry(operator, login=login), settings=settings(operator, peering=peering),
+                                namespaces=[operator.namespace], standalone=peering is None, peering_name=peering,
+                                priority=priority, stop_flag=stop, ready_flag=operator.ready)
+        finally:
+            beating.cancel()
+
+    try:
+        contextvars.copy_context().run(asyncio.run, main())
+    finally:
+        operator.shutdown()

@@ -2,7 +2,7 @@
 
 =================  ====================================================================
 ``GET /healthz``   liveness: 200 while the reconcile loop turns, 503 once it has stalled
-``GET /readyz``    readiness: 200 once every watched kind has been listed, else 503
+``GET /readyz``    readiness: 200 once kopf watches (its ready flag), else 503
 ``GET /v1/operator`` what the operator sees (watches, workflows, phases); needs
                    ``Authorization: Bearer $JELLYBEAN_TOKEN`` and exists only when a token is set
 =================  ====================================================================
@@ -36,8 +36,7 @@ def create_app(operator: Operator, token: str | None = None, *, liveness_s: floa
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         if not operator.synced():
-            waiting = sorted(k for k, w in operator.watchers.items() if w.lists == 0)
-            return JSONResponse({"status": "syncing", "waiting_for": waiting}, status_code=503)
+            return JSONResponse({"status": "syncing"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     if token:

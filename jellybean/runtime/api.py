@@ -48,6 +48,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -59,11 +60,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from jellybean.optimizer.plan import Plan, SinkResult
+from jellybean.optimizer.plan import Plan
 from jellybean.runtime.controller import Controller, NotFound, Rejected
 from jellybean.runtime.parsing import IsolatedParser
 from jellybean.runtime.state import DamagedRecord
-from jellybean.runtime.status import Endpoint, OutputStatus, SinkStatus
+from jellybean.runtime.reconcile import Phase
+from jellybean.runtime.status import EventOut, WorkflowStatus, WorkflowSummary
 from jellybean.spec.errors import Issue, SpecError, format_path
 from jellybean.spec.loader import MAX_LOAD_BYTES
 
@@ -134,85 +136,22 @@ class WorkflowResult(BaseModel):
     reason: str = ""
 
 
+class NotRunning(BaseModel):
+    name: str
+    phase: Phase
+    message: str = ""
+
+
 class ApplyResponse(BaseModel):
     documents: list[DocumentResult]
     workflows: list[WorkflowResult]
     changed: bool = Field(description="False when every document was already stored as sent: nothing changed.")
     settled: bool | None = Field(default=None, description="With `wait`: whether the changed workflows reached "
                                  "their new state (or failed) in time.")
-
-
-class StageRow(BaseModel):
-    stage: str | None
-    site: str | None
-    variant: str | None = Field(description="The planned variant.")
-    variant_running: str | None = None
-    replicas_planned: int
-    replicas_alive: int
-    rate_planned_per_s: float
-    rate_measured_per_s: float | None = None
-
-
-class PlanSummary(BaseModel):
-    strategy: str | None = None
-    sharing: str | None = None
-    cost_per_hour: float | None = None
-    accuracy: float | None = None
-    accuracy_target: float | None = None
-    latency_ms_p90: float | None = None
-    models: dict[str, str] = Field(default_factory=dict)
-    sinks: list[SinkResult] = Field(default_factory=list, description="Every sink's predicted accuracy and target.")
-
-
-class EventOut(BaseModel):
-    id: int
-    at: float
-    workflow: str | None
-    event: str
-    detail: dict[str, Any]
-
-
-Phase = Literal["Pending", "Starting", "Running", "Updating", "Failed", "Blocked", "Terminating"]
-
-
-class WorkflowStatus(BaseModel):
-    name: str
-    phase: Phase
-    message: str = ""
-    generation: int | None
-    digest: str | None
-    running_generation: int | None
-    running_digest: str | None
-    zoo: str | None
-    topology: str | None
-    applied_at: float | None
-    started_at: float | None
-    plan: PlanSummary | None
-    stages: list[StageRow]
-    frames: dict[str, int] | None = Field(description="`sent`, `completed`, `failed`, `in_flight`, `lost` (running "
-                                          "only).")
-    endpoints: list[Endpoint] = Field(default_factory=list, description="Where data enters (an ingest URL per source "
-                                      "and site) and results leave (stream URLs, webhooks, files).")
-    outputs: list[OutputStatus] = Field(default_factory=list, description="Results at each output: accepted, "
-                                        "delivered, failed, dropped, backlog.")
-    accuracy_measured: float | None = Field(default=None, description="On the completed frames that carry a ground truth.")
-    sinks: list[SinkStatus] = Field(default_factory=list, description="Every sink's frames and measured accuracy "
-                                    "(running only).")
-    throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
-    events: list[EventOut]
-
-
-class WorkflowSummary(BaseModel):
-    name: str
-    phase: Phase
-    message: str = ""
-    generation: int | None
-    running_generation: int | None
-    cost_per_hour: float | None
-    accuracy: float | None
-    replicas_alive: int
-    replicas_planned: int
-    applied_at: float | None
+    running: bool | None = Field(default=None, description="With `wait`: whether every changed workflow runs its "
+                                 "new version (False when one failed, is blocked or was still starting).")
+    not_running: list[NotRunning] = Field(default_factory=list, description="With `wait`: the changed workflows "
+                                          "that do not run their new version, with their phase and why.")
 
 
 class DeleteResponse(BaseModel):
@@ -400,12 +339,18 @@ def create_app(controller: Controller, token: str, *, docs: bool = False, max_bo
             result = await loop.run_in_executor(applying, controller.apply_documents, files, documents)
         finally:
             pending["applies"] -= 1
-        settled = None
+        settled = running = None
+        not_running: list[dict] = []
         changed = [w["name"] for w in result.workflows if w["action"] != "unchanged"]
         if wait > 0 and changed:
             settled = await _settled(controller, changed, wait)
+            for name in changed:
+                if not controller.running(name):
+                    status = await loop.run_in_executor(None, partial(controller.workflow_status, name, events=0))
+                    not_running.append({"name": name, "phase": status["phase"], "message": status["message"]})
+            running = not not_running
         return {"documents": result.documents, "workflows": result.workflows, "changed": result.changed,
-                "settled": settled}
+                "settled": settled, "running": running, "not_running": not_running}
 
     @v1.get("/workflows", response_model=list[WorkflowSummary], summary="Every workflow")
     def workflows() -> list[dict]:

@@ -41,7 +41,7 @@ from typing import Any
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.affinity import CpuLayout, InstanceLoad, cpu_layout, pin_process, usable_cores
 from jellybean.runtime.deployment import (
-    Deployment, OutputPlan, ReplicaPlan, ReplicaSpec, ServingError, SourcePlan, build_deployment,
+    Deployment, NoRoom, OutputPlan, ReplicaPlan, ReplicaSpec, ServingError, SourcePlan, build_deployment,
 )
 from jellybean.runtime.flow import Sketch, accuracy_percent
 from jellybean.runtime.metrics import Metrics
@@ -201,6 +201,7 @@ class Pipeline:
         self._lock = threading.RLock()
         self._monitor: threading.Thread | None = None
         self._stop_monitor = threading.Event()
+        self._cancelled = threading.Event()
         self._lost_sources: Counter = Counter()  # frames in flight at sources whose actor died
         #: Counts a previous run of the same workflow left (a controller restarted): added to the ledger.
         self.carried = LedgerView()
@@ -226,10 +227,13 @@ class Pipeline:
         """Deploy, wire and start. Raises :class:`ServingError` (after removing what it created) when
         the actors cannot be placed or set up within ``timeout_s``."""
         deployment = self.deployment
+        self._check_room()
         made = [self._create_output(o) for o in deployment.outputs]
         made += [self._create_replica(r) for r in deployment.replicas]
         made += [self._create_source(s) for s in deployment.sources]
+        self._give_up_if_cancelled(made)
         self._setup(made, timeout_s)
+        self._give_up_if_cancelled(made)
         if self.pin_cpus:
             self._pin()
         self._wire()
@@ -243,6 +247,43 @@ class Pipeline:
                 raise ServingError(f"source {actor.key} did not start: {type(result).__name__}: {result}")
         self._monitor = threading.Thread(target=self._watch, name="jellybean-dataplane", daemon=True)
         self._monitor.start()
+
+    #: How long a start waits for CPUs that Ray is still releasing (actors just stopped) before NoRoom.
+    room_wait_s = 10.0
+
+    def _check_room(self) -> None:
+        """Fail within :attr:`room_wait_s`, not after the setup timeout, when Ray has fewer CPUs free
+        than the replicas ask for (all nodes together: a necessary condition). Adopted (detached)
+        replicas hold theirs already."""
+        probe = getattr(self.backend, "free_cpus", None)
+        if probe is None or self.detached:
+            return
+        needed = sum(r.num_cpus for r in self.deployment.replicas)
+        deadline = time.monotonic() + self.room_wait_s
+        while True:
+            free = probe()
+            if free is None or needed <= free + 1e-6:
+                return
+            if time.monotonic() >= deadline or self._cancelled.wait(0.2):
+                break
+        raise NoRoom(f"{self.plan.workflow} needs {round(needed, 2):g} CPU(s) for its replicas and Ray has "
+                     f"{round(free, 2):g} free (the pipelines running hold the rest)")
+
+    def cancel(self) -> None:
+        """Make a start under way give up now (the workflow was deleted): the actors made so far are
+        killed, so the setup calls it waits on fail at once instead of at their timeout, and
+        :meth:`start` raises :class:`ServingError` (``cancelled``)."""
+        self._cancelled.set()
+        with self._lock:
+            actors = list(self.actors.values())
+        self._kill(actors)
+
+    def _give_up_if_cancelled(self, made: list[_Actor]) -> None:
+        if self._cancelled.is_set():
+            self._kill(made)
+            for actor in made:
+                self.actors.pop(actor.key, None)
+            raise ServingError(f"the start of {self.plan.workflow} was cancelled")
 
     def _host_spec(self, extra: dict) -> dict:
         return {"workflow": self.deployment.workflow, "transport": self.transport, "wire_secret": self.wire_secret,

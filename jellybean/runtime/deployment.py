@@ -69,6 +69,13 @@ class ServingError(Exception):
     """The plan cannot be served as written (no loader, no dataset, no room): a user error, in words."""
 
 
+class NoRoom(ServingError):
+    """Ray has not the CPUs free that the replicas ask for now (other pipelines hold them): said at once,
+    instead of after the setup timeout; a rollout then stops the old version first."""
+
+    no_room = True  # what the reconcile core looks for (it imports no data plane)
+
+
 def cpu_amount(cpus: float) -> float:
     """A CPU reservation Ray accepts (granularity 1e-4), rounded *down* so that shares which add up to
     an instance's cores never ask for more than the node has."""

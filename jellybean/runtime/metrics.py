@@ -218,9 +218,21 @@ class Metrics:
             "jellybean_controller_reconcile_errors_total", "Actions of the reconcile loop that failed.",
             ("workflow",), registry=r)
         self.workflows = Gauge(
-            "jellybean_controller_workflows", "Workflows the controller holds, by state.", ("state",), registry=r)
+            "jellybean_controller_workflows", "Workflows the controller (or the operator) holds, by state: their "
+            "phase, lower-cased (pending, planned, starting, running, updating, degraded, blocked, failed, "
+            "terminating).", ("state",), registry=r)
         self.applies = Counter(
             "jellybean_controller_applies_total", "Document submissions, by outcome.", ("outcome",), registry=r)
+
+    def forget_workflow(self, workflow: str) -> None:
+        """Remove every series labelled ``workflow=<workflow>``: a deleted workflow leaves ``/metrics``
+        (Prometheus then marks its series stale instead of repeating the last values)."""
+        for metric in vars(self).values():
+            if isinstance(metric, (Counter, Gauge, Histogram)):
+                try:
+                    metric.remove_by_labels({"workflow": workflow})
+                except ValueError:  # no such label (or no labels)
+                    continue
 
 
 def bind(metrics: Metrics, port: int, host: str = "127.0.0.1"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -146,12 +147,21 @@ class RayBackend:
 
         refs = [getattr(handle, method).remote(*args) for handle, method, args in calls]
         out: list[Any] = []
+        # One deadline for all the calls: waiting ``timeout_s`` for each in turn made a start whose
+        # actors cannot be placed wait that long once per actor.
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         for ref in refs:
             try:
-                out.append(ray.get(ref, timeout=timeout_s))
+                out.append(ray.get(ref, timeout=None if deadline is None else max(0.0, deadline - time.monotonic())))
             except Exception as exc:  # noqa: BLE001 - returned, for the caller to judge
                 out.append(exc)
         return out
+
+    def free_cpus(self) -> float | None:
+        """CPUs free in the Ray cluster now (all nodes together)."""
+        import ray
+
+        return float(ray.available_resources().get("CPU", 0.0))
 
     def kill(self, handle: Any) -> None:
         import ray

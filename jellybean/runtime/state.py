@@ -106,9 +106,15 @@ def document_body(model: BaseModel) -> dict:
     return model.model_dump(mode="json", by_alias=True, exclude_defaults=True)
 
 
-def bundle_bodies(bundle: Bundle) -> dict[str, dict]:
-    return {"Workflow": document_body(bundle.workflow), "ModelZoo": document_body(bundle.zoo),
-            "Topology": document_body(bundle.topology)}
+def bundle_bodies(bundle: Bundle, *, metadata: bool = True) -> dict[str, dict]:
+    """The three documents' bodies; with ``metadata=False`` each keeps only its name (the operator:
+    labels and annotations that tools add to a custom resource do not re-plan)."""
+    bodies = {"Workflow": document_body(bundle.workflow), "ModelZoo": document_body(bundle.zoo),
+              "Topology": document_body(bundle.topology)}
+    if not metadata:
+        for body in bodies.values():
+            body["metadata"] = {"name": body.get("metadata", {}).get("name")}
+    return bodies
 
 
 def bundle_digest(bodies: Mapping[str, dict]) -> str:

@@ -1,12 +1,16 @@
 """What a deployed workflow reports, typed once: ``jellybean run``, the controller's API and the
 operator all read these models (the summary of a run is a :class:`RunSummary`; a running pipeline's
-state is a :class:`PipelineStatus`)."""
+state is a :class:`PipelineStatus`; a workflow's, as the controller and the operator see it, a
+:class:`WorkflowStatus`)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from jellybean.optimizer.plan import SinkResult
+from jellybean.runtime.reconcile import Phase
 
 PipelineState = Literal["starting", "running", "degraded", "failed", "stopped"]
 
@@ -113,3 +117,97 @@ class RunSummary(BaseModel):
     #: Which cores each instance and the rest were given (see jellybean.runtime.affinity).
     cpu_pinning: dict = {}
     plan: dict = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# a workflow's status: one model for `jellybean status`, the controller's HTTP API and the operator's
+# custom-resource status (jellybean.k8s.operator renders it as the CRD's fields and conditions)
+
+
+class StageRow(BaseModel):
+    stage: str | None
+    site: str | None
+    variant: str | None = Field(description="The planned variant.")
+    variant_running: str | None = None
+    replicas_planned: int
+    replicas_alive: int
+    rate_planned_per_s: float
+    rate_measured_per_s: float | None = None
+
+
+class PlanSummary(BaseModel):
+    strategy: str | None = None
+    sharing: str | None = None
+    cost_per_hour: float | None = None
+    accuracy: float | None = None
+    accuracy_target: float | None = None
+    latency_ms_p90: float | None = None
+    models: dict[str, str] = Field(default_factory=dict)
+    sinks: list[SinkResult] = Field(default_factory=list, description="Every sink's predicted accuracy and target.")
+
+
+class EventOut(BaseModel):
+    id: int
+    at: float
+    workflow: str | None
+    event: str
+    detail: dict[str, Any]
+
+
+class LastFailure(BaseModel):
+    """The workflow's last failure (kept after it recovers, until the workflow is deleted)."""
+
+    reason: str = Field(description="`DeployFailed` (its pipeline did not start), `PlanError`, `Infeasible`, "
+                        "`NotServable`, `InvalidSpec`, ... (the operator's condition reasons).")
+    message: str
+    at: float | None = Field(default=None, description="When (unix time).")
+    attempts: int | None = Field(default=None, description="Failed attempts of that version in a row.")
+    retry_in_s: float | None = Field(default=None, description="Seconds until the next try; None when it runs "
+                                     "now or waits for a change.")
+
+
+class WorkflowStatus(BaseModel):
+    name: str
+    phase: Phase
+    message: str = ""
+    generation: int | None
+    digest: str | None
+    running_generation: int | None
+    running_digest: str | None
+    zoo: str | None
+    topology: str | None
+    applied_at: float | None
+    started_at: float | None
+    plan: PlanSummary | None
+    stages: list[StageRow]
+    frames: dict[str, int] | None = Field(description="`sent`, `completed`, `failed`, `in_flight`, `lost` (running "
+                                          "only).")
+    endpoints: list[Endpoint] = Field(default_factory=list, description="Where data enters (an ingest URL per source "
+                                      "and site) and results leave (stream URLs, webhooks, files).")
+    outputs: list[OutputStatus] = Field(default_factory=list, description="Results at each output: accepted, "
+                                        "delivered, failed, dropped, backlog.")
+    accuracy_measured: float | None = Field(default=None, description="On the completed frames that carry a ground truth.")
+    sinks: list[SinkStatus] = Field(default_factory=list, description="Every sink's frames and measured accuracy "
+                                    "(running only).")
+    throughput_per_s: float | None = Field(default=None, description="Frames completed per second, recently.")
+    frames_lost: int | None = Field(default=None, description="Frames sent and never accounted for (running only; "
+                                    "must stay 0).")
+    last_failure: LastFailure | None = None
+    events: list[EventOut] = Field(default_factory=list)
+
+
+class WorkflowSummary(BaseModel):
+    name: str
+    phase: Phase
+    message: str = ""
+    generation: int | None
+    running_generation: int | None
+    cost_per_hour: float | None
+    accuracy: float | None = Field(description="Predicted by the plan.")
+    replicas_alive: int
+    replicas_planned: int
+    applied_at: float | None
+    accuracy_measured: float | None = None
+    throughput_per_s: float | None = None
+    frames_lost: int | None = None
+    last_failure: LastFailure | None = None

@@ -165,6 +165,10 @@ class Supervisor:
             self._thread.join(timeout=30)
         return self.pipeline.stop(drain=drain)
 
+    def cancel(self) -> None:
+        """Give up a start under way (``Pipeline.cancel``)."""
+        self.pipeline.cancel()
+
     def release(self):
         """Stop supervising and hand the replicas over to the next controller (``Pipeline.release``)."""
         self._stop.set()

@@ -345,28 +345,10 @@ def crops_per_frame(doc: ModelZoo) -> dict[str, float]:
             if key.startswith(CROPS_PREFIX)}
 
 
-def _dumper():
-    import yaml
-
-    class Dumper(yaml.SafeDumper):
-        """Block style, except latency maps ({1: 0.2, 4: 0.5}) and lists of names, which stay on one line."""
-
-        def represent_dict(self, data):
-            flow = bool(data) and all(isinstance(k, int) for k in data)
-            return self.represent_mapping("tag:yaml.org,2002:map", data.items(), flow_style=flow)
-
-        def represent_list(self, data):
-            flow = bool(data) and all(isinstance(v, str) for v in data)
-            return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
-
-    Dumper.add_representer(dict, Dumper.represent_dict)
-    Dumper.add_representer(list, Dumper.represent_list)
-    return Dumper
-
-
 def dump_zoo(doc: ModelZoo, *, command: str | None = None) -> str:
-    """The document as YAML with a header comment saying how and where it was measured."""
-    import yaml
+    """The document as YAML (the one writer, :mod:`jellybean.spec.writer`) with a header comment saying
+    how and where it was measured."""
+    from jellybean.spec.writer import dump_document
 
     notes = doc.metadata.annotations
     header = [
@@ -378,9 +360,7 @@ def dump_zoo(doc: ModelZoo, *, command: str | None = None) -> str:
         f"# Date: {notes.get('profile/date', '?')}; latency over {notes.get('profile/repeats', '?')} calls per "
         f"batch size; accuracy on {notes.get('profile/eval-frames', '?')} (held out)",
     ]
-    body = yaml.dump(doc.model_dump(mode="python", exclude_none=True, by_alias=True), Dumper=_dumper(),
-                     sort_keys=False, width=120)
-    return "\n".join(header) + "\n" + body
+    return dump_document(doc, header="\n".join(header) + "\n")
 
 
 def write_zoo(doc: ModelZoo, path: Path, *, command: str | None = None) -> Path:

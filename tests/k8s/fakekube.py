@@ -9,7 +9,9 @@ appended to ``log``, which the tests share with the fake pipelines to check the 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -35,8 +37,26 @@ def apply_merge(target: dict, patch: dict) -> None:
             target[key] = copy.deepcopy(value)
 
 
+class Conflict(Exception):
+    """409 Conflict: the object changed since it was read (a stale ``metadata.resourceVersion``)."""
+
+
+def locked(method):  # noqa: ANN001, ANN201
+    """One call at a time: the HTTP server's threads, the test's and the operator's share the fake."""
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class FakeKubeApi:
     def __init__(self, log: list | None = None, namespace: str = NAMESPACE) -> None:
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)  # notified on every event (long watches wait on it)
+        self.events: list[dict] = []  # Kubernetes Events the operator posted
         self.namespace = namespace
         self.objects: dict[str, dict[str, dict]] = defaultdict(dict)
         self.history: dict[str, list[tuple[int, dict]]] = defaultdict(list)
@@ -53,13 +73,16 @@ class FakeKubeApi:
     def _emit(self, kind: str, event_type: str, obj: dict) -> None:
         event = {"type": event_type, "object": copy.deepcopy(obj)}
         self.history[kind].append((int(obj["metadata"]["resourceVersion"]), event))
+        self.changed.notify_all()
 
+    @locked
     def load(self, kind: str, obj: dict) -> dict:
         """Store a recorded object as it is (it existed before the operator started: no event)."""
         obj = copy.deepcopy(obj)
         self.objects[kind][obj["metadata"]["name"]] = obj
         return obj
 
+    @locked
     def create(self, kind: str, obj: dict) -> dict:
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
@@ -73,6 +96,7 @@ class FakeKubeApi:
         self._emit(kind, "ADDED", obj)
         return obj
 
+    @locked
     def update_spec(self, kind: str, name: str, change) -> dict:  # noqa: ANN001 - a function editing the spec
         obj = self.objects[kind][name]
         before = copy.deepcopy(obj["spec"])
@@ -83,6 +107,16 @@ class FakeKubeApi:
             self._emit(kind, "MODIFIED", obj)
         return obj
 
+    @locked
+    def update_metadata(self, kind: str, name: str, patch: dict) -> dict:
+        """A change of labels or annotations (``kubectl label``): no new generation."""
+        obj = self.objects[kind][name]
+        apply_merge(obj["metadata"], patch)
+        obj["metadata"]["resourceVersion"] = self._bump()
+        self._emit(kind, "MODIFIED", obj)
+        return obj
+
+    @locked
     def delete(self, kind: str, name: str) -> None:
         obj = self.objects[kind][name]
         meta = obj["metadata"]
@@ -97,6 +131,7 @@ class FakeKubeApi:
             meta["resourceVersion"] = self._bump()
             self._emit(kind, "DELETED", obj)
 
+    @locked
     def replay(self, kind: str, events: list[dict]) -> None:
         """Recorded watch events happen now: stored, and queued for the watch (with new resourceVersions)."""
         for event in events:
@@ -108,17 +143,22 @@ class FakeKubeApi:
                 self.objects[kind][obj["metadata"]["name"]] = obj
             self._emit(kind, event["type"], obj)
 
+    @locked
     def compact(self, kind: str) -> None:
-        """etcd compaction: a watch from any resourceVersion seen so far gets 410 Gone."""
-        self.compacted[kind] = self.version
+        """etcd compaction: a watch from any resourceVersion seen so far gets 410 Gone (and open
+        watches of the kind end)."""
+        self.compacted[kind] = self.version + 1
+        self.changed.notify_all()
 
     # --- KubeApi ---------------------------------------------------------------------------------------
+    @locked
     def list(self, kind: str, namespace: str) -> dict:
         self.log.append(("list", kind))
         return {"apiVersion": API_VERSION, "kind": f"{kind}List",
                 "metadata": {"continue": "", "resourceVersion": str(self.version)},
                 "items": [copy.deepcopy(o) for _, o in sorted(self.objects[kind].items())]}
 
+    @locked
     def list_nodes(self) -> dict:
         self.log.append(("list", "Node"))
         return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": str(self.version)},
@@ -137,11 +177,13 @@ class FakeKubeApi:
         if not sent:  # a real watch blocks until something happens or it times out
             time.sleep(min(timeout_s, 0.02))
 
+    @locked
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         self.log.append(("get", kind, name))
         obj = self.objects[kind].get(name)
         return copy.deepcopy(obj) if obj is not None else None
 
+    @locked
     def patch_status(self, kind: str, namespace: str, name: str, status: dict) -> dict:
         self.log.append(("patch_status", name, copy.deepcopy(status)))
         obj = self.objects[kind][name]
@@ -154,10 +196,9 @@ class FakeKubeApi:
             self._emit(kind, "MODIFIED", obj)
         return copy.deepcopy(obj)
 
+    @locked
     def patch_metadata(self, kind: str, namespace: str, name: str, metadata: dict) -> dict | None:
         self.log.append(("patch_metadata", name, copy.deepcopy(metadata)))
-        from jellybean.k8s.operator import Conflict
-
         obj = self.objects[kind].get(name)
         if obj is None:
             return None
@@ -173,6 +214,50 @@ class FakeKubeApi:
         else:
             self._emit(kind, "MODIFIED", obj)
         return copy.deepcopy(obj)
+
+    @locked
+    def json_patch(self, kind: str, name: str, ops: list[dict], *, status: bool = False) -> dict | None:
+        """A JSON patch (RFC 6902; kopf guards its finalizer changes with a ``test`` of the
+        resourceVersion): applied to the object (to its status only, through the subresource).
+        Raises ``jsonpatch.JsonPatchTestFailed`` when a test fails (the server's 422)."""
+        import jsonpatch
+
+        obj = self.objects[kind].get(name)
+        if obj is None:
+            return None
+        self.log.append(("json_patch", name, copy.deepcopy(ops)))
+        patched = jsonpatch.apply_patch(obj, ops)
+        if status:
+            patched = {**copy.deepcopy(obj), "status": patched.get("status") or {}}
+        else:  # the object's patch changes neither its spec nor its status (the subresource's)
+            for key in ("spec", "status"):
+                if key in obj:
+                    patched[key] = copy.deepcopy(obj[key])
+                else:
+                    patched.pop(key, None)
+        if patched == obj:
+            return copy.deepcopy(obj)
+        patched["metadata"]["resourceVersion"] = self._bump()
+        self.objects[kind][name] = patched
+        if patched["metadata"].get("deletionTimestamp") and not patched["metadata"].get("finalizers"):
+            del self.objects[kind][name]
+            self._emit(kind, "DELETED", patched)
+        else:
+            self._emit(kind, "MODIFIED", patched)
+        return copy.deepcopy(patched)
+
+    def post_event(self, namespace: str, event: dict) -> dict:
+        """POST /api/v1/namespaces/{ns}/events (kopf reports through Kubernetes Events)."""
+        event = copy.deepcopy(event)
+        event.setdefault("metadata", {})["resourceVersion"] = self._bump()
+        self.events.append(event)
+        self.log.append(("event", (event.get("involvedObject") or {}).get("name"), event.get("reason"),
+                         event.get("message")))
+        return event
+
+    def events_history(self, kind: str, after: int) -> list[dict]:
+        with self.lock:
+            return [copy.deepcopy(e) for v, e in self.history[kind] if v > after]
 
     # --- for the assertions ----------------------------------------------------------------------------
     def calls(self, *kinds: str) -> list[tuple]:

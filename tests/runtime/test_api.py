@@ -256,6 +256,41 @@ def test_cli_apply_status_delete(served, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0 and "no workflows" in out
 
 
+def test_cli_apply_wait_exits_3_when_not_everything_runs(served, controller: Controller,  # noqa: ANN001
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A start that fails: `apply --wait` says which workflow does not run and why, and exits 3; the
+    JSON answer says so too (`running`, `not_running`); `status` shows the last failure, also after
+    the workflow recovers, beside the measured figures."""
+    state_dir, _ = served
+    controller.recorder.fail["vqa-medium"] = 1
+    code, out, _ = run(capsys, "apply", "-f", VQA, "--state-dir", state_dir, "--wait", 10)
+    assert code == 3
+    assert "not all running: see `jellybean status`" in out
+    assert "  vqa-medium: Failed: RuntimeError: replica failed to load its model; attempt 1, retrying in" in out
+    code, out, _ = run(capsys, "status", "--state-dir", state_dir, "--format", "json")
+    [row] = json.loads(out)
+    assert row["phase"] == "Failed" and row["last_failure"]["reason"] == "DeployFailed"
+    controller.executor.failures.clear()  # the retry is due now
+    assert controller.wait_settled(["vqa-medium"], 10) and controller.running("vqa-medium")
+    code, out, _ = run(capsys, "status", "--state-dir", state_dir)
+    assert "MEASURED" in out and "FRAMES/S" in out and "LOST" in out
+    assert "last failure (" in out and "replica failed to load its model" in out
+    code, out, _ = run(capsys, "status", "vqa-medium", "--state-dir", state_dir)
+    assert "Last failure (DeployFailed, " in out and "attempt 1): RuntimeError: replica failed" in out
+
+    edited_dir = state_dir.parent / "edited"
+    shutil.copytree(VQA, edited_dir)
+    (edited_dir / "workflow.yaml").write_text((edited_dir / "workflow.yaml").read_text().replace(
+        "accuracy: 56.0", "accuracy: 55.0"))
+    controller.recorder.fail["vqa-medium"] = 1
+    code, out, _ = run(capsys, "apply", "-f", edited_dir, "--state-dir", state_dir, "--wait", 10, "--format", "json")
+    answer = json.loads(out)
+    assert code == 3 and answer["running"] is False and answer["settled"] is True
+    assert [w["name"] for w in answer["not_running"]] == ["vqa-medium"]
+    assert answer["not_running"][0]["phase"] == "Failed"
+    assert "stop-first" in answer["not_running"][0]["message"]
+
+
 def test_cli_invalid_input_exits_2_with_the_issues(served, capsys: pytest.CaptureFixture[str],  # noqa: ANN001
                                                    tmp_path: Path) -> None:
     state_dir, _ = served

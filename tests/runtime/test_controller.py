@@ -5,6 +5,7 @@ embedded Ray when a topology adds sites. No Ray: pipelines and the cluster are f
 from __future__ import annotations
 
 import itertools
+import threading
 import json
 import sqlite3
 import shutil
@@ -103,9 +104,9 @@ class FakeCluster:
             self.resources = dict(resources)
         self.log.append(("start", dict(resources)))
 
-    def restart(self, resources) -> None:  # noqa: ANN001
-        self.resources = dict(resources)
-        self.log.append(("restart", dict(resources)))
+    def grow(self, resources) -> None:  # noqa: ANN001
+        self.resources = {**(self.resources or {}), **dict(resources)}
+        self.log.append(("grow", dict(resources)))
 
     def shutdown(self) -> None:
         self.connected = False
@@ -146,7 +147,8 @@ def edited(files: list[tuple[str, str]], name: str, old: str, new: str) -> list[
 def make(tmp_path: Path, recorder: Recorder | None = None, **kwargs) -> tuple[Controller, Recorder]:  # noqa: ANN003
     recorder = recorder or Recorder()
     kwargs.setdefault("site_resources", sites_of)
-    controller = Controller(StateStore(tmp_path / "state"), pipeline_factory=recorder.factory, **kwargs)
+    kwargs.setdefault("pipeline_factory", recorder.factory)
+    controller = Controller(StateStore(tmp_path / "state"), **kwargs)
     return controller, recorder
 
 
@@ -174,9 +176,10 @@ def test_decide_cluster() -> None:
     assert decide_cluster(None, need, embedded=True) == ClusterDecision("start", need)
     assert decide_cluster(need, need, embedded=True).action == "none"
     grown = decide_cluster({"site:a": 1000.0, "site:z": 5.0}, need, embedded=True)
-    assert grown.action == "restart" and grown.missing == {"site:b": 1000.0}
-    assert grown.resources == {"site:a": 1000.0, "site:b": 1000.0, "site:z": 5.0}  # never drops a site
-    assert decide_cluster({"site:a": 10.0}, {"site:a": 1000.0}, embedded=True).action == "restart"
+    # Only what is missing is added to the running node (in place: nothing restarts, no site is dropped).
+    assert grown == ClusterDecision("grow", {"site:b": 1000.0}, {"site:b": 1000.0})
+    assert decide_cluster({"site:a": 10.0}, {"site:a": 1000.0}, embedded=True) == ClusterDecision(
+        "grow", {"site:a": 1000.0}, {"site:a": 1000.0})
     joined = decide_cluster({"site:a": 1.0}, need, embedded=False)
     assert joined.action == "none" and set(joined.missing) == {"site:b"}
     assert decide_cluster(None, need, embedded=False) == ClusterDecision("start", {})
@@ -226,7 +229,7 @@ def test_apply_twice_changes_nothing(tmp_path: Path) -> None:
     assert rec.events("start") == [("start", "vqa-medium", 1, 56.0)] and rec.events("stop") == []
 
 
-def test_changed_workflow_is_replanned_and_rolled_over_new_first(tmp_path: Path) -> None:
+def test_changed_workflow_is_replanned_and_rolled_over_stop_first_when_there_is_no_room(tmp_path: Path) -> None:
     controller, rec = make(tmp_path)
     controller.apply(files_of(VQA))
     controller.reconcile()
@@ -237,14 +240,39 @@ def test_changed_workflow_is_replanned_and_rolled_over_new_first(tmp_path: Path)
     assert controller.store.revision("vqa-medium").plan["accuracy_target"] == 55.0
     [action] = controller.reconcile()
     assert action.kind == "replace"
-    # Rollover: the new pipeline (2) starts before the old one (1) is drained and stopped.
-    assert rec.log == [("start", "vqa-medium", 1, 56.0), ("start", "vqa-medium", 2, 55.0),
-                       ("stop", "vqa-medium", 1, True)]
+    # vqa-medium's topology has one instance of each worker, all in use: the new version cannot start
+    # beside the old one, so the old one is drained and stopped first (stop-first), said in the event.
+    assert rec.log == [("start", "vqa-medium", 1, 56.0), ("stop", "vqa-medium", 1, True),
+                       ("start", "vqa-medium", 2, 55.0)]
     status = controller.workflow_status("vqa-medium")
     assert (status["phase"], status["generation"], status["running_generation"]) == ("Running", 2, 2)
-    events = [e["event"] for e in status["events"]]
-    assert events[-2:] == ["applied", "replaced"]
+    events = status["events"]
+    assert [e["event"] for e in events][-3:] == ["applied", "stopped", "replaced"]
+    assert events[-1]["detail"]["strategy"] == "stop-first"
+    assert "no room to start the new version beside the old one" in events[-1]["detail"]["why"]
+    assert "needs 1 instance(s), 0 free" in events[-1]["detail"]["why"]
     assert [r["generation"] for r in controller.store.revisions("vqa-medium")] == [1, 2]
+
+
+def roomy(files: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """vehicle-tracking with two Jetsons per hub (its plan uses one): room for a second version."""
+    return [(name, text.replace("count: 1\n", "count: 2\n") if name.endswith("topology.yaml") else text)
+            for name, text in files]
+
+
+def test_a_change_with_room_rolls_over_new_first(tmp_path: Path) -> None:
+    """With a second Jetson per hub (and the elastic edge DC), the new version starts beside the old
+    one, which is drained and stopped once the new one runs."""
+    controller, rec = make(tmp_path)
+    controller.apply(roomy(files_of(VEHICLES)))
+    controller.reconcile()
+    controller.apply(edited(roomy(files_of(VEHICLES)), "workflow.yaml", "accuracy: 33.0", "accuracy: 32.0"))
+    [action] = controller.reconcile()
+    assert action.kind == "replace"
+    assert [e[:3] for e in rec.log] == [("start", "vehicle-tracking", 1), ("start", "vehicle-tracking", 2),
+                                        ("stop", "vehicle-tracking", 1)]
+    replaced = controller.workflow_status("vehicle-tracking")["events"][-1]
+    assert replaced["event"] == "replaced" and replaced["detail"]["strategy"] == "new-first"
 
 
 def test_changing_a_topology_replans_the_workflows_that_use_it(tmp_path: Path) -> None:
@@ -260,8 +288,8 @@ def test_changing_a_topology_replans_the_workflows_that_use_it(tmp_path: Path) -
     assert "Topology vqa-medium changed" in wf["reason"]
     assert wf["cost_per_hour"] < 7.485
     controller.reconcile()
-    assert [e[:3] for e in rec.log] == [("start", "vqa-medium", 1), ("start", "vqa-medium", 2),
-                                        ("stop", "vqa-medium", 1)]
+    assert [e[:3] for e in rec.log] == [("start", "vqa-medium", 1), ("stop", "vqa-medium", 1),
+                                        ("start", "vqa-medium", 2)]  # every worker in use: stop-first
 
 
 def test_a_workflow_alone_resolves_against_stored_documents(tmp_path: Path) -> None:
@@ -396,19 +424,43 @@ def test_failed_start_is_reported_and_retried_with_backoff(tmp_path: Path) -> No
 
 def test_failed_rollover_keeps_the_old_pipeline(tmp_path: Path) -> None:
     controller, rec = make(tmp_path)
+    controller.apply(roomy(files_of(VEHICLES)))
+    controller.reconcile()
+    rec.fail["vehicle-tracking"] = 1
+    controller.apply(edited(roomy(files_of(VEHICLES)), "workflow.yaml", "accuracy: 33.0", "accuracy: 32.0"))
+    controller.reconcile()
+    status = controller.workflow_status("vehicle-tracking")
+    assert status["phase"] == "Failed" and "generation 1 keeps running" in status["message"]
+    assert status["running_generation"] == 1
+    assert status["last_failure"]["reason"] == "DeployFailed"
+    assert "replica failed to load its model" in status["last_failure"]["message"]
+    # The half-started new pipeline is cleaned up (no drain); the old one keeps serving.
+    assert rec.events("stop") == [("stop", "vehicle-tracking", 2, False)] and list(rec.live) == [1]
+
+
+def test_a_failed_stop_first_rollout_says_why_and_retries(tmp_path: Path) -> None:
+    """No room (every vqa worker in use): the old version is stopped first; when the new one then fails
+    to start, the status says so (the reason, stop-first) and the start is retried with backoff."""
+    clock = Clock()
+    controller, rec = make(tmp_path, clock=clock, retry_initial_s=5)
     controller.apply(files_of(VQA))
     controller.reconcile()
     rec.fail["vqa-medium"] = 1
     controller.apply(edited(files_of(VQA), "workflow.yaml", "accuracy: 56.0", "accuracy: 55.0"))
     controller.reconcile()
     status = controller.workflow_status("vqa-medium")
-    assert status["phase"] == "Failed" and "generation 1 keeps running" in status["message"]
-    assert status["running_generation"] == 1
-    # The half-started new pipeline is cleaned up (no drain); the old one keeps serving.
-    assert rec.events("stop") == [("stop", "vqa-medium", 2, False)] and list(rec.live) == [1]
+    assert status["phase"] == "Failed" and status["running_generation"] is None
+    assert "replica failed to load its model" in status["message"]
+    assert "stop-first: the previous generation was stopped to make room" in status["message"]
+    assert "retrying in 5 s" in status["message"]
+    clock.now += 5
+    controller.reconcile()
+    status = controller.workflow_status("vqa-medium")
+    assert (status["phase"], status["running_generation"]) == ("Running", 2)
+    assert status["last_failure"]["reason"] == "DeployFailed" and status["last_failure"]["retry_in_s"] is None
 
 
-def test_embedded_ray_grows_when_a_topology_adds_sites(tmp_path: Path) -> None:
+def test_embedded_ray_grows_in_place_when_a_topology_adds_sites(tmp_path: Path) -> None:
     cluster = FakeCluster()
     controller, rec = make(tmp_path, cluster=cluster)
     controller.reconcile()
@@ -418,13 +470,12 @@ def test_embedded_ray_grows_when_a_topology_adds_sites(tmp_path: Path) -> None:
     assert cluster.log == [("start", {"site:cloud": 1000.0, "site:edge": 1000.0})]
     controller.apply(files_of(VEHICLES))
     controller.reconcile()
-    kind, resources = cluster.log[-1]
-    assert kind == "restart" and {"site:cloud", "site:edge", "site:hub-1", "site:edc"} <= set(resources)
-    # vqa-medium was stopped before the restart and started again after it, with the new workflow.
-    assert [e[:2] for e in rec.log] == [("start", "vqa-medium"), ("stop", "vqa-medium"),
-                                        ("start", "vehicle-tracking"), ("start", "vqa-medium")]
-    restarted = [e for e in controller.store.events() if e.event == "ray-restarted"]
-    assert restarted and restarted[0].detail["redeploying"] == ["vqa-medium"]
+    kind, added = cluster.log[-1]
+    assert kind == "grow" and {"site:hub-1", "site:edc"} <= set(added) and "site:cloud" not in added
+    # vqa-medium keeps running: only the new workflow starts.
+    assert [e[:2] for e in rec.log] == [("start", "vqa-medium"), ("start", "vehicle-tracking")]
+    grown = [e for e in controller.store.events() if e.event == "ray-grown"]
+    assert grown and grown[0].detail["kept_running"] == ["vqa-medium"]
     assert controller.reconcile() == []
     controller.stop()
     assert cluster.log[-1][0] == "shutdown"
@@ -495,6 +546,11 @@ class RayProbePipeline:
             def ping(self) -> str:
                 return "pong"
 
+            def pid(self) -> int:
+                import os
+
+                return os.getpid()
+
         self.actors = [Probe.options(resources={f"site:{site}": 0.001}).remote() for site in self.sites]
         assert ray.get([a.ping.remote() for a in self.actors], timeout=60) == ["pong"] * len(self.sites)
 
@@ -509,8 +565,13 @@ class RayProbePipeline:
         return {"stages": [], "frames": None}
 
 
-def test_embedded_ray_serves_site_resources_and_grows(tmp_path: Path) -> None:
+def test_embedded_ray_serves_site_resources_and_grows_in_place(tmp_path: Path) -> None:
+    """A real embedded Ray: applying an unrelated workflow with new sites adds them to the running node,
+    and the running workflow's actors are untouched (the same pipeline, the same actors, each answering
+    the ping it answered before, in the same process)."""
     pytest.importorskip("ray")
+    import ray
+
     from jellybean.runtime.controller import RayCluster
 
     cluster = RayCluster(num_cpus=1)
@@ -520,10 +581,17 @@ def test_embedded_ray_serves_site_resources_and_grows(tmp_path: Path) -> None:
         controller.reconcile()
         assert controller.workflow_status("vqa-medium")["phase"] == "Running"
         assert set(cluster.offered()) == {"site:cloud", "site:edge"}
-        controller.apply(files_of(VEHICLES))  # new sites: Ray restarts with the union, both redeploy
+        vqa = controller.executor.running["vqa-medium"].pipeline
+        before = ray.get([a.pid.remote() for a in vqa.actors], timeout=60)
+        controller.apply(files_of(VEHICLES))  # new sites: added to the running node
         controller.reconcile()
         assert {"site:edge", "site:hub-1", "site:edc"} <= set(cluster.offered())
+        assert {"site:hub-1", "site:edc"} <= set(ray.cluster_resources())
         assert [w["phase"] for w in controller.list_status()] == ["Running", "Running"]
+        assert controller.executor.running["vqa-medium"].pipeline is vqa
+        assert ray.get([a.pid.remote() for a in vqa.actors], timeout=60) == before
+        assert [e.event for e in controller.store.events("vqa-medium")] == ["applied", "started"]
+        assert [e.event for e in controller.store.events() if e.event.startswith("ray-")] == ["ray-started", "ray-grown"]
     finally:
         controller.stop()
     assert cluster.offered() is None
@@ -587,3 +655,212 @@ def test_a_damaged_store_is_reported_and_the_rest_serves(tmp_path: Path) -> None
     assert again.workflow_status("vqa-medium")["phase"] == "Running" and again.store.damage_summary() is not None
     again.apply(files_of(VEHICLES))
     assert again.store.document_damage("Topology", "vehicle-tracking-city-block") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# starts that can be cancelled, apply --wait, metrics of deleted workflows, the phase
+
+
+class StuckPipeline(FakePipeline):
+    """A start that cannot finish (its actors cannot be placed) until it is cancelled."""
+
+    entered: threading.Event
+
+    def start(self) -> None:
+        type(self).entered.set()
+        if not self.cancelled.wait(60):
+            raise AssertionError("never cancelled")
+        raise RuntimeError("setup calls failed: actors killed")
+
+    def cancel(self) -> None:
+        self.recorder.log.append(("cancel", self.name, self.id))
+        self.cancelled.set()
+
+
+def test_delete_cancels_a_start_under_way(tmp_path: Path) -> None:
+    rec = Recorder()
+    StuckPipeline.entered = threading.Event()
+
+    def factory(bundle, plan):  # noqa: ANN001, ANN202
+        pipeline = StuckPipeline(rec, bundle, plan)
+        pipeline.cancelled = threading.Event()
+        return pipeline
+
+    controller, _ = make(tmp_path, rec, pipeline_factory=factory, interval_s=0.05)
+    controller.start()
+    try:
+        controller.apply(files_of(VQA))
+        assert StuckPipeline.entered.wait(30)
+        status = controller.workflow_status("vqa-medium")
+        assert status["phase"] == "Starting" and status["message"] == "starting the pipeline"
+        assert not controller.settled("vqa-medium")
+        controller.delete("vqa-medium")  # cancels the start: the loop is free at once
+        assert controller.wait_settled(["vqa-medium"], 10)
+        assert ("cancel", "vqa-medium", 1) in rec.log
+        events = [e.event for e in controller.store.events("vqa-medium")]
+        assert events[-2:] == ["deleted", "cancelled"] and "failed" not in events
+        with pytest.raises(NotFound):
+            controller.workflow_status("vqa-medium")
+    finally:
+        controller.stop()
+
+
+def test_a_retried_start_says_what_failed_last(tmp_path: Path) -> None:
+    """While a start is retried, Starting says which attempt it is and what the last one failed with."""
+    clock = Clock()
+    rec = Recorder()
+    rec.fail["vqa-medium"] = 1
+    controller, _ = make(tmp_path, rec, clock=clock, retry_initial_s=5)
+    controller.apply(files_of(VQA))
+    controller.reconcile()
+    clock.now += 5
+    seen = []
+    original = rec.factory
+
+    def watching(bundle, plan):  # noqa: ANN001, ANN202
+        seen.append(controller.workflow_status("vqa-medium", events=0))
+        return original(bundle, plan)
+
+    controller.executor.pipeline_factory = watching
+    controller.reconcile()
+    assert seen[0]["phase"] == "Starting"
+    assert seen[0]["message"] == ("starting the pipeline (attempt 2; the last one failed: RuntimeError: replica "
+                                  "failed to load its model)")
+    assert controller.workflow_status("vqa-medium")["phase"] == "Running"
+
+
+def test_running_is_what_apply_wait_waits_for(tmp_path: Path) -> None:
+    rec = Recorder()
+    rec.fail["vqa-medium"] = 1
+    controller, _ = make(tmp_path, rec, clock=Clock())
+    controller.apply(files_of(VQA))
+    assert not controller.running("vqa-medium")
+    controller.reconcile()
+    assert controller.settled("vqa-medium") and not controller.running("vqa-medium")  # failed: settled, not running
+    controller.executor.failures.clear()
+    controller.reconcile()
+    assert controller.running("vqa-medium")
+
+
+def test_a_deleted_workflows_series_leave_the_metrics(tmp_path: Path) -> None:
+    from jellybean.runtime.metrics import Metrics
+
+    metrics = Metrics()
+    controller, _ = make(tmp_path, metrics=metrics)
+    controller.apply(files_of(VQA))
+    controller.apply(files_of(VEHICLES))
+    controller.reconcile()
+    for name in ("vqa-medium", "vehicle-tracking"):  # what a running pipeline's telemetry exports
+        metrics.frames_completed.labels(name).inc(3)
+        metrics.stage_dropped.labels(name, "s").inc()
+    text = lambda: metrics.registry.get_sample_value  # noqa: E731
+    assert text()("jellybean_frames_completed_total", {"workflow": "vqa-medium"}) == 3
+    controller.delete("vqa-medium")
+    controller.reconcile()
+    from prometheus_client import generate_latest
+
+    exported = generate_latest(metrics.registry).decode()
+    assert 'workflow="vqa-medium"' not in exported
+    assert 'jellybean_frames_completed_total{workflow="vehicle-tracking"} 3.0' in exported
+    assert text()("jellybean_controller_workflows", {"state": "running"}) == 1
+    # One that never ran (its start failed) leaves too, with its last failure.
+    rec = controller.pipeline_factory.__self__
+    rec.fail["vqa-medium"] = 1
+    controller.apply(files_of(VQA))
+    controller.reconcile()
+    assert text()("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) == 1
+    controller.delete("vqa-medium")
+    assert text()("jellybean_controller_reconcile_errors_total", {"workflow": "vqa-medium"}) is None
+    assert "vqa-medium" not in controller.executor.last_failures
+
+
+def test_phase_of_is_pure_and_says_why() -> None:
+    from jellybean.runtime.reconcile import Failure, Observation, Phase, phase_of
+
+    failure = Failure("d2", "DeployFailed", "ServingError: 3 actor(s) could not start within 120 s", 2, 130.0, 0.0)
+    assert phase_of(Observation("d1", "d1", 1)) == (Phase.RUNNING, "")
+    assert phase_of(Observation("d1", "d1", 1, pipeline_state="degraded"))[0] is Phase.DEGRADED
+    assert phase_of(Observation(None, "d1", 1)) == (Phase.TERMINATING, "deleted; stopping the pipeline")
+    assert phase_of(Observation("d2", failure=failure, now=100.0)) == (
+        Phase.FAILED, "ServingError: 3 actor(s) could not start within 120 s; attempt 2, retrying in 30 s")
+    assert phase_of(Observation("d2", "d1", 1, failure=failure, now=100.0))[1].endswith(
+        "(generation 1 keeps running)")
+    assert phase_of(Observation("d2", transition="start", failure=failure))[1] == (
+        "starting the pipeline (attempt 3; the last one failed: ServingError: 3 actor(s) could not start within "
+        "120 s)")
+    assert phase_of(Observation("d2", "d1", 1, transition="replace", rollout="rolling out (stop-first): no room"))[1] \
+        == "rolling out (stop-first): no room"
+    assert phase_of(Observation("d2", blocked="no node advertises site:x")) == (Phase.BLOCKED, "no node advertises site:x")
+    assert phase_of(Observation("d2", "d1", 1))[0] is Phase.UPDATING
+    assert phase_of(Observation("d2", planned=True))[0] is Phase.PLANNED
+    assert phase_of(Observation("d2", problem=("ZooNotFound", "no ModelZoo 'z'")))[0] is Phase.PENDING
+    assert phase_of(Observation("d2", "d1", 1, problem=("Infeasible", "no feasible plan"))) == (
+        Phase.FAILED, "no feasible plan (generation 1 keeps running)")
+    assert phase_of(Observation("d2")) == (Phase.PENDING, "")
+
+
+def test_plan_rollout_is_new_first_only_with_room() -> None:
+    from jellybean.optimizer import plan as make_plan
+    from jellybean.runtime.reconcile import plan_rollout
+    from jellybean.spec import load_bundle
+
+    bundle = load_bundle([VQA])
+    plan = make_plan(bundle, baselines=False, time_limit_s=30)
+    assert plan_rollout(plan, bundle.topology, []).strategy == "new-first"
+    crowded = plan_rollout(plan, bundle.topology, [plan])
+    assert crowded.strategy == "stop-first" and "needs 1 instance(s), 0 free" in crowded.reason
+    assert plan_rollout(None, None, [plan]).strategy == "new-first"
+
+
+def test_a_workflow_applied_next_to_others_is_planned_on_what_they_leave(tmp_path: Path) -> None:
+    """Two copies of vehicle-tracking on one Topology: the second is planned on what the first leaves
+    (each hub's one Jetson is the first one's), so together they never count on the same instance;
+    while nothing runs yet, each is planned on the whole topology."""
+    from jellybean.optimizer.capacity import instances_in_use
+
+    controller, _ = make(tmp_path)
+    controller.apply(files_of(VEHICLES))
+    controller.reconcile()
+    second = edited([f for f in files_of(VEHICLES) if f[0].endswith("workflow.yaml")], "workflow.yaml",
+                    "name: vehicle-tracking\n", "name: second-block\n")
+    [result] = controller.apply(second).workflows
+    controller.reconcile()
+    plans = {name: controller.store.revision(name).plan_model() for name in ("vehicle-tracking", "second-block")}
+    assert instances_in_use([plans["vehicle-tracking"]])[("hub-1", "agx-orin")] == 1
+    assert ("hub-1", "agx-orin") not in instances_in_use([plans["second-block"]])
+    assert result["cost_per_hour"] > plans["vehicle-tracking"].cost.total_per_hour  # the Jetsons were cheaper
+    together = instances_in_use(plans.values())
+    topology = controller.store.revision("vehicle-tracking").bundle().topology
+    for site in topology.spec.sites:
+        for group in site.instances:
+            bound = group.count if group.count is not None else group.max_count
+            assert together.get((site.name, group.name), 0) <= bound
+    assert [w["phase"] for w in controller.list_status()] == ["Running", "Running"]
+
+
+def test_a_new_first_rollout_that_finds_no_room_in_ray_stops_the_old_version_first(tmp_path: Path) -> None:
+    """The plan says there is room (two Jetsons per hub) but Ray has not the CPUs free beside the old
+    version (the machine is smaller than the topology): the start fails at once with NoRoom and the
+    rollout goes on stop-first, said in the event, instead of failing and retrying forever."""
+    from jellybean.runtime.deployment import NoRoom
+
+    rec = Recorder()
+
+    class Crowded(FakePipeline):
+        def start(self) -> None:
+            if any(p.name == self.name for p in rec.live.values()):
+                raise NoRoom(f"{self.name} needs 4 CPU(s) for its replicas and Ray has 0 free")
+            super().start()
+
+    controller, _ = make(tmp_path, rec, pipeline_factory=lambda bundle, plan: Crowded(rec, bundle, plan))
+    controller.apply(roomy(files_of(VEHICLES)))
+    controller.reconcile()
+    controller.apply(edited(roomy(files_of(VEHICLES)), "workflow.yaml", "accuracy: 33.0", "accuracy: 32.0"))
+    controller.reconcile()
+    assert [e[:3] for e in rec.log] == [("start", "vehicle-tracking", 1), ("stop", "vehicle-tracking", 2),
+                                        ("stop", "vehicle-tracking", 1), ("start", "vehicle-tracking", 3)]
+    status = controller.workflow_status("vehicle-tracking")
+    assert (status["phase"], status["running_generation"]) == ("Running", 2)
+    replaced = status["events"][-1]
+    assert replaced["event"] == "replaced" and replaced["detail"]["strategy"] == "stop-first"
+    assert "Ray has 0 free: the old version is stopped first" in replaced["detail"]["why"]
