@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test image demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint clean prometheus dashboards crds
+.PHONY: install test image demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint import-contracts typecheck clean prometheus dashboards crds
 
 install: $(STAMP)
 
@@ -13,8 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,runtime,viz]'
 	@touch $(STAMP)
 
-test: install prometheus espeak
-	$(BIN)/lint-imports
+test: install lint prometheus espeak
 	$(BIN)/python -m pytest
 
 # The dashboard tests run every panel's query against a real Prometheus (Debian's package; CI runs
@@ -58,8 +57,17 @@ dashboards: install
 crds: install
 	$(BIN)/jellybean crds --out helm/jellybean/crds
 
-lint: install
+# The static checks, each a target of its own (a style linter joins them as one more prerequisite);
+# `make test` runs them before pytest.
+lint: import-contracts typecheck
+
+# The layers' import contracts (import-linter, [tool.importlinter] in pyproject.toml).
+import-contracts: install
 	$(BIN)/lint-imports
+
+# mypy on the packages and with the strictness [tool.mypy] in pyproject.toml names.
+typecheck: install
+	$(BIN)/mypy
 
 # Trains the digits zoo on first use (about 40 s), plans the digits workflow and serves it on an
 # embedded local Ray for 20 s, then prints predicted against measured.

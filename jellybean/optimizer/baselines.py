@@ -19,7 +19,7 @@ import math
 import pulp
 
 from jellybean.optimizer.accuracy import AccuracyModel, enumerate_combinations, targets_text
-from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem
+from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Option, Problem
 from jellybean.optimizer.solution import Solution
 from jellybean.optimizer.solver import solve
 
@@ -62,7 +62,7 @@ def edge_first(problem: Problem, models: dict[str, str]) -> Solution:
         return sum(r / problem.options[oi].throughput_per_s for oi, r in rates.items()
                    if problem.options[oi].group == g and problem.count_key(problem.options[oi].stage) == key)
 
-    def best_option(stage: str, g: int):
+    def best_option(stage: str, g: int) -> Option | None:
         opts = [problem.options[o] for o in problem.options_by_stage[stage]
                 if problem.options[o].group == g and problem.options[o].variant == models[stage]]
         return max(opts, key=lambda o: o.throughput_per_s) if opts else None
@@ -91,9 +91,9 @@ def edge_first(problem: Problem, models: dict[str, str]) -> Solution:
             if i in info.allowed_nodes:
                 candidates = []
                 for g in node.groups:
-                    o = best_option(s, g)
-                    if o is not None:
-                        candidates.append((groups[g].price_per_hour / o.throughput_per_s, g, o))
+                    best = best_option(s, g)
+                    if best is not None:
+                        candidates.append((groups[g].price_per_hour / best.throughput_per_s, g, best))
                 for _, g, o in sorted(candidates, key=lambda c: (c[0], c[1])):
                     group = groups[g]
                     # The instances of the group's other counts (other stages in exclusive mode, other

@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 #: Grams per tonne: a carbon price in $/tCO2 is ``price / 10^6`` $ per gCO2.
 G_PER_TONNE = 1e6
 #: W x g/kWh -> g/h: one watt for one hour is 1/1000 kWh.
 W_PER_KW = 1000.0
 
-OBJECTIVES = ("cost", "carbon", "cost+carbon")
+ObjectiveKind = Literal["cost", "carbon", "cost+carbon"]
+OBJECTIVES: tuple[ObjectiveKind, ...] = get_args(ObjectiveKind)
 
 
 def instance_power_w(idle_w: float, busy_w: float, utilization: float) -> float:
@@ -67,7 +69,7 @@ class Objective:
     found) or ``cost+carbon`` ($/h with carbon at ``carbon_price_per_tonne`` $/tCO2);
     ``carbon_budget_g_per_hour``: at most this many gCO2/h (None: no budget)."""
 
-    kind: str = "cost"
+    kind: ObjectiveKind = "cost"
     carbon_price_per_tonne: float | None = None
     carbon_budget_g_per_hour: float | None = None
 

@@ -52,10 +52,12 @@ import time
 from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 from jellybean.optimizer.accuracy import AccuracyModel
 from jellybean.optimizer.milp import Dropped, solve_milp
-from jellybean.optimizer.problem import Problem, compile_options, member_rate_bounds
+from jellybean.optimizer.problem import Group, Problem, compile_options, member_rate_bounds
+from jellybean.spec.zoo import Variant
 
 #: The constraint families, in the order the filter tests them (see the module docstring).
 FAMILIES = ("downward", "output", "batch_sizes", "placement", "memory", "instances", "bandwidth", "latency",
@@ -72,7 +74,7 @@ class Constraint:
     output; ``()`` for the downward flows, the latency bound and the accuracy target."""
 
     family: str
-    key: tuple = ()
+    key: tuple[Any, ...] = ()  # its shape is the family's (above)
 
 
 @dataclass
@@ -104,10 +106,10 @@ def candidates(problem: Problem, allowed_tiers: set[str] | None = None) -> list[
     groups = [g for g in problem.groups
               if allowed_tiers is None or nodes[g.node].tier.value in allowed_tiers]
 
-    def profiled(g) -> list:  # noqa: ANN001 - a Group
+    def profiled(g: Group) -> list[Variant]:
         return [v for s in problem.order for v in stages[s].variants if v.profile_for(g.hardware) is not None]
 
-    def memory_binds(g) -> bool:  # noqa: ANN001 - a Group
+    def memory_binds(g: Group) -> bool:
         if g.memory_mb is None:
             return False
         sizes = [v.memory_mb for v in profiled(g)]
@@ -134,7 +136,7 @@ def relax(problem: Problem, dropped: Collection[Constraint]) -> tuple[Problem, D
     problem, what the MILP leaves out (:class:`Dropped`), and whether the latency bound stays."""
     keys = {f: {c.key[0] for c in dropped if c.family == f and c.key} for f in FAMILIES}
     families = {c.family for c in dropped}
-    changes: dict = {}
+    changes: dict[str, Any] = {}  # Problem's fields to replace, of their several types
     stages, groups = problem.stages, problem.groups
     if keys["placement"] or keys["batch_sizes"]:
         everywhere = set(range(len(problem.nodes)))

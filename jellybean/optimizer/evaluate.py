@@ -17,7 +17,9 @@ written back, so checking a plan cannot change what is checked next.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from jellybean.optimizer.accuracy import AccuracyModel
@@ -26,6 +28,7 @@ from jellybean.optimizer.plan import (
     Assignment,
     Carbon,
     Cost,
+    Direction,
     InstanceUse,
     LinkFlow,
     Plan,
@@ -35,7 +38,17 @@ from jellybean.optimizer.plan import (
     TierCarbon,
     TierCost,
 )
-from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem, forward_times, gb_per_hour, mbps
+from jellybean.optimizer.problem import (
+    KB_PER_GB,
+    SECONDS_PER_HOUR,
+    Edge,
+    FlowEdge,
+    OutputEdge,
+    Problem,
+    forward_times,
+    gb_per_hour,
+    mbps,
+)
 from jellybean.optimizer.solution import Solution
 
 TOL = 1e-6
@@ -57,7 +70,7 @@ def message_kb(problem: Problem, models: dict[str, str], src: str) -> float:
     return problem.stages[src].variant(models[src]).output_kb
 
 
-def per_frame(problem: Problem, models: dict[str, str], edge) -> float:  # noqa: ANN001
+def per_frame(problem: Problem, models: dict[str, str], edge: FlowEdge) -> float:
     """Messages an edge carries per source request: the product of the ratios from the source to it
     (through a join, its largest input's)."""
     if edge.from_source:
@@ -83,10 +96,10 @@ def production(problem: Problem, solution: Solution, rates: dict[tuple[str, int]
     return out
 
 
-def consumers_of(problem: Problem, edge, rates: dict[tuple[str, int], float]) -> dict[int, float]:  # noqa: ANN001
+def consumers_of(problem: Problem, edge: FlowEdge, rates: dict[tuple[str, int], float]) -> dict[int, float]:
     """Node -> the share (in requests/s over all members) of an edge's messages consumed there: the
     consuming stage's rate, or everything at a pinned output's node."""
-    if hasattr(edge, "node"):
+    if isinstance(edge, OutputEdge):
         return {edge.node: 1.0}
     return {i: rate * problem.nodes[i].total for (stage, i), rate in rates.items() if stage == edge.dst}
 
@@ -144,7 +157,7 @@ def flows_of(problem: Problem, solution: Solution) -> tuple[Flows, Flows]:
 @dataclass
 class _LinkLoad:
     node: int
-    direction: str
+    direction: Direction
     messages: dict[str, float]  # edge key -> msg/s per member
     gb_per_hour: float
     mbps: float
@@ -156,11 +169,12 @@ def link_loads(problem: Problem, solution: Solution, flows: tuple[Flows, Flows] 
     ``GB/h = msg/s * KB * 3600 / 1024^2`` and ``Mbps = msg/s * KB * 8192 / 10^6`` per member link,
     the price ``GB/h * $/GB`` over all the node's members."""
     up, down = flows if flows is not None else flows_of(problem, solution)
-    per_link: dict[tuple[int, str], dict[str, float]] = {}
-    for direction, flows_on in (("up", up), ("down", down)):
-        for (edge_key, node), value in flows_on.items():
+    per_link: dict[tuple[int, Direction], dict[str, float]] = {}
+    directions: tuple[tuple[Direction, Flows], ...] = (("up", up), ("down", down))
+    for direction, flows_on in directions:
+        for (edge_key, index), value in flows_on.items():
             if value > TOL:
-                per_link.setdefault((node, direction), {})[edge_key] = value
+                per_link.setdefault((index, direction), {})[edge_key] = value
     out = []
     for (node_index, direction), messages in sorted(per_link.items()):
         node = problem.nodes[node_index]
@@ -359,12 +373,14 @@ def sink_latencies(problem: Problem, solution: Solution, percentile: str) -> dic
     # for the expected time, at the rate its edge produces at its node (messages/s per member site),
     # in bursts of one source frame's messages on the edge (a frame's messages travel together: the
     # replicas batch whole pushes, and a frame's outputs leave in one).
-    flow_of = None
+    flow_of: Callable[[Edge, int], tuple[float, float]] | None = None
     if percentile == "expected":
         produced = production(problem, solution, stage_rates(problem, solution))
 
-        def flow_of(edge, node: int) -> tuple[float, float]:  # noqa: ANN001
+        def flow_at(edge: Edge, node: int) -> tuple[float, float]:
             return produced.get(edge.key, {}).get(node, 0.0), per_frame(problem, solution.models, edge)
+
+        flow_of = flow_at
 
     finish = forward_times(problem, proc, lambda edge: message_kb(problem, solution.models, edge.src), flow_of=flow_of)
     out: dict[str, float | None] = {}
@@ -383,14 +399,15 @@ def build_plan(
     accuracy: AccuracyModel,
     explanation: list[str] | None = None,
 ) -> Plan:
-    base = dict(
-        workflow=problem.name, strategy=strategy, sharing=problem.sharing, accuracy_target=problem.accuracy_target,
-        accuracy_method=accuracy.description, latency_bound_ms=problem.latency_bound_ms, solver=stats,
-        warnings=list(problem.warnings), objective=problem.objective.kind,
+    plan_of = functools.partial(
+        Plan, workflow=problem.name, strategy=strategy, sharing=problem.sharing,
+        accuracy_target=problem.accuracy_target, accuracy_method=accuracy.description,
+        latency_bound_ms=problem.latency_bound_ms, solver=stats, warnings=list(problem.warnings),
+        objective=problem.objective.kind,
     )
     if solution is None:
-        return Plan(feasible=False, explanation=explanation or [], sinks=sink_results(problem, None, accuracy),
-                    stage_minimums=stage_minimums(problem, None), **base)
+        return plan_of(feasible=False, explanation=explanation or [], sinks=sink_results(problem, None, accuracy),
+                       stage_minimums=stage_minimums(problem, None))
     nodes, groups = problem.nodes, problem.groups
     loads = _group_loads(problem, solution)
     by_tier: dict[str, TierCost] = {}
@@ -415,16 +432,16 @@ def build_plan(
         if count <= TOL:
             continue
         node = nodes[g.node]
-        cost = g.price_per_hour * count * node.total
-        compute += cost
+        group_cost = g.price_per_hour * count * node.total
+        compute += group_cost
         tier = node.tier.value
-        by_tier.setdefault(tier, TierCost()).compute_per_hour += cost
+        by_tier.setdefault(tier, TierCost()).compute_per_hour += group_cost
         hosted = sorted({problem.options[o].stage for o in solution.rates if problem.options[o].group == g.index},
                         key=problem.order.index)
         instances.append(InstanceUse(
             tier=tier, site=node.name, sites=node.members if node.total > 1 else [], instance=g.name,
             hardware=g.hardware, count=int(math.ceil(count - 1e-9)), available=g.limit, price_per_hour=g.price_per_hour,
-            cost_per_hour=cost, utilization=loads.get(g.index, 0.0) / count, stages=hosted,
+            cost_per_hour=group_cost, utilization=loads.get(g.index, 0.0) / count, stages=hosted,
             power_w=carbon[g.index].power_w / count if carbon[g.index].known else None,
             carbon_g_per_hour=carbon[g.index].g_per_hour if carbon[g.index].known else None,
         ))
@@ -437,33 +454,33 @@ def build_plan(
         capacity = link.bandwidth_mbps if link else None
         network += load.cost_per_hour
         by_tier.setdefault(node.tier.value, TierCost()).network_per_hour += load.cost_per_hour
-        links.append(LinkFlow(**{
-            "from": node.name if load.direction == "up" else parent,
-            "to": parent if load.direction == "up" else node.name,
-            "direction": load.direction, "sites": node.members if node.total > 1 else [],
-            "gb_per_hour": load.gb_per_hour, "mbps": load.mbps, "capacity_mbps": capacity,
-            "utilization": (load.mbps / capacity) if capacity else None, "cost_per_hour": load.cost_per_hour,
-            "tier": node.tier.value, "carries": sorted(load.messages),
-        }))
+        links.append(LinkFlow(
+            from_=node.name if load.direction == "up" else parent,
+            to=parent if load.direction == "up" else node.name,
+            direction=load.direction, sites=node.members if node.total > 1 else [],
+            gb_per_hour=load.gb_per_hour, mbps=load.mbps, capacity_mbps=capacity,
+            utilization=(load.mbps / capacity) if capacity else None, cost_per_hour=load.cost_per_hour,
+            tier=node.tier.value, carries=sorted(load.messages),
+        ))
     rates = stage_rates(problem, solution)
     totals = {s: sum(rate * nodes[i].total for (st, i), rate in rates.items() if st == s) for s in problem.order}
     tier_order = ["device", "hub", "edge", "cloud"]
     cost = Cost(compute_per_hour=compute, network_per_hour=network, total_per_hour=compute + network,
                 by_tier={t: by_tier[t] for t in tier_order if t in by_tier})
     sinks = sink_results(problem, solution, accuracy)
-    result = Plan(
+    result = plan_of(
         feasible=True, models=dict(solution.models), assignments=assignments, instances=instances, links=links,
         cost=cost, accuracy=accuracy.evaluate(problem, solution.models),
         latency_ms=_worst(s.latency_ms for s in sinks), latency_ms_p90=_worst(s.latency_ms_p90 for s in sinks),
         latency_ms_expected=worst_latency(problem, solution, "expected"),
         rate_per_s=totals, explanation=explanation or [], carbon=_carbon_report(problem, solution, carbon),
-        sinks=sinks, stage_minimums=stage_minimums(problem, solution), **base,
+        sinks=sinks, stage_minimums=stage_minimums(problem, solution),
     )
     result.keep_solution(solution)
     return result
 
 
-def _worst(values) -> float | None:  # noqa: ANN001 - an iterable of latencies
+def _worst(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return max(known) if known else None
 
@@ -533,11 +550,11 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
         o = problem.options[o_index]
         key = (o.group, problem.count_key(o.stage))
         loads_by_key[key] = loads_by_key.get(key, 0.0) + rate / o.throughput_per_s
-    for key, load in loads_by_key.items():
+    for key, busy in loads_by_key.items():
         count = solution.counts.get(key, 0.0)
-        if load > h * count * (1 + tol) + tol:
+        if busy > h * count * (1 + tol) + tol:
             problems.append(f"group {groups[key[0]].name} at {nodes[groups[key[0]].node].name} carries load "
-                            f"{load:.4f} > {h} x {count} instances")
+                            f"{busy:.4f} > {h} x {count} instances")
     for g in groups:
         used = _group_count(problem, solution, g.index)
         if used > g.limit + tol:
@@ -547,14 +564,14 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
             if g.memory_mb is None:
                 continue
             hosted: dict[str | None, set[tuple[str, str]]] = {}
-            for o, rate in solution.rates.items():
-                if rate > tol and problem.options[o].group == g.index:
-                    stage = problem.options[o].stage
-                    hosted.setdefault(problem.count_key(stage), set()).add((stage, problem.options[o].variant))
-            for key, models in sorted(hosted.items(), key=lambda kv: kv[0] or ""):
+            for o_index, rate in solution.rates.items():
+                if rate > tol and problem.options[o_index].group == g.index:
+                    stage = problem.options[o_index].stage
+                    hosted.setdefault(problem.count_key(stage), set()).add((stage, problem.options[o_index].variant))
+            for workflow, models in sorted(hosted.items(), key=lambda kv: kv[0] or ""):
                 total = sum(problem.stages[s].variant(v).memory_mb for s, v in models)
                 if total > g.memory_mb + tol:
-                    whose = "" if key is None else f" for workflow {key}"
+                    whose = "" if workflow is None else f" for workflow {workflow}"
                     problems.append(f"group {g.name} at {nodes[g.node].name} hosts {total} MB of models{whose}, "
                                     f"has {g.memory_mb}")
     # Flow conservation: everything produced is consumed, joins pair one to one.
@@ -570,18 +587,19 @@ def check_solution(problem: Problem, solution: Solution, accuracy: AccuracyModel
                 outflow += sum(nodes[j].multiplicity * down.get((edge.key, j), 0.0) for j in node.children)
                 if abs(inflow - outflow) > tol * max(1.0, inflow):
                     problems.append(f"edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
-    for edge in problem.outputs:  # a pinned output's node takes all its results; every other node passes them on
-        produced_total = sum(rate * nodes[i].total for i, rate in produced[edge.key].items())
+    for output in problem.outputs:  # a pinned output's node takes all its results; every other node passes them on
+        produced_total = sum(rate * nodes[i].total for i, rate in produced[output.key].items())
         for node in nodes:
             i = node.index
-            inflow = produced[edge.key].get(i, 0.0) + down.get((edge.key, i), 0.0)
-            inflow += sum(nodes[j].multiplicity * up.get((edge.key, j), 0.0) for j in node.children)
-            outflow = up.get((edge.key, i), 0.0) + sum(nodes[j].multiplicity * down.get((edge.key, j), 0.0)
-                                                       for j in node.children)
-            if i == edge.node:
+            inflow = produced[output.key].get(i, 0.0) + down.get((output.key, i), 0.0)
+            inflow += sum(nodes[j].multiplicity * up.get((output.key, j), 0.0) for j in node.children)
+            outflow = up.get((output.key, i), 0.0) + sum(nodes[j].multiplicity * down.get((output.key, j), 0.0)
+                                                         for j in node.children)
+            if i == output.node:
                 outflow += produced_total / node.total
             if abs(inflow - outflow) > tol * max(1.0, inflow):
-                problems.append(f"output edge {edge.key} at {node.name}: {inflow:.4f} msg/s arrive, {outflow:.4f} leave")
+                problems.append(f"output edge {output.key} at {node.name}: {inflow:.4f} msg/s arrive, "
+                                f"{outflow:.4f} leave")
     if not problem.allow_downward and any(v > tol for v in down.values()):
         problems.append("traffic flows down the tiers, which the topology does not allow")
     for load in link_loads(problem, solution, (up, down)):

@@ -27,7 +27,7 @@ from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.conflict import Conflict, Constraint, find_conflict
 from jellybean.optimizer.evaluate import carbon_g_per_hour
 from jellybean.optimizer.milp import fastest_path_ms, solve_milp, usable_options
-from jellybean.optimizer.problem import MBIT_PER_KB, Problem
+from jellybean.optimizer.problem import MBIT_PER_KB, Option, Problem
 from jellybean.spec.errors import closest, listed
 
 #: Of the time left for explaining, the share the search for the conflicting constraints may take;
@@ -118,7 +118,7 @@ def _nowhere(problem: Problem, s: str, allowed_tiers: set[str] | None) -> str:
         return (f"{head}: no variant fits an instance's memory (the smallest, {smallest.name}, needs "
                 f"{_fmt(smallest.memory_mb)} MB; the largest instance it is profiled on has {_fmt(roomiest)} MB)")
     if info.batch_sizes is not None:
-        have = {b for v, g in fitting for b in v.profile_for(g.hardware).latency_ms}
+        have = {b for v, g in fitting if (profile := v.profile_for(g.hardware)) is not None for b in profile.latency_ms}
         return (f"{head}: the workflow allows batch sizes {listed(info.batch_sizes)}, which no profile of its "
                 f"variants on these instances has (profiled batch sizes: {listed(sorted(have))})")
     return f"{head} (the stage's placement excludes the sites whose instances could)"
@@ -189,11 +189,12 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
     """How far each binding limit is exceeded by the cheapest violation (the elastic solve): first
     with every request served; only if even that admits no plan, with traffic allowed to go unserved."""
     started = time.perf_counter()
-    options = {"allowed_tiers": allowed_tiers, "fixed_models": fixed_models, "solver": solver}
-    result = solve_milp(problem, accuracy, elastic=True, unserved=False, time_limit_s=time_limit_s, **options)
+    result = solve_milp(problem, accuracy, elastic=True, unserved=False, time_limit_s=time_limit_s,
+                        allowed_tiers=allowed_tiers, fixed_models=fixed_models, solver=solver)
     if result.solution is None and result.stats.status == "infeasible":
         left = time_limit_s - (time.perf_counter() - started)
-        result = solve_milp(problem, accuracy, elastic=True, time_limit_s=max(0.05, left), **options)
+        result = solve_milp(problem, accuracy, elastic=True, time_limit_s=max(0.05, left),
+                            allowed_tiers=allowed_tiers, fixed_models=fixed_models, solver=solver)
     slacks = result.slacks
     if result.solution is None or slacks is None:
         return [f"how far each limit is exceeded is not known: the diagnosis solve ended {result.stats.status}"]
@@ -203,7 +204,7 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
         node = nodes[node_index]
         link = node.up if direction == "up" else node.down
         capacity = problem.max_link_utilization * link.bandwidth_mbps if link and link.bandwidth_mbps else None
-        carried = [k for (k, i) in (result.solution.flows_up if direction == "up" else result.solution.flows_down or {})
+        carried = [k for (k, i) in (result.solution.flows_up if direction == "up" else result.solution.flows_down) or {}
                    if i == node_index]
         what = " for raw source data" if carried and all(k.split("->")[0] in problem.source_rates for k in carried) else ""
         label = _site_label(problem, node_index)
@@ -433,7 +434,7 @@ def _describe_instances(relaxed: Problem, g_index: int, allowed_tiers: set[str] 
     site = node.name if node.total == 1 else f"each of {_site_label(relaxed, g.node)}"
     text = f"{site} has {g.limit} instance{'' if g.limit == 1 else 's'} of {g.name} ({g.hardware})"
     h = relaxed.max_utilization
-    fastest: dict[str, object] = {}
+    fastest: dict[str, Option] = {}
     for o in usable_options(relaxed, fixed_models, allowed_tiers):
         if o.group == g_index and (o.stage not in fastest or o.throughput_per_s > fastest[o.stage].throughput_per_s):
             fastest[o.stage] = o

@@ -116,6 +116,7 @@ from jellybean.optimizer.evaluate import build_plan, route_proportionally
 from jellybean.optimizer.plan import SolverStats
 from jellybean.optimizer.problem import KB_PER_GB, SECONDS_PER_HOUR, Problem
 from jellybean.optimizer.solution import Solution
+from jellybean.spec.topology import LinkDirection
 
 __all__ = ["jellybean_heuristic", "select_models", "topological_orders"]
 
@@ -173,7 +174,7 @@ def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str
         if not extended:
             return []
 
-        def key(state: tuple[dict[str, str], dict[str, float]]) -> tuple:
+        def key(state: tuple[dict[str, str], dict[str, float]]) -> tuple[float, tuple[float, ...]]:
             models, reqs = state
             return (_proxy(problem, models), tuple(reqs.get(s, -math.inf) for s in problem.order))
 
@@ -270,6 +271,11 @@ class _State:
                       dict(self.options))
 
 
+def _cost_per_gb(link: LinkDirection | None) -> float:
+    """$/GB on one direction of a site's uplink (none: the cloud's own, free)."""
+    return link.cost_per_gb if link else 0.0
+
+
 class _Placer:
     """The greedy worker assignment for one model assignment."""
 
@@ -344,10 +350,22 @@ class _Placer:
                 self._path_cost[key] = None
             else:
                 nodes = self.p.nodes
-                cost = sum(nodes[n].up.cost_per_gb if nodes[n].up else 0.0 for n in route[0])
-                cost += sum(nodes[n].down.cost_per_gb if nodes[n].down else 0.0 for n in route[1])
+                cost = sum(_cost_per_gb(nodes[n].up) for n in route[0])
+                cost += sum(_cost_per_gb(nodes[n].down) for n in route[1])
                 self._path_cost[key] = cost
         return self._path_cost[key]
+
+    def pull_cost(self, producers: list[tuple[str, dict[int, float]]], node: int) -> float | None:
+        """$/h per msg/s of the stage's rate to bring every input (:meth:`producers`) to ``node``;
+        None when some producer cannot reach it."""
+        cost = 0.0
+        for key, fractions in producers:
+            for i, frac in fractions.items():
+                c = self.path_cost(i, node)
+                if c is None:
+                    return None
+                cost += frac * self.kb[key] * _GB_PER_HOUR_PER_KB_S * c
+        return cost
 
     def producers(self, state: _State, stage: str) -> list[tuple[str, dict[int, float]]]:
         """For each input edge of ``stage``: its key and the fraction of its messages produced at each node."""
@@ -385,17 +403,7 @@ class _Placer:
         for w in self.workers[stage]:
             if w.node in pull:
                 continue
-            cost = 0.0
-            for key, fractions in producers:
-                for i, frac in fractions.items():
-                    c = self.path_cost(i, w.node)
-                    if c is None:
-                        cost = None
-                        break
-                    cost += frac * self.kb[key] * _GB_PER_HOUR_PER_KB_S * c
-                if cost is None:
-                    break
-            pull[w.node] = cost
+            pull[w.node] = self.pull_cost(producers, w.node)
         free = [(w, self.limit[w.group] - state.used.get(w.group, 0)) for w in self.workers[stage]]
         free = [(w, n) for w, n in free if n > 0 and pull[w.node] is not None and w.capacity > 0]
         out = []

@@ -67,7 +67,11 @@ from jellybean.optimizer.planner import (
 from jellybean.optimizer.problem import (
     Churn,
     Edge,
+    Option,
+    OutputEdge,
     Problem,
+    SinkTarget,
+    StageInfo,
     SymmetryClasses,
     compile_problem,
     pinned_sites,
@@ -77,6 +81,7 @@ from jellybean.optimizer.problem import (
 from jellybean.optimizer.solution import Solution
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.errors import listed
+from jellybean.spec.topology import Sharing
 
 #: Between a workflow's name and a stage's, source's or output's in the joint Problem.
 SEPARATOR = "/"
@@ -141,7 +146,7 @@ def check_plannable_together(bundles: Sequence[Bundle]) -> None:
                          "them one `slo.latency_percentile`")
 
 
-def compile_joint(bundles: Sequence[Bundle], *, sharing: str | None = None, aggregate: bool = True,
+def compile_joint(bundles: Sequence[Bundle], *, sharing: Sharing | None = None, aggregate: bool = True,
                   carbon_at: time_of_day | None = None) -> JointProblem:
     """The joint Problem of ``bundles`` (module docstring): each workflow compiled on the shared
     classes of sites (:func:`shared_classes`), with its own accuracy model, then merged (:func:`merge`)."""
@@ -164,9 +169,20 @@ def merge(parts: Mapping[str, Problem], accuracies: Mapping[str, AccuracyModel]
     bounds = {name: part.latency_bound_ms for name, part in parts.items()}
     finite = [b for b in bounds.values() if b is not None]
     bounded_percentiles = [part.latency_percentile for part in parts.values() if part.latency_bound_ms is not None]
-    stages, order, sinks, options, by_stage = {}, [], [], [], {}
-    source_rates, payload, outputs, member_bound, message_kb, workflow_of = {}, {}, [], {}, {}, {}
-    warnings, models, offsets = [], [], {}
+    stages: dict[str, StageInfo] = {}
+    order: list[str] = []
+    sinks: list[SinkTarget] = []
+    options: list[Option] = []
+    by_stage: dict[str, list[int]] = {}
+    source_rates: dict[str, dict[int, float]] = {}
+    payload: dict[str, float] = {}
+    outputs: list[OutputEdge] = []
+    member_bound: dict[tuple[str, int], float] = {}
+    message_kb: dict[float, float] = {}
+    workflow_of: dict[str, str] = {}
+    warnings: list[str] = []
+    models: list[SinkAccuracy] = []
+    offsets: dict[str, int] = {}
     for wf, part in parts.items():
         def named(name: str, wf: str = wf) -> str:
             return joint_name(wf, name)
@@ -266,7 +282,7 @@ def plan_jointly(
     bundles: Sequence[Bundle],
     *,
     strategy: str = OPTIMAL,
-    sharing: str | None = None,
+    sharing: Sharing | None = None,
     baselines: bool = True,
     sequential: bool = True,
     time_limit_s: float = 60.0,
@@ -349,7 +365,7 @@ def _workflow_plans(joint: JointProblem, combined: Plan, strategy: str) -> list[
     return plans
 
 
-def plan_one_after_another(bundles: Sequence[Bundle], *, strategy: str, sharing: str | None, deadline: float,
+def plan_one_after_another(bundles: Sequence[Bundle], *, strategy: str, sharing: Sharing | None, deadline: float,
                            time_limit_s: float, solver: str, gap_rel: float, objective: Objective,
                            carbon_at: time_of_day | None) -> SequentialComparison:
     """The workflows planned in the given order, each alone (:func:`plan`, no baselines) on what the
@@ -383,8 +399,9 @@ def plan_one_after_another(bundles: Sequence[Bundle], *, strategy: str, sharing:
             return stopped(f"{bundle.name} has no plan{after}: {why}")
         done.append(alone)
         by_workflow[bundle.name] = alone.cost.total_per_hour if alone.cost else None
-    cost = _sum_costs([p.cost for p in done])
-    carbon = sum(p.carbon.total_g_per_hour for p in done) if all(p.carbon is not None for p in done) else None
+    cost = _sum_costs([p.cost for p in done if p.cost is not None])  # every feasible plan is priced
+    carbons = [p.carbon.total_g_per_hour for p in done if p.carbon is not None]
+    carbon = sum(carbons) if len(carbons) == len(done) else None
     return SequentialComparison(order=order, feasible=True, cost=cost, carbon_g_per_hour=carbon,
                                 by_workflow=by_workflow, objective_value=sum(objective_value(p) for p in done),
                                 seconds=time.perf_counter() - started)

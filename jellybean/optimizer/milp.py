@@ -95,8 +95,10 @@ import functools
 import hashlib
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal, TypedDict, Unpack, overload
 
 import pulp
 
@@ -107,6 +109,7 @@ from jellybean.optimizer.problem import (
     KB_PER_GB,
     MBIT_PER_KB,
     SECONDS_PER_HOUR,
+    Edge,
     Group,
     Option,
     Problem,
@@ -166,6 +169,13 @@ class MilpResult:
     slacks: Slacks | None = None
     values: dict[str, float] | None = None
     pool_counts: PoolCounts | None = None
+
+    @property
+    def objective(self) -> float:
+        """The objective of the plan (every solve that returns a plan reports what it costs)."""
+        if self.stats.objective is None:
+            raise AssertionError(f"a solve ended {self.stats.status} with a plan but no objective")
+        return self.stats.objective
 
 
 def commodities(problem: Problem) -> list[Commodity]:
@@ -307,9 +317,9 @@ class _Model:
     dropped: Dropped = field(default_factory=Dropped)  # constraints this solve leaves out
     unserved: bool = True  # elastic: the sources' traffic may go unserved, at the highest price
     pooling: str | None = None  # pool counts: "relaxed", "fixed", "counted" (see solve_milp) or None
-    cost_per_hour: list = field(default_factory=list)
-    penalties: list = field(default_factory=list)
-    carbon_g_per_hour: list = field(default_factory=list)
+    cost_per_hour: list[pulp.LpAffineExpression] = field(default_factory=list)
+    penalties: list[pulp.LpAffineExpression] = field(default_factory=list)
+    carbon_g_per_hour: list[pulp.LpAffineExpression] = field(default_factory=list)
 
     @property
     def exclusive(self) -> bool:
@@ -720,8 +730,8 @@ def _flow_conservation(m: _Model, cons: dict[tuple[int, int], pulp.LpVariable]) 
                     edge.ratio_for(o.variant) * r[o.index]
                     for o in rate_at.get((c.src, i), []) if o.variant in c.variants
                 )
-            inflow = [production]
-            outflow = []
+            inflow: list[float | pulp.LpAffineExpression] = [production]
+            outflow: list[pulp.LpAffineExpression] = []
             if (k, i) in down:
                 inflow.append(down[(k, i)])
             if (k, i) in up:
@@ -869,7 +879,7 @@ def _accuracy_product(m: _Model, model: SinkAccuracy, target: SinkTarget, slack:
         m.lp += pulp.lpSum(terms) >= rhs, f"accuracy{tag}"
 
 
-def _profile_accuracies(m: _Model, stages: set[str]) -> dict[str, object]:
+def _profile_accuracies(m: _Model, stages: set[str]) -> dict[str, pulp.LpAffineExpression]:
     """JellyBean's per-stage profiles, for ``stages`` (every stage a sink measured by them depends
     on): a stage fed by stages picks one sample, ``w_{s,k} in {0,1}``, ``sum_k w_{s,k} = 1``,
     ``w_{s,k} <= y_{s,v(k)}``; its certified accuracy is ``alpha_s = sum_k w_{s,k} out_k`` and its
@@ -877,7 +887,7 @@ def _profile_accuracies(m: _Model, stages: set[str]) -> dict[str, object]:
     not stated: the upstream's lowest). A source-fed stage has ``alpha_s = sum_v a_v y_{s,v}``.
     Returns ``alpha``; the targets are ``alpha_k >= A_k`` (:func:`_accuracy`)."""
     problem, y = m.problem, m.handles.y
-    alpha: dict[str, object] = {}
+    alpha: dict[str, pulp.LpAffineExpression] = {}
     lowest: dict[str, float] = {}
     for s in problem.order:
         if s not in stages:
@@ -1043,26 +1053,26 @@ def _churn_terms(m: _Model) -> None:
         return
     # What is counted: each group's instances (one workflow), or each running workflow's on each group
     # (several planned together: a count's key is a stage in exclusive mode, the workflow in shared mode).
-    owners: list[str | None] = [None]
+    owners: Sequence[str | None] = [None]
     counts_now: dict[tuple[int, str | None], float] = {(g, None): c for g, c in churn.counts.items()}
     if churn.counts_by_workflow is not None:
         owners = sorted({problem.workflow_of[s] for s in churn.variants if s in problem.workflow_of})
-        counts_now = dict(churn.counts_by_workflow)
+        counts_now = {(g, owner): c for (g, owner), c in churn.counts_by_workflow.items()}
     for g_index in range(len(problem.groups)):
         members = problem.nodes[problem.groups[g_index].node].total  # counts are per member site
         for owner in owners:
-            previous = counts_now.get((g_index, owner), 0.0)  # groups the running plan does not use: 0 instances
+            running = counts_now.get((g_index, owner), 0.0)  # groups the running plan does not use: 0 instances
             counts = [var for (g, key), var in n.items() if g == g_index
-                      and (owner is None or problem.workflow_of.get(key, key) == owner)]
+                      and (owner is None or (key is not None and problem.workflow_of.get(key, key) == owner))]
             if not counts:
-                if previous > 0:
-                    m.penalties.append(weight * members * previous)  # the group can no longer be used
+                if running > 0:
+                    m.penalties.append(weight * members * running)  # the group can no longer be used
                 continue
             label = f"{g_index}" if owner is None else f"{g_index}_{_id(owner)}"
             moved = lp.add_variable(f"churn_{label}", lowBound=0)
             total = pulp.lpSum(counts)
-            lp += moved >= total - previous, f"churn_up_{label}"
-            lp += moved >= previous - total, f"churn_down_{label}"
+            lp += moved >= total - running, f"churn_up_{label}"
+            lp += moved >= running - total, f"churn_down_{label}"
             m.penalties.append(weight * members * moved)
 
 
@@ -1078,10 +1088,10 @@ def _carbon(m: _Model) -> None:
     objective = problem.objective
     if not objective.uses_carbon:
         return
-    load: dict[int, list] = {}
+    load: dict[int, list[pulp.LpAffineExpression]] = {}
     for o in m.usable:
         load.setdefault(o.group, []).append(m.handles.r[o.index] * (1.0 / o.throughput_per_s))
-    counts: dict[int, list] = {}
+    counts: dict[int, list[pulp.LpVariable | pulp.LpAffineExpression]] = {}
     for (g_index, _stage), var in m.handles.n.items():
         counts.setdefault(g_index, []).append(var)
     for g_index, busy in load.items():
@@ -1123,7 +1133,7 @@ def instance_pools(problem: Problem, usable: list[Option]) -> list[list[int]]:
     symmetric choices (which of ten near-equal workers serves the detector?) while its bound stays
     weak. The count relaxation (:func:`_pool_counts`) is valid for any grouping; one price per pool
     is what keeps it tight (the pool's cost is its price times its count)."""
-    keyed: dict[tuple, list[int]] = {}
+    keyed: dict[tuple[int, float, bool], list[int]] = {}
     for g_index in sorted({o.group for o in usable}):
         g = problem.groups[g_index]
         keyed.setdefault((g.node, g.price_per_hour, g.elastic), []).append(g_index)
@@ -1140,8 +1150,24 @@ def within_limits(problem: Problem, solution: Solution) -> bool:
     return all(count <= problem.groups[g].limit + 1e-6 for g, count in used.items())
 
 
-def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float = 60.0,
-                    **options) -> MilpResult:
+class PlacementOptions(TypedDict, total=False):
+    """The options of :func:`solve_milp` that :func:`solve_placement` passes on as given (those of
+    the count relaxation, the time limit and the gap it sets itself)."""
+
+    solver: str
+    fixed_models: dict[str, str] | None
+    allowed_tiers: set[str] | None
+    relax_symmetry: bool
+    elastic: bool
+    threads: int | None
+    latency: bool
+    lp_only: bool
+    dropped: Dropped
+    unserved: bool
+
+
+def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float = 60.0, gap_rel: float = 1e-6,
+                    **options: Unpack[PlacementOptions]) -> MilpResult:
     """:func:`solve_milp`, through the count relaxation first where pools of near-identical instances
     (:func:`instance_pools`) make branch and bound slow (no latency bound, one site per node, no churn).
 
@@ -1171,8 +1197,7 @@ def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: 
     usable = usable_options(problem, options.get("fixed_models"), options.get("allowed_tiers"))
     pools = instance_pools(problem, usable) if applies else []
     if not pools:
-        return solve_milp(problem, accuracy, time_limit_s=time_limit_s, **options)
-    gap_rel = options.pop("gap_rel", 1e-6)
+        return solve_milp(problem, accuracy, time_limit_s=time_limit_s, gap_rel=gap_rel, **options)
     note = (f"{sum(len(p) for p in pools)} instance groups pooled into {len(pools)} (one node, one price), "
             "planned through the count relaxation")
     relaxed = solve_milp(problem, accuracy, time_limit_s=RELAXATION_SHARE * left(), pooled=True,
@@ -1198,7 +1223,7 @@ def solve_placement(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: 
             return whole
         if whole.stats.bound is not None and whole.stats.status in ("optimal", "feasible"):
             bound = whole.stats.bound if bound is None else max(bound, whole.stats.bound)
-        if whole.solution is not None and (best is None or whole.stats.objective < best.stats.objective):
+        if whole.solution is not None and (best is None or whole.objective < best.objective):
             best = whole
         if best is None:
             whole.stats.notes.append(note)
@@ -1224,14 +1249,14 @@ def _proven(stats: SolverStats, bound: float | None, gap_rel: float) -> bool:
     return stats.objective is not None and bound is not None and _gap(stats.objective, bound) <= gap_rel + 1e-12
 
 
-def _latency_of(problem: Problem):
+def _latency_of(problem: Problem) -> Callable[[Option], float]:
     """An option's latency for the bound: its profile's (p90 or mean) plus the runtime's overhead
     bound (the hop into it, and the longest wait for a batch to fill)."""
     use_p90 = problem.latency_percentile == "p90"
     return lambda o: (o.latency_ms_p90 if use_p90 else o.latency_ms) + o.overhead_ms
 
 
-def prune_by_latency(problem: Problem, usable: list) -> list:
+def prune_by_latency(problem: Problem, usable: list[Option]) -> list[Option]:
     """Drop options that break the latency bound on every path through them: the earliest the
     stage's input can arrive at the site, plus the option's own latency, plus the fastest way from
     there to the sink, already exceeds the bound (:func:`fastest_path_ms`). Exact (no feasible plan
@@ -1240,10 +1265,10 @@ def prune_by_latency(problem: Problem, usable: list) -> list:
     assert problem.latency_bound_ms is not None
     fastest = fastest_path_ms(problem, usable)
     bounds = {s: problem.stage_latency_bound(s) for s in problem.order}
-    return [o for o in usable if bounds[o.stage] is None or fastest[o.index] <= bounds[o.stage] + 1e-9]
+    return [o for o in usable if (bound := bounds[o.stage]) is None or fastest[o.index] <= bound + 1e-9]
 
 
-def fastest_path_ms(problem: Problem, usable: list) -> dict[int, float]:
+def fastest_path_ms(problem: Problem, usable: list[Option]) -> dict[int, float]:
     """Option index -> the fastest source-to-sink path through it, in ms (a lower bound on the
     latency of any plan that uses it): the earliest its stage's input can arrive at its site, plus
     its own latency (and the runtime's overhead bound), plus the fastest way from there to the sink."""
@@ -1277,7 +1302,18 @@ def fastest_path_ms(problem: Problem, usable: list) -> dict[int, float]:
             for o in usable}
 
 
-def worst_case_latency_ms(problem: Problem, usable, lat, *, per_sink: bool = False):  # noqa: ANN201
+@overload
+def worst_case_latency_ms(problem: Problem, usable: list[Option], lat: Callable[[Option], float], *,
+                          per_sink: Literal[False] = False) -> float: ...
+
+
+@overload
+def worst_case_latency_ms(problem: Problem, usable: list[Option], lat: Callable[[Option], float], *,
+                          per_sink: Literal[True]) -> dict[str, float]: ...
+
+
+def worst_case_latency_ms(problem: Problem, usable: list[Option], lat: Callable[[Option], float], *,
+                          per_sink: bool = False) -> float | dict[str, float]:
     """The longest source-to-sink path over *every* possible placement and variant: the largest
     processing latency at each (stage, node) and the largest message on each hop, in ms; with
     ``per_sink``, sink -> its longest path (a sink no usable option serves is left out)."""
@@ -1297,7 +1333,7 @@ def worst_case_latency_ms(problem: Problem, usable, lat, *, per_sink: bool = Fal
     return max((t for (s, _), t in finish.items() if s in sinks), default=0.0)
 
 
-def _message_kb(problem: Problem, edge, pick) -> float:
+def _message_kb(problem: Problem, edge: Edge, pick: Callable[[Iterable[float]], float]) -> float:
     """Size of one message on ``edge``: the payload, or the smallest/largest output of its variants."""
     if edge.from_source:
         return problem.source_payload_kb[edge.src]
@@ -1327,11 +1363,12 @@ def _linear(terms: list[tuple[pulp.LpVariable, float]]) -> pulp.LpAffineExpressi
 # decoding
 
 
-def _val(values: dict[str, float], var) -> float:
+def _val(values: dict[str, float], var: float | pulp.LpVariable | pulp.LpAffineExpression) -> float:
     if isinstance(var, (int, float)):
         return float(var)
     if isinstance(var, pulp.LpAffineExpression):  # the count relaxation's counts
-        return var.constant + sum(coefficient * values.get(v.name, 0.0) for v, coefficient in var.items())
+        value: float = var.constant + sum(coefficient * values.get(v.name, 0.0) for v, coefficient in var.items())
+        return value
     return values.get(var.name, 0.0)
 
 
@@ -1343,7 +1380,7 @@ def _decode(problem: Problem, handles: _Handles, values: dict[str, float]) -> So
     rates = {o: max(0.0, _val(values, var)) for o, var in handles.r.items() if _val(values, var) > EPS}
     counts: dict[tuple[int, str | None], float] = {}
     for key, var in handles.n.items():
-        count = round(_val(values, var))
+        count: float = round(_val(values, var))
         if key[0] in handles.fractional:  # the count relaxation's: a fraction, not a plan
             count = _val(values, var)
         if handles.relax:
@@ -1355,24 +1392,24 @@ def _decode(problem: Problem, handles: _Handles, values: dict[str, float]) -> So
     for (k, i), var in handles.up.items():
         value = _val(values, var)
         if value > EPS:
-            key = (handles.comms[k].edge, i)
-            flows_up[key] = flows_up.get(key, 0.0) + value
+            flow_key = (handles.comms[k].edge, i)
+            flows_up[flow_key] = flows_up.get(flow_key, 0.0) + value
     for (k, i), var in handles.down.items():
         value = _val(values, var)
         if value > EPS:
-            key = (handles.comms[k].edge, i)
-            flows_down[key] = flows_down.get(key, 0.0) + value
+            flow_key = (handles.comms[k].edge, i)
+            flows_down[flow_key] = flows_down.get(flow_key, 0.0) + value
     return Solution(models, rates, counts, flows_up, flows_down)
 
 
 def _decode_slacks(handles: _Handles, values: dict[str, float]) -> Slacks:
     slacks = Slacks()
-    for key, var in handles.slack_bw.items():
+    for link, var in handles.slack_bw.items():
         if _val(values, var) > 1e-6:
-            slacks.bandwidth_mbps[key] = _val(values, var)
-    for key, var in handles.slack_n.items():
+            slacks.bandwidth_mbps[link] = _val(values, var)
+    for count_key, var in handles.slack_n.items():
         if _val(values, var) > 1e-6:
-            slacks.instances[key] = _val(values, var)
+            slacks.instances[count_key] = _val(values, var)
     for sink, var in handles.slack_acc.items():
         slacks.accuracy_by_sink[sink] = _val(values, var)
     if handles.slack_acc:

@@ -6,22 +6,33 @@ controller and shown in a custom resource's status. Its JSON shape is public (se
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from jellybean.optimizer.carbon import ObjectiveKind
+from jellybean.optimizer.solution import Solution
+from jellybean.spec.topology import Sharing
+
+
+#: A link's direction: ``up`` towards the parent site (the cloud), ``down`` from it.
+Direction = Literal["up", "down"]
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
 
 
-class _Beside:
+_T = TypeVar("_T")
+
+
+class _Beside(Generic[_T]):
     """A value kept beside a model in memory and never part of it: not serialised, and equal to any
     other, so that a Plan made here equals the same Plan read back from its JSON."""
 
     __slots__ = ("value",)
 
-    def __init__(self, value: Any = None) -> None:
+    def __init__(self, value: _T | None = None) -> None:
         self.value = value
 
     def __eq__(self, other: object) -> bool:
@@ -72,7 +83,7 @@ class LinkFlow(_Out):
 
     from_: str = Field(alias="from")
     to: str
-    direction: Literal["up", "down"]
+    direction: Direction
     sites: list[str] = Field(default_factory=list, description="Identical child sites this row applies to.")
     gb_per_hour: float = Field(description="GB (1024^3 bytes) per hour on each link of the row.")
     mbps: float
@@ -166,7 +177,7 @@ class BaselineResult(_Out):
 class Plan(_Out):
     workflow: str
     strategy: str
-    sharing: Literal["shared", "exclusive"]
+    sharing: Sharing
     feasible: bool
     models: dict[str, str] = Field(default_factory=dict, description="Chosen variant per stage.")
     assignments: list[Assignment] = Field(default_factory=list)
@@ -192,21 +203,21 @@ class Plan(_Out):
     baselines: list[BaselineResult] = Field(default_factory=list)
     explanation: list[str] = Field(default_factory=list, description="Why the problem is infeasible, in words.")
     warnings: list[str] = Field(default_factory=list)
-    objective: Literal["cost", "carbon", "cost+carbon"] = Field(
+    objective: ObjectiveKind = Field(
         default="cost", description="What was minimised: $/h, gCO2/h (then $/h), or $/h with carbon priced.")
     carbon: Carbon | None = Field(default=None, description="gCO2/h in total and per tier; None when the topology "
                                   "gives no power and carbon-intensity figures.")
     #: The decisions this plan was priced from (:attr:`solution`), kept beside it in memory.
-    _solution: _Beside = PrivateAttr(default_factory=_Beside)
+    _solution: _Beside[Solution] = PrivateAttr(default_factory=_Beside)
 
     @property
-    def solution(self) -> Any:  # noqa: ANN401 - a jellybean.optimizer.solution.Solution, or None
+    def solution(self) -> Solution | None:
         """The decisions this plan was priced from (a ``jellybean.optimizer.solution.Solution``), when
         it was made in this process and is feasible: several workflows' joint plan is split from it.
         Never serialised, and no part of the plan's value (a plan read back from JSON equals it)."""
         return self._solution.value
 
-    def keep_solution(self, solution: Any) -> None:  # noqa: ANN401 - a Solution
+    def keep_solution(self, solution: Solution) -> None:
         self._solution = _Beside(solution)
 
 
@@ -253,8 +264,8 @@ class JointSummary(_Out):
     workflows: list[str]
     topology: str
     strategy: str
-    sharing: Literal["shared", "exclusive"]
-    objective: Literal["cost", "carbon", "cost+carbon"] = "cost"
+    sharing: Sharing
+    objective: ObjectiveKind = "cost"
     solver: SolverStats
     baselines: list[BaselineResult] = Field(default_factory=list, description="Every other strategy, planning the "
                                             "same workflows together.")
@@ -277,7 +288,7 @@ class JointPlan(_Out):
     explanation: list[str] = Field(default_factory=list, description="Why no joint plan exists, in words.")
     warnings: list[str] = Field(default_factory=list)
     #: The joint plan as one Plan over every workflow (:attr:`combined`), kept beside it in memory.
-    _combined: _Beside = PrivateAttr(default_factory=_Beside)
+    _combined: _Beside[Plan] = PrivateAttr(default_factory=_Beside)
 
     @property
     def combined(self) -> Plan | None:

@@ -14,19 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time as time_of_day
+from typing import Unpack
 
 from jellybean.optimizer.accuracy import AccuracyModel, choose_model, enumerate_combinations
 from jellybean.optimizer.baselines import NoPlan, edge_first, select_by_cost_proxy
 from jellybean.optimizer.carbon import Objective
 from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.explain import explain
-from jellybean.optimizer.milp import solve_milp, solve_placement
+from jellybean.optimizer.milp import MilpResult, PlacementOptions, solve_milp, solve_placement
 from jellybean.optimizer.plan import BaselineResult, Plan, SolverStats
 from jellybean.optimizer.problem import Churn, Problem, compile_problem
 from jellybean.optimizer.solution import Solution
 from jellybean.optimizer.solver import solver_name
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.errors import did_you_mean, listed
+from jellybean.spec.topology import Sharing
 
 OPTIMAL = "optimal"
 #: Of ``time_limit_s``, the share the chosen strategy may take when baselines run beside it; the
@@ -42,7 +44,7 @@ class Placements:
     ``jellybean`` baseline."""
 
     def __init__(self) -> None:
-        self._solved: dict[tuple, object] = {}
+        self._solved: dict[tuple[object, ...], MilpResult] = {}
         self._heuristic: tuple[Solution | None, str, float] | None = None
 
     @property
@@ -68,13 +70,14 @@ class Placements:
             self._heuristic = (solution, reason, time.perf_counter() - started)
         return self._heuristic
 
-    def solve(self, problem: Problem, accuracy: AccuracyModel, **options):  # noqa: ANN201 - a MilpResult
+    def solve(self, problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float, gap_rel: float,
+              **options: Unpack[PlacementOptions]) -> MilpResult:
         fixed, tiers = options.get("fixed_models"), options.get("allowed_tiers")
         key = (tuple(sorted(fixed.items())) if fixed else None, tuple(sorted(tiers)) if tiers else None,
-               options.get("solver"), options.get("gap_rel"), problem.objective)
+               options.get("solver"), gap_rel, problem.objective)
         known = self._solved.get(key)
         if known is None or (known.stats.status not in ("optimal", "infeasible")):
-            known = solve_placement(problem, accuracy, **options)
+            known = solve_placement(problem, accuracy, time_limit_s=time_limit_s, gap_rel=gap_rel, **options)
             self._solved[key] = known
         return copy.deepcopy(known)
 
@@ -83,7 +86,7 @@ def plan(
     bundle: Bundle,
     *,
     strategy: str = OPTIMAL,
-    sharing: str | None = None,
+    sharing: Sharing | None = None,
     baselines: bool = True,
     time_limit_s: float = 60.0,
     solver: str = "highs",
@@ -387,17 +390,19 @@ EXPLAIN_FLOOR_S = 0.5
 
 
 def _why_none(problem: Problem, accuracy: AccuracyModel, stats: SolverStats, *, explain_infeasible: bool,
-              time_limit_s: float, started: float, solver: str, **restrictions) -> list[str]:
+              time_limit_s: float, started: float, solver: str, allowed_tiers: set[str] | None = None,
+              fixed_models: dict[str, str] | None = None) -> list[str]:
     """Why no plan came back: a proof of infeasibility is explained (:func:`explain`, in what is left
     of the strategy's ``time_limit_s`` since ``started``, at least :data:`EXPLAIN_FLOOR_S`); a time
-    limit is said as such. ``restrictions``: the strategy's own (allowed tiers, fixed variants)."""
+    limit is said as such. ``allowed_tiers``, ``fixed_models``: the strategy's own restrictions."""
     if stats.status != "infeasible":
         return [f"no plan found within the time limit of {time_limit_s:g} s (solver status {stats.status}); "
                 "raise --time-limit"]
     if not explain_infeasible:
         return ["infeasible"]
     left = time_limit_s - (time.perf_counter() - started)
-    return explain(problem, accuracy, time_limit_s=max(EXPLAIN_FLOOR_S, left), solver=solver, **restrictions)
+    return explain(problem, accuracy, time_limit_s=max(EXPLAIN_FLOOR_S, left), solver=solver,
+                   allowed_tiers=allowed_tiers, fixed_models=fixed_models)
 
 
 def _first(violations: list[str]) -> str:
@@ -460,9 +465,10 @@ def _at_least_as_good(problem: Problem, accuracy: AccuracyModel, found: Plan, pl
         return found
     stats = found.solver.model_copy(deep=True)
     candidate = build_plan(problem, solution, strategy=OPTIMAL, stats=stats, accuracy=accuracy)
-    if found.feasible and found.cost.total_per_hour <= candidate.cost.total_per_hour:
-        return found
+    assert candidate.cost is not None, "a plan built from a solution is priced"
     cost = candidate.cost.total_per_hour
+    if found.feasible and found.cost is not None and found.cost.total_per_hour <= cost:
+        return found
     if stats.bound is None:  # stopped before any bound: the LP relaxation's, briefly (a fraction of a second)
         relaxed = solve_milp(problem, accuracy, relax_symmetry=True, latency=False, lp_only=True,
                              time_limit_s=HEURISTIC_BOUND_S)
@@ -512,12 +518,12 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             unknown += 1
             continue
         bounds[k] = relaxed.stats.bound
-    best = None
+    best: MilpResult | None = None
     unplaced = 0
     counts = {"tightened": 0, "placed": 0, "pruned": 0}
     for k in sorted(bounds, key=lambda i: (bounds[i], i)):
         models = combos[k]
-        cutoff = None if best is None else best.stats.objective * (1 - gap_rel) - 1e-9
+        cutoff = None if best is None else best.objective * (1 - gap_rel) - 1e-9
         if cutoff is not None and bounds[k] >= cutoff:
             counts["pruned"] += 1
             continue
@@ -547,7 +553,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
                 bounds[k] = max(bounds[k], result.stats.bound)
         if result.solution is None and result.stats.status != "infeasible":
             unplaced += 1  # stopped by the time limit: not a proof that the combination has no plan
-        if result.solution is not None and (best is None or result.stats.objective < best.stats.objective):
+        if result.solution is not None and (best is None or result.objective < best.objective):
             best = result
     if best is None:
         status = "time-limit" if unknown or unplaced else "infeasible"
@@ -559,13 +565,13 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
                             started=started, solver=solver)
         stats.seconds = time.perf_counter() - started
         return build_plan(problem, None, strategy=OPTIMAL, stats=stats, accuracy=accuracy, explanation=reasons)
-    stats = best.stats
+    stats, objective = best.stats, best.objective
     lower = min(bounds.values())
     stats.bound = lower
     if unknown:
         stats.gap = None
     else:
-        stats.gap = max(0.0, (stats.objective - lower) / stats.objective) if stats.objective > 0 else 0.0
+        stats.gap = max(0.0, (objective - lower) / objective) if objective > 0 else 0.0
     stats.status = "optimal" if stats.gap is not None and stats.gap <= max(gap_rel, 1e-9) else "feasible"
     stats.notes = [n for n in stats.notes if not n.startswith("model built")]
     if aggregated:

@@ -31,7 +31,7 @@ from jellybean.optimizer.framing import Framing
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.common import Tier
 from jellybean.spec.errors import listed
-from jellybean.spec.topology import LinkDirection, TopologySpec
+from jellybean.spec.topology import LinkDirection, Sharing, TopologySpec
 from jellybean.spec.workflow import WorkflowSpec, topological_order
 from jellybean.spec.zoo import AccuracyTable, ModelZooSpec, Variant
 
@@ -152,6 +152,10 @@ class OutputEdge:
         return self.ratio
 
 
+#: What messages flow on: a workflow edge, or a sink's results to a pinned output.
+FlowEdge = Edge | OutputEdge
+
+
 @dataclass
 class StageInfo:
     name: str
@@ -229,7 +233,7 @@ class Problem:
     options_by_stage: dict[str, list[int]]
     source_rates: dict[str, dict[int, float]]  # source group -> node -> rate per member site
     source_payload_kb: dict[str, float]
-    sharing: str
+    sharing: Sharing
     max_utilization: float
     allow_downward: bool
     latency_bound_ms: float | None
@@ -284,7 +288,8 @@ class Problem:
         bounds = [self.sink_latency_bound(t) for t in self.sinks if stage in t.stages or stage == t.stage]
         if not bounds:  # sinks given without their stages (a Problem built from parts): the Problem's
             return self.latency_bound_ms
-        return None if any(b is None for b in bounds) else max(bounds)
+        known = [b for b in bounds if b is not None]
+        return None if len(known) < len(bounds) else max(known)
 
     def missing_carbon_data(self) -> list[str]:
         """What the carbon model lacks: ``site/instance`` for each instance group without ``power_w``
@@ -374,7 +379,7 @@ class Problem:
             total += _link_ms(link, kb)
         return total
 
-    def flow_edges(self) -> list:
+    def flow_edges(self) -> list[FlowEdge]:
         """Every edge messages flow on: the stages' inputs, then the sinks' results to pinned outputs."""
         return [edge for s in self.order for edge in self.stages[s].inputs] + list(self.outputs)
 
@@ -473,7 +478,7 @@ def _pareto(options: list[tuple[int, float, float, float]], keep_all: bool) -> l
         return []
     if not keep_all:
         return [max(options, key=lambda o: (o[3], -o[0]))]
-    kept = []
+    kept: list[tuple[int, float, float, float]] = []
     for cand in sorted(options, key=lambda o: (o[1], -o[3])):
         if not kept or cand[3] > kept[-1][3] + 1e-12:
             kept.append(cand)
@@ -483,7 +488,7 @@ def _pareto(options: list[tuple[int, float, float, float]], keep_all: bool) -> l
 def compile_problem(
     bundle: Bundle,
     *,
-    sharing: str | None = None,
+    sharing: Sharing | None = None,
     aggregate: bool = True,
     carbon_at: time | None = None,
     classes: SymmetryClasses | None = None,
@@ -536,7 +541,8 @@ def framing_of(topo: TopologySpec) -> Framing:
                    wait_ms=topo.link_batch_wait_ms)
 
 
-def priced_on_links(framing: Framing, stages: dict[str, StageInfo], payload_kb: dict[str, float]):  # noqa: ANN201
+def priced_on_links(framing: Framing, stages: dict[str, StageInfo], payload_kb: dict[str, float]
+                    ) -> tuple[dict[str, float], Callable[[float | None], float | None], dict[float, float]]:
     """Every message size the Problem holds, as it travels on a link (:meth:`Framing.wire_kb`): the
     sources' payloads, each candidate variant's ``output_kb`` (the stage's variants are copies with
     the priced size: strategies, flows, costs and transmission times all read them), a function for
@@ -621,7 +627,7 @@ def site_signatures(topo: TopologySpec, sources_at: dict[str, dict[str, int]], p
     sites = {s.name: s for s in topo.sites}
     children = _children(topo)
 
-    def own_signature(name: str) -> tuple:
+    def own_signature(name: str) -> tuple[object, ...]:
         s = sites[name]
         uplink = None if s.uplink is None else (
             tuple(sorted(s.uplink.up.model_dump().items())), tuple(sorted(s.uplink.down.model_dump().items())))
@@ -646,7 +652,7 @@ def site_signatures(topo: TopologySpec, sources_at: dict[str, dict[str, int]], p
     signature: dict[str, str] = {}
     for name in post:
         kids = sorted(signature[c] for c in children.get(name, []))
-        counted: list[tuple] = []
+        counted: list[tuple[str, int]] = []
         for sig in kids:
             if counted and counted[-1][0] == sig:
                 counted[-1] = (sig, counted[-1][1] + 1)

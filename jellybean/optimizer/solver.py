@@ -21,6 +21,7 @@ Pure apart from the solver call itself: no I/O of its own beyond the banner's fd
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulp
@@ -52,7 +53,7 @@ def solve(
     lp_only: bool = False,
     objective_target: float | None = None,
     start: dict[str, float] | None = None,
-    highs_options: dict[str, object] | None = None,
+    highs_options: Mapping[str, object] | None = None,
 ) -> Outcome:
     """Solve ``model`` with ``solver`` (``highs`` or ``cbc``) within ``time_limit_s`` seconds of wall
     clock, stopping at a relative gap of ``gap_rel``; ``lp_only`` drops integrality (the LP
@@ -130,7 +131,7 @@ def silence_highs_banner() -> None:
 
 def _run_highs(model: pulp.LpProblem, time_limit_s: float | None, gap_rel: float | None, threads: int | None,
                n_vars: int, n_cons: int, lp_only: bool = False, objective_target: float | None = None,
-               start: dict[str, float] | None = None, highs_options: dict[str, object] | None = None
+               start: dict[str, float] | None = None, highs_options: Mapping[str, object] | None = None
                ) -> tuple[SolverStats, dict[str, float] | None]:
     import highspy
 
@@ -179,7 +180,7 @@ class _Highs(pulp.HiGHS):
     """PuLP's HiGHS interface, plus a first plan: ``start`` (values by variable name) handed to
     ``Highs.setSolution`` once the model is built (PuLP has no warm start for HiGHS)."""
 
-    def __init__(self, start: dict[str, float] | None, **options) -> None:
+    def __init__(self, start: dict[str, float] | None, **options: object) -> None:
         super().__init__(**options)
         self.start = start
 

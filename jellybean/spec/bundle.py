@@ -4,9 +4,10 @@ several workflows' bundles, for planning them together on one topology (:func:`r
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jellybean.spec.errors import Issue, SpecError, did_you_mean, listed
+from jellybean.spec.errors import Issue, Loc, SpecError, did_you_mean, listed
 from jellybean.spec.loader import LoadedDocument, SourceMap, load_documents
 from jellybean.spec.topology import Topology
 from jellybean.spec.workflow import Workflow
@@ -113,7 +114,7 @@ def cross_check(bundle: Bundle) -> list[Issue]:
     site_names = {s.name for s in topo.sites} | set(replicated)
     tasks = {t.name: t for t in zoo.tasks}
 
-    def add(loc: tuple, message: str, hint: str) -> None:
+    def add(loc: Loc, message: str, hint: str) -> None:
         path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
         issues.append(Issue(src.file, src.line_for(loc), path, message, hint))
 
@@ -156,7 +157,7 @@ def cross_check(bundle: Bundle) -> list[Issue]:
             add(("spec", "outputs", i, "site"), f"unknown site {output.site!r}{did_you_mean(output.site, site_names)}",
                 f"sites of topology {bundle.topology.metadata.name!r}: {listed(site_names)}")
     tables = [t.name for t in zoo.accuracy_tables]
-    named = [(("spec", "slo", "accuracy_table"), wf.slo.accuracy_table)]
+    named: list[tuple[Loc, str | None]] = [(("spec", "slo", "accuracy_table"), wf.slo.accuracy_table)]
     named += [(("spec", "slo", "sinks", i, "accuracy_table"), o.accuracy_table) for i, o in enumerate(wf.slo.sinks)]
     for loc, table in named:
         if table is not None and table not in tables:
@@ -196,7 +197,7 @@ def resolve_all(documents: list[LoadedDocument], workflows: list[str] | None = N
         topology = bundle.topology.metadata.name
         if topology != first.topology.metadata.name:
             src = bundle.sources["Workflow"]
-            loc = ("spec", "topology") if bundle.workflow.spec.topology is not None else ("spec",)
+            loc: tuple[str, ...] = ("spec", "topology") if bundle.workflow.spec.topology is not None else ("spec",)
             issues.append(Issue(src.file, src.line_for(loc), ".".join(loc),
                                 f"workflow {bundle.name!r} uses Topology {topology!r}, but workflow {first.name!r} "
                                 f"uses {first.topology.metadata.name!r}: workflows planned together share one Topology",
@@ -218,10 +219,10 @@ def resolve_all(documents: list[LoadedDocument], workflows: list[str] | None = N
     return bundles
 
 
-def load_bundle(paths: list[str | os.PathLike], workflow: str | None = None) -> Bundle:
+def load_bundle(paths: Sequence[str | os.PathLike[str]], workflow: str | None = None) -> Bundle:
     return resolve(load_documents(paths), workflow)
 
 
-def load_bundles(paths: list[str | os.PathLike], workflows: list[str] | None = None) -> list[Bundle]:
+def load_bundles(paths: Sequence[str | os.PathLike[str]], workflows: list[str] | None = None) -> list[Bundle]:
     """Every Workflow in the files (or those named), each resolved, for planning together (:func:`resolve_all`)."""
     return resolve_all(load_documents(paths), workflows)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Annotated, Any
+from collections.abc import Hashable, Iterable
+from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from jellybean.spec.errors import LocatedValueError
+from jellybean.spec.errors import Loc, LocatedValueError
 
-API_VERSION = "jellybean.io/v1alpha1"
+API_VERSION: Final = "jellybean.io/v1alpha1"
 
 #: Names follow Kubernetes' DNS-1123 label rules, relaxed to allow dots and upper case because
 #: imported JellyBean names (``workflow-compute-cpu-1``, ``ExtractImageFeature``) use them.
@@ -51,11 +52,12 @@ class StrictModel(BaseModel):
         return value
 
 
-def _out_of_range(value: Any, loc: tuple) -> tuple[tuple, int | float] | None:
+def _out_of_range(value: Any, loc: Loc) -> tuple[Loc, int | float] | None:
     """The first number in a field's value (scalars, lists, mappings' keys and values; nested
     models check themselves) that is nonzero and outside the magnitudes allowed, with where it is."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (loc, value) if value and not MIN_MAGNITUDE <= abs(value) <= MAX_MAGNITUDE else None
+    items: Iterable[tuple[Hashable, Any]]
     if isinstance(value, list):
         items = enumerate(value)
     elif isinstance(value, dict):

@@ -217,9 +217,13 @@ class Site(StrictModel):
         return self
 
 
+#: How instances are shared between stages (:attr:`TopologySpec.sharing`).
+Sharing = Literal["shared", "exclusive"]
+
+
 class TopologySpec(StrictModel):
     sites: list[Site] = Field(min_length=1)
-    sharing: Literal["shared", "exclusive"] = Field(
+    sharing: Sharing = Field(
         default="shared",
         description="`shared`: an instance may host several stages whose summed utilisation and memory fit; "
         "`exclusive`: each instance serves at most one stage (JellyBean's semantics).",

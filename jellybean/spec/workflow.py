@@ -31,17 +31,18 @@ each sink, ``result_kb`` each).
 from __future__ import annotations
 
 import heapq
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from jellybean.spec.common import API_VERSION, Metadata, Name, StrictModel, Tier, first_repeat
-from jellybean.spec.errors import LocatedValueError, did_you_mean, listed
+from jellybean.spec.errors import Loc, LocatedValueError, did_you_mean, listed
 
 
 #: The array a payload decodes to, by the kind of source, when ``payload.name`` is not given.
 DEFAULT_ARRAY = {"camera": "image", "microphone": "audio", "sensor": "data"}
-DTYPES = ("float32", "float64", "float16", "uint8", "int8", "int16", "int32", "int64", "bool")
+PayloadDtype = Literal["float32", "float64", "float16", "uint8", "int8", "int16", "int32", "int64", "bool"]
+DTYPES: tuple[str, ...] = get_args(PayloadDtype)
 
 
 class Payload(StrictModel):
@@ -51,7 +52,7 @@ class Payload(StrictModel):
 
     name: Name | None = Field(default=None, description="Field of the message the array goes to (default by the "
                               "source's kind: image, audio or data).")
-    dtype: Literal[DTYPES] | None = Field(default=None, description="Element type the array must have (images and "
+    dtype: PayloadDtype | None = Field(default=None, description="Element type the array must have (images and "
                                           "audio are converted: uint8 or int16 samples become float32 in [0, 1] / "
                                           "[-1, 1] when float32 is asked).")
     shape: list[int] | None = Field(default=None, min_length=1, max_length=8,
@@ -177,7 +178,7 @@ class Stage(StrictModel):
         "chosen. Unlike the end-to-end targets of `slo`, it reads the variant's own `accuracy`.")
 
     def input_specs(self) -> list[StageInput]:
-        return [i if isinstance(i, StageInput) else StageInput(**{"from": i}) for i in self.inputs]
+        return [i if isinstance(i, StageInput) else StageInput(from_=i) for i in self.inputs]
 
 
 class SinkObjective(StrictModel):
@@ -258,17 +259,18 @@ class WorkflowSpec(StrictModel):
             for j, sink in enumerate(output.sinks or []):
                 if sink not in stage_names or sink in consumed:
                     self._not_a_sink(sink, consumed, ("outputs", i, "sinks", j), f"output {output.name!r}")
-            repeat = first_repeat(output.sinks or [])
+            sinks = output.sinks or []
+            repeat = first_repeat(sinks)
             if repeat is not None:
                 raise LocatedValueError(("outputs", i, "sinks", repeat),
-                                        f"output {output.name!r} lists sink {output.sinks[repeat]!r} twice", "keep one")
+                                        f"output {output.name!r} lists sink {sinks[repeat]!r} twice", "keep one")
         for i, source in enumerate(self.sources):
             if source.name not in consumed:
                 unused = [s.name for s in self.sources if s.name not in consumed]
                 raise LocatedValueError(("sources", i), f"sources not read by any stage: {', '.join(unused)}")
         return self
 
-    def _not_a_sink(self, name: str, consumed: set[str], loc: tuple, what: str) -> None:
+    def _not_a_sink(self, name: str, consumed: set[str], loc: Loc, what: str) -> None:
         """Refuse ``name`` (named by ``what`` at ``loc``), which is not a sink (a stage that no stage
         reads from): an unknown stage, or one that is read from. (Called on the error only: a long
         list of references costs one set lookup each.)"""
@@ -320,9 +322,14 @@ class WorkflowSpec(StrictModel):
         """Every sink's target, in the order of :attr:`sinks` (see :meth:`objective`)."""
         own = {o.stage: o for o in self.slo.sinks}
         default = self.slo.accuracy
-        assert default is not None or all(sink in own for sink in self.sinks), "validated: every sink has a target"
-        return [own.get(sink) or SinkObjective(stage=sink, accuracy=default, accuracy_table=self.slo.accuracy_table)
-                for sink in self.sinks]
+        objectives = []
+        for sink in self.sinks:
+            objective = own.get(sink)
+            if objective is None:
+                assert default is not None, "validated: every sink has a target"
+                objective = SinkObjective(stage=sink, accuracy=default, accuracy_table=self.slo.accuracy_table)
+            objectives.append(objective)
+        return objectives
 
     def output_sinks(self, output: Output) -> list[str]:
         """The sinks whose results ``output`` carries, in the order of :attr:`sinks`."""

@@ -125,7 +125,7 @@ class TensorSpec(StrictModel):
 
     @field_validator("shape")
     @classmethod
-    def _dims(cls, value: list) -> list:
+    def _dims(cls, value: list[int | str]) -> list[int | str]:
         for dim in value:
             if dim != "batch" and not (dim == -1 or (isinstance(dim, int) and 1 <= dim <= 1_000_000)):
                 raise ValueError(f"dimension {dim!r}: a dimension is a size from 1 to 1000000, or -1 / `batch` "
