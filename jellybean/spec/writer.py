@@ -29,12 +29,12 @@ class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[mi
     """Block style, except short lists of scalars and tables keyed by whole numbers."""
 
 
-def _list(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
+def _list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
     flat = len(value) <= FLAT_LIST_MAX and all(isinstance(v, (int, float, str, bool)) or v is None for v in value)
     return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flat)
 
 
-def _dict(dumper: yaml.SafeDumper, value: dict) -> yaml.Node:
+def _dict(dumper: yaml.SafeDumper, value: dict[Any, Any]) -> yaml.Node:
     table = bool(value) and all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, (int, float))
                                 for k, v in value.items())
     return dumper.represent_mapping("tag:yaml.org,2002:map", value, flow_style=True if table else False)
