@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test image demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint import-contracts typecheck clean prometheus dashboards crds
+.PHONY: install test image demo demo-audio demo-split espeak model-store bench-artifacts plan-demo bench-plan bench-runtime bench-sites bench-resilience lint import-contracts typecheck style clean prometheus dashboards crds
 
 install: $(STAMP)
 
@@ -57,13 +57,17 @@ dashboards: install
 crds: install
 	$(BIN)/jellybean crds --out helm/jellybean/crds
 
-# The static checks, each a target of its own (a style linter joins them as one more prerequisite);
+# The static checks, each a target of its own;
 # `make test` runs them before pytest.
-lint: import-contracts typecheck
+lint: import-contracts typecheck style
 
 # The layers' import contracts (import-linter, [tool.importlinter] in pyproject.toml).
 import-contracts: install
 	$(BIN)/lint-imports
+
+# ruff's rules ([tool.ruff] in pyproject.toml) on the whole tree.
+style: install
+	$(BIN)/ruff check .
 
 # mypy on the packages and with the strictness [tool.mypy] in pyproject.toml names.
 typecheck: install

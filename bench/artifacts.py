@@ -43,7 +43,7 @@ from jellybean.spec.zoo import Variant  # noqa: E402
 BATCH_SIZES = (1, 8)
 
 
-def cnn():  # noqa: ANN201
+def cnn():
     import torch
 
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def ingest_bench(cache: Path, seconds: float = 10.0, *, connections: int = 16) -
     from jellybean.runtime.deployment import site_resources
     from jellybean.spec import load_bundle
 
-    token = "bench-ingest-token"
+    token = "bench-ingest-token"  # noqa: S105 - a throwaway controller's token
     with tempfile.TemporaryDirectory(prefix="jb-ingest-") as tmp:
         (Path(tmp) / "workflow.yaml").write_text(WORKFLOW)
         live = ROOT / "workflows" / "digits-live"

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def machine() -> dict:
 
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": mem_gb, "python": platform.python_version(),
             "platform": platform.platform(), "pulp": pulp.__version__,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def strategies(name: str, path: str, extra: list[str]) -> dict:

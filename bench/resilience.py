@@ -125,7 +125,7 @@ def site_failure(cache: Path, quick: bool) -> dict:
 class RssSampler:
     """Peak resident memory of this process plus every replica process, sampled in the background."""
 
-    def __init__(self, pids) -> None:  # noqa: ANN001 - a callable returning the replicas' pids
+    def __init__(self, pids) -> None:
         self.pids = pids
         self.peak_mb = 0.0
         self._stop = threading.Event()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 
-def serve_max(bundle, plan, cache: Path, seconds: float, *, in_flight: int = 256) -> dict:  # noqa: ANN001
+def serve_max(bundle, plan, cache: Path, seconds: float, *, in_flight: int = 256) -> dict:
     import numpy as np
     import ray
     from ray import serve
@@ -56,18 +56,18 @@ def serve_max(bundle, plan, cache: Path, seconds: float, *, in_flight: int = 256
             ms = (time.perf_counter() - started) * 1000.0
             return [(o, ms) for o in out]
 
-        async def __call__(self, item) -> tuple:  # noqa: ANN001
+        async def __call__(self, item) -> tuple:
             entered = time.perf_counter()
             result, _model_ms = await self.run(item)
             return result, (time.perf_counter() - entered) * 1000.0
 
     @serve.deployment(max_ongoing_requests=4096)
     class Ingress:
-        def __init__(self, detect, classify, aggregate) -> None:  # noqa: ANN001
+        def __init__(self, detect, classify, aggregate) -> None:
             self.detect, self.classify, self.aggregate = detect, classify, aggregate
             self.hops_ms: list[float] = []
 
-        async def _call(self, handle, item):  # noqa: ANN001, ANN202
+        async def _call(self, handle, item):
             started = time.perf_counter()
             result, handled_ms = await handle.remote(item)
             if len(self.hops_ms) < 200_000:

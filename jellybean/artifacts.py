@@ -170,7 +170,7 @@ class _Onnx:
         options.log_severity_level = 3  # warnings about unused initialisers are the artifact's business
         try:
             self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
+        except Exception as exc:
             raise ArtifactError(f"not a valid ONNX model: {type(exc).__name__}: {str(exc)[:300]}") from exc
         self.declared_inputs = {i.name: (_ONNX_DTYPES.get(i.type, i.type), list(i.shape)) for i in self.session.get_inputs()}
         self.declared_outputs = {o.name: (_ONNX_DTYPES.get(o.type, o.type), list(o.shape)) for o in self.session.get_outputs()}
@@ -218,13 +218,13 @@ def load_model(artifact: Artifact, signature: Signature, data: bytes, *, threads
     if artifact.format == "torchscript":
         try:
             module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError and others for a bad file
+        except Exception as exc:
             raise ArtifactError(f"not a valid TorchScript file: {type(exc).__name__}: {str(exc)[:300]}") from exc
         module.eval()
         return _Torch(module, inputs, outputs)
     try:
         program = torch.export.load(io.BytesIO(data))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ArtifactError(f"not a valid torch.export (.pt2) file: {type(exc).__name__}: {str(exc)[:300]}") from exc
     return _Torch(program.module(), inputs, outputs)
 
@@ -267,7 +267,7 @@ def check_signature(model: _Model, signature: Signature, artifact: Artifact) -> 
         produced = model.run(feeds)
     except ArtifactError:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever the framework raises, said as the mismatch it is
+    except Exception as exc:
         raise ArtifactError(f"a trial run on a zero batch of the declared inputs failed: {type(exc).__name__}: "
                             f"{str(exc).strip()[:300]}") from exc
     for t in signature.outputs:

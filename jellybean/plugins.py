@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -66,14 +66,14 @@ class UnknownPlugin(KeyError):
         return f"unknown {self.kind} {self.name!r}{did_you_mean(self.name, self.known)} (registered: {listed(self.known)})"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _group(group: str) -> dict[str, EntryPoint]:
     """The entry points of ``group``, by name (read once per process: the installed packages do not
     change under a running process)."""
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load(group: str, name: str) -> Any:
     return _group(group)[name].load()
 

@@ -198,7 +198,7 @@ def profile_variant(variant: Variant, *, hardware: str, store: Path | None, cach
         process.start()
         try:
             status, value = queue.get(timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001 - queue.Empty: the child hung or died
+        except Exception as exc:
             process.kill()
             raise ProfileError(f"profiling {variant.name!r} gave no result within {timeout_s:g} s "
                                f"(exit code {process.exitcode})") from exc

@@ -60,7 +60,7 @@ def test_drawing_from_the_library_raises_missing_extra(monkeypatch: pytest.Monke
 def test_any_command_missing_a_runtime_package_names_the_runtime_extra(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Whatever command imports a package of an extra that is missing, main says which extra."""
-    def needs_torch(args) -> int:  # noqa: ANN001
+    def needs_torch(args) -> int:
         import torch.nn  # noqa: F401
 
         return 0
@@ -75,7 +75,7 @@ def test_any_command_missing_a_runtime_package_names_the_runtime_extra(
 
 def test_an_import_error_that_is_a_bug_stays_an_internal_error(monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    def broken(args) -> int:  # noqa: ANN001
+    def broken(args) -> int:
         import jellybean.no_such_module  # noqa: F401
 
         return 0

@@ -39,7 +39,7 @@ test-numbers = my_runners:numbers
 
 
 @pytest.fixture
-def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """``my_runners`` installed into a directory on sys.path, with its distribution metadata (what
     pip writes: a .dist-info holding METADATA and entry_points.txt)."""
     (tmp_path / "my_runners.py").write_text(PACKAGE)

@@ -40,7 +40,7 @@ def test_a_residual_block_is_never_cut_inside() -> None:
             super().__init__()
             self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
 
-        def forward(self, x):  # noqa: ANN001, ANN201
+        def forward(self, x):
             y = torch.relu(self.a(x))
             return self.b(y) + x  # x crosses every point between its use by a and the sum
 

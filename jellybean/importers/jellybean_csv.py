@@ -61,7 +61,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, NoReturn, Sequence
+from typing import Any, NoReturn
+from collections.abc import Iterable, Sequence
 
 from pydantic import BaseModel, ValidationError
 
@@ -334,13 +335,13 @@ class _RefusingUnpickler(pickle.Unpickler):
         for cls in (_EndToEndAccuracyProfile, _OperatorAccuracyProfile, _AccSample)
     })
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D102
+    def find_class(self, module: str, name: str) -> Any:
         standin = self.ALLOWED_GLOBALS.get((module, name))
         if standin is None:
             raise pickle.UnpicklingError(f"refused global {_short(module)}.{_short(name)}")
         return standin
 
-    def persistent_load(self, pid: Any) -> Any:  # noqa: D102
+    def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("refused persistent id")
 
 
@@ -378,7 +379,7 @@ def safe_unpickle(path: Path) -> Any:
         if message.startswith("refused"):
             raise SpecError([Issue(file, None, "", f"unsafe pickle: {message}", _PICKLE_HINT)]) from None
         raise SpecError([Issue(file, None, "", f"invalid pickle: {message}", _PICKLE_HINT)]) from None
-    except Exception as exc:  # truncated or corrupt input: EOFError, ValueError, MemoryError, ...
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt input: EOFError, ValueError, MemoryError, ...
         if isinstance(exc, ValueError) and str(exc).startswith("unregistered extension code"):
             raise SpecError([Issue(file, None, "", f"unsafe pickle: refused extension code ({exc})",
                                    _PICKLE_HINT)]) from None

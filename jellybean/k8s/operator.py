@@ -53,7 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -231,7 +231,7 @@ def reference(obj: Mapping, field: str) -> str | None:
 
 def utc_now() -> str:
     """Now, as Kubernetes writes times (RFC 3339, seconds, UTC)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def clip(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -457,7 +457,7 @@ def desired_status(current: Mapping, seen: Seen, now: str) -> dict:
         "lastFailure": None if failure is None else {
             "reason": failure.reason, "message": clip(failure.message),
             "time": None if failure.at is None else
-            datetime.fromtimestamp(failure.at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            datetime.fromtimestamp(failure.at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "attempts": failure.attempts},
         "rayAddress": seen.ray_address if running else None,
     }
@@ -674,7 +674,7 @@ class Operator:
         started = time.perf_counter()
         try:
             self.reconcile(name)
-        except Exception:  # noqa: BLE001 - one workflow's failure must not stop the others; resync retries
+        except Exception:
             log.exception("reconciling %s failed", name)
             if self.metrics is not None:
                 self.metrics.reconcile_errors.labels(name).inc()
@@ -1045,7 +1045,7 @@ def registry(operator: Operator, *, login: Callable[[], Any] | None = None) -> A
                 operator.wake(operator.observe(kind, "MODIFIED", dict(body)))
 
         @kopf.on.event(group, version, resource, registry=handlers, id=f"event-{resource}")
-        async def _event(type: str | None, body: Any, **_: Any) -> None:  # noqa: A002 - kopf's name
+        async def _event(type: str | None, body: Any, **_: Any) -> None:
             if gate and type != "DELETED":
                 return  # the index handler has it
             affected = operator.observe(kind, type, dict(body))

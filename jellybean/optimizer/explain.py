@@ -213,7 +213,7 @@ def _exceeded(problem: Problem, accuracy: AccuracyModel, *, allowed_tiers: set[s
         needs = _fmt((capacity or 0) + extra)
         reasons.append(f"{_link_name(problem, node_index, direction)} needs {needs} Mbps{what}, has "
                        f"{_fmt(capacity or 0)}{usable}" + (f" (each of {label})" if node.total > 1 else ""))
-    for (g_index, stage), extra in sorted(slacks.instances.items(), key=lambda kv: kv[0][0]):
+    for (g_index, _stage), extra in sorted(slacks.instances.items(), key=lambda kv: kv[0][0]):
         g = problem.groups[g_index]
         reasons.append(f"instances {g.name} at {_site_label(problem, g.node)}: the plan needs "
                        f"{_fmt(g.limit + extra)}, the site has {g.limit}")

@@ -162,7 +162,7 @@ def _beam_search_models(problem: Problem, beam_width: int) -> list[dict[str, str
                     samples = [(variant.accuracy, ())]
                 if not samples or max(out for out, _ in samples) < need:
                     continue
-                for out, inputs in sorted(s for s in samples if s[0] >= need):
+                for _out, inputs in sorted(s for s in samples if s[0] >= need):
                     new_reqs = {k: v for k, v in reqs.items() if k != stage}
                     for u, value in zip(upstream, inputs):
                         if value == -math.inf:
@@ -266,7 +266,7 @@ class _State:
     tiers: dict[str, int] = field(default_factory=dict)
     options: dict[str, dict[int, int]] = field(default_factory=dict)  # stage -> group -> option
 
-    def extend(self) -> "_State":
+    def extend(self) -> _State:
         return _State(self.cost, self.compute, dict(self.used), dict(self.shares), dict(self.tiers),
                       dict(self.options))
 

@@ -977,8 +977,8 @@ def _latency(m: _Model, consumers: dict[str, set[int]]) -> None:
         m.penalties.append(SLACK_PENALTY * slack / 100.0)
     big = bound + max_net + max_p + 1.0 + (10 * (max_net + max_p) * len(problem.order) if elastic else 0.0)
     x: dict[tuple[str, int], pulp.LpVariable] = {}
-    P: dict[tuple[str, int], pulp.LpVariable] = {}
-    T: dict[tuple[str, int], pulp.LpVariable] = {}
+    P: dict[tuple[str, int], pulp.LpVariable] = {}  # noqa: N806 - the formulation's P and T
+    T: dict[tuple[str, int], pulp.LpVariable] = {}  # noqa: N806
     lp = m.lp
     for (s, i), opts in m.rate_at.items():
         stage_bound = problem.stage_latency_bound(s)

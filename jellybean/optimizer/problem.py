@@ -714,7 +714,7 @@ def symmetry_classes(topo: TopologySpec, sources_at: dict[str, dict[str, int]], 
     roots_by_sig: dict[str, list[str]] = {}
     for r in children.get(None, []):
         roots_by_sig.setdefault(signature[r], []).append(r)
-    for sig, members in roots_by_sig.items():
+    for members in roots_by_sig.values():
         add_class([members], None, 0)
     return SymmetryClasses(nodes, groups, site_node)
 

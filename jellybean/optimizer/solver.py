@@ -184,7 +184,7 @@ class _Highs(pulp.HiGHS):
         super().__init__(**options)
         self.start = start
 
-    def callSolver(self, lp: pulp.LpProblem) -> None:
+    def callSolver(self, lp: pulp.LpProblem) -> None:  # noqa: N802 - PuLP's method name
         if self.start:
             import numpy as np
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Iterable
 
 
 @dataclass(frozen=True)

@@ -474,7 +474,7 @@ async def _drain(receive: Callable, message: dict, seconds: float = 1.0) -> None
     while message.get("more_body", False) and loop.time() < deadline:
         try:
             message = await asyncio.wait_for(receive(), max(0.01, deadline - loop.time()))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         if message["type"] == "http.disconnect":
             return

@@ -419,7 +419,7 @@ class Controller:
             self._wake.clear()
             try:
                 self.reconcile()
-            except Exception:  # noqa: BLE001 - the loop must survive; the next pass retries
+            except Exception:
                 log.exception("reconcile pass failed")
             self._wake.wait(self._next_wait())
 
@@ -607,7 +607,7 @@ class Controller:
             return None, None, ""
         try:
             return deployed, deployed.pipeline.status(), ""
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.debug("status of %s unavailable", name, exc_info=True)
             return deployed, None, f"status unavailable: {message_of(exc)}"
 

@@ -34,6 +34,7 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,8 @@ class Pipeline:
                  fuse: bool = True, window: int = 16, max_in_flight: int = 256, max_wait_ms: float | None = None,
                  data_token: str | None = None, bind_host: str = "127.0.0.1", advertise_host: str | None = None,
                  output_dir: Path | None = None, report_interval_s: float = 0.5, seed: int = 0,
-                 stateful=None, threaded: bool = False, emulate_latency: bool = False,
-                 transport: str | None = None) -> None:  # noqa: ANN001
+                 stateful: Callable[[Any], bool] | None = None, threaded: bool = False, emulate_latency: bool = False,
+                 transport: str | None = None) -> None:
         if overload not in ("backpressure", "shed"):
             raise ValueError(f"overload must be 'backpressure' or 'shed', not {overload!r}")
         self.bundle = bundle
@@ -422,7 +423,7 @@ class Pipeline:
         while not self._stop_monitor.wait(self.report_interval_s):
             try:
                 self.poll()
-            except Exception:  # noqa: BLE001 - the monitor must survive; the next poll retries
+            except Exception:
                 import logging
 
                 logging.getLogger(__name__).exception("polling the actors failed")

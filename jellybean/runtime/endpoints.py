@@ -136,7 +136,7 @@ def ingest_app(source: FrameSource, *, workflow: str, token: str, array: str, dt
             return web.json_response(accepted, status=202)
         try:
             answers = await asyncio.wait_for(asyncio.shield(ends), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return web.json_response({**accepted, "pending": True}, status=202)
         rows = []
         for frame_id in ids:

@@ -21,7 +21,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from collections.abc import Hashable, Iterable
 
 from jellybean.artifacts import f1_percent
 
@@ -115,7 +115,7 @@ async def collect_batch(queue: asyncio.Queue, max_batch: int, max_wait_s: float,
             break
         try:
             batch.append(await asyncio.wait_for(queue.get(), remaining))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return batch
 
@@ -156,11 +156,11 @@ class Ledger:
     latency_ms: Sketch = field(default_factory=lambda: Sketch(LATENCY_BOUNDS_MS))
     _open: dict = field(default_factory=dict)  # frame id -> when it was sent, in sending order
 
-    def send(self, frame_id, at: float | None = None) -> None:
+    def send(self, frame_id: Hashable, at: float | None = None) -> None:
         self.sent += 1
         self._open[frame_id] = time.time() if at is None else at
 
-    def withdraw(self, frame_id) -> None:
+    def withdraw(self, frame_id: Hashable) -> None:
         """A frame that never entered the pipeline (its source stopped while waiting for room)."""
         if frame_id in self._open:
             del self._open[frame_id]
@@ -175,7 +175,7 @@ class Ledger:
             out.append(frame_id)
         return out
 
-    def complete(self, frame_id, *, correct: bool | None, latency_ms: float,
+    def complete(self, frame_id: Hashable, *, correct: bool | None, latency_ms: float,
                  detection: tuple[bool, bool] | None = None) -> bool:
         """A frame that ended with its result. ``correct`` is None without a ground truth;
         ``detection`` is ``(predicted, truth)`` for a yes/no truth."""
@@ -198,7 +198,7 @@ class Ledger:
     def accuracy_percent(self) -> float | None:
         return accuracy_percent(self)
 
-    def fail(self, frame_id, reason: str) -> bool:
+    def fail(self, frame_id: Hashable, reason: str) -> bool:
         if frame_id not in self._open:
             return False
         del self._open[frame_id]

@@ -334,6 +334,6 @@ class OutputHost:
 def _advertised(bind_host: str) -> str:
     """The address clients use for an endpoint bound at ``bind_host``: the node's own address when it
     listens on every interface."""
-    if bind_host not in ("0.0.0.0", "::", ""):
+    if bind_host not in ("0.0.0.0", "::", ""):  # noqa: S104 - recognising, not binding
         return bind_host
     return _node()["node_ip"]

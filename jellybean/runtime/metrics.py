@@ -21,6 +21,8 @@ panel's query against a real Prometheus scraping a running workflow.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from jellybean.runtime.flow import LATENCY_BOUNDS_MS
@@ -37,13 +39,13 @@ def observe_counts(child: Histogram, counts: list[float], total: float) -> None:
     time; the actors report their distributions already bucketed (their sketches), so this adds to
     the series' buckets and sum directly (its ``_buckets`` and ``_sum``, which ``observe`` itself
     increments; a test compares the two ways)."""
-    buckets = child._buckets  # noqa: SLF001 - see the docstring
+    buckets = child._buckets
     if len(counts) != len(buckets):
         raise ValueError(f"{len(counts)} bucket counts for a histogram of {len(buckets)} buckets")
     for bucket, n in zip(buckets, counts):
         if n:
             bucket.inc(n)
-    child._sum.inc(total)  # noqa: SLF001
+    child._sum.inc(total)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SOLVE_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -235,7 +237,7 @@ class Metrics:
                     continue
 
 
-def bind(metrics: Metrics, port: int, host: str = "127.0.0.1"):
+def bind(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[Any, int]:
     """A server for ``metrics`` on ``http://host:port/metrics``, bound but not yet serving (so that
     its socket exists before the process leaves the machine's network namespace:
     :mod:`jellybean.runtime.localray`); :func:`start` serves it. Returns the server and its port."""
@@ -255,7 +257,7 @@ def start(server) -> None:  # noqa: ANN001 - the server :func:`bind` made
     threading.Thread(target=server.serve_forever, name="jellybean-metrics", daemon=True).start()
 
 
-def serve(metrics: Metrics, port: int, host: str = "127.0.0.1"):
+def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> tuple[Any, int]:
     """Expose ``metrics`` on ``http://host:port/metrics`` from a background thread; returns the server
     (``.shutdown()`` stops it) and the bound port (0 picks a free one)."""
     server, bound = bind(metrics, port, host)

@@ -61,7 +61,7 @@ class StreamOutput:
             event = self._arrived
             try:
                 await asyncio.wait_for(event.wait(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         start = max(after + 1, self.first_offset)
         skipped = max(0, self.first_offset - (after + 1))
@@ -174,7 +174,7 @@ class WebhookOutput:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), self.flush_s - (time.monotonic() - oldest))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = [self.queue.popleft() for _ in range(min(self.batch_max, len(self.queue)))]
             if batch:

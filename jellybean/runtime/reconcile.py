@@ -503,7 +503,7 @@ class Executor:
             if on_begin is not None:  # the caller reports Starting / Updating now (the operator's status)
                 try:
                     on_begin()
-                except Exception:  # noqa: BLE001 - a report is no reason not to start
+                except Exception:
                     log.debug("reporting the start of %s failed", name, exc_info=True)
             if old is not None and rollout.strategy == "stop-first":
                 stopped_old = self._stop_deployed(old, drain=True)
@@ -582,7 +582,7 @@ class Executor:
         except Exception:
             try:
                 pipeline.stop(drain=False)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("cleanup of a failed start failed", exc_info=True)
             with self.lock:
                 transition.pipeline = None
@@ -602,7 +602,7 @@ class Executor:
             try:
                 if hasattr(pipeline, "cancel"):
                     pipeline.cancel()
-            except Exception:  # noqa: BLE001 - the start ends on its own then
+            except Exception:
                 log.debug("cancelling the start of %s failed", name, exc_info=True)
         return True
 
@@ -726,7 +726,7 @@ class Executor:
         if self.cluster is not None:
             try:
                 self.cluster.shutdown()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("Ray shutdown failed")
 
     # --- the metric -----------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ class RayBackend:
 
         try:
             ray.kill(handle)
-        except Exception:  # noqa: BLE001 - already dead is fine
+        except Exception:  # noqa: BLE001, S110 - already dead is fine
             pass
 
 

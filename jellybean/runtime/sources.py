@@ -142,8 +142,8 @@ def decode_payload(data: bytes, content_type: str, *, array: str, dtype: str | N
     if value.nbytes > MAX_ARRAY_BYTES:
         raise PayloadError(f"array of {value.nbytes} bytes, more than {MAX_ARRAY_BYTES}")
     value = _convert(value, dtype)
-    if shape is not None:
-        if value.ndim != len(shape) or any(want != -1 and got != want for got, want in zip(value.shape, shape)):
+    if shape is not None and (
+            value.ndim != len(shape) or any(want != -1 and got != want for got, want in zip(value.shape, shape))):
             expected = "x".join("*" if n == -1 else str(n) for n in shape)
             raise PayloadError(f"shape {'x'.join(map(str, value.shape))}, expected {expected}")
     fields[array] = np.ascontiguousarray(value)
@@ -202,7 +202,7 @@ class FrameSource:
                 return False
             try:
                 await asyncio.wait_for(self._freed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return False
         self.taken += n
         return True
@@ -420,5 +420,5 @@ class ReplayLoop:
             self.task.cancel()
             try:
                 await self.task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping
                 pass

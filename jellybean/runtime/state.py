@@ -48,10 +48,10 @@ if TYPE_CHECKING:  # the client side of the CLI reads the token without importin
 
 SCHEMA_VERSION = 1
 DB_NAME = "state.db"
-TOKEN_NAME = "token"
+TOKEN_NAME = "token"  # noqa: S105 - a file name, not a secret
 #: The data token: what cameras and readers of results present to the ingest and stream endpoints
 #: (never the API token, which administers the controller).
-DATA_TOKEN_NAME = "data-token"
+DATA_TOKEN_NAME = "data-token"  # noqa: S105 - a file name
 CONTROLLER_NAME = "controller.json"
 #: The kinds, in the order their digests enter a workflow's digest.
 BUNDLE_KINDS = ("Workflow", "ModelZoo", "Topology")

@@ -30,12 +30,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jellybean.optimizer.plan import Plan
 from jellybean.runtime.dataplane import Pipeline
 from jellybean.runtime.deployment import SITE_RESOURCE_PREFIX, ServingError
+from jellybean.runtime.status import RunSummary
 from jellybean.spec.bundle import Bundle
 from jellybean.spec.topology import Topology
 
@@ -158,7 +159,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._loop, name="jellybean-supervisor", daemon=True)
         self._thread.start()
 
-    def stop(self, *, drain: bool = True):
+    def stop(self, *, drain: bool = True) -> RunSummary:
         self._stop.set()
         self.pipeline.attention.set()
         if self._thread is not None:
@@ -169,7 +170,7 @@ class Supervisor:
         """Give up a start under way (``Pipeline.cancel``)."""
         self.pipeline.cancel()
 
-    def release(self):
+    def release(self) -> RunSummary:
         """Stop supervising and hand the replicas over to the next controller (``Pipeline.release``)."""
         self._stop.set()
         self.pipeline.attention.set()
@@ -185,7 +186,7 @@ class Supervisor:
                                 "events": [e.__dict__ for e in self.events[-10:]]}
         return status
 
-    def summary(self):
+    def summary(self) -> RunSummary:
         return self.pipeline.summary()
 
     def __getattr__(self, name: str) -> Any:  # ledger, telemetry, set_source_rate, ... of the pipeline
@@ -202,7 +203,7 @@ class Supervisor:
                 break
             try:
                 self.check()
-            except Exception:  # noqa: BLE001 - the supervisor must survive; the next check retries
+            except Exception:
                 log.exception("supervisor check failed")
 
     def _node_list(self) -> list[dict]:

@@ -38,7 +38,8 @@ import hmac
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from jellybean.codec import Decoder, Encoder
 from jellybean.optimizer.framing import SEGMENT_HEADER_BYTES, SEGMENT_PAYLOAD_BYTES
@@ -208,7 +209,7 @@ class SocketTransport:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(address.host, address.port),
                                                         CONNECT_TIMEOUT_S)
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise PeerGone(f"cannot connect to {address.host}:{address.port}: {type(exc).__name__}: {exc}") from exc
             writer.write(self.hello)
             conn = _Connection(reader, writer, address)
@@ -284,7 +285,7 @@ class WireServer:
                 return False
             (length,) = struct.unpack("!H", head[len(MAGIC):])
             token = await asyncio.wait_for(reader.readexactly(length), HELLO_TIMEOUT_S)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError):
             return False
         return hmac.compare_digest(token, self.secret)
 

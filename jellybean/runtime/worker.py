@@ -50,12 +50,12 @@ import time
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterable
 
-import numpy as np
 
 from jellybean.codec import pack_messages, unpack_messages  # noqa: F401 - re-exported: the data plane's batches
-from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, collect_batch, queue_capacity
+from jellybean.runtime.flow import LATENCY_BOUNDS_MS, RetryPolicy, Sketch, queue_capacity
 from jellybean.runtime.routing import AffinityRouter, WeightedRouter
 
 #: Message fields every runner's outputs inherit from their input (the frame's identity and timing).
@@ -333,7 +333,7 @@ class _Channel:
         self.arrived.clear()
         try:
             await asyncio.wait_for(self.arrived.wait(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _run(self) -> None:
@@ -725,7 +725,7 @@ class StageWorker:
                 self.arrived.clear()
                 try:
                     await asyncio.wait_for(self.arrived.wait(), self.max_wait_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             entries = self._take()
             taken = sum(len(batch) for batch, _ in entries)

@@ -57,7 +57,7 @@ class PowerDraw(StrictModel):
     busy: float = Field(ge=0, description="W drawn by one instance at full load (100% utilisation).")
 
     @model_validator(mode="after")
-    def _busy_at_least_idle(self) -> "PowerDraw":
+    def _busy_at_least_idle(self) -> PowerDraw:
         if self.busy < self.idle:
             raise LocatedValueError(("busy",), f"busy power {self.busy:g} W is below idle power {self.idle:g} W",
                                     "`busy` is the draw at full load, `idle` with nothing to do")
@@ -132,7 +132,7 @@ class InstanceGroup(StrictModel):
                                       "objectives; omit when unknown.")
 
     @model_validator(mode="after")
-    def _count_or_max(self) -> "InstanceGroup":
+    def _count_or_max(self) -> InstanceGroup:
         if (self.count is None) == (self.max_count is None):
             raise ValueError("give exactly one of `count` (owned instances) or `max_count` (elastic capacity)")
         return self
@@ -165,7 +165,7 @@ class Site(StrictModel):
                                       "`{i}` (from 1; a format spec such as `{i:03d}` is allowed).")
 
     @model_validator(mode="after")
-    def _replica_names(self) -> "Site":
+    def _replica_names(self) -> Site:
         if self.replica_names is not None:
             if self.replicas is None:
                 raise LocatedValueError(("replica_names",), "`replica_names` needs `replicas`")
@@ -205,7 +205,7 @@ class Site(StrictModel):
         return [pattern.format(name=self.name, i=i) for i in range(1, self.replicas + 1)]
 
     @model_validator(mode="after")
-    def _uplink_iff_parent(self) -> "Site":
+    def _uplink_iff_parent(self) -> Site:
         if self.parent is None and self.uplink is not None:
             raise ValueError("a root site (no `parent`) cannot have an `uplink`")
         if self.parent is not None and self.uplink is None:
@@ -258,7 +258,7 @@ class TopologySpec(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _tree(self) -> "TopologySpec":
+    def _tree(self) -> TopologySpec:
         self._expand_replicas()
         origin = self._origin
         by_name: dict[str, Site] = {}

@@ -87,7 +87,7 @@ class Source(StrictModel):
     payload: Payload | None = Field(default=None, description="What a payload decodes to, for `ingest: http`.")
 
     @model_validator(mode="after")
-    def _one_way_in(self) -> "Source":
+    def _one_way_in(self) -> Source:
         if self.replay is not None and self.dataset is not None:
             raise LocatedValueError(("dataset",), "`dataset` is the older name of `replay`: give one of them",
                                     "keep `replay`")
@@ -140,7 +140,7 @@ class Output(StrictModel):
     retain: int = Field(default=100_000, ge=1, le=10_000_000, description="`stream`: results kept for readers.")
 
     @model_validator(mode="after")
-    def _fields_of_the_kind(self) -> "Output":
+    def _fields_of_the_kind(self) -> Output:
         if self.kind == "webhook":
             if self.url is None:
                 raise LocatedValueError(("url",), "a webhook output needs `url`", "give the receiver's http(s) URL")
@@ -218,7 +218,7 @@ class WorkflowSpec(StrictModel):
                                   "counted and dropped).")
 
     @model_validator(mode="after")
-    def _dag(self) -> "WorkflowSpec":
+    def _dag(self) -> WorkflowSpec:
         names: dict[str, str] = {}
         for i, source in enumerate(self.sources):
             if source.name in names:
@@ -316,7 +316,7 @@ class WorkflowSpec(StrictModel):
     def objective(self, sink: str) -> SinkObjective:
         """The accuracy target of ``sink``: its own entry of ``slo.sinks``, else ``slo.accuracy`` and
         ``slo.accuracy_table`` (validation made sure one exists)."""
-        return next((o for o in self.objectives() if o.stage == sink))
+        return next(o for o in self.objectives() if o.stage == sink)
 
     def objectives(self) -> list[SinkObjective]:
         """Every sink's target, in the order of :attr:`sinks` (see :meth:`objective`)."""

@@ -37,7 +37,7 @@ def _list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.Node:
 def _dict(dumper: yaml.SafeDumper, value: dict[Any, Any]) -> yaml.Node:
     table = bool(value) and all(isinstance(k, int) and not isinstance(k, bool) and isinstance(v, (int, float))
                                 for k, v in value.items())
-    return dumper.represent_mapping("tag:yaml.org,2002:map", value, flow_style=True if table else False)
+    return dumper.represent_mapping("tag:yaml.org,2002:map", value, flow_style=table)
 
 
 _Dumper.add_representer(list, _list)

@@ -148,7 +148,7 @@ class Signature(StrictModel):
     outputs: list[TensorSpec] = Field(min_length=1, max_length=64)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Signature":
+    def _consistent(self) -> Signature:
         for side, specs in (("inputs", self.inputs), ("outputs", self.outputs)):
             i = first_repeat([t.name for t in specs])
             if i is not None:
@@ -205,7 +205,7 @@ class Step(StrictModel):
                         "accuracy from.")
 
     @model_validator(mode="after")
-    def _arguments(self) -> "Step":
+    def _arguments(self) -> Step:
         needs = {"resize": ("size",), "pad": ("length",), "transpose": ("axes",), "crop-boxes": ("boxes", "size"),
                  "top-k": ("k",), "threshold": ("above",)}.get(self.op, ())
         for name in needs:
@@ -256,7 +256,7 @@ class Variant(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _how_to_serve(self) -> "Variant":
+    def _how_to_serve(self) -> Variant:
         if self.loader is not None:
             if self.runner is not None and self.runner != self.loader:
                 raise LocatedValueError(("loader",), f"`loader` ({self.loader}) and `runner` ({self.runner}) "
@@ -280,7 +280,7 @@ class Variant(StrictModel):
         return self.runner is not None or self.artifact is not None
 
     @model_validator(mode="after")
-    def _unique_hardware(self) -> "Variant":
+    def _unique_hardware(self) -> Variant:
         i = first_repeat([p.hardware for p in self.profiles])
         if i is not None:
             raise LocatedValueError(("profiles", i, "hardware"),
@@ -308,7 +308,7 @@ class Task(StrictModel):
     variants: list[Variant] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _unique_variants(self) -> "Task":
+    def _unique_variants(self) -> Task:
         i = first_repeat([v.name for v in self.variants])
         if i is not None:
             raise LocatedValueError(("variants", i, "name"),
@@ -332,10 +332,10 @@ class AccuracyTable(StrictModel):
     rows: list[AccuracyRow] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _row_widths(self) -> "AccuracyTable":
+    def _row_widths(self) -> AccuracyTable:
         for index, row in enumerate(self.rows):
             if len(row.variants) != len(self.tasks):
-                raise LocatedValueError(("rows", index, "variants"), 
+                raise LocatedValueError(("rows", index, "variants"),
                     f"rows[{index}] names {len(row.variants)} variants but the table has "
                     f"{len(self.tasks)} tasks ({', '.join(self.tasks)})"
                 )
@@ -347,7 +347,7 @@ class ModelZooSpec(StrictModel):
     accuracy_tables: list[AccuracyTable] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelZooSpec":
+    def _consistent(self) -> ModelZooSpec:
         i = first_repeat([t.name for t in self.tasks])
         if i is not None:
             raise LocatedValueError(("tasks", i, "name"), f"task names must be unique; repeated: {self.tasks[i].name}")

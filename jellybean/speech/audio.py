@@ -77,7 +77,7 @@ def stream(seed: int = 0, utterances: int = 40) -> tuple[np.ndarray, np.ndarray]
     """A labelled stream: samples at 16 kHz and, per sample, whether it is speech."""
     rng = np.random.default_rng(seed)
     pieces, labels = [], []
-    for k in range(utterances):
+    for _ in range(utterances):
         gap = int(rng.uniform(0.3, 1.2) * RATE_HZ)
         silence = np.zeros(gap, np.float32)
         if rng.random() < 0.2:  # a noise burst in the gap: loud, and not speech

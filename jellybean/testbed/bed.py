@@ -30,7 +30,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from jellybean.runtime.deployment import SITE_CAPACITY, site_resource
 from jellybean.spec.topology import Topology
@@ -192,7 +192,7 @@ class Testbed:
         self._down = False
 
     # -- lifecycle
-    def __enter__(self) -> "Testbed":
+    def __enter__(self) -> Testbed:
         self.up()
         return self
 

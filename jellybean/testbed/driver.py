@@ -90,7 +90,8 @@ class Driver:
                 source.rate_per_s = 100_000.0
             served = type(bundle)(fast, bundle.zoo, bundle.topology, bundle.sources)
         self.pipeline = Pipeline(served, plan, cache_dir=Path(self.config["cache_dir"]), metrics=self.metrics,
-                                 bind_host="0.0.0.0", **self.config.get("options", {}))
+                                 bind_host="0.0.0.0",  # noqa: S104 - inside the site's own namespace
+                                 **self.config.get("options", {}))
         self.pipeline.start(timeout_s=self.config.get("start_timeout_s", 300.0))
         d = self.pipeline.deployment
         where = {a.key: {"site": a.site, "node_id": a.info.get("node_id"), "node_ip": a.info.get("node_ip")}

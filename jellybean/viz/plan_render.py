@@ -133,7 +133,7 @@ def layout_plan(plan: Plan, topology: Topology, *, max_boxes_per_tier: int = MAX
         parent = sites[rep].parent
         parent_drawn = parent is None or not box_of.get(parent, "+more:").startswith("+more:")
         compute = sum(i.cost_per_hour for i in instances.get(rep, []))
-        traffic = sum(l.gb_per_hour * _count(l.sites) for l in uplinks.get(rep, []))
+        traffic = sum(link.gb_per_hour * _count(link.sites) for link in uplinks.get(rep, []))
         return (rep not in instances, not parent_drawn, -compute, -traffic, order.get(rep, math.inf))
 
     bands: list[TierBand] = []
@@ -160,8 +160,8 @@ def layout_plan(plan: Plan, topology: Topology, *, max_boxes_per_tier: int = MAX
         bands.append(band)
     flows = _flows(plan, topology, boxes, box_of)
     for key, box in boxes.items():
-        box.uplink_label = _uplink_label(box, [l for l in plan.links if box_of.get(_child_of(l)) == key
-                                               and box_of.get(_parent_of(l)) != key])
+        box.uplink_label = _uplink_label(box, [link for link in plan.links if box_of.get(_child_of(link)) == key
+                                               and box_of.get(_parent_of(link)) != key])
     cost = plan.cost
     accuracy = "-" if plan.accuracy is None else f"{plan.accuracy:.2f}"
     accuracy = f"accuracy {accuracy} (target {plan.accuracy_target:g})"
@@ -313,7 +313,7 @@ def _uplink_label(box: SiteBox, links: list[LinkFlow]) -> list[tuple[str, str]]:
     over the folded links for a ``+N more`` box."""
     label = []
     for direction in ("up", "down"):
-        rows = [l for l in links if l.direction == direction]
+        rows = [link for link in links if link.direction == direction]
         if not rows:
             continue
         arrow = ARROWS[direction]

@@ -26,7 +26,7 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -201,7 +201,7 @@ def build_zoo(cache_dir: Path, *, seed: int = 0, progress: Progress | None = Non
         with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
             for done, name in enumerate(names):
                 settings = TRAINING[LOADERS[name].architecture]
-                upstream = hashes.get(settings.get("from", ""), None)
+                upstream = hashes.get(settings.get("from", ""))
                 wanted = config_hash(name, seed=seed, quick=quick, upstream=upstream)
                 hashes[name] = wanted
                 path = weights_path(cache_dir, name)
@@ -234,7 +234,7 @@ def is_built(cache_dir: Path, *, seed: int = 0, quick: bool = False) -> bool:
     for name, spec in LOADERS.items():
         if not spec.architecture:
             continue
-        upstream = hashes.get(TRAINING[spec.architecture].get("from", ""), None)
+        upstream = hashes.get(TRAINING[spec.architecture].get("from", ""))
         hashes[name] = config_hash(name, seed=seed, quick=quick, upstream=upstream)
         if entries.get(name, {}).get("config_hash") != hashes[name] or not weights_path(cache_dir, name).is_file():
             return False

@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -324,7 +324,7 @@ def profile_zoo(cache_dir: Path, *, hardware: str = "local-cpu-1t", threads: int
 
     annotations = {
         "profile/hardware": hardware, "profile/threads": str(threads), "profile/machine": machine_description(),
-        "profile/date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "profile/date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "profile/torch": torch.__version__, "profile/repeats": str(repeats),
         "profile/eval-frames": f"{eval_frames} test frames, seed {seed}",
         "profile/memory": ("peak RSS of a fresh process running one replica" if memory == "rss"

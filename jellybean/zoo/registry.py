@@ -13,9 +13,10 @@ import io
 import json
 import sys
 import warnings
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from jellybean.zoo.runner import AggregatorRunner, ClassifierRunner, DetectorRunner, Runner
 
@@ -68,7 +69,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_model(cache_dir: Path, name: str, architecture: str):
+def load_model(cache_dir: Path, name: str, architecture: str) -> Any:
     """The model of ``name`` with its cached weights, checked against the manifest, in eval mode."""
     import torch
 

@@ -22,7 +22,8 @@ Messages (numpy arrays are float32):
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def pick_starts(probabilities: np.ndarray, threshold: float = THRESHOLD, suppres
 class DetectorRunner:
     """Finds the digits of each frame (one forward pass per batch) and cuts an 8 x 8 crop for each."""
 
-    def __init__(self, model: "torch.nn.Module") -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
 
     def starts(self, payloads: list[dict]) -> list[list[int]]:
@@ -94,7 +95,7 @@ class DetectorRunner:
 class ClassifierRunner:
     """Reads the digit of each crop; the whole batch goes through the model in one forward pass."""
 
-    def __init__(self, model: "torch.nn.Module") -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
         self.model = model.eval()
 
     def digits(self, images: list[np.ndarray]) -> list[int]:

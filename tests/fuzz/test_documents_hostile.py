@@ -129,7 +129,7 @@ def refusal(texts: dict[str, str]) -> list[Issue]:
 COMMITTED = set(TEXTS.values())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def committed(text: str, file: str) -> tuple:
     """The documents of an unchanged committed file (loaded once: most examples change one file)."""
     return tuple(load_text(text, file))

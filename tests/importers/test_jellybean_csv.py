@@ -17,7 +17,8 @@ import shutil
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 

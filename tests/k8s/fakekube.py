@@ -41,11 +41,11 @@ class Conflict(Exception):
     """409 Conflict: the object changed since it was read (a stale ``metadata.resourceVersion``)."""
 
 
-def locked(method):  # noqa: ANN001, ANN201
+def locked(method):
     """One call at a time: the HTTP server's threads, the test's and the operator's share the fake."""
 
     @functools.wraps(method)
-    def call(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def call(self, *args, **kwargs):
         with self.lock:
             return method(self, *args, **kwargs)
 
@@ -97,7 +97,7 @@ class FakeKubeApi:
         return obj
 
     @locked
-    def update_spec(self, kind: str, name: str, change) -> dict:  # noqa: ANN001 - a function editing the spec
+    def update_spec(self, kind: str, name: str, change) -> dict:
         obj = self.objects[kind][name]
         before = copy.deepcopy(obj["spec"])
         change(obj["spec"])

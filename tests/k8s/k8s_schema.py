@@ -159,9 +159,7 @@ def json_schema(node: dict[str, Any], *, strict: bool = True, root: bool = True)
                     out[key][name] = {"type": "object"}
                 else:
                     out[key][name] = json_schema(sub, strict=strict, root=False)
-        elif key == "additionalProperties" and isinstance(value, dict):
-            out[key] = json_schema(value, strict=strict, root=False)
-        elif key in ("items", "not"):
+        elif key == "additionalProperties" and isinstance(value, dict) or key in ("items", "not"):
             out[key] = json_schema(value, strict=strict, root=False)
         elif key in _JUNCTORS:
             out[key] = [json_schema(branch, strict=strict, root=False) for branch in value]

@@ -52,11 +52,11 @@ class Attributes:
 class _Since:
     """A watch's event iterator, remembering the resourceVersion it started from."""
 
-    def __init__(self, events, since: str) -> None:  # noqa: ANN001
+    def __init__(self, events, since: str) -> None:
         self.events = events
         self.since = int(since or 0)
 
-    def __iter__(self):  # noqa: ANN204
+    def __iter__(self):
         return iter(self.events)
 
 
@@ -118,13 +118,13 @@ class KubeServer:
             def log_message(self, *_args: object) -> None:  # quiet
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 outer._serve(self, "GET")
 
-            def do_PATCH(self) -> None:  # noqa: N802
+            def do_PATCH(self) -> None:
                 outer._serve(self, "PATCH")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 outer._serve(self, "POST")
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -162,7 +162,7 @@ class KubeServer:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
                 "reason": reason, "code": code}
 
-    def _stream(self, handler: BaseHTTPRequestHandler, events, kind: str = "",  # noqa: ANN001
+    def _stream(self, handler: BaseHTTPRequestHandler, events, kind: str = "",
                 timeout_s: float = 0.0) -> None:
         """A watch response: one JSON event per line, chunked; ended when the fake has nothing more,
         or (``linger_s``) kept open, sending new events, until the watch's timeout."""

@@ -36,7 +36,7 @@ import pytest
 import yaml
 from helm_python.errors import HelmError, HelmRenderError, HelmValuesError
 
-from jellybean.k8s.names import API_PORT, GROUP, KINDS, LABEL_SITE, LABEL_TIER, METRICS_PORT
+from jellybean.k8s.names import API_PORT, KINDS, LABEL_SITE, LABEL_TIER, METRICS_PORT
 from jellybean.runtime.deployment import SITE_CAPACITY, SITE_RESOURCE_PREFIX
 from tests.k8s.k8s_schema import crd_schema, errors, validator
 

@@ -22,7 +22,8 @@ import functools
 import json
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import kubernetes_validate
 import pytest

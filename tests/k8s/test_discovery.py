@@ -37,7 +37,7 @@ def issues_of(nodes: list[dict]) -> list[str]:
     ("4", 4.0), ("3500m", 3.5), ("7910m", 7.91), ("16318480Ki", 16318480 * 1024.0), ("512Mi", 512 * 2**20),
     ("2Gi", 2 * 2**30), ("1e3", 1000.0), ("1.5G", 1.5e9), ("100k", 1e5), ("250u", 2.5e-4), (8, 8.0),
 ])
-def test_parse_quantity(text, value) -> None:  # noqa: ANN001
+def test_parse_quantity(text, value) -> None:
     assert parse_quantity(text) == pytest.approx(value)
 
 

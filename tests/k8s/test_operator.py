@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from types import SimpleNamespace
 
 import pytest
@@ -36,7 +36,7 @@ VT = "vehicle-tracking"
 NODES_WF = "tracking-on-nodes"
 
 
-START = datetime(2024, 5, 21, 8, 30, tzinfo=timezone.utc)
+START = datetime(2024, 5, 21, 8, 30, tzinfo=UTC)
 
 
 class Pipeline(FakePipeline):
@@ -44,7 +44,7 @@ class Pipeline(FakePipeline):
 
     stuck: threading.Event | None = None  # set by a test: start() waits until cancelled
 
-    def __init__(self, *args) -> None:  # noqa: ANN002
+    def __init__(self, *args) -> None:
         super().__init__(*args)
         self.state = "running"
         self.down: set[str] = set()  # stages whose replicas died
@@ -71,7 +71,7 @@ class Pipeline(FakePipeline):
 
 
 class Pipelines(Recorder):
-    def factory(self, bundle, plan) -> Pipeline:  # noqa: ANN001
+    def factory(self, bundle, plan) -> Pipeline:
         return Pipeline(self, bundle, plan)
 
 
@@ -88,7 +88,7 @@ class Clock:
 _PLANS: dict[str, object] = {}
 
 
-def plan_of(bundle):  # noqa: ANN001, ANN201
+def plan_of(bundle):
     """The real planner, once per distinct input (tests plan the same documents many times)."""
     key = inputs_digest(bundle) + repr([(s.name, [(g.name, g.count, g.max_count) for g in s.instances])
                                         for s in bundle.topology.spec.sites])
@@ -129,7 +129,7 @@ class World(SimpleNamespace):
             with self.api.changed:
                 self.api.changed.wait(0.05)
 
-    def phase(self, name: str, phase: str, **kwargs) -> dict:  # noqa: ANN003
+    def phase(self, name: str, phase: str, **kwargs) -> dict:
         self.until(lambda: self.status(name).get("phase") == phase, f"{name} {phase}", **kwargs)
         return self.status(name)
 
@@ -138,7 +138,7 @@ class World(SimpleNamespace):
         for _ in range(2):
             start = self.operator.passes[name]
             self.operator.wake_soon({name})
-            self.until(lambda: self.operator.passes[name] > start, f"a pass of {name}")
+            self.until(lambda start=start: self.operator.passes[name] > start, f"a pass of {name}")
 
     def start(self) -> World:
         self.thread.start()
@@ -152,7 +152,7 @@ class World(SimpleNamespace):
 
 
 def make_world(*, resync_s: float = 30.0, retry_initial_s: float = 5.0, discover_nodes: bool = True,
-               planner=None) -> World:  # noqa: ANN001
+               planner=None) -> World:
     from kubernetes import client
 
     from tests.k8s.kubeserver import KubeServer
@@ -163,7 +163,7 @@ def make_world(*, resync_s: float = 30.0, retry_initial_s: float = 5.0, discover
     clock = Clock()
     planned: list[str] = []
 
-    def planning(bundle):  # noqa: ANN001, ANN202
+    def planning(bundle):
         planned.append(bundle.name)
         return (planner or plan_of)(bundle)
 
@@ -184,7 +184,7 @@ def make_world(*, resync_s: float = 30.0, retry_initial_s: float = 5.0, discover
 
 
 @contextmanager
-def world_of(**kwargs):  # noqa: ANN003, ANN201
+def world_of(**kwargs):
     made = make_world(**kwargs)
     try:
         yield made
@@ -195,7 +195,7 @@ def world_of(**kwargs):  # noqa: ANN003, ANN201
 
 
 @pytest.fixture
-def world():  # noqa: ANN201
+def world():
     with world_of() as made:
         yield made
 
@@ -222,7 +222,7 @@ def roomy(world: World) -> None:
                 group["count"] = 2
 
 
-def deployed(world: World, **seeded) -> Pipeline:  # noqa: ANN003
+def deployed(world: World, **seeded) -> Pipeline:
     """Seed the recorded objects, start the operator, wait for the workflow to run; its pipeline."""
     seed(world, **seeded)
     world.start()
@@ -372,7 +372,7 @@ def test_delete_cancels_a_start_under_way(world: World) -> None:
     (lambda spec: spec["stages"][0].update(task="vehicle-detect"),
      "InferenceWorkflow/vehicle-tracking: spec.stages[0].task: unknown task 'vehicle-detect'"),
 ])
-def test_an_invalid_spec_is_a_condition_not_a_crash(world: World, change, expected: str) -> None:  # noqa: ANN001
+def test_an_invalid_spec_is_a_condition_not_a_crash(world: World, change, expected: str) -> None:
     seed(world, workflows=())
     obj = recorded("inferenceworkflow-vehicle-tracking.json")
     change(obj["spec"])
@@ -536,7 +536,7 @@ def test_nodes_the_operator_may_not_list_stop_only_the_workflows_discovered_from
 
     serve = kubeserver.KubeServer._serve
 
-    def forbidden(self, handler, method: str) -> None:  # noqa: ANN001
+    def forbidden(self, handler, method: str) -> None:
         if handler.path.startswith("/api/v1/nodes"):
             self._send(handler, 403, self._status(403, "Forbidden", 'nodes is forbidden: User "system:serviceaccount:'
                                                   'edge-ai:jellybean" cannot list resource "nodes"'))
@@ -630,7 +630,7 @@ def test_the_digest_is_the_controllers_without_labels_and_annotations() -> None:
     from jellybean.spec.bundle import resolve
     from jellybean.spec.loader import LoadedDocument, SourceMap, parse_document
 
-    def bundle(labels: dict):  # noqa: ANN202
+    def bundle(labels: dict):
         obj = recorded("inferenceworkflow-vehicle-tracking.json")
         obj["metadata"]["labels"] = labels
         docs = [parse_document(spec_document(kind, o), SourceMap(kind), 0) for kind, o in (
@@ -651,7 +651,7 @@ def test_merge_patch_sends_only_differences_and_nulls_removed_keys() -> None:
     assert merge_patch(desired, copy.deepcopy(desired)) is None
 
 
-def _status(phase: Phase, message: str = "", **fields) -> WorkflowStatus:  # noqa: ANN003
+def _status(phase: Phase, message: str = "", **fields) -> WorkflowStatus:
     return WorkflowStatus(name=VT, phase=phase, message=message, generation=1, digest="d", running_generation=None,
                           running_digest=None, zoo=None, topology=None, applied_at=None, started_at=None, plan=None,
                           stages=[], frames=None, **fields)
@@ -707,8 +707,8 @@ def test_the_client_adapter_speaks_merge_patch_and_gives_kopf_the_same_connectio
                            {"status": {"phase": "Running"}})
     assert calls[0][1] == {"_content_type": "application/merge-patch+json"}
 
-    def refuse(status: int):  # noqa: ANN202
-        def call(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    def refuse(status: int):
+        def call(*_a, **_k):
             raise ApiException(status=status, reason="refused")
         return call
 

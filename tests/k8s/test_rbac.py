@@ -19,10 +19,10 @@ import pytest
 pytest.importorskip("kubernetes")
 pytest.importorskip("kopf")
 
-from jellybean.k8s.operator import NODE, WORKFLOW  # noqa: E402
-from tests.k8s.test_chart import RELEASE, manifests, rbac, rules_of  # noqa: E402
-from tests.k8s.test_chart import NAMESPACE as RELEASE_NAMESPACE  # noqa: E402
-from tests.k8s.test_operator import NAMESPACE, NODES_WF, VT, seed, world_of  # noqa: E402
+from jellybean.k8s.operator import NODE, WORKFLOW
+from tests.k8s.test_chart import RELEASE, manifests, rbac, rules_of
+from tests.k8s.test_chart import NAMESPACE as RELEASE_NAMESPACE
+from tests.k8s.test_operator import NAMESPACE, NODES_WF, VT, seed, world_of
 
 Rights = dict[tuple[str, str], set[str]]
 
@@ -58,7 +58,7 @@ def used() -> dict[bool, tuple[Rights, Rights, set[str]]]:
     return {discover: operator_rights(discover_nodes=discover) for discover in (True, False)}
 
 
-def test_the_lifecycle_exercises_every_call_of_the_operator(used) -> None:  # noqa: ANN001
+def test_the_lifecycle_exercises_every_call_of_the_operator(used) -> None:
     namespaced, cluster, namespaces = used[True]
     assert namespaces == {NAMESPACE}
     assert namespaced == {("jellybean.io", "inferenceworkflows"): {"list", "watch", "patch"},
@@ -77,7 +77,7 @@ def test_the_lifecycle_exercises_every_call_of_the_operator(used) -> None:  # no
     ("watch-namespace-no-nodes", "edge-ai", False),
     ("external-ray", RELEASE_NAMESPACE, True),
 ])
-def test_the_chart_grants_exactly_what_the_operator_uses(used, scenario: str, watched: str,  # noqa: ANN001
+def test_the_chart_grants_exactly_what_the_operator_uses(used, scenario: str, watched: str,
                                                         discover: bool) -> None:
     namespaced, cluster, _ = used[discover]
     roles = rbac(manifests(scenario))

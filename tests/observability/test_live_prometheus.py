@@ -128,7 +128,7 @@ class Prometheus:
             return False
 
 
-def wait_for(what: str, condition, deadline: float, *procs: subprocess.Popen) -> None:  # noqa: ANN001
+def wait_for(what: str, condition, deadline: float, *procs: subprocess.Popen) -> None:
     while not condition():
         for proc in procs:
             assert proc.poll() is None, f"{proc.args[0]} exited while waiting for {what}: {proc.communicate()}"
@@ -171,7 +171,7 @@ def prometheus(tmp_path: Path) -> Iterator[tuple[Prometheus, int]]:
         stop(proc, 10)
 
 
-def test_every_panel_query_returns_data(prometheus, digits_zoo: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_every_panel_query_returns_data(prometheus, digits_zoo: Path, tmp_path: Path) -> None:
     server, metrics_port = prometheus
     state = tmp_path / "state"
     env = {**os.environ, "RAY_ADDRESS": "", "JELLYBEAN_HOME": str(tmp_path / "home")}

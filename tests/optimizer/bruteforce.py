@@ -92,7 +92,7 @@ def _idle_g_per_hour(problem: Problem, g: int, instances: float) -> float:
     return (problem.groups[g].power_idle_w or 0.0) * instances * _g_per_wh(problem, g)
 
 
-def _busy_g_per_request(problem: Problem, o) -> float:  # noqa: ANN001 - an Option
+def _busy_g_per_request(problem: Problem, o) -> float:
     """gCO2/h per request/s served with option ``o``: its share of a busy instance's extra draw."""
     g = problem.groups[o.group]
     extra_w = (g.power_busy_w or 0.0) - (g.power_idle_w or 0.0)
@@ -170,7 +170,7 @@ def _lp(problem: Problem, models, units, weights: _Weights, idle_g_per_hour: flo
                    for u, (_, options, _) in enumerate(units) for o in options}
     edges = [(s, e) for s in problem.order for e in problem.stages[s].inputs]
     pairs = [(i, j) for i in range(len(nodes)) for j in range(len(nodes)) if problem.reachable(i, j)]
-    for s, e in edges:
+    for _s, e in edges:
         for i, j in pairs:
             columns.append(("f", e.key, i, j))
     index = {c: k for k, c in enumerate(columns)}
@@ -181,7 +181,7 @@ def _lp(problem: Problem, models, units, weights: _Weights, idle_g_per_hour: flo
         return problem.source_payload_kb[edge.src] if edge.from_source else \
             problem.stages[edge.src].variant(models[edge.src]).output_kb
 
-    for s, e in edges:
+    for _s, e in edges:
         kb = kb_of(e)
         for i, j in pairs:
             ups, downs = problem.path(i, j)
@@ -236,7 +236,7 @@ def _lp(problem: Problem, models, units, weights: _Weights, idle_g_per_hour: flo
             if link is None or link.bandwidth_mbps is None:
                 continue
             row = np.zeros(len(columns))
-            for s, e in edges:
+            for _s, e in edges:
                 for i, j in pairs:
                     ups, downs = problem.path(i, j)
                     if node.index in (ups if direction == "up" else downs):

@@ -26,7 +26,7 @@ def make_bundle(zoo: dict, topology: dict, workflow: dict, *, names: tuple[str, 
     return bundle
 
 
-def _variant_maker(rng: random.Random, profiles):  # noqa: ANN202 - (name, lowest, highest accuracy) -> variant
+def _variant_maker(rng: random.Random, profiles):
     """A variant document: its profiles drawn first, then accuracy, output size and memory."""
 
     def variant(name: str, acc_lo: float, acc_hi: float) -> dict:
@@ -38,7 +38,7 @@ def _variant_maker(rng: random.Random, profiles):  # noqa: ANN202 - (name, lowes
     return variant
 
 
-def _two_tasks(rng: random.Random, profiles) -> list[dict]:  # noqa: ANN001 - () -> profiles
+def _two_tasks(rng: random.Random, profiles) -> list[dict]:
     """Task t1 with two variants (the second more accurate), t2 with one or two."""
     variant = _variant_maker(rng, profiles)
     return [
@@ -47,7 +47,7 @@ def _two_tasks(rng: random.Random, profiles) -> list[dict]:  # noqa: ANN001 - ()
     ]
 
 
-def _profiles_maker(rng: random.Random, hardware: list[str]):  # noqa: ANN202 - () -> profiles
+def _profiles_maker(rng: random.Random, hardware: list[str]):
     """Latency profiles on each of ``hardware``: a batch-1 latency (the gpu 0.1-0.5 x the cpu's) and,
     half the time, a batch of 4."""
 

@@ -77,7 +77,7 @@ def test_a_day_series_is_read_as_its_time_weighted_mean_or_at_a_time() -> None:
     ("cost", None, math.nan, "finite number from 0"),
     ("greenest", None, None, "unknown objective"),
 ])
-def test_an_objective_refuses_what_it_cannot_mean(kind: str, price, budget, message: str) -> None:  # noqa: ANN001
+def test_an_objective_refuses_what_it_cannot_mean(kind: str, price, budget, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Objective(kind, price, budget)
 
@@ -99,7 +99,7 @@ def test_the_default_objective_leaves_carbon_out_of_the_model() -> None:
 # --- the plan's report ------------------------------------------------------------------------------
 
 
-def _check_report(problem, result_plan) -> None:  # noqa: ANN001
+def _check_report(problem, result_plan) -> None:
     """The plan's carbon, recomputed from its own instance rows by hand: each row's instances at idle
     + (busy - idle) x utilisation, at the site's intensity, over the row's sites."""
     by_name = {(problem.nodes[g.node].name, g.name): g for g in problem.groups}
@@ -151,7 +151,7 @@ def test_figures_for_some_groups_only_are_counted_and_the_rest_named() -> None:
         plan(bundle, baselines=False, objective=Objective("cost", carbon_budget_g_per_hour=100.0))
 
 
-def _twin_hubs(seed: int, sharing: str):  # noqa: ANN202 - a Bundle, or None
+def _twin_hubs(seed: int, sharing: str):
     """The random instance with its second hub made a copy of its first (None: it has one hub), so
     that the two are planned as one class of identical sites."""
     bundle = random_bundle(seed, sharing=sharing, carbon=True)
@@ -202,12 +202,12 @@ def test_verify_finds_a_plan_over_its_budget() -> None:
 # --- against brute force ----------------------------------------------------------------------------
 
 
-def _flat(seed: int, sharing: str):  # noqa: ANN202 - (Problem, AccuracyModel)
+def _flat(seed: int, sharing: str):
     flat = compile_problem(random_bundle(seed, sharing=sharing, carbon=True), aggregate=False)
     return flat, choose_model(flat)
 
 
-def _with(problem, objective: Objective):  # noqa: ANN001, ANN202
+def _with(problem, objective: Objective):
     return dataclasses.replace(problem, objective=objective)
 
 

@@ -235,7 +235,7 @@ def _relaxed_here(problem: Problem, dropped: set[Constraint]) -> Problem:
                                   limit=10_000 if ("instances", (g.index,)) in keys else g.limit)
               for g in problem.groups]
 
-    def link(node, direction: str, current: LinkDirection | None) -> LinkDirection | None:  # noqa: ANN001
+    def link(node, direction: str, current: LinkDirection | None) -> LinkDirection | None:
         if current is None or ("bandwidth", (node.index, direction)) not in keys:
             return current
         return LinkDirection(latency_ms=current.latency_ms, cost_per_gb=current.cost_per_gb)
@@ -276,7 +276,7 @@ def _tightened(seed: int, sharing: str) -> Problem:
                                sinks=[dataclasses.replace(problem.sinks[0], accuracy_target=rng.uniform(0.4, 0.9) * best)])
 
 
-def _admits_plan(problem: Problem, accuracy) -> bool:  # noqa: ANN001
+def _admits_plan(problem: Problem, accuracy) -> bool:
     result = solve_milp(problem, accuracy, gap_rel=1.0)
     assert result.solution is not None or result.stats.status == "infeasible", result.stats.status
     return result.solution is not None

@@ -52,7 +52,7 @@ def test_memory_that_holds_no_variant_says_how_much_is_needed() -> None:
            "profiled on has 512 MB)" in " ".join(result.explanation)
 
 
-def test_misspelt_names_in_documents_get_did_you_mean(tmp_path) -> None:  # noqa: ANN001
+def test_misspelt_names_in_documents_get_did_you_mean(tmp_path) -> None:
     (tmp_path / "docs.yaml").write_text("""\
 apiVersion: jellybean.io/v1alpha1
 kind: ModelZoo
@@ -100,7 +100,7 @@ def test_a_batch_size_no_profile_has_is_a_warning_where_others_are_profiled() ->
            "never used" in result.warnings
 
 
-def test_misspelt_strategy_solver_kind_and_table_variant_get_did_you_mean(tmp_path) -> None:  # noqa: ANN001
+def test_misspelt_strategy_solver_kind_and_table_variant_get_did_you_mean(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"unknown strategy 'optimall'; did you mean 'optimal'\?"):
         plan(make_bundle(ZOO, _topology("cpu"), _workflow()), strategy="optimall")
     with pytest.raises(ValueError, match=r"unknown solver 'higs'; did you mean 'highs'\?"):

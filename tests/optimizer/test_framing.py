@@ -17,7 +17,7 @@ def workflow(payload_kb: float) -> dict:
             "stages": [{"name": "detect", "task": "det", "inputs": ["cams"]}], "slo": {"accuracy": 50}}
 
 
-def topology(**spec) -> dict:  # noqa: ANN003
+def topology(**spec) -> dict:
     """A hub with cameras and nothing to compute on: the frames must go up its uplink to the cloud."""
     return {"hop_latency_ms": 0, "batch_wait_ms": 0, **spec, "sites": [
         {"name": "cloud", "tier": "cloud", "instances": [{"name": "g", "hardware": "gpu", "price_per_hour": 1, "max_count": 2}]},
@@ -25,7 +25,7 @@ def topology(**spec) -> dict:  # noqa: ANN003
          "uplink": {"up": {"latency_ms": 5, "cost_per_gb": 0.5}}}]}
 
 
-def _uplink(result):  # noqa: ANN001, ANN202
+def _uplink(result):
     return next(link for link in result.links if link.from_ == "hub")
 
 

@@ -15,6 +15,7 @@ from jellybean.optimizer.plan import SolverStats
 from jellybean.optimizer.planner import run_strategy
 from jellybean.optimizer.problem import compile_problem
 from jellybean.spec import load_bundle
+from jellybean.spec.bundle import Bundle
 
 from .random_instances import make_bundle
 

@@ -30,7 +30,7 @@ from .random_instances import random_pooled_bundle
 VQA_DATA = Path(__file__).resolve().parents[1] / "data" / "jellybean-vqa-medium"
 
 
-def _scaled(tmp_path: Path, copies: int, seed: int):  # noqa: ANN202 - a Bundle
+def _scaled(tmp_path: Path, copies: int, seed: int):
     folder = scale_instance(VQA_DATA, tmp_path / f"jb{copies}-{seed}", copies, seed=seed)
     docs = write_documents(import_jellybean(folder, name=f"vqa{copies}"), tmp_path / f"docs{copies}-{seed}")
     return load_bundle(docs)
@@ -130,7 +130,7 @@ def test_a_placement_stopped_by_the_time_limit_is_no_proof_of_infeasibility(
     from jellybean.optimizer.milp import MilpResult
     from jellybean.optimizer.plan import SolverStats
 
-    def stopped(self, problem, accuracy, **options):  # noqa: ANN001, ANN202
+    def stopped(self, problem, accuracy, **options):
         return MilpResult(None, SolverStats(name="HiGHS", status="time-limit", gap=None, seconds=0.0))
 
     monkeypatch.setattr(planner.Placements, "solve", stopped)

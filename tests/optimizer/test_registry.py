@@ -26,7 +26,7 @@ def calls() -> Iterator[list[StrategyOptions]]:
     seen: list[StrategyOptions] = []
 
     @register_strategy(NAME)
-    def _nothing(problem, accuracy, options):  # noqa: ANN001, ANN202
+    def _nothing(problem, accuracy, options):
         seen.append(options)
         stats = SolverStats(name="test", status="infeasible", gap=None, seconds=0.0)
         return build_plan(problem, None, strategy=NAME, stats=stats, accuracy=accuracy,

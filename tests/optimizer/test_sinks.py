@@ -61,7 +61,7 @@ def workflow(vision: float, keywords: float, *, min_detect: float | None = None,
     }
 
 
-def problem_of(vision: float, keywords: float, **options):  # noqa: ANN003, ANN201
+def problem_of(vision: float, keywords: float, **options):
     return compile_problem(make_bundle(ZOO, TOPOLOGY, workflow(vision, keywords, **options)))
 
 

@@ -17,7 +17,7 @@ from tests.optimizer.random_instances import random_bundle
 
 
 @pytest.fixture(scope="module")
-def solved():  # noqa: ANN201 - (problem, accuracy, solution)
+def solved():
     problem = compile_problem(random_bundle(10, sharing="shared"), aggregate=False)  # traffic crosses sites
     accuracy = choose_model(problem)
     result = solve_milp(problem, accuracy, time_limit_s=30)
@@ -25,7 +25,7 @@ def solved():  # noqa: ANN201 - (problem, accuracy, solution)
     return problem, accuracy, result.solution
 
 
-def test_verify_leaves_a_solution_without_flows_as_it_was(solved) -> None:  # noqa: ANN001
+def test_verify_leaves_a_solution_without_flows_as_it_was(solved) -> None:
     problem, accuracy, solution = solved
     bare = dataclasses.replace(solution, flows_up=None, flows_down=None, notes=[])
     before = copy.deepcopy(bare)
@@ -37,7 +37,7 @@ def test_verify_leaves_a_solution_without_flows_as_it_was(solved) -> None:  # no
     assert verify(problem, solution, accuracy) == []  # on the MILP's own flows it is valid
 
 
-def test_check_solution_returns_the_flows_it_checked(solved) -> None:  # noqa: ANN001
+def test_check_solution_returns_the_flows_it_checked(solved) -> None:
     problem, accuracy, solution = solved
     bare = dataclasses.replace(solution, flows_up=None, flows_down=None, notes=[])
     checked = check_solution(problem, bare, accuracy)
@@ -51,7 +51,7 @@ def test_check_solution_returns_the_flows_it_checked(solved) -> None:  # noqa: A
     assert checked.flows_up == solution.flows_up and checked.flows_down == (solution.flows_down or {})
 
 
-def test_a_violation_is_found_without_touching_the_solution(solved) -> None:  # noqa: ANN001
+def test_a_violation_is_found_without_touching_the_solution(solved) -> None:
     problem, accuracy, solution = solved
     broken = copy.deepcopy(solution)
     broken.flows_up = {}  # the traffic goes nowhere
@@ -60,7 +60,7 @@ def test_a_violation_is_found_without_touching_the_solution(solved) -> None:  # 
     assert broken == before
 
 
-def test_pricing_a_solution_leaves_it_as_it_was(solved) -> None:  # noqa: ANN001
+def test_pricing_a_solution_leaves_it_as_it_was(solved) -> None:
     problem, accuracy, solution = solved
     bare = dataclasses.replace(solution, flows_up=None, flows_down=None, notes=[])
     before = copy.deepcopy(bare)

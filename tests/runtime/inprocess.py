@@ -21,7 +21,7 @@ DIGITS_LIVE = ROOT / "workflows" / "digits-live"
 _PLANS: dict = {}
 
 
-def live():  # noqa: ANN201 - (bundle, plan)
+def live():
     if "live" not in _PLANS:
         bundle = load_bundle([DIGITS_LIVE])
         _PLANS["live"] = (bundle, make_plan(bundle, baselines=False))
@@ -107,7 +107,7 @@ def stateful(loader: str) -> bool:
     return "aggregator" in loader
 
 
-def pipeline(*, runners: Runners | None = None, fuse: bool = False, bundle=None, plan=None,  # noqa: ANN001
+def pipeline(*, runners: Runners | None = None, fuse: bool = False, bundle=None, plan=None,
              **options) -> tuple[Pipeline, InProcessBackend, Runners]:
     """A pipeline of digits-live on the in-process backend (not started). Unfused by default, so that
     each stage is an actor of its own."""
@@ -131,11 +131,11 @@ def split(deployment: Deployment, stage: str, weights: list[float]) -> Deploymen
     return dataclasses.replace(deployment, replicas=tuple(r for r in deployment.replicas if r is not one) + tuple(parts))
 
 
-def run(backend: InProcessBackend, coroutine, timeout_s: float = 30.0):  # noqa: ANN001, ANN201
+def run(backend: InProcessBackend, coroutine, timeout_s: float = 30.0):
     return asyncio.run_coroutine_threadsafe(coroutine, backend.loop).result(timeout_s)
 
 
-def inject(p: Pipeline, frames: list[dict], *, site: str = "cam-1", source: str = "cameras", reply: bool = False):  # noqa: ANN201
+def inject(p: Pipeline, frames: list[dict], *, site: str = "cam-1", source: str = "cameras", reply: bool = False):
     """Hand ``frames`` to a source (as its endpoint would); returns (ids, future of their ends)."""
     host = p.actors[f"{source}@{site}"].handle.host
     admitted = run(p.backend, host.source.admit([dict(f) for f in frames], reply=reply))
@@ -143,17 +143,17 @@ def inject(p: Pipeline, frames: list[dict], *, site: str = "cam-1", source: str 
     return admitted
 
 
-def ends(p: Pipeline, pending, timeout_s: float = 30.0) -> dict:  # noqa: ANN001
+def ends(p: Pipeline, pending, timeout_s: float = 30.0) -> dict:
     """Wait for the ends of frames injected with :func:`inject`."""
     _ids, future = pending
 
-    async def wait():  # noqa: ANN202
+    async def wait():
         return await asyncio.wait_for(asyncio.shield(future), timeout_s)
 
     return run(p.backend, wait(), timeout_s + 5)
 
 
-def eventually(check, timeout_s: float = 10.0, p: Pipeline | None = None) -> None:  # noqa: ANN001
+def eventually(check, timeout_s: float = 10.0, p: Pipeline | None = None) -> None:
     """Wait until ``check()`` holds (reading the actors' reports first when ``p`` is given), at most
     ``timeout_s``: a wait on a condition, with a deadline, never a fixed delay."""
     tick = threading.Event()
@@ -167,5 +167,5 @@ def eventually(check, timeout_s: float = 10.0, p: Pipeline | None = None) -> Non
         tick.wait(0.01)
 
 
-def host(p: Pipeline, key: str):  # noqa: ANN201
+def host(p: Pipeline, key: str):
     return p.actors[key].handle.host

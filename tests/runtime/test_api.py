@@ -17,11 +17,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from jellybean.cli import main  # noqa: E402
-from jellybean.runtime.api import ApiServer, create_app  # noqa: E402
-from jellybean.runtime.controller import Controller  # noqa: E402
-from jellybean.runtime.state import StateStore, read_controller_info, write_controller_info, write_token  # noqa: E402
-from tests.runtime.test_controller import VQA, Recorder, edited, files_of, sites_of  # noqa: E402
+from jellybean.cli import main
+from jellybean.runtime.api import ApiServer, create_app
+from jellybean.runtime.controller import Controller
+from jellybean.runtime.state import StateStore, read_controller_info, write_controller_info, write_token
+from tests.runtime.test_controller import VQA, Recorder, edited, files_of, sites_of
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -42,7 +42,7 @@ def controller(tmp_path: Path) -> Controller:
 
 
 @pytest.fixture
-def client(controller: Controller):  # noqa: ANN201
+def client(controller: Controller):
     pytest.importorskip("httpx")
     import warnings
 
@@ -58,7 +58,7 @@ def client(controller: Controller):  # noqa: ANN201
 # the API
 
 
-def test_token_is_required(client) -> None:  # noqa: ANN001
+def test_token_is_required(client) -> None:
     assert client.get("/v1/workflows").status_code == 401
     wrong = client.get("/v1/workflows", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
@@ -69,7 +69,7 @@ def test_token_is_required(client) -> None:  # noqa: ANN001
     assert client.get("/healthz").json() == {"status": "ok"}  # liveness needs no token
 
 
-def test_openapi_lists_the_endpoints(client) -> None:  # noqa: ANN001
+def test_openapi_lists_the_endpoints(client) -> None:
     doc = client.get("/openapi.json").json()
     assert doc["info"]["title"] == "Jellybean controller"
     paths = doc["paths"]
@@ -102,7 +102,7 @@ def test_docs_when_on_load_nothing_from_elsewhere(controller: Controller) -> Non
             assert docs.get(asset).status_code == 200
 
 
-def test_apply_status_plan_history_delete(client, controller: Controller) -> None:  # noqa: ANN001
+def test_apply_status_plan_history_delete(client, controller: Controller) -> None:
     first = client.post("/v1/apply?wait=10", json=payload(files_of(VQA)), headers=AUTH)
     assert first.status_code == 200, first.text
     body = first.json()
@@ -143,7 +143,7 @@ def test_apply_status_plan_history_delete(client, controller: Controller) -> Non
     assert [e["event"] for e in client.get("/v1/events", headers=AUTH).json()][-2:] == ["deleted", "stopped"]
 
 
-def test_bad_document_gives_422_with_located_issues(client, controller: Controller, tmp_path: Path) -> None:  # noqa: ANN001
+def test_bad_document_gives_422_with_located_issues(client, controller: Controller, tmp_path: Path) -> None:
     from jellybean.spec.errors import SpecError
     from jellybean.spec.loader import load_documents
 
@@ -177,7 +177,7 @@ def test_bad_document_gives_422_with_located_issues(client, controller: Controll
     assert surrogate.status_code == 422 and surrogate.json()["issues"][0]["line"] == 2
 
 
-def test_bad_requests_give_errors_not_tracebacks(client) -> None:  # noqa: ANN001
+def test_bad_requests_give_errors_not_tracebacks(client) -> None:
     no_files = client.post("/v1/apply", json={"documents": []}, headers=AUTH)
     assert no_files.status_code == 422 and no_files.json()["issues"][0]["path"] == "files"
     not_json = client.post("/v1/apply", content=b"{", headers={**AUTH, "Content-Type": "application/json"})
@@ -189,7 +189,7 @@ def test_bad_requests_give_errors_not_tracebacks(client) -> None:  # noqa: ANN00
     assert huge.status_code == 413
 
 
-def test_infeasible_apply_gives_409(client) -> None:  # noqa: ANN001
+def test_infeasible_apply_gives_409(client) -> None:
     response = client.post("/v1/apply", headers=AUTH,
                            json=payload(edited(files_of(VQA), "workflow.yaml", "accuracy: 56.0", "accuracy: 99.0")))
     assert response.status_code == 409
@@ -197,7 +197,7 @@ def test_infeasible_apply_gives_409(client) -> None:  # noqa: ANN001
     assert rejection["workflow"] == "vqa-medium" and rejection["reason"] == "infeasible" and rejection["explanation"]
 
 
-def test_internal_errors_are_one_line(client, controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_internal_errors_are_one_line(client, controller: Controller, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken() -> None:
         raise RuntimeError("secret detail")
 
@@ -212,7 +212,7 @@ def test_internal_errors_are_one_line(client, controller: Controller, monkeypatc
 
 
 @pytest.fixture
-def served(controller: Controller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+def served(controller: Controller, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("JELLYBEAN_TOKEN", raising=False)
     state_dir = controller.store.state_dir
     server = ApiServer(create_app(controller, TOKEN), "127.0.0.1", 0).start()
@@ -230,7 +230,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, st
     return code, out, err
 
 
-def test_cli_apply_status_delete(served, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_cli_apply_status_delete(served, capsys: pytest.CaptureFixture[str]) -> None:
     state_dir, server = served
     code, out, err = run(capsys, "apply", "-f", VQA, "--state-dir", state_dir, "--wait", 10)
     assert code == 0, err
@@ -256,7 +256,7 @@ def test_cli_apply_status_delete(served, capsys: pytest.CaptureFixture[str]) -> 
     assert code == 0 and "no workflows" in out
 
 
-def test_cli_apply_wait_exits_3_when_not_everything_runs(served, controller: Controller,  # noqa: ANN001
+def test_cli_apply_wait_exits_3_when_not_everything_runs(served, controller: Controller,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """A start that fails: `apply --wait` says which workflow does not run and why, and exits 3; the
     JSON answer says so too (`running`, `not_running`); `status` shows the last failure, also after
@@ -291,7 +291,7 @@ def test_cli_apply_wait_exits_3_when_not_everything_runs(served, controller: Con
     assert "stop-first" in answer["not_running"][0]["message"]
 
 
-def test_cli_invalid_input_exits_2_with_the_issues(served, capsys: pytest.CaptureFixture[str],  # noqa: ANN001
+def test_cli_invalid_input_exits_2_with_the_issues(served, capsys: pytest.CaptureFixture[str],
                                                    tmp_path: Path) -> None:
     state_dir, _ = served
     broken = tmp_path / "broken"
@@ -317,7 +317,7 @@ def test_cli_invalid_input_exits_2_with_the_issues(served, capsys: pytest.Captur
     assert code == 1 and "no plan that can be served for vqa-medium" in err and "infeasible" in err
 
 
-def test_cli_without_a_controller(capsys: pytest.CaptureFixture[str], tmp_path: Path,  # noqa: ANN001
+def test_cli_without_a_controller(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
@@ -334,7 +334,7 @@ def test_cli_without_a_controller(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert code == 2
 
 
-def test_cli_wrong_token(served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_cli_wrong_token(served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     state_dir, _ = served
     monkeypatch.setenv("JELLYBEAN_TOKEN", "not-the-token-xyz")
     code, _, err = run(capsys, "status", "--state-dir", state_dir)

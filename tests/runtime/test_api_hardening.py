@@ -19,14 +19,14 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from jellybean.runtime import api  # noqa: E402
-from jellybean.runtime.api import ApiServer, create_app  # noqa: E402
-from jellybean.runtime.controller import Controller  # noqa: E402
-from jellybean.runtime.state import StateStore  # noqa: E402
-from jellybean.spec import loader  # noqa: E402
-from tests.runtime.test_api import AUTH, TOKEN, payload  # noqa: E402
-from tests.runtime.test_controller import VEHICLES, VQA, Recorder, files_of, sites_of  # noqa: E402
-from tests.spec.test_loader import billion_laughs  # noqa: E402
+from jellybean.runtime import api
+from jellybean.runtime.api import ApiServer, create_app
+from jellybean.runtime.controller import Controller
+from jellybean.runtime.state import StateStore
+from jellybean.spec import loader
+from tests.runtime.test_api import AUTH, TOKEN, payload
+from tests.runtime.test_controller import VEHICLES, VQA, Recorder, files_of, sites_of
+from tests.spec.test_loader import billion_laughs
 
 
 def make_controller(state: Path) -> Controller:
@@ -35,7 +35,7 @@ def make_controller(state: Path) -> Controller:
 
 
 @pytest.fixture
-def server(tmp_path: Path):  # noqa: ANN201
+def server(tmp_path: Path):
     controller = make_controller(tmp_path / "state")
     served = ApiServer(create_app(controller, TOKEN, max_body_bytes=256 * 1024), "127.0.0.1", 0).start()
     controller.start()
@@ -59,7 +59,7 @@ def call(server: ApiServer, method: str, path: str, body: dict | None = None, *,
         conn.close()
 
 
-def test_ten_bombs_in_one_request_spend_one_budget(server) -> None:  # noqa: ANN001
+def test_ten_bombs_in_one_request_spend_one_budget(server) -> None:
     """Each bomb is far under the budget on its own; together they are refused, with the reason, at
     the file where the request's budget runs out, long before 10 s."""
     served, _ = server
@@ -106,7 +106,7 @@ def test_reads_answer_while_an_apply_is_parsed(tmp_path: Path) -> None:
         controller.stop()
 
 
-def test_a_flood_of_applies_is_queued_boundedly_and_healthz_answers(server) -> None:  # noqa: ANN001
+def test_a_flood_of_applies_is_queued_boundedly_and_healthz_answers(server) -> None:
     served, _ = server
     bomb = payload([("bomb.yaml", billion_laughs())])
     with ThreadPoolExecutor(max_workers=40) as pool:
@@ -152,7 +152,7 @@ def _chunked(server: ApiServer, chunks: int, chunk_bytes: int) -> tuple[int, byt
         sock.close()
 
 
-def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(server) -> None:  # noqa: ANN001
+def test_a_chunked_body_over_the_limit_is_refused_as_it_streams(server) -> None:
     served, controller = server
     status, answer, sent = _chunked(served, chunks=400, chunk_bytes=64 * 1024)  # 25 MB offered, 256 KiB allowed
     assert status == 413 and b"request body over 262144 bytes" in answer

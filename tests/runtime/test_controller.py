@@ -38,7 +38,7 @@ class Recorder:
         self.ids = itertools.count(1)
         self.live: dict[int, FakePipeline] = {}
 
-    def factory(self, bundle, plan) -> FakePipeline:  # noqa: ANN001
+    def factory(self, bundle, plan) -> FakePipeline:
         return FakePipeline(self, bundle, plan)
 
     def events(self, kind: str | None = None) -> list[tuple]:
@@ -48,7 +48,7 @@ class Recorder:
 class FakePipeline:
     """Implements the data plane's contract (start, stop(drain), status, summary) without Ray."""
 
-    def __init__(self, recorder: Recorder, bundle, plan) -> None:  # noqa: ANN001
+    def __init__(self, recorder: Recorder, bundle, plan) -> None:
         self.recorder = recorder
         self.bundle = bundle
         self.plan = plan
@@ -98,13 +98,13 @@ class FakeCluster:
     def offered(self) -> dict | None:
         return None if not self.connected else dict(self.resources or {})
 
-    def start(self, resources) -> None:  # noqa: ANN001
+    def start(self, resources) -> None:
         self.connected = True
         if self.embedded:
             self.resources = dict(resources)
         self.log.append(("start", dict(resources)))
 
-    def grow(self, resources) -> None:  # noqa: ANN001
+    def grow(self, resources) -> None:
         self.resources = {**(self.resources or {}), **dict(resources)}
         self.log.append(("grow", dict(resources)))
 
@@ -116,7 +116,7 @@ class FakeCluster:
         return {"mode": "embedded" if self.embedded else "external", "resources": self.resources}
 
 
-def sites_of(topology) -> dict[str, float]:  # noqa: ANN001
+def sites_of(topology) -> dict[str, float]:
     return {f"site:{s.name}": 1000.0 for s in topology.spec.sites}
 
 
@@ -144,7 +144,7 @@ def edited(files: list[tuple[str, str]], name: str, old: str, new: str) -> list[
     return out
 
 
-def make(tmp_path: Path, recorder: Recorder | None = None, **kwargs) -> tuple[Controller, Recorder]:  # noqa: ANN003
+def make(tmp_path: Path, recorder: Recorder | None = None, **kwargs) -> tuple[Controller, Recorder]:
     recorder = recorder or Recorder()
     kwargs.setdefault("site_resources", sites_of)
     kwargs.setdefault("pipeline_factory", recorder.factory)
@@ -342,7 +342,7 @@ def test_infeasible_plan_is_rejected_and_the_running_version_stays(tmp_path: Pat
 def test_not_servable_plan_is_rejected(tmp_path: Path) -> None:
     from jellybean.runtime.controller import NotServable
 
-    def refuse(bundle, plan) -> None:  # noqa: ANN001
+    def refuse(bundle, plan) -> None:
         raise NotServable("variant 'resnet18' of stage 'ExtractImageFeature' names no `loader`")
 
     controller, _ = make(tmp_path, check_servable=refuse)
@@ -534,7 +534,7 @@ def test_workflow_folder_copy_is_independent(tmp_path: Path) -> None:
 class RayProbePipeline:
     """Starts one actor per planned site, each requiring that site's resource, and pings it."""
 
-    def __init__(self, bundle, plan) -> None:  # noqa: ANN001
+    def __init__(self, bundle, plan) -> None:
         self.sites = sorted({s for a in plan.assignments for s in (a.sites or [a.site])})
         self.actors: list = []
 
@@ -681,7 +681,7 @@ def test_delete_cancels_a_start_under_way(tmp_path: Path) -> None:
     rec = Recorder()
     StuckPipeline.entered = threading.Event()
 
-    def factory(bundle, plan):  # noqa: ANN001, ANN202
+    def factory(bundle, plan):
         pipeline = StuckPipeline(rec, bundle, plan)
         pipeline.cancelled = threading.Event()
         return pipeline
@@ -717,7 +717,7 @@ def test_a_retried_start_says_what_failed_last(tmp_path: Path) -> None:
     seen = []
     original = rec.factory
 
-    def watching(bundle, plan):  # noqa: ANN001, ANN202
+    def watching(bundle, plan):
         seen.append(controller.workflow_status("vqa-medium", events=0))
         return original(bundle, plan)
 

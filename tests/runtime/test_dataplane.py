@@ -70,7 +70,7 @@ def test_digits_served_end_to_end(ray_local, digits, digits_zoo) -> None:
     assert_metrics_agree(metrics, summary, pipeline, plan)
 
 
-def assert_metrics_agree(metrics: Metrics, summary, pipeline: Pipeline, plan) -> None:  # noqa: ANN001
+def assert_metrics_agree(metrics: Metrics, summary, pipeline: Pipeline, plan) -> None:
     """What Prometheus would scrape agrees with the run's own accounting and with the plan."""
     value = metrics.registry.get_sample_value
     wf = {"workflow": "digits"}

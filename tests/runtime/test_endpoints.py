@@ -23,10 +23,10 @@ TOKEN = "test-data-token"
 
 
 @pytest.fixture
-def live():  # noqa: ANN201
+def live():
     made = []
 
-    def make(**options):  # noqa: ANN003, ANN202
+    def make(**options):
         p, backend, runners = pipeline(**options)
         p.start()
         made.append((p, backend))
@@ -56,7 +56,7 @@ def request(url: str, method: str = "GET", body: bytes | None = None, *, content
         conn.close()
 
 
-def test_every_source_site_has_its_ingest_endpoint_and_the_sink_its_stream(live) -> None:  # noqa: ANN001
+def test_every_source_site_has_its_ingest_endpoint_and_the_sink_its_stream(live) -> None:
     _p, _runners, endpoints = live()
     assert set(endpoints) == {("ingest", "cam-1"), ("ingest", "cam-2"), ("stream", "cloud")}
     assert endpoints[("ingest", "cam-1")].startswith("http://127.0.0.1:")
@@ -66,7 +66,7 @@ def test_every_source_site_has_its_ingest_endpoint_and_the_sink_its_stream(live)
     assert status == 200 and json.loads(body) == {"status": "ok"}
 
 
-def test_a_payload_in_a_result_out(live) -> None:  # noqa: ANN001
+def test_a_payload_in_a_result_out(live) -> None:
     p, _runners, endpoints = live()
     ingest, stream = endpoints[("ingest", "cam-1")], endpoints[("stream", "cloud")]
     status, _, body = request(ingest, "POST", npy(FRAME), content_type="application/x-npy")
@@ -85,7 +85,7 @@ def test_a_payload_in_a_result_out(live) -> None:  # noqa: ANN001
     assert {r["frame_id"] for r in lines} == {"cameras@cam-1#0", "cameras@cam-1#1"}
 
 
-def test_several_payloads_in_one_request(live) -> None:  # noqa: ANN001
+def test_several_payloads_in_one_request(live) -> None:
     _p, _runners, endpoints = live()
     ingest = endpoints[("ingest", "cam-2")]
     ndjson = b"\n".join(json.dumps(FRAME.tolist()).encode() for _ in range(3))
@@ -110,7 +110,7 @@ def test_several_payloads_in_one_request(live) -> None:  # noqa: ANN001
     (b"hello", "text/plain", 415, "unsupported content type"),
     (b"", "application/x-npy", 400, "not a .npy array"),
 ], ids=["not-npy", "shape", "dtype", "type", "empty"])
-def test_a_bad_payload_is_refused_with_the_reason_and_reaches_no_replica(live, body, content_type, status,  # noqa: ANN001
+def test_a_bad_payload_is_refused_with_the_reason_and_reaches_no_replica(live, body, content_type, status,
                                                                          message) -> None:
     p, runners, endpoints = live()
     got, _, answer = request(endpoints[("ingest", "cam-1")], "POST", body, content_type=content_type)
@@ -121,7 +121,7 @@ def test_a_bad_payload_is_refused_with_the_reason_and_reaches_no_replica(live, b
                for s in ("detect", "classify", "aggregate"))
 
 
-def test_a_bad_payload_among_good_ones_admits_none(live) -> None:  # noqa: ANN001
+def test_a_bad_payload_among_good_ones_admits_none(live) -> None:
     p, _runners, endpoints = live()
     ndjson = json.dumps(FRAME.tolist()).encode() + b"\n" + json.dumps([[1.0]]).encode()
     status, _, answer = request(endpoints[("ingest", "cam-1")], "POST", ndjson, content_type="application/x-ndjson")
@@ -130,7 +130,7 @@ def test_a_bad_payload_among_good_ones_admits_none(live) -> None:  # noqa: ANN00
     assert p.ledger.sent == 0
 
 
-def test_the_data_token_is_required(live) -> None:  # noqa: ANN001
+def test_the_data_token_is_required(live) -> None:
     _p, _runners, endpoints = live()
     for url, method in ((endpoints[("ingest", "cam-1")], "POST"), (endpoints[("stream", "cloud")], "GET")):
         for token in (None, "wrong"):
@@ -142,7 +142,7 @@ def test_the_data_token_is_required(live) -> None:  # noqa: ANN001
     assert status == 404
 
 
-def test_a_full_pipeline_answers_429_and_takes_frames_again_when_there_is_room(live) -> None:  # noqa: ANN001
+def test_a_full_pipeline_answers_429_and_takes_frames_again_when_there_is_room(live) -> None:
     gate = Gate()
     _p, _runners, endpoints = live(runners=Runners(gate=gate), threaded=True, max_in_flight=4)
     ingest = endpoints[("ingest", "cam-1")]
@@ -156,7 +156,7 @@ def test_a_full_pipeline_answers_429_and_takes_frames_again_when_there_is_room(l
     assert status == 200 and json.loads(body)["state"] == "completed"
 
 
-def test_a_body_over_the_limit_is_refused(live, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def test_a_body_over_the_limit_is_refused(live, monkeypatch: pytest.MonkeyPatch) -> None:
     from jellybean.runtime import endpoints as module
 
     monkeypatch.setattr(module, "MAX_REQUEST_BYTES", 100_000)
@@ -165,7 +165,7 @@ def test_a_body_over_the_limit_is_refused(live, monkeypatch: pytest.MonkeyPatch)
     assert status == 413
 
 
-def test_the_stream_long_polls_for_the_next_result(live) -> None:  # noqa: ANN001
+def test_the_stream_long_polls_for_the_next_result(live) -> None:
     p, _runners, endpoints = live()
     stream, ingest = endpoints[("stream", "cloud")], endpoints[("ingest", "cam-1")]
     got: dict = {}

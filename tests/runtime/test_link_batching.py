@@ -17,7 +17,7 @@ class Recorder:
         self.sends: list[int] = []
         self.sent_bytes_total = 0
 
-    async def push(self, handle, messages, sent):  # noqa: ANN001, ANN201
+    async def push(self, handle, messages, sent):
         blob = pack_messages(messages)
         sent(len(blob))
         self.sends.append(len(unpack_messages(blob)))
@@ -27,7 +27,7 @@ class Recorder:
         await asyncio.sleep(0)
         return outcome
 
-    async def deliver(self, handle, blob):  # noqa: ANN001, ANN201
+    async def deliver(self, handle, blob):
         return {}
 
     def is_death(self, exc: BaseException) -> bool:
@@ -39,7 +39,7 @@ class Recorder:
     def sent_bytes(self) -> None:
         return None
 
-    def forget(self, handle) -> None:  # noqa: ANN001
+    def forget(self, handle) -> None:
         pass
 
 
@@ -54,7 +54,7 @@ def _frames(n: int, start: int = 0) -> list[dict]:
     return [{"frame_id": f"f{k}", "x": k} for k in range(start, start + n)]
 
 
-def run(coroutine):  # noqa: ANN001, ANN201
+def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 20))
 
 
@@ -122,7 +122,7 @@ def test_a_backlog_behind_a_full_window_leaves_as_one_send() -> None:
         gate = asyncio.Event()
         push = recorder.push
 
-        async def slow(handle, messages, sent):  # noqa: ANN001, ANN202
+        async def slow(handle, messages, sent):
             await gate.wait()
             return await push(handle, messages, sent)
 

@@ -28,7 +28,7 @@ class Receiver:
             def log_message(self, *_args: object) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.posts += 1
                 if outer.fail_every and outer.posts % outer.fail_every == 0:
@@ -54,7 +54,7 @@ def results(n: int, start: int = 0) -> list[dict]:
     return [{"frame_id": f"f{i}", "reading": [i]} for i in range(start, start + n)]
 
 
-async def settle(output: WebhookOutput, done, timeout_s: float = 20.0) -> None:  # noqa: ANN001
+async def settle(output: WebhookOutput, done, timeout_s: float = 20.0) -> None:
     async def wait() -> None:
         while not done():
             output.settled.clear()

@@ -25,11 +25,11 @@ TWO_SINKS = ROOT / "workflows" / "two-sinks"
 
 
 @pytest.fixture
-def serve(served, tmp_path: Path):  # noqa: ANN001, ANN201
+def serve(served, tmp_path: Path):  # noqa: F811 - pytest passes the imported fixture
     """``served`` (test_worker's: the in-process backend, its actors calling each other directly or
     over their own sockets) for a bundle, with its plan and a folder for file outputs."""
 
-    def make(bundle, **options):  # noqa: ANN001, ANN003, ANN202
+    def make(bundle, **options):
         return served(bundle=bundle, plan=make_plan(bundle, baselines=False), output_dir=tmp_path / "out", **options)
 
     return make
@@ -53,7 +53,7 @@ class JudgingRunners(Runners):
         return made
 
 
-def fork_bundle():  # noqa: ANN201
+def fork_bundle():
     """digits-live with a second sink: `spot` classifies every crop the detector finds (each digit on
     its own), beside `classify -> aggregate` reading the whole frame. One camera frame reaches both."""
     texts = [(str(path), path.read_text()) for path in sorted(DIGITS_LIVE.glob("*.yaml"))]
@@ -66,7 +66,7 @@ def fork_bundle():  # noqa: ANN201
     return bundle
 
 
-def stream_results(p) -> Counter:  # noqa: ANN001 - a Pipeline
+def stream_results(p) -> Counter:
     """Results at every stream output actor, by the sink that made them."""
     return Counter(r["sink"] for key, actor in p.actors.items() if actor.kind == "output"
                    for r in host(p, key).output.buffer)
@@ -102,7 +102,7 @@ def test_ends_are_kept_per_sink_and_scoped_to_the_sinks_below() -> None:
     assert set(outcome["ends"]["f"][4]) == {None, "a"}  # scope leaves the outcome it read as it was
 
 
-def test_two_chains_in_one_store_every_frame_ends_at_its_sink(serve) -> None:  # noqa: ANN001
+def test_two_chains_in_one_store_every_frame_ends_at_its_sink(serve) -> None:
     p, _backend, _runners = serve(load_bundle([TWO_SINKS]))
     p.start()
     tills = inject(p, [{"image": i, "digits": 1 + i % 3, "truth": [0] * (1 + i % 3)} for i in range(30)],
@@ -127,7 +127,7 @@ def test_two_chains_in_one_store_every_frame_ends_at_its_sink(serve) -> None:  #
     assert Counter(json.loads(line)["sink"] for line in lines) == {"meter-readings": 20}
 
 
-def test_a_frame_that_reaches_two_sinks_ends_when_both_have_ended_it(serve) -> None:  # noqa: ANN001
+def test_a_frame_that_reaches_two_sinks_ends_when_both_have_ended_it(serve) -> None:
     p, _backend, _runners = serve(fork_bundle())
     p.start()
     frames = [{"image": i, "digits": 1 + i % 3} for i in range(30)] + [{"image": 99, "digits": 0}]
@@ -154,7 +154,7 @@ def test_a_frame_that_reaches_two_sinks_ends_when_both_have_ended_it(serve) -> N
     assert found["aggregate"] == found["spot"] == {f"cameras@cam-1#{i}" for i in range(30)}
 
 
-def test_a_failure_at_one_sink_fails_the_frame_with_that_sinks_reason(serve) -> None:  # noqa: ANN001
+def test_a_failure_at_one_sink_fails_the_frame_with_that_sinks_reason(serve) -> None:
     """The spot classifier's replica is gone (and nothing holds its messages): each frame's reading
     still completes at `aggregate`, and the frame fails, saying which sink failed it and why; each
     sink's own ledger says what happened there."""
@@ -172,7 +172,7 @@ def test_a_failure_at_one_sink_fails_the_frame_with_that_sinks_reason(serve) -> 
     assert stream_results(p) == {"aggregate": 10}
 
 
-def test_accuracy_is_measured_per_sink(serve) -> None:  # noqa: ANN001
+def test_accuracy_is_measured_per_sink(serve) -> None:
     """The fake classifier answers each crop's index, so a frame whose truth is [0, 1] is read right
     and one whose truth is [5, 5] wrong at the reading sink; its verdicts are its own."""
     p, _backend, _runners = serve(load_bundle([TWO_SINKS]), runners=JudgingRunners())
@@ -188,7 +188,7 @@ def test_accuracy_is_measured_per_sink(serve) -> None:  # noqa: ANN001
     assert p.status()["accuracy_measured"] == pytest.approx(100 * 10 / 12)
 
 
-def test_a_run_summary_shows_each_sink(serve) -> None:  # noqa: ANN001
+def test_a_run_summary_shows_each_sink(serve) -> None:
     from jellybean.cli.run import render_summary
 
     p, _backend, _runners = serve(load_bundle([TWO_SINKS]), runners=JudgingRunners())

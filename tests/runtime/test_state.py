@@ -25,7 +25,7 @@ VQA = ROOT / "workflows" / "vqa-medium"
 
 
 @pytest.fixture(scope="module")
-def vqa():  # noqa: ANN201
+def vqa():
     bundle = load_bundle([VQA])
     return bundle, make_plan(bundle, baselines=False)
 
@@ -44,7 +44,7 @@ def test_digest_is_of_content_not_formatting() -> None:
     assert digest_of(document_body(a.model)) != digest_of(document_body(c.model))
 
 
-def test_round_trip(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+def test_round_trip(tmp_path: Path, vqa) -> None:
     bundle, plan = vqa
     store = StateStore(tmp_path / "state")
     bodies = bundle_bodies(bundle)
@@ -77,7 +77,7 @@ def test_round_trip(tmp_path: Path, vqa) -> None:  # noqa: ANN001
     assert (record.zoo, record.topology, record.generation) == ("vqa-medium", "vqa-medium", 1)
 
 
-def test_generations_and_delete_keep_history(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+def test_generations_and_delete_keep_history(tmp_path: Path, vqa) -> None:
     bundle, plan = vqa
     store = StateStore(tmp_path)
     bodies = bundle_bodies(bundle)
@@ -198,7 +198,7 @@ def test_a_state_database_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
 # --- a damaged store is found at start --------------------------------------------------------
 
 
-def _stored(tmp_path: Path, vqa) -> Path:  # noqa: ANN001
+def _stored(tmp_path: Path, vqa) -> Path:
     bundle, plan = vqa
     state = tmp_path / "state"
     store = StateStore(state)
@@ -213,7 +213,7 @@ def _stored(tmp_path: Path, vqa) -> Path:  # noqa: ANN001
     return state
 
 
-def test_a_corrupted_page_is_refused_at_start_in_one_line(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+def test_a_corrupted_page_is_refused_at_start_in_one_line(tmp_path: Path, vqa) -> None:
     state = _stored(tmp_path, vqa)
     with sqlite3.connect(state / "state.db") as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -230,7 +230,7 @@ def test_a_corrupted_page_is_refused_at_start_in_one_line(tmp_path: Path, vqa) -
     assert "state.db is damaged (" in message and "move it aside" in message and "\n" not in message
 
 
-def test_one_bad_row_is_named_and_the_others_still_read(tmp_path: Path, vqa) -> None:  # noqa: ANN001
+def test_one_bad_row_is_named_and_the_others_still_read(tmp_path: Path, vqa) -> None:
     state = _stored(tmp_path, vqa)
     with sqlite3.connect(state / "state.db") as conn:
         conn.execute("UPDATE revisions SET plan='{not json' WHERE workflow='one'")

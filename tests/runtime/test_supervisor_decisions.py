@@ -69,7 +69,7 @@ def test_a_site_change_whose_replicas_cannot_start_is_tried_again_after_a_backof
     supervisor = Supervisor(bundle, plan, nodes=nodes, backend=backend)
     tries: list[set[str]] = []
 
-    def reconfigure(new_plan, new_bundle=None, *, timeout_s=0.0):  # noqa: ANN001, ANN202
+    def reconfigure(new_plan, new_bundle=None, *, timeout_s=0.0):
         tries.append({a.site for a in new_plan.assignments})
         if len(tries) < 3:
             raise ServingError("1 actor(s) of drills could not start within 15 s")

@@ -32,7 +32,7 @@ def telemetry():
     return telemetry, pipeline
 
 
-def test_a_message_crosses_the_uplinks_between_its_sites(telemetry) -> None:  # noqa: ANN001
+def test_a_message_crosses_the_uplinks_between_its_sites(telemetry) -> None:
     t, _ = telemetry
     assert t.path("cam-1", "hub") == [("cam-1", "up")]
     assert t.path("cam-1", "cloud") == [("cam-1", "up"), ("hub", "up")]
@@ -41,7 +41,7 @@ def test_a_message_crosses_the_uplinks_between_its_sites(telemetry) -> None:  # 
     assert t.path("hub", "hub") == []
 
 
-def test_reports_move_counters_by_their_difference(telemetry) -> None:  # noqa: ANN001
+def test_reports_move_counters_by_their_difference(telemetry) -> None:
     t, pipeline = telemetry
     value = t.metrics.registry.get_sample_value
     hub = {"workflow": "digits", "site": "hub", "tier": "hub", "direction": "up"}

@@ -16,16 +16,16 @@ from jellybean.runtime.wire import (
 SECRET = "s3cret"
 
 
-def run(coroutine):  # noqa: ANN001, ANN201
+def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 20))
 
 
-def _push(client: SocketTransport, address: Address, message: dict, sizes: list | None = None):  # noqa: ANN202
+def _push(client: SocketTransport, address: Address, message: dict, sizes: list | None = None):
     """One message pushed (a batch of one), its encoded size noted in ``sizes``."""
     return client.push(address, [message], (sizes if sizes is not None else []).append)
 
 
-async def _server(handlers=None) -> tuple[WireServer, Address]:  # noqa: ANN001
+async def _server(handlers=None) -> tuple[WireServer, Address]:
     async def echo(messages: list[dict]) -> dict:
         value = messages[0]
         if value.get("boom"):
@@ -170,7 +170,7 @@ def test_the_kernel_counts_what_a_connection_put_on_the_wire() -> None:
     run(main())
 
 
-async def _a_call_in_the_peers_hands():  # noqa: ANN202 - (server, address, client, the waiting call)
+async def _a_call_in_the_peers_hands():
     """A peer that never answers, and a call to it that it has received."""
     arrived = asyncio.Event()
 

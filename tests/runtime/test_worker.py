@@ -7,23 +7,22 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 import pytest
 
 from jellybean.runtime.replicas import ReplicaState
-from jellybean.runtime.worker import (COMPLETED, FAILED, PENDING, loads, mark, merge_into, new_outcome)
+from jellybean.runtime.worker import (COMPLETED, FAILED, PENDING, mark, merge_into, new_outcome)
 from tests.runtime.inprocess import Gate, Runners, ends, eventually, host, inject, live, pipeline, split
 
 FRAMES = [{"image": i, "digits": 1 + i % 3} for i in range(60)]
 
 
 @pytest.fixture(params=["inprocess", "socket"])
-def served(request):  # noqa: ANN001, ANN201
+def served(request):
     """Pipelines on the in-process backend, their actors calling each other directly or over their
     own sockets on 127.0.0.1 (the data path Ray deployments use, :mod:`jellybean.runtime.wire`)."""
     made = []
 
-    def make(**options):  # noqa: ANN003, ANN202
+    def make(**options):
         options.setdefault("transport", request.param)
         p, backend, runners = pipeline(**options)
         made.append((p, backend))
@@ -56,7 +55,7 @@ def test_a_frame_ends_completed_over_failed_over_pending() -> None:
 # --- the flow -------------------------------------------------------------------------------------------
 
 
-def test_frames_go_actor_to_actor_and_every_one_ends(served) -> None:  # noqa: ANN001
+def test_frames_go_actor_to_actor_and_every_one_ends(served) -> None:
     p, backend, runners = served()
     p.start()
     answers = ends(p, inject(p, FRAMES))
@@ -84,7 +83,7 @@ def test_frames_go_actor_to_actor_and_every_one_ends(served) -> None:  # noqa: A
     assert stages["classify"]["rate_measured_per_s"] > 0
 
 
-def test_a_waiting_client_gets_its_result_back(served) -> None:  # noqa: ANN001
+def test_a_waiting_client_gets_its_result_back(served) -> None:
     p, _backend, _runners = served()
     p.start()
     answers = ends(p, inject(p, FRAMES[:3], reply=True))
@@ -95,7 +94,7 @@ def test_a_waiting_client_gets_its_result_back(served) -> None:  # noqa: ANN001
     assert all(result is None for _, result in answers.values())
 
 
-def test_routing_follows_the_plan_shares_exactly(served) -> None:  # noqa: ANN001
+def test_routing_follows_the_plan_shares_exactly(served) -> None:
     p, _backend, runners = served(max_in_flight=1000)
     p.deployment = split(p.deployment, "classify", [1.0, 3.0])
     p.start()
@@ -106,7 +105,7 @@ def test_routing_follows_the_plan_shares_exactly(served) -> None:  # noqa: ANN00
     assert sorted(seen.values()) == [100, 300]  # smooth weighted round robin is exact over the prefix
 
 
-def test_a_join_gets_all_parts_of_a_frame_on_one_replica(served) -> None:  # noqa: ANN001
+def test_a_join_gets_all_parts_of_a_frame_on_one_replica(served) -> None:
     p, _backend, runners = served()
     p.deployment = split(p.deployment, "aggregate", [1.0, 1.0])
     p.start()
@@ -118,7 +117,7 @@ def test_a_join_gets_all_parts_of_a_frame_on_one_replica(served) -> None:  # noq
     assert all(not j.parts for j in joins)  # no frame left half-joined anywhere
 
 
-def test_a_replica_that_dies_holding_messages_is_routed_around(served) -> None:  # noqa: ANN001
+def test_a_replica_that_dies_holding_messages_is_routed_around(served) -> None:
     gate = Gate()
     p, backend, runners = served(runners=Runners(gate=gate), threaded=True)
     p.deployment = split(p.deployment, "classify", [1.0, 1.0])
@@ -136,7 +135,7 @@ def test_a_replica_that_dies_holding_messages_is_routed_around(served) -> None: 
     assert p.status()["state"] == "degraded" and p.ledger.failed == 0
 
 
-def test_with_no_replica_left_messages_are_held_until_a_replica_returns(served) -> None:  # noqa: ANN001
+def test_with_no_replica_left_messages_are_held_until_a_replica_returns(served) -> None:
     p, backend, _runners = served(hold_s=60.0)
     p.start()
     join = p.actors[next(k for k in p.actors if k.startswith("aggregate"))]
@@ -149,7 +148,7 @@ def test_with_no_replica_left_messages_are_held_until_a_replica_returns(served) 
     assert Counter(state for state, _ in answers.values()) == {COMPLETED: 10}
 
 
-def test_with_no_replica_and_no_hold_frames_fail_with_the_reason(served) -> None:  # noqa: ANN001
+def test_with_no_replica_and_no_hold_frames_fail_with_the_reason(served) -> None:
     p, backend, _runners = served(hold_s=0.0)
     p.start()
     backend.kill(p.actors[next(k for k in p.actors if k.startswith("aggregate"))].handle)
@@ -161,7 +160,7 @@ def test_with_no_replica_and_no_hold_frames_fail_with_the_reason(served) -> None
     assert all("no live replica of stage aggregate" in r for r in p.ledger.reasons)
 
 
-def test_a_model_error_fails_its_frames_and_the_replica_goes_on(served) -> None:  # noqa: ANN001
+def test_a_model_error_fails_its_frames_and_the_replica_goes_on(served) -> None:
     p, _backend, _runners = served()
     p.start()
     answers = ends(p, inject(p, [{"image": 0, "digits": 1}]))
@@ -173,7 +172,7 @@ def test_a_model_error_fails_its_frames_and_the_replica_goes_on(served) -> None:
     assert [s for s, _ in again.values()] == [COMPLETED]
 
 
-def test_a_replan_keeps_what_it_can_and_loses_nothing(served) -> None:  # noqa: ANN001
+def test_a_replan_keeps_what_it_can_and_loses_nothing(served) -> None:
     gate = Gate()
     p, _backend, _runners = served(runners=Runners(gate=gate), threaded=True)
     bundle, plan = live()
@@ -189,7 +188,7 @@ def test_a_replan_keeps_what_it_can_and_loses_nothing(served) -> None:  # noqa: 
     assert p.reconfigurations == 1
 
 
-def test_a_cut_uplink_buffers_what_must_cross_and_delivers_it_when_back(served) -> None:  # noqa: ANN001
+def test_a_cut_uplink_buffers_what_must_cross_and_delivers_it_when_back(served) -> None:
     p, _backend, runners = served()
     p.start()
     p.set_uplink("hub", False)
@@ -205,7 +204,7 @@ def test_a_cut_uplink_buffers_what_must_cross_and_delivers_it_when_back(served) 
     assert not p.link_buffers.get("hub")
 
 
-def test_a_full_link_buffer_fails_frames_with_the_reason(served) -> None:  # noqa: ANN001
+def test_a_full_link_buffer_fails_frames_with_the_reason(served) -> None:
     p, _backend, _runners = served(link_buffer_capacity=5)
     p.start()
     p.set_uplink("hub", False)
@@ -222,7 +221,7 @@ def test_a_full_link_buffer_fails_frames_with_the_reason(served) -> None:  # noq
     assert p.ledger.lost == 0 and p.ledger.sent == 20
 
 
-def test_backpressure_reaches_the_source(served) -> None:  # noqa: ANN001
+def test_backpressure_reaches_the_source(served) -> None:
     """With the classifier held, frames pile up only to the source's room: the next ones find none."""
     gate = Gate()
     p, backend, _runners = served(runners=Runners(gate=gate), threaded=True, max_in_flight=32)
@@ -240,7 +239,7 @@ def test_backpressure_reaches_the_source(served) -> None:  # noqa: ANN001
     assert run(backend, source.reserve(1, wait_s=1.0)) is True
 
 
-def test_stopping_drains_and_fails_what_is_left_with_the_reason(served) -> None:  # noqa: ANN001
+def test_stopping_drains_and_fails_what_is_left_with_the_reason(served) -> None:
     gate = Gate()
     p, _backend, _runners = served(runners=Runners(gate=gate), threaded=True, drain_timeout_s=0.2)
     p.start()
@@ -267,7 +266,7 @@ def test_an_actor_in_its_own_process_freezes_what_setup_built_and_collects_rarel
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
 
 
-def test_hosts_in_the_callers_process_leave_its_collector_alone(served) -> None:  # noqa: ANN001
+def test_hosts_in_the_callers_process_leave_its_collector_alone(served) -> None:
     import gc
 
     before = (gc.get_threshold(), gc.get_freeze_count())

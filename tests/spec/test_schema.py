@@ -159,7 +159,7 @@ def test_schema_requires_the_envelope_like_the_loader() -> None:
 
     from jellybean.spec.schema import all_schemas
 
-    for kind, schema in all_schemas().items():
+    for schema in all_schemas().values():
         assert {"apiVersion", "kind", "metadata", "spec"} <= set(schema["required"])
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"metadata": {"name": "x"}, "spec": {}}, schema)

@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def topology(tmp_path_factory):  # noqa: ANN001, ANN201
+def topology(tmp_path_factory):
     folder = tmp_path_factory.mktemp("scenario")
     return load_bundle(write(folder, ROOT / "workflows" / "digits" / "zoo.yaml", 2)).topology
 
 
-def test_every_uplink_is_one_veth_pair_between_child_and_parent(topology) -> None:  # noqa: ANN001
+def test_every_uplink_is_one_veth_pair_between_child_and_parent(topology) -> None:
     lay = layout(topology, tag="t1", cores=2)
     assert set(lay.sites) == {"cloud", "edge", "hub-1", "hub-2", "cam-1", "cam-2"}
     assert lay.root == "cloud"
@@ -35,7 +35,7 @@ def test_every_uplink_is_one_veth_pair_between_child_and_parent(topology) -> Non
     assert hub.interface("down") == ("edge", hub.parent_if)
 
 
-def test_routes_follow_the_tree_so_bytes_cross_exactly_the_priced_links(topology) -> None:  # noqa: ANN001
+def test_routes_follow_the_tree_so_bytes_cross_exactly_the_priced_links(topology) -> None:
     lay = layout(topology, tag="t1", cores=2)
     by_address = {s.address: s.name for s in lay.sites.values()}
     via_owner = {}
@@ -61,7 +61,7 @@ def test_routes_follow_the_tree_so_bytes_cross_exactly_the_priced_links(topology
     assert len(by_address) == len(lay.sites)
 
 
-def test_commands_shape_each_direction_on_its_sending_end(topology) -> None:  # noqa: ANN001
+def test_commands_shape_each_direction_on_its_sending_end(topology) -> None:
     lay = layout(topology, tag="t1", cores=2)
     cmds = setup_commands(lay)
     tbf = [c for c in cmds if c[:1] == ["tc"]]
@@ -86,7 +86,7 @@ def test_a_bucket_holds_a_timer_tick_and_never_less_than_two_frames() -> None:
     assert burst_bytes(100e6) == int(100e6 / 8 * 0.004)
 
 
-def test_cpu_quotas_scale_every_site_alike_to_fit_the_cores(topology) -> None:  # noqa: ANN001
+def test_cpu_quotas_scale_every_site_alike_to_fit_the_cores(topology) -> None:
     # cloud 1 + edge 1 + two hubs 1 each + two cameras at 0.25: 4.5 cores wanted
     lay = layout(topology, tag="t1", cores=2, device_cpus=0.25)
     assert lay.cpu_scale == pytest.approx(2 / 4.5)
@@ -98,7 +98,7 @@ def test_cpu_quotas_scale_every_site_alike_to_fit_the_cores(topology) -> None:  
     assert roomy.cpu_scale == 1.0
 
 
-def test_bad_tags_and_forests_are_refused(topology) -> None:  # noqa: ANN001
+def test_bad_tags_and_forests_are_refused(topology) -> None:
     with pytest.raises(ValueError, match="tag"):
         layout(topology, tag="has-dash", cores=2)
     data = yaml.safe_load(topology_yaml(1))

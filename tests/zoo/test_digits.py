@@ -15,7 +15,7 @@ def test_frames_are_deterministic_and_well_formed() -> None:
         assert x["truth"] == y["truth"] and np.array_equal(x["image"], y["image"])
         assert x["sent_at"] == 0.0 and set(x) == {"frame_id", "image", "truth", "sent_at"}
         assert x["image"].dtype == np.float32 and x["image"].shape == (8, 48)
-        assert 0.0 <= x["image"].min() and x["image"].max() <= 1.0
+        assert x["image"].min() >= 0.0 and x["image"].max() <= 1.0
         assert 1 <= len(x["truth"]) <= 4 and len(columns) == len(x["truth"])
         assert all(isinstance(d, int) and 0 <= d <= 9 for d in x["truth"])
         assert columns == sorted(columns) and columns[0] >= 0 and columns[-1] + 8 <= 48
