@@ -169,6 +169,8 @@ class MilpResult:
     slacks: Slacks | None = None
     values: dict[str, float] | None = None
     pool_counts: PoolCounts | None = None
+    #: Seconds spent building the model before the solver ran (outside the solver's own time limit).
+    build_s: float = 0.0
 
     @property
     def objective(self) -> float:
@@ -262,13 +264,13 @@ def solve_milp(
     stats.seconds = time.perf_counter() - started
     stats.notes.append(f"model built in {build_s:.2f}s")
     if values is None:
-        return MilpResult(None, stats)
+        return MilpResult(None, stats, build_s=build_s)
     if handles.latency_redundant:
         stats.notes.append("latency bound cannot bind: no placement's worst path exceeds it")
     solution = _decode(problem, handles, values)
     slacks = _decode_slacks(handles, values) if elastic else None
     counts = {key: round(_val(values, var)) for key, var in handles.pools.items()} if handles.pools else None
-    return MilpResult(solution, stats, slacks, values=values, pool_counts=counts)
+    return MilpResult(solution, stats, slacks, values=values, pool_counts=counts, build_s=build_s)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class Placements:
     def __init__(self) -> None:
         self._solved: dict[tuple[object, ...], MilpResult] = {}
         self._heuristic: tuple[Solution | None, str, float] | None = None
+        #: The slowest model build seen in this call (seconds): what starting another solve costs
+        #: before the solver's own time limit applies.
+        self.slowest_build_s = 0.0
 
     @property
     def heuristic_known(self) -> bool:
@@ -443,7 +446,7 @@ def _optimal(problem: Problem, accuracy: AccuracyModel, *, time_limit_s: float, 
     else:
         found = _optimal_joint(problem, accuracy, time_limit_s=time_limit_s, solver=solver, gap_rel=gap_rel,
                                explain_infeasible=explain_infeasible)
-    return _at_least_as_good(problem, accuracy, found, placements, gap_rel, started)
+    return _at_least_as_good(problem, accuracy, found, placements, gap_rel, started, started + time_limit_s)
 
 
 #: Seconds the LP relaxation may take to bound the heuristic's plan when the time limit left no bound.
@@ -451,7 +454,7 @@ HEURISTIC_BOUND_S = 0.5
 
 
 def _at_least_as_good(problem: Problem, accuracy: AccuracyModel, found: Plan, placements: Placements,
-                      gap_rel: float, started: float) -> Plan:
+                      gap_rel: float, started: float, deadline: float) -> Plan:
     """``found``, or JellyBean's heuristic plan (checked) where that is cheaper: a MILP stopped by the
     time limit may hold a worse plan, or none, and one proven within the gap may still cost up to the
     gap more. The bound the MILP proved still bounds the optimum, so the heuristic plan's gap is
@@ -469,7 +472,10 @@ def _at_least_as_good(problem: Problem, accuracy: AccuracyModel, found: Plan, pl
     cost = candidate.cost.total_per_hour
     if found.feasible and found.cost is not None and found.cost.total_per_hour <= cost:
         return found
-    if stats.bound is None:  # stopped before any bound: the LP relaxation's, briefly (a fraction of a second)
+    # Stopped before any bound: the LP relaxation's, briefly (HEURISTIC_BOUND_S of solving), unless
+    # building its model would overrun the limit by more than that (a build seen in this run was slow).
+    build_fits = time.perf_counter() + 2.0 * placements.slowest_build_s <= deadline + HEURISTIC_BOUND_S
+    if stats.bound is None and build_fits:
         relaxed = solve_milp(problem, accuracy, relax_symmetry=True, latency=False, lp_only=True,
                              time_limit_s=HEURISTIC_BOUND_S)
         stats.bound = relaxed.stats.bound if relaxed.stats.status == "optimal" else None
@@ -477,7 +483,8 @@ def _at_least_as_good(problem: Problem, accuracy: AccuracyModel, found: Plan, pl
     stats.gap = max(0.0, (cost - stats.bound) / cost) if stats.bound is not None and cost > 0 else None
     stats.status = "optimal" if stats.gap is not None and stats.gap <= max(gap_rel, 1e-9) else "feasible"
     stats.notes.append("JellyBean's heuristic plan is cheaper than any the solver found within the time "
-                       "limit: that plan, with the solver's lower bound")
+                       "limit: that plan" + (", its gap to the solver's lower bound" if stats.bound is not None
+                                             else "; no lower bound was reached, so its gap is unknown"))
     stats.seconds = time.perf_counter() - started
     return build_plan(problem, solution, strategy=OPTIMAL, stats=stats, accuracy=accuracy)
 
@@ -504,18 +511,31 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
     def remaining() -> float:
         return time_limit_s - (time.perf_counter() - started)
 
+    # A solve costs its model's build and PuLP's hand-over to HiGHS before and after HiGHS's own time
+    # limit applies: one started with less time left than that overruns the limit by it (seconds at
+    # city scale). So a solve starts only with more time left than twice the slowest build seen.
+    def may_start() -> bool:
+        return remaining() > max(0.05, 2.0 * placements.slowest_build_s)
+
+    def seen(result: MilpResult) -> MilpResult:
+        placements.slowest_build_s = max(placements.slowest_build_s, result.build_s)
+        return result
+
     bounds: dict[int, float] = {}
-    unknown = 0
+    unknown = 0  # combinations left without a plan or a proof that none beats the best
+    unbounded = 0  # of those, the ones without even a bound: then nothing bounds the optimum
     for k, models in enumerate(combos):
-        if remaining() <= 0.05:
+        if not may_start():
             unknown += 1
+            unbounded += 1
             continue
-        relaxed = solve_milp(problem, accuracy, fixed_models=models, relax_symmetry=True, solver=solver,
-                             gap_rel=gap_rel, time_limit_s=remaining(), latency=False, lp_only=True)
+        relaxed = seen(solve_milp(problem, accuracy, fixed_models=models, relax_symmetry=True, solver=solver,
+                             gap_rel=gap_rel, time_limit_s=remaining(), latency=False, lp_only=True))
         if relaxed.stats.status == "infeasible":
             continue
         if relaxed.stats.bound is None:
             unknown += 1
+            unbounded += 1
             continue
         bounds[k] = relaxed.stats.bound
     best: MilpResult | None = None
@@ -527,13 +547,13 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
         if cutoff is not None and bounds[k] >= cutoff:
             counts["pruned"] += 1
             continue
-        if remaining() <= 0.05:
+        if not may_start():
             unknown += 1
             continue
         exact_bound = not aggregated and not has_latency
         if not exact_bound:
-            relaxed = solve_milp(problem, accuracy, fixed_models=models, relax_symmetry=True, solver=solver,
-                                 gap_rel=gap_rel, time_limit_s=remaining(), latency=False)
+            relaxed = seen(solve_milp(problem, accuracy, fixed_models=models, relax_symmetry=True, solver=solver,
+                                      gap_rel=gap_rel, time_limit_s=remaining(), latency=False))
             counts["tightened"] += 1
             if relaxed.stats.status == "infeasible":
                 del bounds[k]
@@ -543,8 +563,11 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
             if cutoff is not None and bounds[k] >= cutoff:
                 counts["pruned"] += 1
                 continue
-        result = placements.solve(problem, accuracy, fixed_models=models, solver=solver, gap_rel=gap_rel,
-                                  time_limit_s=max(remaining(), 0.1))
+            if not may_start():
+                unknown += 1
+                continue
+        result = seen(placements.solve(problem, accuracy, fixed_models=models, solver=solver, gap_rel=gap_rel,
+                                       time_limit_s=max(remaining(), 0.1)))
         counts["placed"] += 1
         if exact_bound:
             if result.stats.status == "infeasible":
@@ -559,7 +582,7 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
         status = "time-limit" if unknown or unplaced else "infeasible"
         stats = SolverStats(name=solver_name(solver), status=status, gap=None,
                             seconds=time.perf_counter() - started)
-        if status == "time-limit" and not unknown and bounds:
+        if status == "time-limit" and not unbounded and bounds:
             stats.bound = min(bounds.values())  # every combination bounded: a bound on the optimum
         reasons = _why_none(problem, accuracy, stats, explain_infeasible=explain_infeasible, time_limit_s=time_limit_s,
                             started=started, solver=solver)
@@ -568,7 +591,8 @@ def _optimal_by_combinations(problem: Problem, accuracy: AccuracyModel, combos: 
     stats, objective = best.stats, best.objective
     lower = min(bounds.values())
     stats.bound = lower
-    if unknown:
+    if unbounded:  # a combination never bounded might hold a cheaper plan
+        stats.bound = None
         stats.gap = None
     else:
         stats.gap = max(0.0, (objective - lower) / objective) if objective > 0 else 0.0

@@ -20,7 +20,7 @@ from jellybean.optimizer import plan
 from jellybean.optimizer.accuracy import choose_model
 from jellybean.optimizer.evaluate import build_plan, verify
 from jellybean.optimizer.milp import instance_pools, solve_milp, solve_placement, usable_options, within_limits
-from jellybean.optimizer.planner import admissible_combinations, run_strategy
+from jellybean.optimizer.planner import Placements, admissible_combinations, run_strategy
 from jellybean.optimizer.problem import compile_problem
 from jellybean.spec import load_bundle
 
@@ -111,6 +111,28 @@ def test_the_time_limit_holds_for_the_whole_run_baselines_included(tmp_path: Pat
     assert all(b.reason == "" or "time limit" not in b.reason for b in relaxed.baselines)
     assert all(relaxed.cost.total_per_hour <= b.cost.total_per_hour for b in relaxed.baselines if b.feasible)
     assert relaxed.solver.bound <= relaxed.cost.total_per_hour <= hurried.cost.total_per_hour
+
+
+def test_no_solve_starts_that_its_model_build_would_carry_past_the_limit(tmp_path: Path) -> None:
+    """A model's build and hand-over to HiGHS run outside the solver's own time limit, so the branch and
+    bound starts a solve only with more time left than twice the slowest build seen in the run. With
+    builds known to take 100 s and 5 s to go, none starts: the heuristic's plan comes back at once,
+    and without a bound its gap is unknown (said, not guessed); with builds known to be quick the
+    same limit reaches the optimum."""
+    bundle = _scaled(tmp_path, 2, 0)
+    problem = compile_problem(bundle, sharing="exclusive")
+    accuracy = choose_model(problem)
+    slow = Placements()
+    slow.slowest_build_s = 100.0
+    began = time.perf_counter()
+    hurried = run_strategy(problem, accuracy, "optimal", time_limit_s=5, placements=slow)
+    assert time.perf_counter() - began < 5
+    assert hurried.feasible and hurried.solver.gap is None and hurried.solver.bound is None
+    assert any("no lower bound was reached" in note for note in hurried.solver.notes)
+    quick = run_strategy(problem, accuracy, "optimal", time_limit_s=30, placements=Placements())
+    assert quick.solver.status == "optimal" and quick.solver.bound is not None
+    assert quick.cost.total_per_hour <= hurried.cost.total_per_hour
+    assert quick.solver.bound <= quick.cost.total_per_hour * (1 + 1e-9)
 
 
 def test_the_limit_counts_from_when_the_run_began(tmp_path: Path) -> None:
