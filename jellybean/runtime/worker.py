@@ -700,6 +700,10 @@ class StageWorker:
         self.space = asyncio.Event()
         self.forwarding = asyncio.Semaphore(max_forwarding)
         self.completed_recently: OrderedDict = OrderedDict()  # frame ids completed at the sink (dedupe)
+        #: A join's frames whose parts met, with how each ended downstream: a part sent again (its
+        #: first outcome was lost with a replica that died after passing it on) gets that end instead
+        #: of waiting in the join for parts that will never come again.
+        self.joined_recently: OrderedDict = OrderedDict()
         self.completed = 0
         self.busy = 0  # batches taken and not yet done
         self.task = asyncio.ensure_future(self._run())
@@ -732,6 +736,8 @@ class StageWorker:
             self.queued -= taken
             self.space.set()
             messages = entries[0][0] if len(entries) == 1 else [m for batch, _ in entries for m in batch]
+            if self.stateful and self.joined_recently:
+                messages = [m for m in messages if m.get("frame_id") not in self.joined_recently]
             self.busy += 1
             if self.threaded:
                 outputs, error = await asyncio.get_running_loop().run_in_executor(None, self._run_chain, messages)
@@ -832,6 +838,11 @@ class StageWorker:
             for message, produced in zip(messages, outputs):
                 if not produced:
                     mark(own, message.get("frame_id"), PENDING)  # a join holds the part for the frame's others
+            for batch, _future in entries:
+                for message in batch:
+                    end = self.joined_recently.get(message.get("frame_id"))
+                    if end is not None:  # a part sent again, of a frame that met already: its end
+                        mark(own, message.get("frame_id"), *end)
         if tail in self.sinks:
             several = self.sinks_below is not None
             results: list[dict] = []
@@ -875,6 +886,8 @@ class StageWorker:
                     sends.append(sent if self.sinks_below is None else scoped(sent, self.sinks_below[consumer]))
         downstream = await merged(sends) if sends else new_outcome()
         ends, mine = downstream["ends"], own["ends"]
+        if self.stateful:
+            self._remember_joined(messages, outputs, ends, mine)
         for batch, future in entries:
             outcome = new_outcome()
             for message in batch:
@@ -886,6 +899,23 @@ class StageWorker:
                 if end is not None:
                     mark(outcome, frame_id, *end)
             _settle(future, outcome)
+
+    def _remember_joined(self, messages: list[dict], outputs: list[list[dict]], ends: dict, mine: dict) -> None:
+        """Record how each frame whose parts met here ended (downstream, or here at a sink), bounded
+        like ``completed_recently``."""
+        for message, produced in zip(messages, outputs):
+            if not produced:
+                continue
+            frame_id = message.get("frame_id")
+            end = new_outcome()
+            for known in (ends.get(frame_id), mine.get(frame_id)):
+                if known is not None:
+                    mark(end, frame_id, *known)
+            final = end["ends"].get(frame_id)
+            if final is not None and final[0] != PENDING:
+                self.joined_recently[frame_id] = final
+                if len(self.joined_recently) > 100_000:
+                    self.joined_recently.popitem(last=False)
 
     def report(self) -> dict:
         out = {}

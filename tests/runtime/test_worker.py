@@ -117,6 +117,28 @@ def test_a_join_gets_all_parts_of_a_frame_on_one_replica(served) -> None:
     assert all(not j.parts for j in joins)  # no frame left half-joined anywhere
 
 
+def test_a_part_sent_again_after_its_frame_met_gets_the_frame_s_end(served) -> None:
+    """A classifier that dies after passing a part on, before its outcome reached its sender, makes
+    the sender send that part again: the join must answer it with how the frame ended, not hold it
+    for parts that will never come again (the frame would end failed at its source, "a join held
+    parts of the frame and never completed it")."""
+    from tests.runtime.inprocess import run
+
+    p, _backend, runners = served()
+    p.start()
+    key = next(k for k in p.actors if k.startswith("aggregate"))
+    join = runners.made[key][0]
+    part = {"frame_id": "cameras@cam-1#x", "source": "cameras", "site": "cam-1", "count": 2}
+    first = run(p.backend, host(p, key).push_messages([{**part, "index": 0, "digit": 4}]))
+    assert first["ends"]["cameras@cam-1#x"][0] == PENDING
+    met = run(p.backend, host(p, key).push_messages([{**part, "index": 1, "digit": 2}]))
+    assert met["ends"]["cameras@cam-1#x"][0] == COMPLETED
+    again = run(p.backend, host(p, key).push_messages([{**part, "index": 1, "digit": 2}]))
+    assert again["ends"]["cameras@cam-1#x"][0] == COMPLETED
+    assert join.seen == 2 and not join.parts  # the join never saw the part again; nothing held
+    assert host(p, "readings@cloud").output.next_offset == 1  # one result, delivered once
+
+
 def test_a_replica_that_dies_holding_messages_is_routed_around(served) -> None:
     gate = Gate()
     p, backend, runners = served(runners=Runners(gate=gate), threaded=True)
