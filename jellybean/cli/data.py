@@ -147,9 +147,23 @@ def _payloads(args: argparse.Namespace) -> list[tuple[str, bytes, str]]:
     return out
 
 
+def _post(url: str, token: str, data: bytes, content_type: str, *, retries: int, timeout_s: float) -> tuple[int, bytes]:
+    """POST one payload; a 429 (the source's queue is full) is retried ``retries`` times, after the
+    Retry-After the endpoint asks for (at most 30 s). The last answer's status and body."""
+    for _ in range(retries):
+        status, headers, body = _request(url, token, data=data, content_type=content_type, timeout=timeout_s)
+        if status != 429:
+            return status, body
+        time.sleep(min(30.0, float(headers.get("Retry-After", "1") or 1)))
+    status, _headers, body = _request(url, token, data=data, content_type=content_type, timeout=timeout_s)
+    return status, body
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     if not 0 <= args.wait <= 60:
         raise UsageError("--wait must be between 0 and 60 seconds")
+    if args.retries < 0:
+        raise UsageError("--retries must be at least 0")
 
     def run() -> int:
         try:
@@ -158,12 +172,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             token = _data_token(args)
             query = f"?wait={args.wait:g}" if args.wait > 0 else ""
             for name, data, kind in payloads:
-                for attempt in range(args.retries + 1):
-                    status, headers, body = _request(url + query, token, data=data, content_type=kind,
-                                                     timeout=args.wait + 60)
-                    if status != 429 or attempt == args.retries:
-                        break
-                    time.sleep(min(30.0, float(headers.get("Retry-After", "1") or 1)))
+                status, body = _post(url + query, token, data, kind, retries=args.retries, timeout_s=args.wait + 60)
                 answer = _json(body)
                 if status not in (200, 202):
                     raise _DataError(f"{name}: HTTP {status}: {answer.get('error', body[:200].decode(errors='replace'))}")

@@ -134,7 +134,7 @@ def joint_plan_blocks(joint: JointPlan) -> list[Block]:
              *([p.carbon.total_g_per_hour if p.carbon else None] if carbon else [])]
             for p in joint.workflows if p.cost is not None]
     rows.append(["total", total.cost.compute_per_hour, total.cost.network_per_hour, total.cost.total_per_hour,
-                 *([total.carbon.total_g_per_hour] if carbon else [])])
+                 *([total.carbon.total_g_per_hour] if total.carbon is not None else [])])
     out.append(Table(["WORKFLOW", "COMPUTE", "NETWORK", "TOTAL", *(["GCO2/H"] if carbon else [])], rows))
     out += ["", Heading("Instances in use (every workflow's; an instance serves one workflow)"),
             _instances_table(total.instances)]
