@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from typing import IO, TYPE_CHECKING, Union
+from typing import IO, TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:  # rich is imported only when a terminal is written to: plain output never pays for it
     from rich.console import Console
@@ -90,7 +90,7 @@ class Heading(str):
 
 
 #: What a command's human output is made of.
-Block = Union[str, Heading, Table]  # noqa: UP007 - a runtime alias, evaluated
+Block: TypeAlias = str | Heading | Table
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, right: set[int] | None = None) -> str:

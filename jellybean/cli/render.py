@@ -4,8 +4,10 @@ text off a terminal and rich tables on one; ``render_*`` give the plain text."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from jellybean.cli.console import Block, Heading, Table, plain
-from jellybean.optimizer.plan import JointPlan, Plan
+from jellybean.optimizer.plan import BaselineResult, InstanceUse, JointPlan, LinkFlow, Plan, SolverStats
 
 
 def _site(site: str, sites: list[str]) -> str:
@@ -16,7 +18,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _solver_lines(s) -> list[str]:  # noqa: ANN001 - SolverStats
+def _solver_lines(s: SolverStats) -> list[str]:
     gap = "unknown" if s.gap is None else f"{100 * s.gap:.3f}%"
     lines = [f"Solver: {s.name}, status {s.status}, gap {gap}, {s.seconds:.2f} s"
              + (f", {s.variables} variables, {s.constraints} constraints" if s.variables else "")]
@@ -86,14 +88,14 @@ def plan_blocks(plan: Plan, *, header: bool = True) -> list[Block]:
     return out
 
 
-def _instances_table(instances) -> Block:  # noqa: ANN001 - InstanceUse rows
+def _instances_table(instances: Sequence[InstanceUse]) -> Block:
     rows = [[i.tier, _site(i.site, i.sites), i.instance, f"{i.count}/{i.available}", i.price_per_hour,
              i.cost_per_hour, _pct(i.utilization), ", ".join(i.stages)] for i in instances]
     return Table(["TIER", "SITE", "INSTANCE", "USED/HAS", "$/H EACH", "$/H", "UTIL", "STAGES"], rows,
                  right={3, 4, 5, 6})
 
 
-def _links_table(links) -> Block:  # noqa: ANN001 - LinkFlow rows
+def _links_table(links: Sequence[LinkFlow]) -> Block:
     if not links:
         return "  (no traffic leaves any site)"
     rows = [[f"{link.from_} -> {link.to}" + (f" (x{len(link.sites)})" if len(link.sites) > 1 else ""),
@@ -220,7 +222,7 @@ def accuracy_blocks(plan: Plan) -> list[Block]:
     return out
 
 
-def _baseline_accuracy(b) -> object:  # noqa: ANN001 - a BaselineResult
+def _baseline_accuracy(b: BaselineResult) -> object:
     """The first sink's accuracy, or every sink's (``a / b``, in the sinks' order) when there are several."""
     if len(b.accuracy_by_sink) > 1:
         return " / ".join("-" if a is None else f"{a:.2f}" for a in b.accuracy_by_sink.values())
@@ -238,8 +240,12 @@ def baselines_blocks(plan: Plan) -> list[Block]:
     return _baselines_blocks(plan.baselines, plan.strategy, "", carbon=plan.carbon is not None)
 
 
-def _baselines_blocks(baselines, strategy: str, what: str, *, carbon: bool) -> list[Block]:  # noqa: ANN001
-    rows, in_full = [], []
+def _baselines_blocks(baselines: Sequence[BaselineResult], strategy: str, what: str, *,
+                      carbon: bool) -> list[Block]:
+    """A baselines' table (``what``: which planning they are baselines of), then the reasons cut short
+    in it, in full."""
+    rows: list[list[object]] = []
+    in_full: list[str] = []
     for b in baselines:
         if b.feasible and b.cost:
             saving = "-" if b.saving_pct is None else f"{b.saving_pct:.1f}%"
