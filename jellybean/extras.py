@@ -28,6 +28,7 @@ PACKAGES: dict[str, tuple[str, str | None]] = {
     "pulp": ("pulp", None),
     "highspy": ("highspy", None),
     "numpy": ("numpy", None),  # the optimizer hands HiGHS its warm start as arrays
+    "rich": ("rich", None),  # the CLI's tables and progress on a terminal (jellybean.cli.console)
     "torch": ("torch", "runtime"),
     "sklearn": ("scikit-learn", "runtime"),
     "scipy": ("scipy", "runtime"),

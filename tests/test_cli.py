@@ -3,6 +3,7 @@ exit codes 0 ok, 1 infeasible, 2 invalid input, 3 internal error; no tracebacks 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -95,7 +96,7 @@ def test_plan_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     cost = plan["cost"]
     assert {"compute_per_hour", "network_per_hour", "total_per_hour"} <= set(cost)
     assert cost["total_per_hour"] == pytest.approx(cost["compute_per_hour"] + cost["network_per_hour"])
-    assert cost["network_per_hour"] == pytest.approx(sum(l["cost_per_hour"] for l in plan["links"]))
+    assert cost["network_per_hour"] == pytest.approx(sum(link["cost_per_hour"] for link in plan["links"]))
     assert plan["accuracy"] >= 56.0
     assert plan["latency_ms"] > 0
     assert {"name", "status", "gap", "seconds"} <= set(plan["solver"])
@@ -384,7 +385,7 @@ def test_internal_error_exits_3_in_one_line(capsys: pytest.CaptureFixture[str], 
     def broken(args: object) -> int:
         raise RuntimeError("boom")
     monkeypatch.delenv("JELLYBEAN_DEBUG", raising=False)
-    monkeypatch.setitem(cli.COMMANDS, "schema", broken)
+    monkeypatch.setitem(cli.COMMANDS, "schema", dataclasses.replace(cli.COMMANDS["schema"], run=broken))
     code, out, err = run(capsys, "schema")
     assert code == 3 and out == ""
     assert err.startswith("internal error: RuntimeError: boom") and err.count("\n") == 1

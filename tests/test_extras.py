@@ -4,6 +4,7 @@ sys.modules), so the real import machinery raises the real ModuleNotFoundError."
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def test_any_command_missing_a_runtime_package_names_the_runtime_extra(
         return 0
 
     block(monkeypatch, "torch")
-    monkeypatch.setitem(COMMANDS, "plan", needs_torch)
+    monkeypatch.setitem(COMMANDS, "plan", dataclasses.replace(COMMANDS["plan"], run=needs_torch))
     assert main(["plan", "-f", str(VEHICLES)]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("error: jellybean plan needs torch, which Jellybean's 'runtime' extra installs: "
@@ -80,7 +81,7 @@ def test_an_import_error_that_is_a_bug_stays_an_internal_error(monkeypatch: pyte
 
         return 0
 
-    monkeypatch.setitem(COMMANDS, "plan", broken)
+    monkeypatch.setitem(COMMANDS, "plan", dataclasses.replace(COMMANDS["plan"], run=broken))
     monkeypatch.delenv("JELLYBEAN_DEBUG", raising=False)
     assert main(["plan", "-f", str(VEHICLES)]) == 3
     assert capsys.readouterr().err.startswith("internal error: ModuleNotFoundError: No module named 'jellybean.no_such")

@@ -15,13 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+from jellybean.cli.client import (
+    ControllerError, add_controller_arguments, call, client_command, controller_endpoint, state_dir_of,
+)
+from jellybean.cli.common import EXIT_INFEASIBLE, EXIT_OK, UsageError
+
 CONTENT_TYPES = {".npy": "application/x-npy", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                  ".wav": "audio/wav", ".json": "application/json", ".ndjson": "application/x-ndjson"}
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 
-def add_data_parsers(sub, client) -> None:  # noqa: ANN001 - argparse's subparsers; the controller-client options
-    p = sub.add_parser("send", help="post payloads (files, or - for standard input) to a source's ingest endpoint")
+def _add_data_client_arguments(p: argparse.ArgumentParser) -> None:
+    add_controller_arguments(p, "where the controller (or `jellybean run`) keeps the data token (default "
+                             "$JELLYBEAN_HOME or ~/.jellybean; JELLYBEAN_DATA_TOKEN overrides it)")
+
+
+def add_send_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="WORKFLOW")
     p.add_argument("payloads", nargs="*", metavar="FILE", help="payload files (.npy, .png, .jpg, .wav, .json, "
                    ".ndjson), or - to read one from standard input (give --content-type)")
@@ -32,9 +41,10 @@ def add_data_parsers(sub, client) -> None:  # noqa: ANN001 - argparse's subparse
     p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long for each frame's result (default: return once accepted)")
     p.add_argument("--retries", type=int, default=5, metavar="N", help="retries of a payload answered 429 (default 5)")
-    client(p)
+    _add_data_client_arguments(p)
 
-    p = sub.add_parser("results", help="read a workflow's results from a stream output")
+
+def add_results_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="WORKFLOW")
     p.add_argument("--output", help="the stream output (default: the workflow's only one)")
     p.add_argument("--site", help="the site of the stream (default: its only one)")
@@ -42,7 +52,7 @@ def add_data_parsers(sub, client) -> None:  # noqa: ANN001 - argparse's subparse
     p.add_argument("--after", type=int, default=-1, metavar="OFFSET", help="read results after this offset (default: all)")
     p.add_argument("--limit", type=int, default=1000, metavar="N", help="results per read (default 1000)")
     p.add_argument("--follow", action="store_true", help="keep reading as results arrive (Ctrl-C stops)")
-    client(p)
+    _add_data_client_arguments(p)
 
 
 class _DataError(Exception):
@@ -50,12 +60,12 @@ class _DataError(Exception):
 
 
 def _data_token(args: argparse.Namespace) -> str:
-    from jellybean.runtime.state import DATA_TOKEN_NAME, default_state_dir, read_token
+    from jellybean.runtime.state import DATA_TOKEN_NAME, read_token
 
     token = os.environ.get("JELLYBEAN_DATA_TOKEN")
     if token:
         return token
-    state_dir = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    state_dir = state_dir_of(args)
     token = read_token(state_dir, DATA_TOKEN_NAME)
     if not token:
         raise _DataError(f"no data token in {state_dir / DATA_TOKEN_NAME}: point --state-dir at the controller's (or "
@@ -67,12 +77,10 @@ def _endpoint(args: argparse.Namespace, kind: str, name: str | None) -> str:
     """The URL of the workflow's ``kind`` endpoint named ``name`` at ``--site``, from the controller."""
     from urllib.parse import quote
 
-    from jellybean.cli import _call, _controller_endpoint
-
     if args.url:
-        return args.url
-    url, token = _controller_endpoint(args)
-    status = _call(url, token, "GET", f"/v1/workflows/{quote(args.name, safe='')}")
+        return str(args.url)
+    url, token = controller_endpoint(args)
+    status = call(url, token, "GET", f"/v1/workflows/{quote(args.name, safe='')}")
     found = [e for e in status.get("endpoints") or [] if e.get("kind") == kind and e.get("url")]
     if name is not None:
         found = [e for e in found if e.get("name") == name]
@@ -98,7 +106,10 @@ def _request(url: str, token: str, *, data: bytes | None = None, content_type: s
     headers = {"Authorization": f"Bearer {token}"}
     if content_type:
         headers["Content-Type"] = content_type
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET", headers=headers)
+    if not url.startswith(("http://", "https://")):  # never file: or another scheme urllib would open
+        raise UsageError(f"the endpoint URL must be http:// or https://, not {url!r}")
+    request = urllib.request.Request(  # noqa: S310 - the scheme is checked just above
+        url, data=data, method="POST" if data is not None else "GET", headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -136,11 +147,23 @@ def _payloads(args: argparse.Namespace) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from jellybean.cli import EXIT_INFEASIBLE, EXIT_OK, UsageError, _client_command, _ControllerError
+def _post(url: str, token: str, data: bytes, content_type: str, *, retries: int, timeout_s: float) -> tuple[int, bytes]:
+    """POST one payload; a 429 (the source's queue is full) is retried ``retries`` times, after the
+    Retry-After the endpoint asks for (at most 30 s). The last answer's status and body."""
+    for _ in range(retries):
+        status, headers, body = _request(url, token, data=data, content_type=content_type, timeout=timeout_s)
+        if status != 429:
+            return status, body
+        time.sleep(min(30.0, float(headers.get("Retry-After", "1") or 1)))
+    status, _headers, body = _request(url, token, data=data, content_type=content_type, timeout=timeout_s)
+    return status, body
 
+
+def cmd_send(args: argparse.Namespace) -> int:
     if not 0 <= args.wait <= 60:
         raise UsageError("--wait must be between 0 and 60 seconds")
+    if args.retries < 0:
+        raise UsageError("--retries must be at least 0")
 
     def run() -> int:
         try:
@@ -149,22 +172,17 @@ def cmd_send(args: argparse.Namespace) -> int:
             token = _data_token(args)
             query = f"?wait={args.wait:g}" if args.wait > 0 else ""
             for name, data, kind in payloads:
-                for attempt in range(args.retries + 1):
-                    status, headers, body = _request(url + query, token, data=data, content_type=kind,
-                                                     timeout=args.wait + 60)
-                    if status != 429 or attempt == args.retries:
-                        break
-                    time.sleep(min(30.0, float(headers.get("Retry-After", "1") or 1)))
+                status, body = _post(url + query, token, data, kind, retries=args.retries, timeout_s=args.wait + 60)
                 answer = _json(body)
                 if status not in (200, 202):
                     raise _DataError(f"{name}: HTTP {status}: {answer.get('error', body[:200].decode(errors='replace'))}")
                 print(json.dumps({"payload": name, **answer}))
-        except (_DataError, _ControllerError) as exc:
+        except (_DataError, ControllerError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INFEASIBLE
         return EXIT_OK
 
-    return _client_command(run)
+    return client_command(run)
 
 
 def _json(body: bytes) -> dict:
@@ -176,8 +194,6 @@ def _json(body: bytes) -> dict:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from jellybean.cli import EXIT_INFEASIBLE, EXIT_OK, UsageError, _client_command, _ControllerError
-
     if not 1 <= args.limit <= 10_000:
         raise UsageError("--limit must be between 1 and 10000")
 
@@ -200,8 +216,8 @@ def cmd_results(args: argparse.Namespace) -> int:
                 after = int(headers.get("X-Jellybean-Next-Offset", after))
                 if not args.follow:
                     return EXIT_OK
-        except (_DataError, _ControllerError) as exc:
+        except (_DataError, ControllerError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_INFEASIBLE
 
-    return _client_command(run)
+    return client_command(run)

@@ -1,18 +1,92 @@
-"""``jellybean profile -f zoo.yaml``: any variant of any format, measured here, merged into its
-ModelZoo document (:mod:`jellybean.profiling` says what is measured and how)."""
+"""``jellybean profile``: with ``-f zoo.yaml``, any variant of any format measured here and merged
+into its ModelZoo document (:mod:`jellybean.profiling` says what is measured and how); without
+``-f``, the built-in digits zoo. ``jellybean store add`` and ``jellybean split`` share its helpers
+for zoo files."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from jellybean.cli.common import EXIT_OK, UsageError, add_model_store_argument, model_store_of
+from jellybean.cli.console import ProgressBar
+from jellybean.cli.zoo import add_cache_argument, build_zoo, zoo_cache
+
+if TYPE_CHECKING:
+    from jellybean.spec.zoo import Variant
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", dest="files", action="append", type=Path, metavar="ZOO",
+                   help="the zoo file whose variants are profiled and which the measurements are merged into")
+    p.add_argument("--variant", action="append", metavar="NAME", help="only this variant (repeatable)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16", metavar="LIST", help="batch sizes (default 1,2,4,8,16)")
+    p.add_argument("--dataset", metavar="NAME", help="a registered dataset to feed the variants and, when "
+                   "labelled, measure accuracy and fan-out on (default: zero inputs of the signature)")
+    p.add_argument("--as", dest="label_as", metavar="NAME", help="file the measurements under this hardware "
+                   "name, whatever kind it says")
+    p.add_argument("--fan-out-into", type=Path, metavar="WORKFLOW",
+                   help="write the measured fan-out ratios into this Workflow file (ratio_by_variant)")
+    add_model_store_argument(p)
+    add_cache_argument(p, "weights cache, built first if needed")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write the YAML here (default: standard output)")
+    p.add_argument("--hardware", help="hardware name of the profiles (default: this machine's, local-cpu-1t "
+                   "with one thread)")
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads (default 1)")
+    p.add_argument("--repeats", type=int, default=100, metavar="N", help="timed calls per batch size (default 100)")
+    p.add_argument("--frames", type=int, default=1000, metavar="N",
+                   help="held-out frames for the accuracy measurements (default 1000)")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    for flag, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+        if value < 1:
+            raise UsageError(f"{flag} must be at least 1")
+    if args.files:
+        return cmd_profile_zoo(args)
+    return _profile_digits(args)
+
+
+def _profile_digits(args: argparse.Namespace) -> int:
+    """``jellybean profile`` without ``-f``: the built-in digits zoo (built first if needed), as YAML."""
+    from jellybean.spec.common import NAME_RE
+    from jellybean.zoo.build import is_built
+    from jellybean.zoo.profile import dump_zoo, profile_zoo
+
+    args.hardware = args.label_as or args.hardware or "local-cpu-1t"
+    if not NAME_RE.match(args.hardware):
+        raise UsageError(f"--hardware {args.hardware!r} is not a valid name (letters, digits, '.', '-', '_')")
+    if args.frames < 1:
+        raise UsageError("--frames must be at least 1")
+    cache = zoo_cache(args)
+    if not is_built(cache):
+        build_zoo(cache, False)
+    command = (f"jellybean profile --hardware {args.hardware} --threads {args.threads} --repeats {args.repeats} "
+               f"--frames {args.frames}" + (f" --out {args.out}" if args.out else ""))
+    bar = ProgressBar()
+    try:
+        doc = profile_zoo(cache, hardware=args.hardware, threads=args.threads, repeats=args.repeats,
+                          eval_frames=args.frames, progress=bar)
+    finally:
+        bar.close()
+    text = dump_zoo(doc, command=command)
+    if args.out is None:
+        print(text, end="")
+    else:
+        try:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc}") from None
+        print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK
+
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    from jellybean.cli import UsageError
-
     try:
         sizes = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
@@ -24,8 +98,6 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 def _zoo_document(path: Path) -> tuple[list[dict], int]:
     """The YAML documents of ``path`` and the index of its ModelZoo."""
-    from jellybean.cli import UsageError
-
     docs = list(yaml.safe_load_all(path.read_text()))
     for i, doc in enumerate(docs):
         if isinstance(doc, dict) and doc.get("kind") == "ModelZoo":
@@ -49,7 +121,8 @@ def _leading_comment(text: str) -> list[str]:
 
 
 def cmd_profile_zoo(args: argparse.Namespace) -> int:
-    from jellybean.cli import EXIT_OK, UsageError, _ProgressBar, model_store_of
+    """``jellybean profile -f ZOO``: the chosen variants measured, merged into the zoo file (and the
+    fan-outs into ``--fan-out-into``)."""
     from jellybean.plugins import default_cache_dir
     from jellybean.profiling import ProfileError, hardware_name, merge_into, profile_variant, write_fan_out
     from jellybean.spec.common import NAME_RE
@@ -97,7 +170,7 @@ def cmd_profile_zoo(args: argparse.Namespace) -> int:
         raise SpecError(problems)
     docs, index = _zoo_document(path)
     measured_by_task: dict[str, list] = {}
-    bar = _ProgressBar()
+    bar = ProgressBar()
     try:
         for k, (task, variant) in enumerate(chosen):
             bar(f"{variant.name}", k / len(chosen))
@@ -149,11 +222,7 @@ def cmd_profile_zoo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_store_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
-    from jellybean.cli import add_model_store_argument
-
-    p = sub.add_parser("store", help="the model store: put artifact files in it and print the `artifact:` lines "
-                       "that name them")
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="store_command", metavar="ACTION")
     actions.required = True
     add = actions.add_parser("add", help="copy files into the model store (their sha256 printed)")
@@ -168,7 +237,6 @@ def cmd_store(args: argparse.Namespace) -> int:
     import shutil
 
     from jellybean.artifacts import ArtifactError, ModelStore, sha256_file
-    from jellybean.cli import EXIT_OK, UsageError, model_store_of
     from jellybean.spec.zoo import Artifact
 
     root = model_store_of(args)
@@ -200,11 +268,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_split_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparsers type
-    from jellybean.cli import add_model_store_argument
-
-    p = sub.add_parser("split", help="cut a torch-export model at layer boundaries into head and tail variants "
-                       "(profiled here) that the planner can place on different sites")
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--filename", dest="files", action="append", type=Path, required=True, metavar="ZOO")
     p.add_argument("--variant", required=True, metavar="NAME", help="the torch-export variant to cut")
     p.add_argument("--max-cuts", type=int, default=4, metavar="N",
@@ -222,7 +286,6 @@ def add_split_parser(sub) -> None:  # noqa: ANN001 - argparse's private subparse
 
 def cmd_split(args: argparse.Namespace) -> int:
     from jellybean.artifacts import ArtifactError, ModelStore
-    from jellybean.cli import EXIT_OK, UsageError, model_store_of
     from jellybean.profiling import ProfileError, hardware_name, profile_variant
     from jellybean.spec.loader import load_documents
     from jellybean.spec.zoo import Variant
@@ -293,9 +356,10 @@ def cmd_split(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _input_kb(variant) -> float:  # noqa: ANN001 - a Variant
+def _input_kb(variant: Variant) -> float:
     import numpy as np
 
+    assert variant.signature is not None  # split_variant cut it: a torch-export variant has one
     (spec,) = [t for t in variant.signature.inputs if t.fill is None]
     items = int(np.prod([int(d) for d in spec.shape if d not in (-1, "batch")]))
     return round(items * np.dtype(spec.dtype).itemsize / 1024.0 * 1.02, 3)

@@ -8,12 +8,29 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jellybean.cli.common import (
+    EXIT_INFEASIBLE, EXIT_OK, UsageError, add_model_store_argument, model_store_of, positive,
+)
+from jellybean.cli.console import Block, ProgressBar, Table, emit, plain
+from jellybean.cli.serve import (
+    add_metrics_arguments, add_serving_arguments, bind_metrics, isolate_embedded_ray, serve_metrics, serving_options,
+    stop_metrics,
+)
+
+if TYPE_CHECKING:
+    from jellybean.runtime.metrics import Metrics
+    from jellybean.runtime.status import RunSummary
+    from jellybean.runtime.supervisor import Supervisor
+    from jellybean.spec.bundle import Bundle
+
+#: How often the live view is redrawn, and how often a plain line is written when stderr is no terminal.
+REDRAW_EVERY_S = 0.25
+PLAIN_LINE_EVERY_S = 5.0
 
 
-def add_run_parser(sub) -> None:
-    from jellybean.cli import add_model_store_argument
-
-    p = sub.add_parser("run", help="plan and serve a workflow on an embedded Ray for a while, then report")
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="PATH")
     p.add_argument("--workflow", help="the Workflow to run when the files hold several")
     p.add_argument("--duration", type=float, default=20.0, metavar="SECONDS", help="how long the sources send")
@@ -28,36 +45,26 @@ def add_run_parser(sub) -> None:
     p.add_argument("--state-dir", type=Path, metavar="DIR",
                    help="where the data token (for the ingest and stream endpoints) is kept (default $JELLYBEAN_HOME "
                    "or ~/.jellybean)")
-    from jellybean.cli import add_metrics_arguments, add_serving_arguments
-
     add_metrics_arguments(p)
     add_serving_arguments(p)
 
 
-def _progress(pipeline, started: float, duration: float) -> None:
+def _progress(bar: ProgressBar, pipeline: Supervisor, started_s: float, duration_s: float) -> None:
+    """The live view of a run: time elapsed of ``duration_s`` and the frames' ledger."""
     ledger = pipeline.ledger
-    elapsed = time.time() - started
-    width = 24
-    done = min(1.0, elapsed / duration) if duration > 0 else 1.0
-    bar = "#" * int(done * width) + "-" * (width - int(done * width))
-    sys.stderr.write(f"\r[{bar}] {elapsed:5.1f}s  sent {ledger.sent}  completed {ledger.completed}  "
-                     f"failed {ledger.failed}  in flight {ledger.in_flight}   ")
-    sys.stderr.flush()
+    elapsed_s = time.time() - started_s
+    bar(f"{elapsed_s:5.1f}s  sent {ledger.sent}  completed {ledger.completed}  failed {ledger.failed}  "
+        f"in flight {ledger.in_flight}", elapsed_s / duration_s if duration_s > 0 else 1.0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jellybean.cli import UsageError, bind_metrics, isolate_embedded_ray, serving_options
+    from jellybean.artifacts import ModelStore
+    from jellybean.plugins import unservable
     from jellybean.runtime.state import StateError, default_state_dir, ensure_state_dir
-    from jellybean.optimizer import plan as make_plan
     from jellybean.spec.bundle import load_bundle
 
-    if not args.duration > 0:
-        raise UsageError("--duration must be positive")
+    positive("--duration", args.duration)
     bundle = load_bundle(args.files, args.workflow)
-    from jellybean.artifacts import ModelStore
-    from jellybean.cli import model_store_of
-    from jellybean.plugins import unservable
-
     problems = unservable(bundle, ModelStore(model_store_of(args)))
     if problems:
         from jellybean.spec.errors import SpecError
@@ -72,19 +79,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.address:
         # Before the planner's and Ray's threads; the metrics socket stays reachable.
         isolate_embedded_ray(state_dir, serving["bind_host"])
-    if metrics_server is not None:
-        from jellybean.runtime.metrics import start as serve_metrics
-
-        serve_metrics(metrics_server)
+    serve_metrics(metrics_server)
     try:
-        return _serve(args, bundle, make_plan, metrics, serving)
+        return _serve(args, bundle, metrics, serving)
     finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        stop_metrics(metrics_server)
 
 
-def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) -> int:  # noqa: ANN001
-    from jellybean.cli import UsageError
+def _serve(args: argparse.Namespace, bundle: Bundle, metrics: Metrics | None, serving: dict[str, Any]) -> int:
+    from jellybean.optimizer import plan as make_plan
 
     started = time.time()
     plan = make_plan(bundle, strategy=args.strategy, baselines=False)
@@ -92,7 +95,7 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
         print("No feasible plan:", file=sys.stderr)
         for reason in plan.explanation:
             print(f"  - {reason}", file=sys.stderr)
-        return 1
+        return EXIT_INFEASIBLE
 
     from jellybean.runtime.controller import RayCluster
     from jellybean.runtime.deployment import ServingError, site_resources
@@ -105,8 +108,11 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
 
     used = runners_of(bundle)
     if any(name.startswith("digits-") for name in used):  # the digits models: trained once, with progress
-        build_zoo(cache, progress=lambda what, frac: sys.stderr.write(f"\rbuilding zoo: {what} {100 * frac:3.0f}%   "))
-        sys.stderr.write("\n")
+        bar = ProgressBar()
+        try:
+            build_zoo(cache, progress=lambda what, fraction: bar(f"building zoo: {what}", fraction))
+        finally:
+            bar.close()
     prepare(cache, used)  # the hooks of the plugins whose runners the workflow may use
     cluster = RayCluster(args.address, namespace=None)
     cluster.start(site_resources(bundle.topology))
@@ -120,10 +126,15 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
             where = endpoint.url or endpoint.path
             print(f"{endpoint.kind} {endpoint.name} at {endpoint.site}: {where}", file=sys.stderr)
         until = time.time() + args.duration
-        while time.time() < until:
-            _progress(pipeline, pipeline.started_at or time.time(), args.duration)
-            time.sleep(0.25)
-        sys.stderr.write("\ndraining...\n")
+        live = ProgressBar(plain_every_s=PLAIN_LINE_EVERY_S)
+        try:
+            while time.time() < until:
+                _progress(live, pipeline, pipeline.started_at or time.time(), args.duration)
+                time.sleep(REDRAW_EVERY_S)
+            _progress(live, pipeline, pipeline.started_at or time.time(), args.duration)
+        finally:
+            live.close()
+        print("draining...", file=sys.stderr)
         summary = pipeline.stop(drain=True)
     finally:
         cluster.shutdown()
@@ -132,16 +143,21 @@ def _serve(args: argparse.Namespace, bundle, make_plan, metrics, serving: dict) 
     if args.format == "json":
         print(json.dumps(summary.model_dump(mode="json"), indent=2))
     else:
-        print(render_summary(summary))
-    return 0 if summary.frames.lost == 0 else 1
+        emit(summary_blocks(summary))
+    return EXIT_OK if summary.frames.lost == 0 else EXIT_INFEASIBLE
 
 
-def render_summary(summary) -> str:
-    from jellybean.cli.render import table
+def render_summary(summary: RunSummary) -> str:
+    """:func:`summary_blocks` as plain text."""
+    return plain(summary_blocks(summary))
 
+
+def summary_blocks(summary: RunSummary) -> list[Block]:
+    """A run's report: predicted against measured, each sink's accuracy, frames, each stage's
+    replicas and rates, CPU pinning and the time to the first result."""
     p, m, f = summary.predicted, summary.measured, summary.frames
-    lines = [f"Workflow {summary.workflow}: ran {summary.duration_s:.1f} s", ""]
-    lines.append(table(["", "PREDICTED", "MEASURED"], [
+    lines: list[Block] = [f"Workflow {summary.workflow}: ran {summary.duration_s:.1f} s", ""]
+    lines.append(Table(["", "PREDICTED", "MEASURED"], [
         ["throughput (frames/s)", p.throughput_per_s, m.throughput_per_s],
         ["accuracy (%)", p.accuracy, m.accuracy],
         ["latency p50 (ms)", p.latency_ms_p50, m.latency_ms_p50],
@@ -149,14 +165,14 @@ def render_summary(summary) -> str:
         ["cost ($/h)", p.cost_per_hour, None],
     ], right={1, 2}))
     if len(summary.sinks) > 1:
-        lines += ["", table(["SINK", "PREDICTED ACCURACY", "MEASURED ACCURACY", "TARGET", "COMPLETED", "FAILED",
+        lines += ["", Table(["SINK", "PREDICTED ACCURACY", "MEASURED ACCURACY", "TARGET", "COMPLETED", "FAILED",
                              "LATENCY P50 (MS)"],
                             [[s.sink, s.accuracy_predicted, s.accuracy_measured, s.accuracy_target, s.frames.completed,
                               s.frames.failed, s.latency_ms_p50] for s in summary.sinks], right={1, 2, 3, 4, 5, 6})]
     lines += ["", f"Frames: sent {f.sent}, completed {f.completed}, failed {f.failed}, lost {f.lost}"]
     for reason, n in summary.failures.items():
         lines.append(f"  failed: {n} x {reason}")
-    lines += ["", table(["STAGE", "SITE", "VARIANT", "REPLICAS", "PLANNED REQ/S", "MEASURED REQ/S", "MEAN BATCH"],
+    lines += ["", Table(["STAGE", "SITE", "VARIANT", "REPLICAS", "PLANNED REQ/S", "MEASURED REQ/S", "MEAN BATCH"],
                         [[s.stage, s.site, s.variant, f"{s.replicas_alive}/{s.replicas_planned}",
                           s.rate_planned_per_s, s.rate_measured_per_s, s.mean_batch_size] for s in summary.stages],
                         right={3, 4, 5, 6})]
@@ -169,4 +185,4 @@ def render_summary(summary) -> str:
             lines.append(f"\nCPU pinning off: {pinning.get('reason')}")
     if summary.time_to_first_result_s is not None:
         lines.append(f"\nTime from start to first result: {summary.time_to_first_result_s:.2f} s")
-    return "\n".join(lines)
+    return lines
