@@ -61,8 +61,22 @@ def run(coroutine):
 def test_a_unit_bound_for_another_site_leaves_in_sends_of_the_planned_size_and_ends_whole() -> None:
     async def main() -> None:
         forwarder, recorder = _forwarder("cloud")
+        outcome = await forwarder.send("next", _frames(12))
+        assert recorder.sends == [8, 4]
+        assert sorted(outcome["ends"]) == sorted(f"f{k}" for k in range(12))
+        assert {end[0] for end in outcome["ends"].values()} == {COMPLETED}
+        await forwarder.close()
+
+    run(main())
+
+
+def test_a_backlog_for_another_site_leaves_in_one_send() -> None:
+    """Two sends' worth queued or more (a saturated replica's outputs): one send of all of it, up to
+    ``coalesce``, instead of a call per ``link_messages``; every frame still ends once."""
+    async def main() -> None:
+        forwarder, recorder = _forwarder("cloud")
         outcome = await forwarder.send("next", _frames(20))
-        assert recorder.sends == [8, 8, 4]
+        assert recorder.sends == [20]
         assert sorted(outcome["ends"]) == sorted(f"f{k}" for k in range(20))
         assert {end[0] for end in outcome["ends"].values()} == {COMPLETED}
         await forwarder.close()
