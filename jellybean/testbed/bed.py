@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -67,6 +68,21 @@ def unavailable() -> str | None:
 
 
 # --- CPU quotas ------------------------------------------------------------------------------------------
+
+#: The smallest CPU quota the kernel takes (us).
+MIN_QUOTA_US = 1000
+
+
+def quota_of(cores: float | None) -> tuple[int, int | None]:
+    """``(period, quota)`` in microseconds for a cap of ``cores`` (quota None: no cap). The kernel
+    refuses quotas under 1 ms, so below a tenth of a core the period grows instead (1/16 of a core
+    is 1 ms every 16 ms): flooring the quota would give the site more than it declared, silently."""
+    if cores is None:
+        return CPU_PERIOD_US, None
+    period_us = max(CPU_PERIOD_US, math.ceil(MIN_QUOTA_US / cores))
+    return period_us, max(MIN_QUOTA_US, round(cores * period_us))
+
+
 class Cgroups:
     """One cgroup per site under ``jellybean-testbed-<tag>``, with a CPU quota (v2 ``cpu.max`` or v1
     ``cpu.cfs_quota_us``). ``reason`` says why there are none (the sites then run unthrottled)."""
@@ -106,12 +122,13 @@ class Cgroups:
         """Cap the group at ``cores`` (None: no cap)."""
         if path is None:
             return
+        period_us, quota_us = quota_of(cores)
         if self.version == 2:
-            quota = "max" if cores is None else str(max(1000, int(cores * CPU_PERIOD_US)))
-            (path / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+            (path / "cpu.max").write_text(f"{'max' if quota_us is None else quota_us} {period_us}")
         else:
-            (path / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
-            (path / "cpu.cfs_quota_us").write_text("-1" if cores is None else str(max(1000, int(cores * CPU_PERIOD_US))))
+            (path / "cpu.cfs_period_us").write_text(str(period_us))
+            (path / "cpu.cfs_quota_us").write_text("-1" if quota_us is None else str(quota_us))
+
 
     @staticmethod
     def pids(path: Path) -> list[int]:

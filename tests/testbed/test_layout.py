@@ -109,3 +109,15 @@ def test_bad_tags_and_forests_are_refused(topology) -> None:
     assert data["kind"] == "Topology"
     with pytest.raises(ValueError, match="one root site"):
         layout(forest, tag="t1", cores=2)
+
+
+def test_a_quota_under_a_tenth_of_a_core_lengthens_the_period_instead_of_growing() -> None:
+    """The kernel takes no quota under 1 ms: with the 10 ms period a site declaring 1/16 of a core
+    would get a tenth; the period grows so that the share is the one declared."""
+    from jellybean.testbed.bed import MIN_QUOTA_US, quota_of
+
+    assert quota_of(None)[1] is None
+    for cores in (1.0, 0.8, 0.1, 0.0625, 0.05, 0.01):
+        period_us, quota_us = quota_of(cores)
+        assert quota_us is not None and quota_us >= MIN_QUOTA_US
+        assert quota_us / period_us == pytest.approx(cores, rel=0.01)
