@@ -170,7 +170,6 @@ def test_no_joint_plan_exits_1(capsys: pytest.CaptureFixture[str], store: Path) 
 
 
 def test_the_joint_plan_picture(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     picture = tmp_path / "store.svg"
     code, _out, err = run(capsys, "plan", "-f", STORE, "--no-baselines", "--render", picture)
     assert code == 0, err

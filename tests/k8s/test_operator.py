@@ -18,9 +18,6 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("kopf")
-pytest.importorskip("kubernetes")
-
 from jellybean.k8s.names import FINALIZER
 from jellybean.k8s.operator import (
     NODE, WORKFLOW, ClientKubeApi, Operator, Seen, desired_status, inputs_digest, merge_patch, run, spec_document,

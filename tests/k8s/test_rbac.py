@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("kubernetes")
-pytest.importorskip("kopf")
-
 from jellybean.k8s.operator import NODE, WORKFLOW
 from tests.k8s.test_chart import RELEASE, manifests, rbac, rules_of
 from tests.k8s.test_chart import NAMESPACE as RELEASE_NAMESPACE

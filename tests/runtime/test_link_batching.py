@@ -24,7 +24,7 @@ class Recorder:
         outcome = new_outcome()
         for m in messages:
             mark(outcome, m["frame_id"], COMPLETED)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, as a real transport's await: other sends interleave
         return outcome
 
     async def deliver(self, handle, blob):
@@ -52,6 +52,15 @@ def _forwarder(peer_site: str, *, link_messages: int = 8, link_wait_s: float = 0
 
 def _frames(n: int, start: int = 0) -> list[dict]:
     return [{"frame_id": f"f{k}", "x": k} for k in range(start, start + n)]
+
+
+async def _until(condition, timeout_s: float = 10.0) -> None:
+    """Yield to the loop until ``condition()`` holds, at most ``timeout_s`` (loop time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < deadline, f"not within {timeout_s} s: {condition}"
+        await asyncio.sleep(0)
 
 
 def run(coroutine):
@@ -145,11 +154,9 @@ def test_a_backlog_behind_a_full_window_leaves_as_one_send() -> None:
         forwarder.configure({"next": [Peer("next/0", "cloud", 1.0, "h")]})
         first = forwarder.send("next", _frames(8))
         channel = forwarder.channels["next/0"]
-        while not channel.calls:  # the first send on its way, holding the one window slot (yields, no timing)
-            await asyncio.sleep(0)
+        await _until(lambda: channel.calls)  # the first send on its way, holding the one window slot
         rest = forwarder.send("next", _frames(30, 8))
-        while channel.queued < 30:
-            await asyncio.sleep(0)
+        await _until(lambda: channel.queued >= 30)
         gate.set()
         await asyncio.gather(first, rest)
         assert recorder.sends == [8, 30]
