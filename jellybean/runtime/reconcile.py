@@ -506,13 +506,7 @@ class Executor:
                 except Exception:
                     log.debug("reporting the start of %s failed", name, exc_info=True)
             if old is not None and rollout.strategy == "stop-first":
-                stopped_old = self._stop_deployed(old, drain=True)
-                with self.lock:
-                    if self.running.get(name) is old:
-                        del self.running[name]
-                self.record(name, "stopped", {"generation": old.generation, "digest": old.digest,
-                                              "reason": f"rollout of generation {desired.generation} (stop-first)",
-                                              "summary": stopped_old})
+                stopped_old = self._stop_first(name, old, desired.generation)
             pipeline = None
             try:
                 try:
@@ -526,13 +520,7 @@ class Executor:
                     with self.lock:
                         transition.rollout = (f"rolling out generation {desired.generation} (stop-first): "
                                               + rollout.reason)
-                    stopped_old = self._stop_deployed(old, drain=True)
-                    with self.lock:
-                        if self.running.get(name) is old:
-                            del self.running[name]
-                    self.record(name, "stopped", {"generation": old.generation, "digest": old.digest,
-                                                  "reason": f"rollout of generation {desired.generation} (stop-first)",
-                                                  "summary": stopped_old})
+                    stopped_old = self._stop_first(name, old, desired.generation)
                     pipeline = self._start_pipeline(desired, transition)
             except Exception as exc:  # noqa: BLE001 - recorded, shown in status, retried with backoff
                 if transition.cancelled:
@@ -654,6 +642,16 @@ class Executor:
             self.blocked.pop(name, None)
         if self.metrics is not None:
             self.metrics.forget_workflow(name)
+
+    def _stop_first(self, name: str, old: Deployed, generation: int) -> dict:
+        """Stop the running version ahead of ``generation`` (a stop-first rollout), drained, and say so."""
+        stopped = self._stop_deployed(old, drain=True)
+        with self.lock:
+            if self.running.get(name) is old:
+                del self.running[name]
+        self.record(name, "stopped", {"generation": old.generation, "digest": old.digest,
+                                      "reason": f"rollout of generation {generation} (stop-first)", "summary": stopped})
+        return stopped
 
     @staticmethod
     def _stop_deployed(deployed: Deployed, *, drain: bool, release: bool = False) -> dict:
