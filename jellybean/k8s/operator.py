@@ -565,6 +565,8 @@ class Operator:
         self.loop: asyncio.AbstractEventLoop | None = None  # kopf's, while it runs
         self._threads: ThreadPoolExecutor | None = None
         self._discovered: dict[str, Discovery | SpecError] = {}
+        #: Counts the Node events seen: a discovery computed from an older list of Nodes is not kept.
+        self._nodes_seen = 0
         self._parsed: dict[tuple[str, str], tuple[str | None, LoadedDocument | SpecError]] = {}
         self._lock = threading.RLock()  # the caches (read by the HTTP probes)
 
@@ -588,6 +590,7 @@ class Operator:
                 cache[name] = dict(obj or {})
             if kind == NODE:
                 self._discovered.clear()
+                self._nodes_seen += 1
             return self._concerned(kind, {name})
 
     def _concerned(self, kind: str, names: set[str]) -> set[str]:
@@ -809,6 +812,7 @@ class Operator:
             if name in self._discovered:
                 return self._discovered[name]
             nodes = list(self.objects[NODE].values())
+            seen = self._nodes_seen
         if not self.discover_nodes:
             return SpecError([Issue("Nodes", None, "", "the workflow names no Topology of the namespace, and node "
                                     "discovery is off", "apply a Topology and name it in spec.topology, or install "
@@ -823,7 +827,8 @@ class Operator:
             except SpecError as exc:
                 found = exc
         with self._lock:
-            self._discovered[name] = found
+            if self._nodes_seen == seen:  # else a Node changed meanwhile: the next reconcile, woken by it, rediscovers
+                self._discovered[name] = found
         return found
 
     def _plan(self, name: str, generation: int, digest: str, bundle: Bundle, topology: dict,

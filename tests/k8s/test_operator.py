@@ -25,6 +25,7 @@ from jellybean.k8s.operator import (
 from jellybean.optimizer import plan as make_plan
 from jellybean.runtime.metrics import Metrics
 from jellybean.runtime.reconcile import Phase
+from jellybean.spec.errors import Issue, SpecError
 from jellybean.runtime.status import LastFailure, WorkflowStatus
 from tests.k8s.fakekube import NAMESPACE, FakeKubeApi, recorded
 from tests.runtime.test_controller import FakePipeline, Recorder
@@ -754,3 +755,27 @@ def test_the_command_says_in_one_line_when_there_is_no_cluster(monkeypatch: pyte
     assert main(["operator"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no Kubernetes cluster config: not running in a pod") and err.count("\n") == 1
+
+
+def test_a_discovery_raced_by_a_node_event_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Node that arrives while a workflow's topology is being discovered (in the reconcile's thread)
+    clears the cache first; the discovery made from the older list must not be stored after it, or
+    every later reconcile would reuse the stale one until another Node changed."""
+    import jellybean.k8s.operator as module
+
+    operator = Operator(SimpleNamespace(), NAMESPACE)
+    calls: list[int] = []
+    node = {"metadata": {"name": "n1", "labels": {}}}
+
+    def discover(nodes, name):
+        calls.append(len(nodes))
+        if len(calls) == 1:  # a Node event lands while the first discovery runs
+            operator.observe(NODE, "ADDED", node)
+        return SpecError([Issue("Nodes", None, "", "none yet", "")])
+
+    monkeypatch.setattr(module, "discover_topology", discover)
+    operator._discover("wf")
+    operator._discover("wf")
+    assert calls == [0, 1]  # rediscovered from the list that includes the new Node
+    operator._discover("wf")
+    assert calls == [0, 1]  # and that one is kept
