@@ -339,38 +339,54 @@ def replica_specs(bundle: Bundle, plan: Plan) -> list[ReplicaSpec]:
 
 
 def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dict[str, list[str]],
-                inputs: dict[str, int], stateful) -> dict[str, list[ReplicaSpec]]:  # noqa: ANN001 - runner -> bool
+                inputs: dict[str, int], stateful, reach: dict[str, tuple[str, ...]]  # noqa: ANN001 - runner -> bool
+                ) -> dict[str, list[ReplicaSpec]]:
     """Chains of consecutive stages to run inside one replica: head replica key -> the chain.
 
-    Stage ``s`` joins the chain of ``u`` when ``u`` feeds only ``s``, ``s`` reads only from ``u``,
-    each has a single replica, both sit on the same instance of the same site, and neither keeps
-    state (a join must see every part of a frame, so it is routed, never fused). The plan is
-    unchanged (same placement, same CPU shares, same batch sizes); only the hop between the two
-    stages moves inside the process."""
+    The replica ``r`` of stage ``u`` at site ``X`` absorbs the replica ``q`` of stage ``s`` when the
+    hop between them is private, so that moving it inside one process changes no route:
+
+    - ``u`` feeds only ``s`` and ``s`` reads only from ``u``;
+    - ``q`` is the only replica of ``s`` that a message from ``X`` may reach (so ``r`` sends all its
+      outputs to ``q``), on the same instance of the same site;
+    - ``r`` is the only replica of ``u`` that may reach ``q`` (so ``q`` hears from no one else: a
+      replica of ``u`` at a site below ``X`` would also route to ``q``);
+    - neither keeps state (a join must see every part of a frame, so it is routed, never fused).
+
+    This holds site by site: with a hub per camera, each hub's detector and classifier fuse, however
+    many hubs there are (the rule used to ask for a single replica of each stage in the whole plan,
+    so a pipeline copied at four hubs paid a hop per stage that one hub did not). The plan is
+    unchanged (same placement, same CPU shares, same batch sizes); only hops move inside processes.
+    ``reach``: site -> the sites its messages may go to (:func:`_reach`)."""
     by_stage: dict[str, list[ReplicaSpec]] = defaultdict(list)
     for spec in specs:
         by_stage[spec.stage].append(spec)
+
+    def private_successor(tail: ReplicaSpec) -> ReplicaSpec | None:
+        following = consumers.get(tail.stage, [])
+        if len(following) != 1 or inputs.get(following[0], 0) != 1 or stateful(tail.runner):
+            return None
+        reached = [q for q in by_stage[following[0]] if q.site in reach.get(tail.site, (tail.site,))]
+        if len(reached) != 1:
+            return None
+        nxt = reached[0]
+        if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.runner):
+            return None
+        feeders = [r for r in by_stage[tail.stage] if nxt.site in reach.get(r.site, (r.site,))]
+        return nxt if feeders == [tail] else None
+
     chains: dict[str, list[ReplicaSpec]] = {}
     absorbed: set[str] = set()
     for stage in stage_order:
-        if stage in absorbed or len(by_stage[stage]) != 1:
-            continue
-        chain = [by_stage[stage][0]]
-        while True:
-            tail = chain[-1]
-            following = consumers.get(tail.stage, [])
-            if len(following) != 1:
-                break
-            nxt_stage = following[0]
-            if inputs.get(nxt_stage, 0) != 1 or len(by_stage[nxt_stage]) != 1:
-                break
-            nxt = by_stage[nxt_stage][0]
-            if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.runner) or stateful(tail.runner):
-                break
-            chain.append(nxt)
-            absorbed.add(nxt_stage)
-        if len(chain) > 1:
-            chains[chain[0].key] = chain
+        for head in by_stage[stage]:
+            if head.key in absorbed:
+                continue
+            chain = [head]
+            while (nxt := private_successor(chain[-1])) is not None and nxt.key not in absorbed:
+                chain.append(nxt)
+                absorbed.add(nxt.key)
+            if len(chain) > 1:
+                chains[head.key] = chain
     return chains
 
 
@@ -409,7 +425,7 @@ def build_deployment(bundle: Bundle, plan: Plan, *, fuse: bool = True, stateful=
     chains: dict[str, list[ReplicaSpec]] = {}
     if fuse:
         inputs = {s.name: len(s.inputs) for s in wf.stages}
-        chains = plan_fusion(specs, order, consumers, inputs, stateful)
+        chains = plan_fusion(specs, order, consumers, inputs, stateful, _reach(topology))
     absorbed = {spec.key for chain in chains.values() for spec in chain[1:]}
     replicas = tuple(ReplicaPlan(tuple(chains.get(spec.key, [spec])),
                                  stateful=any(stateful(c.runner) for c in chains.get(spec.key, [spec])))
