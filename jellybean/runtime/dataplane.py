@@ -34,7 +34,7 @@ import secrets
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -585,10 +585,12 @@ class Pipeline:
             raise ValueError(f"unknown source {source!r} or non-positive rate")
         self.backend.call_all([(a.handle, "set_rate", (rate_per_s * a.plan.count,)) for a in actors], 10)
 
-    def pause_sources(self, paused: bool = True) -> None:
-        """Hold (or resume) every replayed source: no new frames while the pipeline stays deployed
-        (what is in flight goes on). The test bed measures the links' idle traffic this way."""
-        self.backend.call_all([(a.handle, "pause", (paused,)) for a in self._sources() if a.alive], 10)
+    def pause_sources(self, paused: bool = True, sites: Collection[str] | None = None) -> None:
+        """Hold (or resume) the replayed sources, every one or those at ``sites``: no new frames while
+        the pipeline stays deployed (what is in flight goes on). The test bed measures the links' idle
+        traffic this way, and scaling by the number of sites sending."""
+        chosen = [a for a in self._sources() if a.alive and (sites is None or a.site in sites)]
+        self.backend.call_all([(a.handle, "pause", (paused,)) for a in chosen], 10)
 
     def restart_dead(self, timeout_s: float = 30.0) -> list[str]:
         """Start again, under the same plan, the replicas whose actor died."""

@@ -73,14 +73,43 @@ def unavailable() -> str | None:
 MIN_QUOTA_US = 1000
 
 
-def quota_of(cores: float | None) -> tuple[int, int | None]:
-    """``(period, quota)`` in microseconds for a cap of ``cores`` (quota None: no cap). The kernel
-    refuses quotas under 1 ms, so below a tenth of a core the period grows instead (1/16 of a core
-    is 1 ms every 16 ms): flooring the quota would give the site more than it declared, silently."""
+def quota_of(cores: float | None, period_us: int = CPU_PERIOD_US) -> tuple[int, int | None]:
+    """``(period, quota)`` in microseconds for a cap of ``cores`` (quota None: no cap) over periods of
+    ``period_us``. The kernel refuses quotas under 1 ms, so below that the period grows instead (1/16
+    of a core at 10 ms is 1 ms every 16 ms): flooring the quota would give the site more than it
+    declared, silently."""
     if cores is None:
-        return CPU_PERIOD_US, None
-    period_us = max(CPU_PERIOD_US, math.ceil(MIN_QUOTA_US / cores))
+        return period_us, None
+    period_us = max(period_us, math.ceil(MIN_QUOTA_US / cores))
     return period_us, max(MIN_QUOTA_US, round(cores * period_us))
+
+
+#: The kernel's PM QoS interface: while a process holds it open with a latency of 0, no CPU enters an
+#: idle state that takes time to leave.
+CPU_DMA_LATENCY = Path("/dev/cpu_dma_latency")
+
+
+@contextlib.contextmanager
+def steady_cpus(device: Path = CPU_DMA_LATENCY):  # noqa: ANN201 - a context manager of str
+    """Keep the CPUs out of their idle states while measuring; yields what was done, in words.
+
+    Why: on a virtual machine whose idle vCPUs halt (the ``haltpoll`` idle driver here), a site that
+    sleeps most of each quota period wakes onto a halted vCPU, so the same work costs more CPU time
+    on a quiet machine than on a busy one: one hub served 125-166 frames/s with nothing else running
+    and 182 with three unrelated busy loops beside it. A scaling run compares a quiet machine (one
+    hub) with a busy one (four), so without this, one hub's baseline is the slow one and four hubs
+    look better than linear. Writing 0 to ``/dev/cpu_dma_latency`` (held while the file stays open,
+    the way ``tuned``'s latency-performance profile does it) keeps every run at the same speed."""
+    try:
+        fd = os.open(device, os.O_WRONLY)
+    except OSError as exc:
+        yield f"CPU idle states left as they are ({device}: {exc.strerror or exc})"
+        return
+    try:
+        os.write(fd, (0).to_bytes(4, sys.byteorder, signed=True))
+        yield f"CPU idle states held off (PM QoS latency 0 through {device})"
+    finally:
+        os.close(fd)
 
 
 class Cgroups:
@@ -118,11 +147,11 @@ class Cgroups:
         path.mkdir(exist_ok=True)
         return path
 
-    def limit(self, path: Path | None, cores: float | None) -> None:
-        """Cap the group at ``cores`` (None: no cap)."""
+    def limit(self, path: Path | None, cores: float | None, period_us: int = CPU_PERIOD_US) -> None:
+        """Cap the group at ``cores`` (None: no cap) over periods of ``period_us``."""
         if path is None:
             return
-        period_us, quota_us = quota_of(cores)
+        period_us, quota_us = quota_of(cores, period_us)
         if self.version == 2:
             (path / "cpu.max").write_text(f"{'max' if quota_us is None else quota_us} {period_us}")
         else:
@@ -195,6 +224,11 @@ class Testbed:
     device_cpus: float = 0.1
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     keep_logs: bool = False
+    #: The quotas' period (:data:`CPU_PERIOD_US` by default: short, so that a throttled site waits
+    #: milliseconds). A throughput measurement uses the kernel's and Kubernetes' 100 ms instead: at
+    #: a tenth of a core a 10 ms period leaves a 1 ms quota, under the scheduler's 5 ms bandwidth
+    #: slice, and the throttling timers of many small sites then cost more than the sites' own work.
+    cpu_period_us: int = CPU_PERIOD_US
 
     def __post_init__(self) -> None:
         cores = self.cores if self.cores is not None else len(os.sched_getaffinity(0))
@@ -241,7 +275,7 @@ class Testbed:
         must register within Ray's timeouts): the bed starts uncapped and caps before measuring."""
         assert self.cgroups is not None
         for site in self.layout.sites.values():
-            self.cgroups.limit(self.groups.get(site.name), site.cpu_quota if on else None)
+            self.cgroups.limit(self.groups.get(site.name), site.cpu_quota if on else None, self.cpu_period_us)
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time each site's processes used so far, by site: its cgroup's ``usage_usec`` under v2;

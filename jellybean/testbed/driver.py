@@ -100,12 +100,13 @@ class Driver:
                 "planned_link_bytes_per_s": {f"{s}/{direction}": v
                                              for (s, direction), v in d.planned_link_bytes_per_s.items()},
                 "planned_frames_per_s": d.planned_frames_per_s,
-                "assignments": [{"stage": a.stage, "variant": a.variant, "site": a.site, "batch_size": a.batch_size}
+                "assignments": [{"stage": a.stage, "variant": a.variant, "site": a.site, "sites": a.sites or [a.site],
+                                 "batch_size": a.batch_size}
                                 for a in plan.assignments],
                 "cost_per_hour": plan.cost.total_per_hour if plan.cost else None}
 
-    def pause(self, paused: bool = True) -> dict:
-        self.pipeline.pause_sources(paused)
+    def pause(self, paused: bool = True, sites: list[str] | None = None) -> dict:
+        self.pipeline.pause_sources(paused, sites)
         return {"ok": True}
 
     def snapshot(self) -> dict:

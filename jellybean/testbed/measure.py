@@ -33,6 +33,7 @@ from typing import Any
 from jellybean.spec import load_bundle
 from jellybean.testbed.bed import Testbed
 from jellybean.testbed.driver import DriverClient
+from jellybean.testbed.layout import CPU_PERIOD_US
 
 MB = 1e6
 #: Ray's nodes report to the head in bursts (about 30 KB per node every 5 s here, measured with
@@ -153,15 +154,23 @@ def _log_tails(bed: Testbed, log) -> None:  # noqa: ANN001
         log((bed.folder / "driver.log").read_text(errors="replace")[-4000:])
 
 
-def measure_throughput(documents: list[Path], cache_dir: Path, *, cores: float, warmup_s: float = 8.0,
-                       window_s: float = 15.0, device_cpus: float = 0.25, log=print) -> dict:  # noqa: ANN001
-    """Deploy ``documents`` on a test bed with every site at its CPU quota (``cores`` shared in the
-    topology's proportions), sources far faster than the deployment can go (backpressure sets the
-    pace), and measure what completes over ``window_s``: the deployment's capacity. Also each site's
-    CPU use over the window as a share of its quota (which site is the bottleneck), and the ledger."""
+def measure_scaling(documents: list[Path], cache_dir: Path, *, cores: float, sending: list[list[str]],
+                    settle_s: float = 4.0, window_s: float = 10.0, warmup_s: float = 8.0, device_cpus: float = 0.25,
+                    cpu_period_us: int = CPU_PERIOD_US, log=print) -> dict:  # noqa: ANN001
+    """One deployment on one test bed, saturated, measured in windows each with only the sources at
+    ``sending[i]``'s sites sending (the others paused): frames/s completed and each site's CPU use as
+    a share of its quota, per window.
+
+    Why one bed and not one per count of sites: this machine's speed drifts by tens of percent over
+    minutes (other tenants of its host), more than the effect measured. Windows of a few seconds,
+    in an order that alternates the counts, all on the same processes and the same plan, see the
+    same machine; only the number of sites sending changes. ``settle_s`` after each switch lets the
+    paused sites' frames in flight end and the new ones fill their queues before counting."""
     bundle = load_bundle(documents)
+    every = sorted({site for source in bundle.workflow.spec.sources for site in source.sites})
     t0 = time.monotonic()
-    with Testbed(bundle.topology, cores=cores, device_cpus=device_cpus) as bed:
+    windows = []
+    with Testbed(bundle.topology, cores=cores, device_cpus=device_cpus, cpu_period_us=cpu_period_us) as bed:
         quotas = {s.name: s.cpu_quota for s in bed.layout.sites.values()}
         bed.start_ray()
         client = DriverClient(bed, {"documents": [str(p) for p in documents], "cache_dir": str(cache_dir),
@@ -171,13 +180,21 @@ def measure_throughput(documents: list[Path], cache_dir: Path, *, cores: float, 
             log(f"deployed, saturating: {started['assignments']} ({time.monotonic() - t0:.1f} s)")
             bed.limit_cpus()
             _pause(warmup_s)
-            cpu0, s0 = bed.cpu_seconds(), client.call("snapshot")
-            _pause(window_s)
-            cpu1, s1 = bed.cpu_seconds(), client.call("snapshot")
-            span = s1["t"] - s0["t"]
-            completed = s1["frames"]["completed"] - s0["frames"]["completed"]
-            busy = {site: round((cpu1[site] - cpu0.get(site, 0.0)) / span / quotas[site], 3)
-                    for site in cpu1 if quotas.get(site)}
+            for sites in sending:
+                client.call("pause", paused=True, sites=sorted(set(every) - set(sites)))
+                client.call("pause", paused=False, sites=sorted(sites))
+                _pause(settle_s)
+                cpu0, s0 = bed.cpu_seconds(), client.call("snapshot")
+                _pause(window_s)
+                cpu1, s1 = bed.cpu_seconds(), client.call("snapshot")
+                span = s1["t"] - s0["t"]
+                windows.append({
+                    "sending": sorted(sites), "window_s": round(span, 2),
+                    "completed_per_s": round((s1["frames"]["completed"] - s0["frames"]["completed"]) / span, 1),
+                    "cpu_busy_of_quota": {site: round((cpu1[site] - cpu0.get(site, 0.0)) / span / quotas[site], 3)
+                                          for site in cpu1 if quotas.get(site)}})
+                log(f"  {len(sites)} sending: {windows[-1]['completed_per_s']} frames/s")
+            client.call("pause", paused=False)
             summary = client.call("stop", timeout_s=300)["summary"]
         except BaseException:
             _log_tails(bed, log)
@@ -185,9 +202,9 @@ def measure_throughput(documents: list[Path], cache_dir: Path, *, cores: float, 
         finally:
             client.close()
     frames = summary["frames"]
-    return {"window_s": round(span, 2), "completed_per_s": round(completed / span, 1),
-            "cpu_quota": {k: round(v, 3) for k, v in quotas.items()}, "cpu_busy_of_quota": busy,
+    return {"windows": windows, "cpu_quota": {k: round(v, 3) for k, v in quotas.items()},
             "frames": {k: frames[k] for k in ("sent", "completed", "failed", "lost")},
+            "placement": started["assignments"], "cpu_period_us": cpu_period_us,
             "seconds": round(time.monotonic() - t0, 1)}
 
 

@@ -19,8 +19,11 @@ PAYLOAD_KB = 1.563  # one 8 x 48 float32 frame with its truth, as the data plane
 
 
 def topology_yaml(hubs: int, *, hub_uplink_mbps: float = 4.0, edge_uplink_mbps: float | None = None,
-                  camera_uplink_mbps: float = 20.0, hub_cpus: float = 1.0) -> str:
-    """The test bed's Topology document with ``hubs`` hubs (see the module docstring)."""
+                  camera_uplink_mbps: float = 20.0, hub_cpus: float = 1.0,
+                  hub_memory_mb: int = 256) -> str:
+    """The test bed's Topology document with ``hubs`` hubs (see the module docstring). A hub's
+    ``hub_memory_mb`` decides what fits there: 256 MB holds the detector only; 512 MB the whole
+    pipeline (detector, classifier, aggregator), so the plan keeps each camera's frames at its hub."""
     if edge_uplink_mbps is None:
         edge_uplink_mbps = 1.5 * hubs
     lines = [
@@ -54,7 +57,7 @@ def topology_yaml(hubs: int, *, hub_uplink_mbps: float = 4.0, edge_uplink_mbps: 
             f"        up: {{bandwidth_mbps: {hub_uplink_mbps}, latency_ms: 5, cost_per_gb: 0.05}}",
             f"        down: {{bandwidth_mbps: {hub_uplink_mbps}, latency_ms: 5, cost_per_gb: 0.05}}",
             "      instances:",
-            f"        - {{name: hub-cpu, hardware: local-cpu-1t, price_per_hour: 0.01, count: 1, memory_mb: 256, "
+            f"        - {{name: hub-cpu, hardware: local-cpu-1t, price_per_hour: 0.01, count: 1, memory_mb: {hub_memory_mb}, "
             f"cpus: {hub_cpus}}}",
             f"    - name: cam-{k}",
             "      tier: device",
@@ -65,8 +68,12 @@ def topology_yaml(hubs: int, *, hub_uplink_mbps: float = 4.0, edge_uplink_mbps: 
     return "\n".join(lines) + "\n"
 
 
-def workflow_yaml(hubs: int, *, rate_per_s: float = CAMERA_RATE_PER_S) -> str:
+def workflow_yaml(hubs: int, *, rate_per_s: float = CAMERA_RATE_PER_S,
+                  variants: dict[str, list[str]] | None = None) -> str:
+    """The test bed's workflow over ``hubs`` cameras; ``variants`` restricts stages to the named variants
+    (a benchmark comparing runs keeps the models the same in each, where the planner finds ties)."""
     cams = ", ".join(f"cam-{k}" for k in range(1, hubs + 1))
+    only = {stage: f"\n      variants: [{', '.join(names)}]" for stage, names in (variants or {}).items()}
     return f"""apiVersion: jellybean.io/v1alpha1
 kind: InferenceWorkflow
 metadata: {{name: sites}}
@@ -81,16 +88,16 @@ spec:
       payload_kb: {PAYLOAD_KB}
       sites: [{cams}]
   stages:
-    - name: detect
+    - name: detect{only.get('detect', '')}
       task: digit-detection
       inputs: [cameras]
-    - name: classify
+    - name: classify{only.get('classify', '')}
       task: digit-classification
       inputs:
         - from: detect
           ratio: 2.557
           ratio_by_variant: {{digits-detector-tiny: 2.398, digits-detector-small: 2.529, digits-detector-large: 2.554}}
-    - name: aggregate
+    - name: aggregate{only.get('aggregate', '')}
       task: reading-aggregation
       inputs: [classify]
   outputs:
@@ -103,9 +110,10 @@ spec:
 """
 
 
-def write(folder: Path, zoo: Path, hubs: int, *, rate_per_s: float = CAMERA_RATE_PER_S, **topology: float) -> list[Path]:
+def write(folder: Path, zoo: Path, hubs: int, *, rate_per_s: float = CAMERA_RATE_PER_S,
+          variants: dict[str, list[str]] | None = None, **topology: float) -> list[Path]:
     """The scenario's documents in ``folder``, with ``zoo`` (the digits zoo: workflows/digits/zoo.yaml)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "topology.yaml").write_text(topology_yaml(hubs, **topology))
-    (folder / "workflow.yaml").write_text(workflow_yaml(hubs, rate_per_s=rate_per_s))
+    (folder / "workflow.yaml").write_text(workflow_yaml(hubs, rate_per_s=rate_per_s, variants=variants))
     return [zoo, folder / "topology.yaml", folder / "workflow.yaml"]

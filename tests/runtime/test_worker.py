@@ -323,3 +323,32 @@ def test_a_replica_runs_whole_batches_and_a_split_push_gets_one_outcome() -> Non
     assert sizes == [4, 4, 1]  # 9 queued: two whole batches (the third push split 2 + 1), then the rest
     for p, outcome in enumerate(outcomes):
         assert {fid: end[0] for fid, end in outcome["ends"].items()} == {f"{p}-{k}": COMPLETED for k in range(3)}
+
+
+def test_sources_pause_and_resume_by_site() -> None:
+    """The test bed's scaling windows pause the cameras of some sites and leave the others sending."""
+    bundle, plan = live()
+    replayed = bundle.workflow.model_copy(deep=True)
+    for source in replayed.spec.sources:
+        source.ingest, source.payload, source.replay = None, None, "digits-frames"
+    bundle = type(bundle)(replayed, bundle.zoo, bundle.topology, bundle.sources)
+    p, backend, _ = pipeline(bundle=bundle, plan=plan)
+    try:
+        p.start()
+        loops = {site: host(p, f"cameras@{site}").loops for site in ("cam-1", "cam-2")}
+        assert loops["cam-1"] and loops["cam-2"]
+
+        def paused() -> dict[str, bool]:
+            return {site: all(loop.paused for loop in each) for site, each in loops.items()}
+
+        p.pause_sources(True, sites=["cam-2"])
+        assert paused() == {"cam-1": False, "cam-2": True}
+        p.pause_sources(True, sites=[])
+        assert paused() == {"cam-1": False, "cam-2": True}
+        p.pause_sources(True)
+        assert paused() == {"cam-1": True, "cam-2": True}
+        p.pause_sources(False, sites=["cam-1"])
+        assert paused() == {"cam-1": False, "cam-2": True}
+    finally:
+        p.stop(drain=False)
+        backend.close()
