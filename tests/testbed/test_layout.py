@@ -121,3 +121,26 @@ def test_a_quota_under_a_tenth_of_a_core_lengthens_the_period_instead_of_growing
         period_us, quota_us = quota_of(cores)
         assert quota_us is not None and quota_us >= MIN_QUOTA_US
         assert quota_us / period_us == pytest.approx(cores, rel=0.01)
+
+
+def test_a_longer_period_keeps_the_share() -> None:
+    from jellybean.testbed.bed import quota_of
+
+    assert quota_of(0.1, 100_000) == (100_000, 10_000)
+    assert quota_of(0.005, 100_000) == (200_000, 1_000)  # 1 ms is the least the kernel takes
+
+
+def test_steady_cpus_holds_a_zero_latency_while_open_and_says_so(tmp_path: Path) -> None:
+    """PM QoS reads the request as a 32-bit integer written to the device; the request holds while the
+    file stays open. Without the device (or without the right to open it) the run goes on, saying so."""
+    import sys
+
+    from jellybean.testbed.bed import steady_cpus
+
+    device = tmp_path / "cpu_dma_latency"
+    device.write_bytes(b"")
+    with steady_cpus(device) as how:
+        assert "held off" in how
+        assert device.read_bytes() == (0).to_bytes(4, sys.byteorder, signed=True)
+    with steady_cpus(tmp_path / "absent") as how:
+        assert "left as they are" in how
