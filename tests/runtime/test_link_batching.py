@@ -54,15 +54,6 @@ def _frames(n: int, start: int = 0) -> list[dict]:
     return [{"frame_id": f"f{k}", "x": k} for k in range(start, start + n)]
 
 
-async def _until(condition, timeout_s: float = 10.0) -> None:
-    """Yield to the loop until ``condition()`` holds, at most ``timeout_s`` (loop time)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < deadline, f"not within {timeout_s} s: {condition}"
-        await asyncio.sleep(0)
-
-
 def run(coroutine):
     return asyncio.run(asyncio.wait_for(coroutine, 20))
 
@@ -142,10 +133,11 @@ def test_a_backlog_behind_a_full_window_leaves_as_one_send() -> None:
     send takes whatever is queued: the backlog needs no more calls than that."""
     async def main() -> None:
         recorder = Recorder()
-        gate = asyncio.Event()
+        gate, entered = asyncio.Event(), asyncio.Event()
         push = recorder.push
 
         async def slow(handle, messages, sent):
+            entered.set()
             await gate.wait()
             return await push(handle, messages, sent)
 
@@ -154,9 +146,10 @@ def test_a_backlog_behind_a_full_window_leaves_as_one_send() -> None:
         forwarder.configure({"next": [Peer("next/0", "cloud", 1.0, "h")]})
         first = forwarder.send("next", _frames(8))
         channel = forwarder.channels["next/0"]
-        await _until(lambda: channel.calls)  # the first send on its way, holding the one window slot
+        await asyncio.wait_for(entered.wait(), 10)  # the first send on its way, holding the one window slot
+        assert channel.calls
         rest = forwarder.send("next", _frames(30, 8))
-        await _until(lambda: channel.queued >= 30)
+        assert channel.queued == 30  # routing is synchronous: the backlog waits behind the full window
         gate.set()
         await asyncio.gather(first, rest)
         assert recorder.sends == [8, 30]
