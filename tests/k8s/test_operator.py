@@ -248,7 +248,8 @@ def test_create_adds_the_finalizer_plans_deploys_and_reports(world: World) -> No
     seed(world)
     world.start()
     status = world.phase(VT, "Running")
-    assert world.api.objects[WORKFLOW][VT]["metadata"]["finalizers"] == [FINALIZER]
+    # the work may run before kopf's finalizer patch lands: wait for it, not for the phase
+    world.until(lambda: world.api.objects[WORKFLOW][VT]["metadata"]["finalizers"] == [FINALIZER], "the finalizer")
     plan = world.operator.deployed[VT].plan
     patches = [e[2] for e in world.effects() if e[0] == "patch_status"]
     # Planned is reported before the (slow) pipeline start, Running after it.
@@ -332,7 +333,9 @@ def test_deletion_stops_the_pipeline_then_kopf_removes_the_finalizer(world: Worl
     world.api.load(WORKFLOW, obj)
     world.start()
     world.phase(VT, "Running")
-    assert world.api.objects[WORKFLOW][VT]["metadata"]["finalizers"] == ["backup.example.com/snapshot", FINALIZER]
+    # the work may run before kopf's finalizer patch lands: wait for it, not for the phase
+    world.until(lambda: world.api.objects[WORKFLOW][VT]["metadata"]["finalizers"]
+                == ["backup.example.com/snapshot", FINALIZER], "ours added, the other kept")
     pipeline = world.live(VT)
     world.metrics.frames_completed.labels(VT).inc(7)  # what the pipeline's telemetry exports
     world.api.delete(WORKFLOW, VT)
@@ -351,6 +354,10 @@ def test_delete_cancels_a_start_under_way(world: World) -> None:
     world.start()
     assert Pipeline.stuck.wait(30)
     world.until(lambda: world.status().get("phase") == "Starting", "Starting")
+    # kopf's daemon may start the work before kopf's finalizer patch lands; a delete before it would
+    # remove the resource at once (nothing holds it), and the cancel would come after this test looked
+    world.until(lambda: FINALIZER in world.api.objects[WORKFLOW][VT]["metadata"].get("finalizers", []),
+                "our finalizer on the resource")
     world.api.delete(WORKFLOW, VT)
     world.until(lambda: VT not in world.api.objects[WORKFLOW], "the resource to go", timeout_s=30)
     assert ("cancel", VT, 1) in world.pipelines.log
@@ -741,8 +748,8 @@ def test_the_probes(world: World) -> None:
     assert client.get("/v1/operator").status_code == 401
     described = client.get("/v1/operator", headers={"Authorization": "Bearer s3cret"}).json()
     assert described["workflows"][VT] == {"phase": "Running", "generation": 1, "runningGeneration": 1}
+    world.stop()  # nothing beats any more (before it, the loop's beat or a reconcile could reset the clock)
     world.operator.heartbeat -= 61
-    world.stop()  # nothing beats any more
     assert client.get("/healthz").status_code == 503
     assert TestClient(create_app(world.operator)).get("/v1/operator").status_code == 404
 
