@@ -359,20 +359,26 @@ def plan_fusion(specs: list[ReplicaSpec], stage_order: list[str], consumers: dic
     unchanged (same placement, same CPU shares, same batch sizes); only hops move inside processes.
     ``reach``: site -> the sites its messages may go to (:func:`_reach`)."""
     by_stage: dict[str, list[ReplicaSpec]] = defaultdict(list)
+    at: dict[tuple[str, str], list[ReplicaSpec]] = defaultdict(list)  # (stage, site) -> its replicas there
     for spec in specs:
         by_stage[spec.stage].append(spec)
+        at[(spec.stage, spec.site)].append(spec)
+    reached_from: dict[str, list[str]] = defaultdict(list)  # site -> the sites whose messages may reach it
+    for origin, sites in reach.items():
+        for site in sites:
+            reached_from[site].append(origin)
 
     def private_successor(tail: ReplicaSpec) -> ReplicaSpec | None:
         following = consumers.get(tail.stage, [])
         if len(following) != 1 or inputs.get(following[0], 0) != 1 or stateful(tail.runner):
             return None
-        reached = [q for q in by_stage[following[0]] if q.site in reach.get(tail.site, (tail.site,))]
+        reached = [q for site in reach.get(tail.site, (tail.site,)) for q in at[(following[0], site)]]
         if len(reached) != 1:
             return None
         nxt = reached[0]
         if (nxt.site, nxt.instance) != (tail.site, tail.instance) or stateful(nxt.runner):
             return None
-        feeders = [r for r in by_stage[tail.stage] if nxt.site in reach.get(r.site, (r.site,))]
+        feeders = [r for site in reached_from.get(nxt.site, [nxt.site]) for r in at[(tail.stage, site)]]
         return nxt if feeders == [tail] else None
 
     chains: dict[str, list[ReplicaSpec]] = {}
