@@ -76,7 +76,7 @@ SCALING_HUB_CPUS = 0.125
 SCALING_DEVICE_CPUS = 0.125
 #: Uplinks wide enough that no link, only the hubs' CPU, limits (per hub; the edge's carries every hub's).
 SCALING_UPLINK_MBPS = 20.0
-#: The two scaling scenarios, each run with 1, 2 and 4 hubs:
+#: The two scaling scenarios, each a deployment over four hubs measured with 1, 2 and 4 of them sending:
 #:
 #: - ``hub-local`` (the scaling figure): each hub has the memory for the whole pipeline (512 MB), so
 #:   the plan keeps each camera's frames at its hub (detector, classifier, aggregator) and only the
